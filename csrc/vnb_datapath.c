@@ -1,0 +1,604 @@
+/* Userspace datapath thread. Per frame it pays what any userspace virtio backend pays: the guest's
+ * kick wakes this thread (kernel -> user), one writev/readv crosses back into the kernel, and an
+ * interrupt is one more eventfd write. Batching and EVENT_IDX make the kick and interrupt rare;
+ * the writev/readv per frame remains (that is the cost vhost-net avoids). */
+#include "vnb_datapath.h"
+#include "vnb_virtq.h"
+#include "vnb_net.h"
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define RXQ 0
+#define TXQ 1
+#define BUDGET 256            /* frames per queue per round, so neither direction starves the other */
+#define FLUSH_EVERY 32        /* publish used entries this often inside a batch: the guest reclaims sooner */
+#define BOUNCE_LEN (VNB_MAX_FRAME + VNB_NET_HDR_LEN + 1)  /* +1: a read that fills it was truncated */
+#define RX_MAX_HEADS 1024
+#define HDR_IOV 12            /* iovecs kept to reach num_buffers in the first buffer (each >= 1 byte) */
+
+enum { EV_STOP = 1, EV_KICK_RX, EV_KICK_TX, EV_TAP };
+
+struct rx_pending {
+    int active;
+    uint32_t total;            /* frame length read, header included */
+    uint32_t placed;           /* bytes already in guest buffers */
+    uint32_t first_cap;        /* bytes readv put straight into the first chain; the rest is in bounce */
+    uint32_t nheads;
+    uint32_t ndesc;            /* descriptors held by the chains in heads[] */
+    uint16_t heads[RX_MAX_HEADS];
+    uint32_t lens[RX_MAX_HEADS];
+    struct iovec hdr_iov[HDR_IOV];  /* where the header landed, possibly across the first chains */
+    int hdr_niov;
+    size_t hdr_cov;                 /* bytes of the header hdr_iov covers */
+};
+
+struct vnb_dp {
+    struct vnb_mem mem;
+    struct vnb_vq vq[2];
+    int configured[2];
+    int kick_fd[2], call_fd[2];
+    int tap_fd, err_fd, stop_fd, epfd;
+    uint32_t flags, hdr_len;
+    pthread_t thread;
+    int running;
+    int tid;
+    int tap_armed;
+    int tx_retry;              /* the tap pushed back (EAGAIN/ENOBUFS): retry after a short sleep */
+    struct vnb_dp_stats st;
+    struct vnb_chain chain;
+    struct rx_pending pend;
+    uint8_t bounce[BOUNCE_LEN];
+};
+
+struct vnb_dp *vnb_dp_new(void)
+{
+    struct vnb_dp *dp = calloc(1, sizeof(*dp));
+    if (!dp)
+        return NULL;
+    dp->tap_fd = dp->err_fd = dp->stop_fd = dp->epfd = -1;
+    dp->kick_fd[0] = dp->kick_fd[1] = dp->call_fd[0] = dp->call_fd[1] = -1;
+    dp->hdr_len = VNB_NET_HDR_LEN;
+    return dp;
+}
+
+void vnb_dp_free(struct vnb_dp *dp)
+{
+    if (!dp)
+        return;
+    if (dp->running)
+        vnb_dp_stop(dp);
+    free(dp);
+}
+
+int vnb_dp_set_mem(struct vnb_dp *dp, const struct vnb_mem *mem)
+{
+    if (dp->running)
+        return -EBUSY;
+    dp->mem = *mem;
+    dp->configured[0] = dp->configured[1] = 0;   /* queue pointers referred to the old table */
+    return 0;
+}
+
+int vnb_dp_set_features(struct vnb_dp *dp, uint32_t flags, uint32_t hdr_len)
+{
+    if (dp->running)
+        return -EBUSY;
+    if (hdr_len != VNB_NET_HDR_LEN && hdr_len != VNB_NET_HDR_LEN_LEGACY)
+        return -EINVAL;
+    dp->flags = flags;
+    dp->hdr_len = hdr_len;
+    return 0;
+}
+
+int vnb_dp_set_queue(struct vnb_dp *dp, int q, uint32_t num, uint64_t desc_gpa, uint64_t avail_gpa,
+                     uint64_t used_gpa, int kick_fd, int call_fd, uint16_t last_avail_idx, uint16_t used_idx)
+{
+    if (dp->running)
+        return -EBUSY;
+    if (q != RXQ && q != TXQ)
+        return -EINVAL;
+    uint32_t vqf = (dp->flags & VNB_DP_F_EVENT_IDX ? VNB_VQ_F_EVENT_IDX : 0) |
+                   (dp->flags & VNB_DP_F_INDIRECT ? VNB_VQ_F_INDIRECT : 0);
+    int r = vnb_vq_init(&dp->vq[q], &dp->mem, num, desc_gpa, avail_gpa, used_gpa, vqf);
+    if (r)
+        return r;
+    vnb_vq_set_base(&dp->vq[q], last_avail_idx, used_idx);
+    dp->kick_fd[q] = kick_fd;
+    dp->call_fd[q] = call_fd;
+    dp->configured[q] = 1;
+    return 0;
+}
+
+int vnb_dp_set_tap(struct vnb_dp *dp, int tap_fd)
+{
+    if (dp->running)
+        return -EBUSY;
+    dp->tap_fd = tap_fd;
+    return 0;
+}
+
+int vnb_dp_set_err_fd(struct vnb_dp *dp, int err_fd)
+{
+    dp->err_fd = err_fd;
+    return 0;
+}
+
+int vnb_dp_running(struct vnb_dp *dp) { return dp->running; }
+int vnb_dp_tid(struct vnb_dp *dp) { return __atomic_load_n(&dp->tid, __ATOMIC_ACQUIRE); }
+
+void vnb_dp_get_stats(struct vnb_dp *dp, struct vnb_dp_stats *out)
+{
+    /* Counters are written by the datapath thread only; aligned 64-bit loads do not tear on the
+     * 64-bit targets we build for, so a reader sees each counter at some recent value. */
+    memcpy(out, &dp->st, sizeof(*out));
+}
+
+int vnb_dp_get_qstate(struct vnb_dp *dp, int q, struct vnb_dp_qstate *out)
+{
+    if (q != RXQ && q != TXQ)
+        return -EINVAL;
+    struct vnb_vq *vq = &dp->vq[q];
+    out->num = vq->num;
+    out->last_avail_idx = vq->last_avail_idx;
+    out->used_idx = vq->used_idx;
+    out->broken = vq->broken;
+    out->fault = vq->fault;
+    return 0;
+}
+
+/* ---- helpers running on the datapath thread ---- */
+
+static void interrupt(struct vnb_dp *dp, int q)
+{
+    uint64_t one = 1;
+    /* An eventfd write fails only on counter overflow, which needs 2^64 interrupts. */
+    (void)!write(dp->call_fd[q], &one, sizeof(one));
+    dp->st.syscalls++;
+    if (q == TXQ)
+        dp->st.tx_interrupts++;
+    else
+        dp->st.rx_interrupts++;
+}
+
+static void flush_and_notify(struct vnb_dp *dp, int q)
+{
+    struct vnb_vq *vq = &dp->vq[q];
+    vnb_vq_flush_used(vq);
+    if (vnb_vq_should_notify(vq))
+        interrupt(dp, q);
+}
+
+static void report_fault(struct vnb_dp *dp, int q, int fault)
+{
+    dp->st.faults[fault < VNB_FAULT_MAX ? fault : 0]++;
+    if (dp->err_fd >= 0) {
+        uint64_t one = 1;
+        /* Same reasoning as interrupt(): an eventfd write cannot fail here. */
+        (void)!write(dp->err_fd, &one, sizeof(one));
+        dp->st.syscalls++;
+    }
+}
+
+static void arm_tap(struct vnb_dp *dp, int on)
+{
+    if (dp->tap_armed == on)
+        return;
+    struct epoll_event ev = { .events = on ? EPOLLIN : 0, .data.u32 = EV_TAP };
+    /* MOD on an fd we registered ourselves cannot fail unless the fd was closed under us. */
+    (void)epoll_ctl(dp->epfd, EPOLL_CTL_MOD, dp->tap_fd, &ev);
+    dp->st.syscalls++;
+    dp->tap_armed = on;
+}
+
+static uint64_t drain_eventfd(struct vnb_dp *dp, int fd)
+{
+    uint64_t v = 0;
+    /* Non-blocking eventfd: EAGAIN just means nothing was pending. */
+    if (read(fd, &v, sizeof(v)) != sizeof(v))
+        v = 0;
+    dp->st.syscalls++;
+    return v;
+}
+
+/* ---- TX: guest -> tap ---- */
+
+/* Returns 1 if the budget ran out with work left, 0 when the ring is empty and notifications are on. */
+static int handle_tx(struct vnb_dp *dp)
+{
+    struct vnb_vq *vq = &dp->vq[TXQ];
+    struct vnb_chain *c = &dp->chain;
+    if (!dp->configured[TXQ] || vq->broken)
+        return 0;
+    int done = 0, since_flush = 0;
+    vnb_vq_disable_notify(vq);
+    for (;;) {
+        if (done >= BUDGET) {
+            flush_and_notify(dp, TXQ);
+            return 1;
+        }
+        int r = vnb_vq_pop(vq, c);
+        if (r < 0) {
+            flush_and_notify(dp, TXQ);
+            report_fault(dp, TXQ, -r);
+            return 0;
+        }
+        if (r == 0) {
+            flush_and_notify(dp, TXQ);
+            if (!vnb_vq_enable_notify(vq))
+                return 0;
+            vnb_vq_disable_notify(vq);
+            continue;
+        }
+        if (c->nin) {
+            flush_and_notify(dp, TXQ);
+            report_fault(dp, TXQ, -vnb_vq_fail(vq, VNB_FAULT_TX_WRITABLE));
+            return 0;
+        }
+        if (c->out_len < dp->hdr_len) {
+            dp->st.drops[VNB_DROP_TX_SHORT]++;
+        } else if (c->out_len > VNB_MAX_FRAME + dp->hdr_len) {
+            dp->st.drops[VNB_DROP_TX_OVERSIZE]++;
+        } else {
+            /* The chain is header + frame in any layout; the tap parses the header itself. */
+            ssize_t n = writev(dp->tap_fd, c->iov, c->nout);
+            dp->st.syscalls++;
+            dp->st.tap_writes++;
+            if (n < 0 && (errno == EAGAIN || errno == ENOBUFS || errno == ENOMEM)) {
+                /* Like vhost: give the chain back and retry once the tap has room. */
+                vnb_vq_unpop(vq, 1);
+                dp->tx_retry = 1;
+                flush_and_notify(dp, TXQ);
+                return 0;
+            }
+            if (n < 0) {
+                dp->st.drops[errno == EINVAL ? VNB_DROP_TX_TAP_REFUSED : VNB_DROP_TX_TAP_ERROR]++;
+            } else {
+                dp->st.tx_frames++;
+                dp->st.tx_bytes += c->out_len - dp->hdr_len;
+            }
+        }
+        /* TX buffers are only read: the used length is 0 (§5.1.6.2). */
+        vnb_vq_add_used(vq, c->head, 0);
+        done++;
+        if (++since_flush == FLUSH_EVERY) {
+            flush_and_notify(dp, TXQ);
+            since_flush = 0;
+        }
+    }
+}
+
+/* ---- RX: tap -> guest ---- */
+
+static void iov_write(const struct iovec *iov, int niov, size_t off, const void *src, size_t len)
+{
+    const uint8_t *s = src;
+    for (int i = 0; i < niov && len; i++) {
+        if (off >= iov[i].iov_len) {
+            off -= iov[i].iov_len;
+            continue;
+        }
+        size_t n = iov[i].iov_len - off;
+        if (n > len)
+            n = len;
+        memcpy((uint8_t *)iov[i].iov_base + off, s, n);
+        s += n;
+        len -= n;
+        off = 0;
+    }
+}
+
+static size_t iov_copy_in(const struct iovec *iov, int niov, const uint8_t *src, size_t len)
+{
+    size_t done = 0;
+    for (int i = 0; i < niov && done < len; i++) {
+        size_t n = iov[i].iov_len;
+        if (n > len - done)
+            n = len - done;
+        memcpy(iov[i].iov_base, src + done, n);
+        done += n;
+    }
+    return done;
+}
+
+static void rx_complete(struct vnb_dp *dp)
+{
+    struct rx_pending *p = &dp->pend;
+    struct vnb_vq *vq = &dp->vq[RXQ];
+    if (dp->hdr_len == VNB_NET_HDR_LEN) {
+        /* The tap skips num_buffers (it writes only the 10-byte header): we own that field. */
+        uint16_t nb = (uint16_t)p->nheads;
+        iov_write(p->hdr_iov, p->hdr_niov, VNB_NUM_BUFFERS_OFF, &nb, sizeof(nb));
+    }
+    for (uint32_t i = 0; i < p->nheads; i++)
+        vnb_vq_add_used(vq, p->heads[i], p->lens[i]);
+    if (p->nheads > 1)
+        dp->st.rx_merged++;
+    dp->st.rx_frames++;
+    dp->st.rx_bytes += p->total - dp->hdr_len;
+    p->active = 0;
+}
+
+static void rx_drop_pending(struct vnb_dp *dp, int reason)
+{
+    /* The held chains are the last ones popped: hand them back untouched, as vhost_discard_vq_desc. */
+    vnb_vq_unpop(&dp->vq[RXQ], (uint16_t)dp->pend.nheads);
+    dp->pend.active = 0;
+    dp->st.drops[reason]++;
+}
+
+enum { RX_OK, RX_TAP_EMPTY, RX_NEED_BUFFERS, RX_FAULT };
+
+static int rx_pop(struct vnb_dp *dp)
+{
+    struct vnb_vq *vq = &dp->vq[RXQ];
+    int r = vnb_vq_pop(vq, &dp->chain);
+    if (r < 0) {
+        report_fault(dp, RXQ, -r);
+        return RX_FAULT;
+    }
+    if (r == 0)
+        return RX_NEED_BUFFERS;
+    if (dp->chain.nout) {
+        report_fault(dp, RXQ, -vnb_vq_fail(vq, VNB_FAULT_RX_READABLE));
+        return RX_FAULT;
+    }
+    return RX_OK;
+}
+
+/* Remember where the header bytes went. A guest may post buffers smaller than the header (against
+ * §5.1.6.3.1, but vhost copes), so the header can span the first chains. */
+static void hdr_track(struct vnb_dp *dp, const struct iovec *iov, int niov)
+{
+    struct rx_pending *p = &dp->pend;
+    for (int i = 0; i < niov && p->hdr_cov < dp->hdr_len && p->hdr_niov < HDR_IOV; i++) {
+        p->hdr_iov[p->hdr_niov++] = iov[i];
+        p->hdr_cov += iov[i].iov_len;
+    }
+}
+
+/* Place the rest of a frame that did not fit in its first buffer into further chains (MRG_RXBUF). */
+static int rx_continue(struct vnb_dp *dp)
+{
+    struct rx_pending *p = &dp->pend;
+    struct vnb_chain *c = &dp->chain;
+    while (p->placed < p->total) {
+        if (p->nheads == RX_MAX_HEADS || p->ndesc >= dp->vq[RXQ].num) {
+            /* The guest could never give us room for this frame: drop it instead of waiting forever. */
+            rx_drop_pending(dp, VNB_DROP_RX_NO_BUFFER);
+            return RX_OK;
+        }
+        int r = rx_pop(dp);
+        if (r != RX_OK)
+            return r;
+        size_t n = iov_copy_in(c->iov, c->nin, dp->bounce + (p->placed - p->first_cap), p->total - p->placed);
+        hdr_track(dp, c->iov, c->nin);
+        p->heads[p->nheads] = c->head;
+        p->lens[p->nheads] = (uint32_t)n;
+        p->nheads++;
+        p->ndesc += c->ndesc;
+        p->placed += (uint32_t)n;
+    }
+    rx_complete(dp);
+    return RX_OK;
+}
+
+/* Read one frame from the tap straight into the next guest chain, with the bounce buffer as the
+ * tail of the iovec: frames that fit one buffer are never copied. */
+static int rx_one(struct vnb_dp *dp)
+{
+    struct rx_pending *p = &dp->pend;
+    struct vnb_chain *c = &dp->chain;
+    if (p->active)
+        return rx_continue(dp);
+    int r = rx_pop(dp);
+    if (r != RX_OK)
+        return r;
+    /* readv takes at most UIO_MAXIOV iovecs: keep one for the bounce tail. */
+    int niov = c->nin < VNB_MAX_IOV ? c->nin : VNB_MAX_IOV - 1;
+    size_t cap = 0;
+    for (int i = 0; i < niov; i++)
+        cap += c->iov[i].iov_len;
+    c->iov[niov].iov_base = dp->bounce;
+    c->iov[niov].iov_len = BOUNCE_LEN;
+    ssize_t n = readv(dp->tap_fd, c->iov, niov + 1);
+    dp->st.syscalls++;
+    dp->st.tap_reads++;
+    if (n < 0) {
+        vnb_vq_unpop(&dp->vq[RXQ], 1);
+        if (errno == EAGAIN) {
+            dp->st.tap_read_empty++;
+            return RX_TAP_EMPTY;
+        }
+        dp->st.drops[VNB_DROP_RX_TAP_ERROR]++;
+        return RX_TAP_EMPTY;
+    }
+    if ((size_t)n < dp->hdr_len || ((size_t)n > cap && (size_t)n - cap >= BOUNCE_LEN)) {
+        vnb_vq_unpop(&dp->vq[RXQ], 1);
+        dp->st.drops[VNB_DROP_RX_TRUNCATED]++;
+        return RX_OK;
+    }
+    p->active = 1;
+    p->total = (uint32_t)n;
+    p->first_cap = (uint32_t)(cap < (size_t)n ? cap : (size_t)n);
+    p->placed = p->first_cap;
+    p->heads[0] = c->head;
+    p->lens[0] = p->first_cap;
+    p->nheads = 1;
+    p->ndesc = c->ndesc;
+    p->hdr_niov = 0;
+    p->hdr_cov = 0;
+    hdr_track(dp, c->iov, niov);
+    if (p->placed < p->total && !(dp->flags & VNB_DP_F_MRG_RXBUF)) {
+        /* Without mergeable buffers a frame must fit one chain (vhost discards it likewise). */
+        rx_drop_pending(dp, VNB_DROP_RX_NO_BUFFER);
+        return RX_OK;
+    }
+    return rx_continue(dp);
+}
+
+/* Returns 1 if the budget ran out with work left. */
+static int handle_rx(struct vnb_dp *dp)
+{
+    struct vnb_vq *vq = &dp->vq[RXQ];
+    if (!dp->configured[RXQ] || dp->tap_fd < 0)
+        return 0;
+    if (vq->broken) {
+        /* Stop reading: frames stay in (and overflow from) the tap's queue, where the kernel counts them. */
+        arm_tap(dp, 0);
+        return 0;
+    }
+    int done = 0, since_flush = 0, more = 0;
+    vnb_vq_disable_notify(vq);
+    for (;;) {
+        if (done >= BUDGET) {
+            more = 1;
+            break;
+        }
+        int r = rx_one(dp);
+        if (r == RX_OK) {
+            done++;
+            if (++since_flush == FLUSH_EVERY) {
+                flush_and_notify(dp, RXQ);
+                since_flush = 0;
+            }
+            continue;
+        }
+        if (r == RX_NEED_BUFFERS) {
+            if (vnb_vq_enable_notify(vq)) {
+                vnb_vq_disable_notify(vq);
+                continue;
+            }
+            /* No buffers: stop watching the tap until the guest kicks with new ones. */
+            dp->st.rx_stalls++;
+            arm_tap(dp, 0);
+            break;
+        }
+        if (r == RX_FAULT)
+            arm_tap(dp, 0);
+        else
+            arm_tap(dp, 1);   /* tap empty: make sure we hear about the next frame */
+        break;
+    }
+    flush_and_notify(dp, RXQ);
+    return more;
+}
+
+/* ---- the thread ---- */
+
+static void *dp_thread(void *arg)
+{
+    struct vnb_dp *dp = arg;
+    __atomic_store_n(&dp->tid, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
+    struct epoll_event evs[8];
+    int tx_more = 1, rx_more = 1;   /* look at both rings once at start: a hand-over may leave work */
+    for (;;) {
+        int timeout = (tx_more || rx_more) ? 0 : (dp->tx_retry ? 1 : -1);
+        int n = epoll_wait(dp->epfd, evs, 8, timeout);
+        dp->st.syscalls++;
+        if (n < 0 && errno != EINTR)
+            break;
+        if (n > 0)
+            dp->st.wakeups++;
+        int kick_tx = 0, kick_rx = 0, tap_in = 0;
+        for (int i = 0; i < n; i++) {
+            switch (evs[i].data.u32) {
+            case EV_STOP:
+                goto out;
+            case EV_KICK_TX:
+                dp->st.tx_kicks += drain_eventfd(dp, dp->kick_fd[TXQ]);
+                dp->st.tx_kick_wakeups++;
+                kick_tx = 1;
+                break;
+            case EV_KICK_RX:
+                dp->st.rx_kicks += drain_eventfd(dp, dp->kick_fd[RXQ]);
+                dp->st.rx_kick_wakeups++;
+                kick_rx = 1;
+                break;
+            case EV_TAP:
+                tap_in = 1;
+                break;
+            }
+        }
+        if (kick_tx || tx_more || dp->tx_retry) {
+            dp->tx_retry = 0;
+            tx_more = handle_tx(dp);
+        }
+        if (kick_rx && !dp->vq[RXQ].broken)
+            arm_tap(dp, 1);
+        if (kick_rx || tap_in || rx_more)
+            rx_more = handle_rx(dp);
+    }
+out:
+    if (dp->pend.active)
+        rx_drop_pending(dp, VNB_DROP_RX_STOPPED);
+    /* Used entries of completed frames are already flushed by handle_rx/handle_tx. */
+    return NULL;
+}
+
+static int ep_add(int epfd, int fd, uint32_t events, uint32_t tag)
+{
+    struct epoll_event ev = { .events = events, .data.u32 = tag };
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) ? -errno : 0;
+}
+
+int vnb_dp_start(struct vnb_dp *dp)
+{
+    if (dp->running)
+        return -EBUSY;
+    if (!dp->configured[RXQ] && !dp->configured[TXQ])
+        return -EINVAL;
+    if (dp->tap_fd < 0)
+        return -EBADF;
+    int r;
+    dp->epfd = epoll_create1(EPOLL_CLOEXEC);
+    dp->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (dp->epfd < 0 || dp->stop_fd < 0) {
+        r = -errno;
+        goto fail;
+    }
+    if ((r = ep_add(dp->epfd, dp->stop_fd, EPOLLIN, EV_STOP)))
+        goto fail;
+    if (dp->configured[TXQ] && (r = ep_add(dp->epfd, dp->kick_fd[TXQ], EPOLLIN, EV_KICK_TX)))
+        goto fail;
+    if (dp->configured[RXQ] && (r = ep_add(dp->epfd, dp->kick_fd[RXQ], EPOLLIN, EV_KICK_RX)))
+        goto fail;
+    if ((r = ep_add(dp->epfd, dp->tap_fd, EPOLLIN, EV_TAP)))
+        goto fail;
+    dp->tap_armed = 1;
+    dp->pend.active = 0;
+    dp->tx_retry = 0;
+    dp->tid = 0;
+    if ((r = -pthread_create(&dp->thread, NULL, dp_thread, dp)))
+        goto fail;
+    dp->running = 1;
+    return 0;
+fail:
+    if (dp->epfd >= 0)
+        close(dp->epfd);
+    if (dp->stop_fd >= 0)
+        close(dp->stop_fd);
+    dp->epfd = dp->stop_fd = -1;
+    return r;
+}
+
+int vnb_dp_stop(struct vnb_dp *dp)
+{
+    if (!dp->running)
+        return 0;
+    uint64_t one = 1;
+    /* The thread wakes on stop_fd; an eventfd write cannot fail here. */
+    (void)!write(dp->stop_fd, &one, sizeof(one));
+    pthread_join(dp->thread, NULL);
+    close(dp->epfd);
+    close(dp->stop_fd);
+    dp->epfd = dp->stop_fd = -1;
+    dp->running = 0;
+    return 0;
+}

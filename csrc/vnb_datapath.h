@@ -1,0 +1,53 @@
+/* The userspace datapath: one thread, woken through epoll by the kick eventfds and the tap fd, that
+ * moves frames between the virtqueues and a macvtap/tap character device. */
+#ifndef VNB_DATAPATH_H
+#define VNB_DATAPATH_H
+#include <stdint.h>
+#include "vnb_mem.h"
+#include "vnb_fault.h"
+
+/* cffi:begin */
+#define VNB_DP_F_EVENT_IDX 1
+#define VNB_DP_F_INDIRECT 2
+#define VNB_DP_F_MRG_RXBUF 4
+
+struct vnb_dp_stats {
+    uint64_t tx_frames, tx_bytes, rx_frames, rx_bytes;
+    uint64_t tx_kicks, rx_kicks;           /* guest kicks, summed from the eventfd counters */
+    uint64_t tx_kick_wakeups, rx_kick_wakeups;
+    uint64_t tx_interrupts, rx_interrupts; /* call eventfd writes */
+    uint64_t syscalls;                     /* every system call the datapath thread made */
+    uint64_t wakeups;                      /* epoll_wait returns with events */
+    uint64_t tap_writes, tap_reads, tap_read_empty;
+    uint64_t rx_stalls;                    /* times RX waited for guest buffers */
+    uint64_t rx_merged;                    /* frames spread over more than one buffer */
+    uint64_t drops[8];                     /* by enum vnb_drop */
+    uint64_t faults[14];                   /* by enum vnb_fault */
+};
+
+struct vnb_dp_qstate {
+    uint32_t num;
+    uint16_t last_avail_idx;
+    uint16_t used_idx;
+    int32_t broken;
+    int32_t fault;
+};
+
+struct vnb_dp;
+struct vnb_dp *vnb_dp_new(void);
+void vnb_dp_free(struct vnb_dp *dp);
+int vnb_dp_set_mem(struct vnb_dp *dp, const struct vnb_mem *mem);
+int vnb_dp_set_features(struct vnb_dp *dp, uint32_t flags, uint32_t hdr_len);
+int vnb_dp_set_queue(struct vnb_dp *dp, int q, uint32_t num, uint64_t desc_gpa, uint64_t avail_gpa,
+                     uint64_t used_gpa, int kick_fd, int call_fd, uint16_t last_avail_idx, uint16_t used_idx);
+int vnb_dp_set_tap(struct vnb_dp *dp, int tap_fd);
+int vnb_dp_set_err_fd(struct vnb_dp *dp, int err_fd);
+int vnb_dp_start(struct vnb_dp *dp);
+int vnb_dp_stop(struct vnb_dp *dp);
+int vnb_dp_running(struct vnb_dp *dp);
+int vnb_dp_tid(struct vnb_dp *dp);
+void vnb_dp_get_stats(struct vnb_dp *dp, struct vnb_dp_stats *out);
+int vnb_dp_get_qstate(struct vnb_dp *dp, int q, struct vnb_dp_qstate *out);
+/* cffi:end */
+
+#endif

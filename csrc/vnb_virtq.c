@@ -1,0 +1,227 @@
+/* Device side of the split virtqueue. Modelled on drivers/vhost/vhost.c (vhost_get_vq_desc,
+ * vhost_add_used_n, vhost_notify, vhost_enable_notify) and rust-vmm virtio-queue, with one rule:
+ * a descriptor is copied out of guest memory before it is looked at, so the guest cannot change it
+ * between check and use. */
+#include "vnb_virtq.h"
+#include <errno.h>
+#include <string.h>
+
+int vring_need_event_py(uint16_t event_idx, uint16_t new_idx, uint16_t old)
+{
+    return vring_need_event(event_idx, new_idx, old);
+}
+
+int vnb_vq_init(struct vnb_vq *vq, const struct vnb_mem *mem, uint32_t num, uint64_t desc_gpa,
+                uint64_t avail_gpa, uint64_t used_gpa, uint32_t flags)
+{
+    memset(vq, 0, sizeof(*vq));
+    if (num == 0 || num > VNB_MAX_QUEUE_SIZE || (num & (num - 1)))
+        return -EINVAL;
+    /* Alignment per §2.7: descriptors 16, avail 2, used 4. */
+    if ((desc_gpa & 15) || (avail_gpa & 1) || (used_gpa & 3))
+        return -EINVAL;
+    int ev = (flags & VNB_VQ_F_EVENT_IDX) ? 2 : 0;
+    vq->desc = vnb_mem_ptr(mem, desc_gpa, vring_desc_size(num));
+    vq->avail = vnb_mem_ptr(mem, avail_gpa, vring_avail_size(num) - 2 + ev);
+    vq->used = vnb_mem_ptr(mem, used_gpa, vring_used_size(num) - 2 + ev);
+    if (!vq->desc || !vq->avail || !vq->used)
+        return -EFAULT;
+    vq->mem = mem;
+    vq->num = num;
+    vq->flags = flags;
+    vq->desc_gpa = desc_gpa;
+    vq->avail_gpa = avail_gpa;
+    vq->used_gpa = used_gpa;
+    return 0;
+}
+
+void vnb_vq_set_base(struct vnb_vq *vq, uint16_t last_avail_idx, uint16_t used_idx)
+{
+    vq->last_avail_idx = last_avail_idx;
+    vq->used_idx = used_idx;
+    /* After a hand-over we do not know what the driver last saw: signal on the next used buffer. */
+    vq->signalled_used_valid = 0;
+}
+
+int vnb_vq_fail(struct vnb_vq *vq, int fault)
+{
+    if (!vq->broken) {
+        vq->broken = 1;
+        vq->fault = fault;
+    }
+    vq->faults++;
+    return -fault;
+}
+
+int vnb_vq_avail_pending(struct vnb_vq *vq)
+{
+    struct vring_avail *avail = vq->avail;
+    return (uint16_t)(vnb_load_acquire(&avail->idx) - vq->last_avail_idx);
+}
+
+/* Append one guest buffer to the chain's iovecs (may split across adjacent regions). */
+static int chain_add(struct vnb_vq *vq, struct vnb_chain *c, const struct vring_desc *d)
+{
+    int writable = d->flags & VRING_DESC_F_WRITE;
+    if (!writable && c->nin)
+        return vnb_vq_fail(vq, VNB_FAULT_ORDER);
+    int used = c->nout + c->nin;
+    int n = vnb_mem_map(vq->mem, d->addr, d->len, &c->iov[used], VNB_MAX_IOV - used);
+    if (n == -ENOBUFS)
+        return vnb_vq_fail(vq, VNB_FAULT_CHAIN_TOO_LONG);
+    if (n < 0)
+        return vnb_vq_fail(vq, VNB_FAULT_DESC_ADDR);
+    if (writable) {
+        c->nin += n;
+        c->in_len += d->len;
+    } else {
+        c->nout += n;
+        c->out_len += d->len;
+    }
+    return 0;
+}
+
+static int walk_indirect(struct vnb_vq *vq, struct vnb_chain *c, const struct vring_desc *ind)
+{
+    if (!(vq->flags & VNB_VQ_F_INDIRECT))
+        return vnb_vq_fail(vq, VNB_FAULT_INDIRECT_NOT_NEG);
+    if (ind->len == 0 || ind->len % sizeof(struct vring_desc))
+        return vnb_vq_fail(vq, VNB_FAULT_INDIRECT_LEN);
+    /* The table must be contiguous in host memory; one that spans regions is refused as out of bounds. */
+    const struct vring_desc *table = vnb_mem_ptr(vq->mem, ind->addr, ind->len);
+    if (!table)
+        return vnb_vq_fail(vq, VNB_FAULT_DESC_ADDR);
+    uint32_t count = ind->len / sizeof(struct vring_desc);
+    uint32_t i = 0, seen = 0;
+    for (;;) {
+        struct vring_desc d;
+        /* Copy first: the guest may rewrite the table while we walk it. */
+        memcpy(&d, &table[i], sizeof(d));
+        if (++seen > count)
+            return vnb_vq_fail(vq, VNB_FAULT_LOOP);
+        c->ndesc++;
+        if (d.flags & VRING_DESC_F_INDIRECT)
+            return vnb_vq_fail(vq, VNB_FAULT_NESTED_INDIRECT);
+        int r = chain_add(vq, c, &d);
+        if (r)
+            return r;
+        if (!(d.flags & VRING_DESC_F_NEXT))
+            return 0;
+        if (d.next >= count)
+            return vnb_vq_fail(vq, VNB_FAULT_NEXT_RANGE);
+        i = d.next;
+    }
+}
+
+/* Take the next available chain. Returns 1 with *c filled, 0 if the ring is empty, or -fault after
+ * stopping the queue. Like vhost, a buffer that merely has odd lengths is the caller's business;
+ * only what makes the ring itself untrustworthy is a fault. */
+int vnb_vq_pop(struct vnb_vq *vq, struct vnb_chain *c)
+{
+    if (vq->broken)
+        return -vq->fault;
+    struct vring_avail *avail = vq->avail;
+    /* Acquire: the ring entry and descriptors the driver wrote before bumping idx are visible. */
+    uint16_t avail_idx = vnb_load_acquire(&avail->idx);
+    uint16_t pending = (uint16_t)(avail_idx - vq->last_avail_idx);
+    if (pending == 0)
+        return 0;
+    if (pending > vq->num)
+        return vnb_vq_fail(vq, VNB_FAULT_AVAIL_IDX);
+
+    uint16_t head = vnb_load_relaxed(&avail->ring[vq->last_avail_idx & (vq->num - 1)]);
+    if (head >= vq->num)
+        return vnb_vq_fail(vq, VNB_FAULT_HEAD_RANGE);
+
+    c->head = head;
+    c->nout = c->nin = c->ndesc = 0;
+    c->out_len = c->in_len = 0;
+    const struct vring_desc *table = vq->desc;
+    uint32_t i = head, seen = 0;
+    for (;;) {
+        struct vring_desc d;
+        memcpy(&d, &table[i], sizeof(d));  /* copy before validating: see file comment */
+        if (++seen > vq->num)
+            return vnb_vq_fail(vq, VNB_FAULT_LOOP);
+        c->ndesc++;
+        int r = (d.flags & VRING_DESC_F_INDIRECT) ? walk_indirect(vq, c, &d) : chain_add(vq, c, &d);
+        if (r)
+            return r;
+        /* Like vhost's next_desc(): an indirect descriptor with NEXT continues the outer chain. */
+        if (!(d.flags & VRING_DESC_F_NEXT))
+            break;
+        if (d.next >= vq->num)
+            return vnb_vq_fail(vq, VNB_FAULT_NEXT_RANGE);
+        i = d.next;
+    }
+    vq->last_avail_idx++;
+    return 1;
+}
+
+/* Give back the last n popped chains (RX: not enough room for a frame yet), as vhost_discard_vq_desc. */
+void vnb_vq_unpop(struct vnb_vq *vq, uint16_t n)
+{
+    vq->last_avail_idx -= n;
+}
+
+void vnb_vq_add_used(struct vnb_vq *vq, uint16_t head, uint32_t len)
+{
+    struct vring_used *used = vq->used;
+    struct vring_used_elem *e = &used->ring[vq->used_idx & (vq->num - 1)];
+    /* Relaxed: published to the driver only by the release store of used->idx in vnb_vq_flush_used. */
+    vnb_store_relaxed(&e->id, (uint32_t)head);
+    vnb_store_relaxed(&e->len, len);
+    vq->used_idx++;
+}
+
+void vnb_vq_flush_used(struct vnb_vq *vq)
+{
+    struct vring_used *used = vq->used;
+    /* Release: the used elements written above become visible no later than the new idx. */
+    vnb_store_release(&used->idx, vq->used_idx);
+}
+
+/* Does the driver want an interrupt for what was flushed since the last one? (vhost_notify) */
+int vnb_vq_should_notify(struct vnb_vq *vq)
+{
+    struct vring_avail *avail = vq->avail;
+    /* Full barrier: our used->idx store must be visible before we read the driver's used_event or
+     * flags, or the driver could miss both the new entries and the interrupt (§2.7.10). */
+    vnb_mb();
+    if (!(vq->flags & VNB_VQ_F_EVENT_IDX))
+        return !(vnb_load_relaxed(&avail->flags) & VRING_AVAIL_F_NO_INTERRUPT);
+    uint16_t old = vq->signalled_used;
+    uint16_t new_idx = vq->used_idx;
+    int valid = vq->signalled_used_valid;
+    vq->signalled_used = new_idx;
+    vq->signalled_used_valid = 1;
+    if (!valid)
+        return 1;
+    uint16_t event = vnb_load_relaxed(vring_used_event(avail, vq->num));
+    return vring_need_event(event, new_idx, old);
+}
+
+/* Stop asking for kicks while we are already polling the ring. With EVENT_IDX a stale avail_event
+ * does that by itself (the driver's new idx runs past it), so there is nothing to write. */
+void vnb_vq_disable_notify(struct vnb_vq *vq)
+{
+    if (vq->flags & VNB_VQ_F_EVENT_IDX)
+        return;
+    struct vring_used *used = vq->used;
+    vnb_store_relaxed(&used->flags, (uint16_t)VRING_USED_F_NO_NOTIFY);
+}
+
+/* Ask for a kick on the next buffer. Returns 1 if buffers arrived meanwhile (keep going, don't sleep). */
+int vnb_vq_enable_notify(struct vnb_vq *vq)
+{
+    struct vring_used *used = vq->used;
+    struct vring_avail *avail = vq->avail;
+    if (vq->flags & VNB_VQ_F_EVENT_IDX)
+        vnb_store_relaxed(vring_avail_event(used, vq->num), vq->last_avail_idx);
+    else
+        vnb_store_relaxed(&used->flags, (uint16_t)0);
+    /* Full barrier: the enable must be visible before we re-read avail->idx, pairing with the driver's
+     * barrier between its idx store and its avail_event/flags load; else both sides could sleep. */
+    vnb_mb();
+    return vnb_load_acquire(&avail->idx) != vq->last_avail_idx;
+}

@@ -1,0 +1,61 @@
+/* Device side of a split virtqueue: pure ring logic over a guest memory table.
+ * No system calls here; "should the driver be interrupted" is returned as a value. */
+#ifndef VNB_VIRTQ_H
+#define VNB_VIRTQ_H
+#include <stdint.h>
+#include <sys/uio.h>
+#include "vnb_mem.h"
+#include "vnb_ring.h"
+#include "vnb_fault.h"
+
+#define VNB_MAX_IOV 1024   /* UIO_MAXIOV: one chain must fit one writev/readv */
+
+/* cffi:begin */
+#define VNB_VQ_F_EVENT_IDX 1
+#define VNB_VQ_F_INDIRECT 2
+
+struct vnb_vq {
+    /* set up by vnb_vq_init: translated once, validated to lie inside guest memory */
+    const struct vnb_mem *mem;
+    void *desc;          /* struct vring_desc[num] */
+    void *avail;         /* struct vring_avail */
+    void *used;          /* struct vring_used */
+    uint64_t desc_gpa, avail_gpa, used_gpa;
+    uint32_t num;
+    uint32_t flags;      /* VNB_VQ_F_* from the negotiated features */
+    /* device state, as vhost names it */
+    uint16_t last_avail_idx;
+    uint16_t used_idx;          /* next used->idx value to publish (shadow) */
+    uint16_t signalled_used;
+    uint8_t signalled_used_valid;
+    uint8_t broken;             /* a fault stopped the queue: no further pops */
+    int32_t fault;              /* enum vnb_fault of the first fault */
+    uint64_t faults;            /* number of faults seen (stays 1: the queue stops at the first) */
+};
+
+struct vnb_chain {
+    uint16_t head;
+    uint16_t nout;       /* device-readable iovecs, first in iov[] */
+    uint16_t nin;        /* device-writable iovecs, after the readable ones */
+    uint16_t ndesc;      /* descriptors walked (indirect tables included) */
+    uint64_t out_len;
+    uint64_t in_len;
+    struct iovec iov[1024];  /* VNB_MAX_IOV */
+};
+
+int vnb_vq_init(struct vnb_vq *vq, const struct vnb_mem *mem, uint32_t num, uint64_t desc_gpa,
+                uint64_t avail_gpa, uint64_t used_gpa, uint32_t flags);
+void vnb_vq_set_base(struct vnb_vq *vq, uint16_t last_avail_idx, uint16_t used_idx);
+int vnb_vq_pop(struct vnb_vq *vq, struct vnb_chain *c);
+void vnb_vq_unpop(struct vnb_vq *vq, uint16_t n);
+int vnb_vq_avail_pending(struct vnb_vq *vq);
+void vnb_vq_add_used(struct vnb_vq *vq, uint16_t head, uint32_t len);
+void vnb_vq_flush_used(struct vnb_vq *vq);
+int vnb_vq_should_notify(struct vnb_vq *vq);
+void vnb_vq_disable_notify(struct vnb_vq *vq);
+int vnb_vq_enable_notify(struct vnb_vq *vq);
+int vnb_vq_fail(struct vnb_vq *vq, int fault);
+int vring_need_event_py(uint16_t event_idx, uint16_t new_idx, uint16_t old);
+/* cffi:end */
+
+#endif

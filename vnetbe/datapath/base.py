@@ -1,0 +1,26 @@
+"""The contract every datapath keeps, so VirtioNet can switch between them with the rings live."""
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..queue import QueueConfig, QueueState
+
+
+class Datapath(Protocol):
+    name: str
+
+    def start(self, mem, features: int, hdr_len: int, queues: dict[int, QueueConfig], tap_fd: int,
+              err_fd: int) -> None:
+        """Begin servicing the queues from the ring positions in each QueueConfig."""
+
+    def stop(self) -> dict[int, QueueState]:
+        """Stop servicing; return where each ring stands so another datapath can resume it."""
+
+    def stats(self) -> dict:
+        """Counters (frames, bytes, drops by reason, kicks, interrupts, system calls, wake-ups)."""
+
+    def faults(self) -> dict[int, int]:
+        """Queue index -> fault code for queues a guest fault stopped."""
+
+    def threads(self) -> list[int]:
+        """Thread ids doing the work (for CPU accounting)."""

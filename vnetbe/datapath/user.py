@@ -1,0 +1,82 @@
+"""The userspace datapath: vnetbe's C thread (csrc/vnb_datapath.c) servicing the rings."""
+from __future__ import annotations
+
+from .. import spec
+from .._native import check, ffi, lib
+from ..errors import ConfigError
+from ..queue import QueueConfig, QueueState
+
+DROP_REASONS = ["tx_short", "tx_oversize", "tx_tap_refused", "tx_tap_error", "rx_no_buffer",
+                "rx_truncated", "rx_stopped", "rx_tap_error"]
+FAULT_NAMES = ["none", "desc_addr", "loop", "nested_indirect", "indirect_len", "tx_writable", "avail_idx",
+               "head_range", "next_range", "order", "chain_too_long", "indirect_not_negotiated",
+               "rx_readable", "ring_addr"]
+_COUNTERS = ["tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "tx_kicks", "rx_kicks", "tx_kick_wakeups",
+             "rx_kick_wakeups", "tx_interrupts", "rx_interrupts", "syscalls", "wakeups", "tap_writes",
+             "tap_reads", "tap_read_empty", "rx_stalls", "rx_merged"]
+
+
+def dp_flags(features: int) -> int:
+    flags = 0
+    if features & spec.bit(spec.VIRTIO_RING_F_EVENT_IDX):
+        flags |= lib.VNB_DP_F_EVENT_IDX
+    if features & spec.bit(spec.VIRTIO_RING_F_INDIRECT_DESC):
+        flags |= lib.VNB_DP_F_INDIRECT
+    if features & spec.bit(spec.VIRTIO_NET_F_MRG_RXBUF):
+        flags |= lib.VNB_DP_F_MRG_RXBUF
+    return flags
+
+
+class UserDatapath:
+    name = "user"
+
+    def __init__(self) -> None:
+        self._dp = ffi.gc(lib.vnb_dp_new(), lib.vnb_dp_free)
+        if self._dp == ffi.NULL:
+            raise MemoryError("vnb_dp_new")
+        self._mem = None   # keep the GuestMemory alive while the thread uses its mappings
+        self._queues: dict[int, QueueConfig] = {}
+
+    def start(self, mem, features, hdr_len, queues, tap_fd, err_fd) -> None:
+        dp = self._dp
+        check(lib.vnb_dp_set_mem(dp, mem.table), "vnb_dp_set_mem")
+        check(lib.vnb_dp_set_features(dp, dp_flags(features), hdr_len), "vnb_dp_set_features")
+        for q, cfg in queues.items():
+            rc = lib.vnb_dp_set_queue(dp, q, cfg.size, cfg.desc, cfg.avail, cfg.used, cfg.kick_fd,
+                                      cfg.call_fd, cfg.last_avail_idx & 0xFFFF, cfg.used_idx & 0xFFFF)
+            if rc < 0:
+                raise ConfigError(f"queue {q} rejected by the datapath (errno {-rc}): check its addresses")
+        check(lib.vnb_dp_set_tap(dp, tap_fd), "vnb_dp_set_tap")
+        check(lib.vnb_dp_set_err_fd(dp, err_fd), "vnb_dp_set_err_fd")
+        check(lib.vnb_dp_start(dp), "vnb_dp_start (epoll/eventfd/pthread_create)")
+        self._mem = mem
+        self._queues = dict(queues)
+
+    def stop(self) -> dict[int, QueueState]:
+        lib.vnb_dp_stop(self._dp)
+        return {q: self._qstate(q) for q in self._queues}
+
+    def _qstate(self, q: int) -> QueueState:
+        st = ffi.new("struct vnb_dp_qstate *")
+        lib.vnb_dp_get_qstate(self._dp, q, st)
+        return QueueState(st.last_avail_idx, st.used_idx, bool(st.broken), st.fault)
+
+    def faults(self) -> dict[int, int]:
+        out = {}
+        for q in self._queues:
+            s = self._qstate(q)
+            if s.broken:
+                out[q] = s.fault
+        return out
+
+    def threads(self) -> list[int]:
+        tid = lib.vnb_dp_tid(self._dp)
+        return [tid] if tid and lib.vnb_dp_running(self._dp) else []
+
+    def stats(self) -> dict:
+        st = ffi.new("struct vnb_dp_stats *")
+        lib.vnb_dp_get_stats(self._dp, st)
+        out = {k: getattr(st, k) for k in _COUNTERS}
+        out["drops"] = {DROP_REASONS[i]: st.drops[i] for i in range(len(DROP_REASONS))}
+        out["faults"] = {FAULT_NAMES[i]: st.faults[i] for i in range(1, len(FAULT_NAMES)) if st.faults[i]}
+        return out

@@ -1,0 +1,198 @@
+"""VirtioNet: the virtio-net device model (features, config space, status, queues) in front of a
+link (macvtap/tap) and a datapath (``user`` or ``vhost``) that moves the frames.
+
+Two kinds of callers drive it through the same door: ``GuestDriver`` (vnetbe's own front end for
+tests and benchmarks) and a VMM that describes its guest's queues with ``set_queue``.
+"""
+from __future__ import annotations
+
+import os
+import select
+from typing import Any
+
+from . import spec
+from .datapath import make as make_datapath
+from .errors import ConfigError, GuestFault, fault_from_code
+from .queue import QueueConfig, QueueState
+
+
+def _sum_stats(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict):
+            out[k] = _sum_stats(out.get(k, {}), v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = out.get(k, 0) + v
+        else:
+            out[k] = v
+    return out
+
+
+class VirtioNet:
+    """A virtio-net device over ``link`` using guest memory ``mem``.
+
+    Lifecycle follows the spec's status bits: the driver reads ``device_features``, calls
+    ``set_driver_features`` (FEATURES_OK), ``set_queue`` for RX (0) and TX (1), then ``start``
+    (DRIVER_OK). A guest fault stops its queue and sets DEVICE_NEEDS_RESET; ``check()`` raises it.
+    """
+
+    def __init__(self, mem, link, datapath: str = "user", *, features: int | None = None,
+                 mac: str | None = None, mtu: int | None = None, vhost_busyloop_us: int = 0):
+        self.mem = mem
+        self.link = link
+        self.datapath_name = datapath
+        self.vhost_busyloop_us = vhost_busyloop_us
+        self._datapath = make_datapath(datapath)
+        offered = spec.DEVICE_FEATURES if features is None else features
+        kernel_limit = getattr(self._datapath, "supported_features", None)
+        self.device_features = offered & kernel_limit if kernel_limit is not None else offered
+        self.config: dict[str, Any] = {
+            "mac": mac or link.mac,
+            "status": spec.VIRTIO_NET_S_LINK_UP,
+            "max_virtqueue_pairs": 1,
+            "mtu": mtu or link.mtu,
+        }
+        self.driver_features = 0
+        self.status = spec.ACKNOWLEDGE | spec.DRIVER
+        self.queues: dict[int, QueueConfig] = {}
+        self.err_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._retired: dict = {}
+        self._on_close: list = []   # resources of a driver bound to this device (GuestDriver's eventfds)
+        self.running = False
+        self.closed = False
+
+    # --- negotiation ---
+    @property
+    def hdr_len(self) -> int:
+        f = self.driver_features
+        modern = f & (spec.bit(spec.VIRTIO_F_VERSION_1) | spec.bit(spec.VIRTIO_NET_F_MRG_RXBUF))
+        return spec.NET_HDR_LEN if modern else 10
+
+    def has(self, feature_bit: int) -> bool:
+        return bool(self.driver_features & spec.bit(feature_bit))
+
+    def set_driver_features(self, features: int) -> int:
+        if self.running:
+            raise ConfigError("features can only change before the device is started")
+        extra = features & ~self.device_features
+        if extra:
+            raise ConfigError(f"driver asked for features the device does not offer: "
+                              f"{', '.join(spec.features_to_names(extra)) or hex(extra)}")
+        self.driver_features = features
+        self.status |= spec.FEATURES_OK
+        return features
+
+    def set_queue(self, index: int, cfg: QueueConfig | None = None, **kw) -> None:
+        """Describe queue ``index`` (0 = RX, 1 = TX): a QueueConfig or its fields as keywords."""
+        if index not in (spec.RX_QUEUE, spec.TX_QUEUE):
+            raise ConfigError(f"queue index {index}: this device has RX (0) and TX (1)")
+        cfg = cfg or QueueConfig(**kw)
+        cfg.validate(self.mem, self.has(spec.VIRTIO_RING_F_EVENT_IDX))
+        self.queues[index] = cfg
+
+    # --- running ---
+    def start(self) -> None:
+        if not self.status & spec.FEATURES_OK:
+            raise ConfigError("start() before set_driver_features(): negotiate features first")
+        if not self.queues:
+            raise ConfigError("start() with no queues: call set_queue for RX (0) and/or TX (1)")
+        self._configure_link()
+        self._datapath_start()
+        self.status |= spec.DRIVER_OK
+        self.running = True
+
+    def _configure_link(self) -> None:
+        from .link import Link
+
+        self.link.set_vnet_hdr_len(self.hdr_len)
+        self.link.set_offload(Link.tun_offload_from_virtio(self.driver_features))
+
+    def _datapath_start(self) -> None:
+        dp = self._datapath
+        if self.datapath_name == "vhost" and hasattr(dp, "busyloop_us"):
+            dp.busyloop_us = self.vhost_busyloop_us
+        dp.start(self.mem, self.driver_features, self.hdr_len, self.queues, self.link.fd, self.err_fd)
+
+    def stop(self) -> dict[int, QueueState]:
+        """Stop the datapath; the rings keep their state (returned, and kept for a later start)."""
+        if not self.running:
+            return {}
+        states = self._datapath.stop()
+        for q, st in states.items():
+            self.queues[q].last_avail_idx = st.last_avail_idx
+            self.queues[q].used_idx = st.used_idx
+        self.running = False
+        self.status &= ~spec.DRIVER_OK
+        return states
+
+    def switch_datapath(self, name: str) -> dict[int, QueueState]:
+        """Hand the live rings to another datapath: stop, carry last_avail_idx/used_idx over, start."""
+        if name == self.datapath_name:
+            return {}
+        new = make_datapath(name)
+        was_running = self.running
+        states = self.stop()
+        self._retired = _sum_stats(self._retired, self._datapath.stats())
+        self._datapath = new
+        self.datapath_name = name
+        if was_running:
+            self._datapath_start()
+            self.running = True
+            self.status |= spec.DRIVER_OK
+        return states
+
+    @property
+    def datapath(self):
+        return self._datapath
+
+    # --- faults and counters ---
+    def faults(self) -> dict[int, int]:
+        f = self._datapath.faults()
+        if f:
+            self.status |= spec.DEVICE_NEEDS_RESET
+        return f
+
+    def check(self) -> None:
+        """Raise the GuestFault that stopped a queue, if any."""
+        for q, code in sorted(self.faults().items()):
+            raise fault_from_code(code, q)
+
+    def wait_fault(self, timeout: float) -> GuestFault | None:
+        """Wait up to ``timeout`` s for a datapath to report a guest fault; return it (not raised)."""
+        r, _, _ = select.select([self.err_fd], [], [], timeout)
+        if r:
+            try:
+                os.eventfd_read(self.err_fd)
+            except BlockingIOError:
+                pass
+        for q, code in sorted(self.faults().items()):
+            return fault_from_code(code, q)
+        return None
+
+    def stats(self) -> dict:
+        cur = self._datapath.stats()
+        out = _sum_stats(self._retired, cur) if self._retired else cur
+        out["datapath"] = self.datapath_name
+        out["status"] = self.status
+        return out
+
+    def threads(self) -> list[int]:
+        return self._datapath.threads()
+
+    # --- lifetime ---
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.stop()
+        finally:
+            for fn in reversed(self._on_close):
+                fn()
+            os.close(self.err_fd)
+            self.closed = True
+
+    def __enter__(self) -> "VirtioNet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

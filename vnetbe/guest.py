@@ -1,0 +1,211 @@
+"""GuestDriver: vnetbe's own virtio-net front end, for tests and benchmarks.
+
+It does what a guest kernel's virtio_net driver does, in C (csrc/vnb_guest.c) for speed: lays the
+queues out in the device's guest memory, negotiates features, posts TX chains and RX buffers, kicks
+only when the device asks, and waits on the call eventfd (the interrupt, since there is no KVM here).
+It talks to the device only through ``VirtioNet``'s public door, exactly as a VMM would.
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+from . import spec
+from ._native import ffi, lib
+from .errors import ConfigError, VnetError
+from .queue import QueueConfig
+
+LAYOUTS = {"single": 0, "split_hdr": 1, "scatter": 2, "indirect": 3}
+DEFAULT_FEATURES = spec.DEVICE_FEATURES
+MAX_FRAME = 65535
+
+
+class GuestDriver:
+    """A guest's virtio-net driver bound to ``dev``; starts the device.
+
+    ``features``: what the guest wants (default everything the device offers). ``rx_buf_size``:
+    bytes per RX buffer (default 2048 with mergeable buffers, else enough for the largest frame).
+    ``tx_layout``: how a frame is laid out in descriptors (single, split_hdr, scatter, indirect).
+    """
+
+    def __init__(self, dev, *, queue_size: int = 256, rx_queue_size: int | None = None,
+                 features: int | None = None, rx_buf_size: int | None = None, rx_segs: int = 1,
+                 tx_layout: str = "single", start: bool = True):
+        self.dev = dev
+        mem = dev.mem
+        want = DEFAULT_FEATURES if features is None else features
+        self.features = dev.set_driver_features(want & dev.device_features)
+        self.event_idx = bool(self.features & spec.bit(spec.VIRTIO_RING_F_EVENT_IDX))
+        self.mrg_rxbuf = bool(self.features & spec.bit(spec.VIRTIO_NET_F_MRG_RXBUF))
+        self.indirect = bool(self.features & spec.bit(spec.VIRTIO_RING_F_INDIRECT_DESC))
+        self.hdr_len = dev.hdr_len
+        self.tx_layout = self._layout(tx_layout)
+        ntx = queue_size
+        nrx = rx_queue_size or queue_size
+        spec.check_queue_size(ntx)
+        spec.check_queue_size(nrx)
+        if rx_buf_size is None:
+            rx_buf_size = 2048 if self.mrg_rxbuf else MAX_FRAME + self.hdr_len
+        if not self.mrg_rxbuf and rx_buf_size < 1514 + self.hdr_len:
+            raise ConfigError("without MRG_RXBUF each RX buffer must hold a whole frame (>= 1526 bytes)")
+        self.rx_buf_size = rx_buf_size
+        self.tx_buf_size = MAX_FRAME + 16 + 128  # header slot + frame + the scatter layout's gaps
+
+        rings = {}
+        for q, n in ((spec.RX_QUEUE, nrx), (spec.TX_QUEUE, ntx)):
+            rings[q] = (n, mem.alloc(spec.desc_table_size(n), 16),
+                        mem.alloc(spec.avail_ring_size(n), 2), mem.alloc(spec.used_ring_size(n), 4))
+        self.tx_buf_gpa = mem.alloc(self.tx_buf_size * ntx, 64)
+        self.tx_ind_gpa = mem.alloc(16 * lib.VNB_GUEST_MAX_SEGS * ntx, 16)
+        self.rx_buf_gpa = mem.alloc(rx_buf_size * nrx, 64)
+
+        self._fds: list[int] = []
+        dev._on_close.append(self.close)   # the device's datapath polls these fds: they die with it
+        self.kick_fd = {q: self._eventfd() for q in rings}
+        self.call_fd = {q: self._eventfd() for q in rings}
+        self.rings = rings
+        for q, (n, d, a, u) in rings.items():
+            dev.set_queue(q, QueueConfig(n, d, a, u, self.kick_fd[q], self.call_fd[q]))
+
+        flags = ((lib.VNB_DRV_F_EVENT_IDX if self.event_idx else 0)
+                 | (lib.VNB_DRV_F_INDIRECT if self.indirect else 0)
+                 | (lib.VNB_GUEST_F_MRG_RXBUF if self.mrg_rxbuf else 0))
+        self._g = ffi.new("struct vnb_guest *")
+        rc = lib.vnb_guest_init(
+            self._g, mem.table, flags, self.hdr_len,
+            *rings[spec.RX_QUEUE], *rings[spec.TX_QUEUE],
+            self.tx_buf_gpa, self.tx_buf_size, self.tx_ind_gpa, self.rx_buf_gpa, rx_buf_size, rx_segs,
+            self.kick_fd[0], self.call_fd[0], self.kick_fd[1], self.call_fd[1])
+        if rc < 0:
+            self.close()
+            raise ConfigError(f"guest driver setup failed ({os.strerror(-rc)}): check queue and buffer sizes")
+        self._rxbuf = ffi.new("uint8_t[]", MAX_FRAME + 1)
+        self._hdr = ffi.new("struct virtio_net_hdr_v1 *")
+        # Post RX buffers before DRIVER_OK, as a real driver does: the device may start receiving at once.
+        lib.vnb_guest_rx_fill(self._g)
+        if start:
+            dev.start()
+
+    def _eventfd(self) -> int:
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._fds.append(fd)
+        return fd
+
+    @staticmethod
+    def _layout(name: str) -> int:
+        if name not in LAYOUTS:
+            raise ConfigError(f"unknown TX layout {name!r}; choose one of {', '.join(LAYOUTS)}")
+        return LAYOUTS[name]
+
+    # --- headers ---
+    def _make_hdr(self, frame: bytes, csum, gso):
+        h = ffi.new("struct virtio_net_hdr_v1 *")
+        if gso is not None:
+            kind, mss = gso
+            if kind not in spec.GSO_TYPES:
+                raise ConfigError(f"unknown gso type {kind!r}; choose one of {', '.join(spec.GSO_TYPES)}")
+            h.gso_type = spec.GSO_TYPES[kind]
+            h.gso_size = mss
+            l3, l4 = _l4_offsets(frame)
+            h.hdr_len = l4 + ((frame[l4 + 12] >> 4) * 4 if kind != "udp" else 8)
+            if csum is None:
+                csum = (l4, 16 if kind != "udp" else 6)
+        if csum is not None:
+            h.flags = spec.VIRTIO_NET_HDR_F_NEEDS_CSUM
+            h.csum_start, h.csum_offset = csum
+        return h
+
+    # --- TX ---
+    def send(self, frame: bytes, *, csum: tuple[int, int] | None = None, gso: tuple[str, int] | None = None,
+             layout: str | None = None, timeout: float = 5.0) -> None:
+        """Queue one Ethernet frame (no virtio-net header) for transmission."""
+        if not 0 < len(frame) <= MAX_FRAME:
+            raise ConfigError(f"frame of {len(frame)} bytes: must be 1..{MAX_FRAME}")
+        lay = self.tx_layout if layout is None else self._layout(layout)
+        rc = lib.vnb_guest_tx(self._g, frame, len(frame), self._make_hdr(frame, csum, gso), lay,
+                              int(timeout * 1000))
+        if rc < 0:
+            self._raise(-rc, "send")
+
+    def flood(self, frame: bytes, count: int, *, batch: int = 64, seq_offset: int = 0,
+              layout: str | None = None, timeout: float = 5.0) -> int:
+        """Send ``count`` copies as fast as the ring allows (optionally numbered at ``seq_offset``)."""
+        lay = self.tx_layout if layout is None else self._layout(layout)
+        hdr = self._make_hdr(frame, None, None)
+        n = lib.vnb_guest_tx_flood(self._g, frame, len(frame), hdr, count, lay, batch, seq_offset,
+                                   int(timeout * 1000))
+        if n < 0:
+            self._raise(-n, "flood")
+        return n
+
+    def drain_tx(self, timeout: float = 5.0) -> None:
+        """Wait until the device has consumed every TX chain."""
+        rc = lib.vnb_guest_tx_drain(self._g, int(timeout * 1000))
+        if rc < 0:
+            self._raise(-rc, "drain_tx")
+
+    # --- RX ---
+    def receive(self, timeout: float = 1.0) -> bytes | None:
+        """The next received frame (no virtio-net header), or None after ``timeout`` seconds."""
+        r = self.receive_with_header(timeout)
+        return None if r is None else r[1]
+
+    def receive_with_header(self, timeout: float = 1.0) -> tuple[dict, bytes] | None:
+        n = lib.vnb_guest_rx(self._g, self._rxbuf, MAX_FRAME + 1, self._hdr, int(timeout * 1000))
+        if n == 0:
+            self.dev.check()
+            return None
+        if n < 0:
+            self._raise(-n, "receive")
+        h = self._hdr
+        hdr = {"flags": h.flags, "gso_type": h.gso_type, "hdr_len": h.hdr_len, "gso_size": h.gso_size,
+               "csum_start": h.csum_start, "csum_offset": h.csum_offset, "num_buffers": h.num_buffers}
+        return hdr, bytes(ffi.buffer(self._rxbuf, n))
+
+    def receive_count(self, count: int, timeout: float = 1.0, seq_offset: int = 0) -> tuple[int, int]:
+        """Receive up to ``count`` frames without copying them out; (frames, out-of-order breaks)."""
+        ooo = ffi.new("uint64_t *")
+        n = lib.vnb_guest_rx_count(self._g, count, int(timeout * 1000), seq_offset, ooo)
+        return n, ooo[0]
+
+    # --- misc ---
+    def _raise(self, err: int, what: str):
+        self.dev.check()  # a guest fault explains a stall better than the errno
+        if err == 11:
+            raise VnetError(f"{what}: the device did not consume buffers in time (TX ring full); "
+                            "is the datapath running?")
+        raise VnetError(f"{what} failed: {os.strerror(err)}")
+
+    def stats(self) -> dict:
+        s = self._g.st
+        return {k: getattr(s, k) for k in ("tx_frames", "tx_bytes", "tx_kicks", "tx_interrupts", "tx_full_waits",
+                                           "rx_frames", "rx_bytes", "rx_kicks", "rx_interrupts", "rx_waits",
+                                           "rx_buffers", "bad_used", "syscalls")}
+
+    @property
+    def raw(self):
+        """The C struct vnb_guest (ring pointers and indices), for tests that tamper with rings."""
+        return self._g
+
+    def close(self) -> None:
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = []
+
+
+def _l4_offsets(frame: bytes) -> tuple[int, int]:
+    """Offsets of the L3 and L4 headers in an Ethernet frame (IPv4 or IPv6, one VLAN tag at most)."""
+    off = 12
+    ethertype = struct.unpack_from("!H", frame, off)[0]
+    if ethertype == 0x8100:
+        off += 4
+        ethertype = struct.unpack_from("!H", frame, off)[0]
+    l3 = off + 2
+    if ethertype == 0x0800:
+        return l3, l3 + (frame[l3] & 0xF) * 4
+    if ethertype == 0x86DD:
+        return l3, l3 + 40
+    raise ConfigError("gso needs an IPv4 or IPv6 frame")
