@@ -7,6 +7,7 @@
 #include "vnb_net.h"
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -577,6 +578,9 @@ int vnb_dp_start(struct vnb_dp *dp)
     dp->tid = 0;
     if ((r = -pthread_create(&dp->thread, NULL, dp_thread, dp)))
         goto fail;
+    /* Wait for the thread to publish its tid, so CPU accounting can start the moment we return. */
+    while (!vnb_dp_tid(dp))
+        sched_yield();
     dp->running = 1;
     return 0;
 fail:

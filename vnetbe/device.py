@@ -102,10 +102,11 @@ class VirtioNet:
         self.running = True
 
     def _configure_link(self) -> None:
-        from .link import Link
+        from .link import tun_offload_from_virtio
 
         self.link.set_vnet_hdr_len(self.hdr_len)
-        self.link.set_offload(Link.tun_offload_from_virtio(self.driver_features))
+        # The tap may hand the guest only what the guest said it can take (GUEST_CSUM/TSO).
+        self.link.set_offload(tun_offload_from_virtio(self.driver_features))
 
     def _datapath_start(self) -> None:
         dp = self._datapath

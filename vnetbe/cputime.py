@@ -1,0 +1,53 @@
+"""CPU time of individual threads, in nanoseconds, from /proc/<pid>/task/<tid>/schedstat.
+
+schedstat's first field is the time the thread spent on a CPU, at nanosecond resolution (utime and
+stime in /proc/.../stat are in clock ticks, too coarse for a per-packet cost).
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+
+def thread_cpu_ns(tid: int, pid: int | None = None) -> int:
+    pid = pid or os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return 0
+
+
+def current_tid() -> int:
+    return threading.get_native_id()
+
+
+def kernel_threads_cpu_ns(name_prefix: str) -> dict[int, int]:
+    """CPU time of kernel threads whose comm starts with name_prefix (e.g. the vhost worker "vhost-<pid>")."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
+            if comm.startswith(name_prefix):
+                out[int(entry)] = thread_cpu_ns(int(entry), int(entry))
+        except OSError:
+            continue
+    return out
+
+
+class CpuMeter:
+    """Snapshot CPU time of a set of threads at start() and report the difference at stop()."""
+
+    def __init__(self, threads: dict[str, int]):
+        self.threads = {k: v for k, v in threads.items() if v}
+        self._t0: dict[str, int] = {}
+
+    def start(self) -> "CpuMeter":
+        self._t0 = {k: thread_cpu_ns(t) for k, t in self.threads.items()}
+        return self
+
+    def stop(self) -> dict[str, int]:
+        return {k: thread_cpu_ns(t) - self._t0.get(k, 0) for k, t in self.threads.items()}
