@@ -1,5 +1,6 @@
 /* Guest front end: buffers, kicks and waits. Ring logic itself is in vnb_driver.c. */
 #include "vnb_guest.h"
+#include "vnb_peer.h"
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
@@ -207,16 +208,19 @@ int vnb_guest_tx(struct vnb_guest *g, const uint8_t *frame, uint32_t len, const 
 
 /* Send `count` copies of frame as fast as the ring allows, publishing and deciding on a kick once per
  * `batch` frames (like xmit_more). If seq_offset is nonzero, a 32-bit big-endian counter is written
- * there in each copy so the receiver can check order. Returns frames sent or -errno. */
+ * there in each copy so the receiver can check order; with `tagged`, each frame is instead rebuilt as
+ * the sequence-tagged frame of that number (vnb_peer.h: addresses and flow from the template) so the
+ * peer can check every byte. Returns frames sent or -errno. */
 int64_t vnb_guest_tx_flood(struct vnb_guest *g, const uint8_t *frame, uint32_t len,
                            const struct virtio_net_hdr_v1 *hdr, uint64_t count, uint32_t layout,
-                           uint32_t batch, uint32_t seq_offset, int timeout_ms)
+                           uint32_t batch, uint32_t seq_offset, uint32_t tagged, int timeout_ms)
 {
     int r = tx_layout_ok(g, len, layout);
     if (r)
         return r;
-    if (seq_offset && seq_offset + 4 > len)
+    if ((seq_offset && seq_offset + 4 > len) || (tagged && len < VNB_TAG_HDR_LEN))
         return -EINVAL;
+    uint32_t flow = tagged ? (uint32_t)frame[18] << 24 | (uint32_t)frame[19] << 16 | (uint32_t)frame[20] << 8 | frame[21] : 0;
     uint8_t local[VNB_MAX_FRAME];
     memcpy(local, frame, len);
     uint32_t need = tx_descs_needed(g, layout, len);
@@ -229,7 +233,9 @@ int64_t vnb_guest_tx_flood(struct vnb_guest *g, const uint8_t *frame, uint32_t l
             return sent ? (int64_t)sent : r;
         uint32_t k = 0;
         while (k < batch && sent < count && g->txq.num_free >= need) {
-            if (seq_offset) {
+            if (tagged) {
+                vnb_peer_fill_tagged(local, frame, frame + 6, flow, (uint32_t)sent, len);
+            } else if (seq_offset) {
                 uint32_t s = (uint32_t)sent;
                 local[seq_offset] = s >> 24;
                 local[seq_offset + 1] = s >> 16;
@@ -362,11 +368,13 @@ int64_t vnb_guest_rx(struct vnb_guest *g, uint8_t *out, uint32_t cap, struct vir
 
 /* Receive `count` frames without copying them out, refilling as we go; for benchmarks and the
  * million-frame accounting test. If seq_offset is nonzero, frames carry a 32-bit big-endian sequence
- * there (relative to the frame, no header) and *out_of_order counts breaks in +1 steps.
+ * there (relative to the frame, no header) and *out_of_order counts steps backwards. With `verify`,
+ * every frame must be a sequence-tagged frame whose every byte is right, else *bad counts it.
  * Returns frames received before count was reached or timeout_ms passed with nothing new. */
 int64_t vnb_guest_rx_count(struct vnb_guest *g, uint64_t count, int timeout_ms, uint32_t seq_offset,
-                           uint64_t *out_of_order)
+                           uint32_t verify, uint64_t *out_of_order, uint64_t *bad)
 {
+    static __thread uint8_t frame[VNB_MAX_FRAME + VNB_NET_HDR_LEN];
     uint64_t got = 0;
     uint32_t expect = 0;
     int have_expect = 0;
@@ -381,16 +389,24 @@ int64_t vnb_guest_rx_count(struct vnb_guest *g, uint64_t count, int timeout_ms, 
         if (seq_offset && len >= g->hdr_len + seq_offset + 4) {
             const uint8_t *p = buf + g->hdr_len + seq_offset;
             uint32_t s = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-            if (have_expect && s != expect && out_of_order)
+            /* A gap is a drop (accounted elsewhere); going backwards is a reorder or a duplicate. */
+            if (have_expect && (int32_t)(s - expect) < 0 && out_of_order)
                 (*out_of_order)++;
             expect = s + 1;
             have_expect = 1;
         }
+        if (verify)
+            memcpy(frame, buf + g->hdr_len, total);
         for (uint32_t i = 1; i < nbuf; i++) {
             if (rx_next_used(g, &len, &slot, timeout_ms) <= 0)
                 break;
+            if (verify && total + len <= VNB_MAX_FRAME)
+                memcpy(frame + total, g->rx_buf + (uint64_t)slot * g->rx_buf_size, len);
             total += len;
         }
+        uint32_t vseq, vflow;
+        if (verify && (total > VNB_MAX_FRAME || vnb_peer_check_tagged(frame, (uint32_t)total, &vseq, &vflow) != 1) && bad)
+            (*bad)++;
         g->st.rx_frames++;
         g->st.rx_bytes += total;
         got++;

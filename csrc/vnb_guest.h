@@ -53,14 +53,14 @@ int vnb_guest_tx(struct vnb_guest *g, const uint8_t *frame, uint32_t len, const 
                  uint32_t layout, int timeout_ms);
 int64_t vnb_guest_tx_flood(struct vnb_guest *g, const uint8_t *frame, uint32_t len,
                            const struct virtio_net_hdr_v1 *hdr, uint64_t count, uint32_t layout,
-                           uint32_t batch, uint32_t seq_offset, int timeout_ms);
+                           uint32_t batch, uint32_t seq_offset, uint32_t tagged, int timeout_ms);
 int vnb_guest_tx_reclaim(struct vnb_guest *g);
 int vnb_guest_tx_drain(struct vnb_guest *g, int timeout_ms);
 int vnb_guest_rx_fill(struct vnb_guest *g);
 int64_t vnb_guest_rx(struct vnb_guest *g, uint8_t *out, uint32_t cap, struct virtio_net_hdr_v1 *hdr,
                      int timeout_ms);
 int64_t vnb_guest_rx_count(struct vnb_guest *g, uint64_t count, int timeout_ms, uint32_t seq_offset,
-                           uint64_t *out_of_order);
+                           uint32_t verify, uint64_t *out_of_order, uint64_t *bad);
 /* cffi:end */
 
 #endif

@@ -127,12 +127,14 @@ class GuestDriver:
         if rc < 0:
             self._raise(-rc, "send")
 
-    def flood(self, frame: bytes, count: int, *, batch: int = 64, seq_offset: int = 0,
+    def flood(self, frame: bytes, count: int, *, batch: int = 64, seq_offset: int = 0, tagged: bool = False,
               layout: str | None = None, timeout: float = 5.0) -> int:
-        """Send ``count`` copies as fast as the ring allows (optionally numbered at ``seq_offset``)."""
+        """Send ``count`` copies as fast as the ring allows: numbered at ``seq_offset``, or with
+        ``tagged`` rebuilt as sequence-tagged frames 0..count-1 (packet.tagged_frame) from the
+        template's addresses, so the peer can check every byte."""
         lay = self.tx_layout if layout is None else self._layout(layout)
         hdr = self._make_hdr(frame, None, None)
-        n = lib.vnb_guest_tx_flood(self._g, frame, len(frame), hdr, count, lay, batch, seq_offset,
+        n = lib.vnb_guest_tx_flood(self._g, frame, len(frame), hdr, count, lay, batch, seq_offset, int(tagged),
                                    int(timeout * 1000))
         if n < 0:
             self._raise(-n, "flood")
@@ -162,11 +164,14 @@ class GuestDriver:
                "csum_start": h.csum_start, "csum_offset": h.csum_offset, "num_buffers": h.num_buffers}
         return hdr, bytes(ffi.buffer(self._rxbuf, n))
 
-    def receive_count(self, count: int, timeout: float = 1.0, seq_offset: int = 0) -> tuple[int, int]:
-        """Receive up to ``count`` frames without copying them out; (frames, out-of-order breaks)."""
+    def receive_count(self, count: int, timeout: float = 1.0, seq_offset: int = 0,
+                      verify: bool = False) -> tuple[int, int, int]:
+        """Receive up to ``count`` frames without handing them to Python: (frames, out-of-order
+        breaks of the sequence at ``seq_offset``, frames that fail the tagged-frame check if ``verify``)."""
         ooo = ffi.new("uint64_t *")
-        n = lib.vnb_guest_rx_count(self._g, count, int(timeout * 1000), seq_offset, ooo)
-        return n, ooo[0]
+        bad = ffi.new("uint64_t *")
+        n = lib.vnb_guest_rx_count(self._g, count, int(timeout * 1000), seq_offset, int(verify), ooo, bad)
+        return n, ooo[0], bad[0]
 
     # --- misc ---
     def _raise(self, err: int, what: str):

@@ -184,7 +184,7 @@ class BenchTopology:
             meter.start()
             t0 = time.perf_counter()
             th, sender = self._send_async(size, count, pace_ns)
-            got, ooo = guest.receive_count(count, timeout=0.5, seq_offset=14)
+            got, ooo, _ = guest.receive_count(count, timeout=0.5, seq_offset=14)
             dt = time.perf_counter() - t0
             th.join()
             cpu = meter.stop()

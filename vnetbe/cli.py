@@ -1,0 +1,45 @@
+"""The ``vnetbe`` command: ``bench`` (the main job), ``lab`` (the kernel lab).
+
+Expected failures (VnetError) are printed as one line on stderr, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import VnetError
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vnetbe", description="userspace virtio-net backend with vhost-net offload")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    from . import benchcli
+
+    benchcli.add_parser(sub)
+    try:
+        from . import lab
+    except ImportError:  # pragma: no cover - lab is part of the package
+        lab = None
+    if lab is not None:
+        lab.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except VnetError as e:
+        print(f"vnetbe: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vnetbe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
