@@ -112,7 +112,7 @@ class VirtioNet:
         dp = self._datapath
         if self.datapath_name == "vhost" and hasattr(dp, "busyloop_us"):
             dp.busyloop_us = self.vhost_busyloop_us
-        dp.start(self.mem, self.driver_features, self.hdr_len, self.queues, self.link.fd, self.err_fd)
+        dp.start(self.mem, self.driver_features, self.hdr_len, self.queues, self.link, self.err_fd)
 
     def stop(self) -> dict[int, QueueState]:
         """Stop the datapath; the rings keep their state (returned, and kept for a later start)."""
@@ -134,6 +134,7 @@ class VirtioNet:
         was_running = self.running
         states = self.stop()
         self._retired = _sum_stats(self._retired, self._datapath.stats())
+        self._datapath.close()
         self._datapath = new
         self.datapath_name = name
         if was_running:
@@ -186,6 +187,7 @@ class VirtioNet:
             return
         try:
             self.stop()
+            self._datapath.close()
         finally:
             for fn in reversed(self._on_close):
                 fn()

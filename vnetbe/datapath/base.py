@@ -9,9 +9,9 @@ from ..queue import QueueConfig, QueueState
 class Datapath(Protocol):
     name: str
 
-    def start(self, mem, features: int, hdr_len: int, queues: dict[int, QueueConfig], tap_fd: int,
-              err_fd: int) -> None:
-        """Begin servicing the queues from the ring positions in each QueueConfig."""
+    def start(self, mem, features: int, hdr_len: int, queues: dict[int, QueueConfig], link, err_fd: int) -> None:
+        """Begin servicing the queues from the ring positions in each QueueConfig, moving frames through
+        ``link.fd``; signal ``err_fd`` when a guest fault stops a queue."""
 
     def stop(self) -> dict[int, QueueState]:
         """Stop servicing; return where each ring stands so another datapath can resume it."""
@@ -24,3 +24,6 @@ class Datapath(Protocol):
 
     def threads(self) -> list[int]:
         """Thread ids doing the work (for CPU accounting)."""
+
+    def close(self) -> None:
+        """Stop if running and release what the datapath holds (threads, fds)."""

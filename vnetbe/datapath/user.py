@@ -37,7 +37,7 @@ class UserDatapath:
         self._mem = None   # keep the GuestMemory alive while the thread uses its mappings
         self._queues: dict[int, QueueConfig] = {}
 
-    def start(self, mem, features, hdr_len, queues, tap_fd, err_fd) -> None:
+    def start(self, mem, features, hdr_len, queues, link, err_fd) -> None:
         dp = self._dp
         check(lib.vnb_dp_set_mem(dp, mem.table), "vnb_dp_set_mem")
         check(lib.vnb_dp_set_features(dp, dp_flags(features), hdr_len), "vnb_dp_set_features")
@@ -46,7 +46,7 @@ class UserDatapath:
                                       cfg.call_fd, cfg.last_avail_idx & 0xFFFF, cfg.used_idx & 0xFFFF)
             if rc < 0:
                 raise ConfigError(f"queue {q} rejected by the datapath (errno {-rc}): check its addresses")
-        check(lib.vnb_dp_set_tap(dp, tap_fd), "vnb_dp_set_tap")
+        check(lib.vnb_dp_set_tap(dp, link.fd), "vnb_dp_set_tap")
         check(lib.vnb_dp_set_err_fd(dp, err_fd), "vnb_dp_set_err_fd")
         check(lib.vnb_dp_start(dp), "vnb_dp_start (epoll/eventfd/pthread_create)")
         self._mem = mem
@@ -55,6 +55,9 @@ class UserDatapath:
     def stop(self) -> dict[int, QueueState]:
         lib.vnb_dp_stop(self._dp)
         return {q: self._qstate(q) for q in self._queues}
+
+    def close(self) -> None:
+        lib.vnb_dp_stop(self._dp)
 
     def _qstate(self, q: int) -> QueueState:
         st = ffi.new("struct vnb_dp_qstate *")

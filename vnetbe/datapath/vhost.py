@@ -1,0 +1,214 @@
+"""The vhost-net datapath: the very same rings handed to the kernel's vhost worker.
+
+Handoff order (tools/virtio/vhost_net_test.c, QEMU hw/virtio/vhost.c): SET_OWNER, GET_FEATURES,
+SET_FEATURES, SET_MEM_TABLE, per queue VRING_NUM/BASE/ADDR/KICK/CALL/ERR, then NET_SET_BACKEND.
+Stop: NET_SET_BACKEND(-1), then GET_VRING_BASE.
+
+vhost names no fault on its ERR eventfd, so a watcher thread asks vnetbe's own validator
+(csrc/vnb_virtq.c) which chain broke and why: a guest fault reaches Python as the same GuestFault
+subclass on both datapaths. The watcher then detaches that queue, as the userspace path stops it.
+"""
+from __future__ import annotations
+
+import os
+import select
+import struct
+import threading
+
+from .. import spec
+from .._native import ffi, lib
+from ..cputime import thread_cpu_ns
+from ..errors import ConfigError, KernelRefused, VhostFault
+from ..queue import QueueConfig, QueueState
+from . import vhost_ioctl as io
+
+# Net features the tap implements whatever vhost says: they live in the header and the config space.
+_TAP_HANDLED = sum(spec.bit(b) for b in (
+    spec.VIRTIO_NET_F_CSUM, spec.VIRTIO_NET_F_GUEST_CSUM, spec.VIRTIO_NET_F_MTU, spec.VIRTIO_NET_F_MAC,
+    spec.VIRTIO_NET_F_GUEST_TSO4, spec.VIRTIO_NET_F_GUEST_TSO6, spec.VIRTIO_NET_F_HOST_TSO4,
+    spec.VIRTIO_NET_F_HOST_TSO6, spec.VIRTIO_NET_F_STATUS))
+_NEVER = spec.bit(io.VHOST_F_LOG_ALL) | spec.bit(io.VHOST_NET_F_VIRTIO_NET_HDR)
+
+
+def _vhost_workers() -> dict[int, str]:
+    """tid -> where, for this process's vhost workers: kernel threads "vhost-<pid>" (before 6.4) or
+    threads of this very process (6.4 and later)."""
+    me = os.getpid()
+    out: dict[int, str] = {}
+    for tid in os.listdir(f"/proc/{me}/task"):
+        try:
+            with open(f"/proc/{me}/task/{tid}/comm") as f:
+                if f.read().startswith(f"vhost-{me}"):
+                    out[int(tid)] = "task"
+        except OSError:
+            continue
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == f"vhost-{me}":
+                    out[int(pid)] = "kthread"
+        except OSError:
+            continue
+    return out
+
+
+def _ctx_switches(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def diagnose(mem, cfg: QueueConfig, q: int, features: int, last_avail_idx: int) -> int:
+    """Fault code of the first bad chain from just before vhost's position up to avail->idx,
+    found by vnetbe's own validator; VhostFault.code if none of them is bad by our rules."""
+    flags = ((lib.VNB_VQ_F_EVENT_IDX if features & spec.bit(spec.VIRTIO_RING_F_EVENT_IDX) else 0)
+             | (lib.VNB_VQ_F_INDIRECT if features & spec.bit(spec.VIRTIO_RING_F_INDIRECT_DESC) else 0))
+    vq = ffi.new("struct vnb_vq *")
+    chain = ffi.new("struct vnb_chain *")
+    if lib.vnb_vq_init(vq, mem.table, cfg.size, cfg.desc, cfg.avail, cfg.used, flags) < 0:
+        return lib.VNB_FAULT_RING_ADDR
+    # vhost consumes a chain before some checks (TX direction), so start one behind its position.
+    lib.vnb_vq_set_base(vq, (last_avail_idx - 1) & 0xFFFF, 0)
+    for _ in range(cfg.size + 1):
+        r = lib.vnb_vq_pop(vq, chain)
+        if r < 0:
+            return -r
+        if r == 0:
+            break
+        if q == spec.TX_QUEUE and chain.nin:
+            return lib.VNB_FAULT_TX_WRITABLE
+        if q == spec.RX_QUEUE and chain.nout:
+            return lib.VNB_FAULT_RX_READABLE
+    return VhostFault.code
+
+
+class VhostDatapath:
+    name = "vhost"
+
+    def __init__(self) -> None:
+        self.fd = io.open_vhost_net()
+        try:
+            io.set_owner(self.fd)
+            self.kernel_features = io.get_features(self.fd)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.supported_features = (self.kernel_features | _TAP_HANDLED) & ~_NEVER
+        self.busyloop_us = 0
+        self._queues: dict[int, QueueConfig] = {}
+        self._err: dict[int, int] = {}
+        self._faults: dict[int, int] = {}
+        self._stop_fd = -1
+        self._watcher: threading.Thread | None = None
+        self._link = None
+        self._mem = None
+        self._features = 0
+        self._link0 = None
+        self._workers0: dict[int, tuple[int, int]] = {}
+        self.running = False
+
+    # --- start/stop ---
+    def start(self, mem, features: int, hdr_len: int, queues: dict[int, QueueConfig], link, err_fd: int) -> None:
+        missing = features & ~self.supported_features
+        if missing:
+            raise ConfigError("vhost-net here cannot serve features the driver negotiated: "
+                              f"{', '.join(spec.features_to_names(missing)) or hex(missing)}")
+        if len(mem.regions) > io.max_mem_regions():
+            raise KernelRefused("VHOST_SET_MEM_TABLE", 7, f"{len(mem.regions)} regions exceed max_mem_regions "
+                                f"({io.max_mem_regions()}): merge regions or raise that parameter")
+        fd = self.fd
+        io.set_features(fd, features & self.kernel_features & ~_NEVER)
+        io.set_mem_table(fd, [(r.gpa, r.size, r.hva) for r in mem.regions])
+        for q, cfg in sorted(queues.items()):
+            io.set_vring_num(fd, q, cfg.size)
+            io.set_vring_base(fd, q, cfg.last_avail_idx & 0xFFFF)
+            io.set_vring_addr(fd, q, mem.hva(cfg.desc), mem.hva(cfg.used), mem.hva(cfg.avail))
+            io.set_vring_kick(fd, q, cfg.kick_fd)
+            io.set_vring_call(fd, q, cfg.call_fd)
+            self._err[q] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            io.set_vring_err(fd, q, self._err[q])
+            if self.busyloop_us:
+                io.set_vring_busyloop_timeout(fd, q, self.busyloop_us)
+        self._mem, self._queues, self._features, self._link = mem, dict(queues), features, link
+        self._link0 = link.stats()
+        for q in sorted(queues):
+            io.net_set_backend(fd, q, link.fd)
+        self.running = True
+        self._workers0 = {t: (thread_cpu_ns(t, t), _ctx_switches(t)) for t in _vhost_workers()}
+        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._watcher = threading.Thread(target=self._watch, args=(err_fd,), name="vnetbe-vhost-err", daemon=True)
+        self._watcher.start()
+
+    def _watch(self, dev_err_fd: int) -> None:
+        by_fd = {efd: q for q, efd in self._err.items()}
+        while True:
+            ready, _, _ = select.select([self._stop_fd, *by_fd], [], [])
+            if self._stop_fd in ready:
+                return
+            for efd in ready:
+                try:
+                    os.eventfd_read(efd)
+                except BlockingIOError:
+                    continue
+                q = by_fd[efd]
+                if q in self._faults:
+                    continue
+                base = io.get_vring_base(self.fd, q)
+                self._faults[q] = diagnose(self._mem, self._queues[q], q, self._features, base)
+                io.net_set_backend(self.fd, q, -1)   # stop the queue, as the userspace path does
+                os.eventfd_write(dev_err_fd, 1)
+
+    def stop(self) -> dict[int, QueueState]:
+        if not self.running:
+            return {}
+        os.eventfd_write(self._stop_fd, 1)
+        if self._watcher:
+            self._watcher.join()
+        states = {}
+        for q, cfg in sorted(self._queues.items()):
+            io.net_set_backend(self.fd, q, -1)
+            last_avail = io.get_vring_base(self.fd, q)
+            # After the backend is detached the worker has flushed: used->idx in memory is vhost's last_used_idx.
+            used_idx = struct.unpack("<H", self._mem.read(cfg.used + 2, 2))[0]
+            states[q] = QueueState(last_avail, used_idx, q in self._faults, self._faults.get(q, 0))
+        self._final = self.stats()
+        for efd in list(self._err.values()) + [self._stop_fd]:
+            os.close(efd)
+        self._err, self._stop_fd, self._watcher = {}, -1, None
+        self.running = False
+        return states
+
+    def close(self) -> None:
+        self.stop()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    # --- observation ---
+    def faults(self) -> dict[int, int]:
+        return dict(self._faults)
+
+    def threads(self) -> list[int]:
+        return sorted(_vhost_workers())
+
+    def stats(self) -> dict:
+        if not self.running:
+            return getattr(self, "_final", {})
+        d = self._link.stats() - self._link0
+        workers = _vhost_workers()
+        cpu = sum(thread_cpu_ns(t, t) - self._workers0.get(t, (0, 0))[0] for t in workers)
+        wake = sum(_ctx_switches(t) - self._workers0.get(t, (0, 0))[1] for t in workers)
+        # The kernel keeps no per-vring counters: frames come from the macvtap's own counters
+        # (guest TX is the macvtap's tx, guest RX its rx), wake-ups from the worker's context switches.
+        return {"tx_frames": d.tx_packets, "tx_bytes": d.tx_bytes, "rx_frames": d.rx_packets - d.rx_dropped,
+                "rx_bytes": d.rx_bytes, "syscalls": 0, "wakeups": wake, "worker_cpu_ns": cpu,
+                "drops": {"macvtap_rx_dropped": d.rx_dropped,
+                                                                  "macvtap_tx_dropped": d.tx_dropped},
+                "faults": {str(q): c for q, c in self._faults.items()}}

@@ -1,0 +1,152 @@
+"""The /dev/vhost-net ioctls, one function each (include/uapi/linux/vhost.h), with errors that say
+which ioctl failed and what to do about it.
+
+Only the process that issued SET_OWNER may use the fd afterwards (EPERM otherwise), and the kernel's
+vhost worker reads guest memory through that process's address space: keep both in one process.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+
+from ..errors import KernelRefused, SetupError
+
+VHOST_VIRTIO = 0xAF
+_IOC_WRITE, _IOC_READ = 1, 2
+
+
+def _ioc(direction: int, nr: int, size: int) -> int:
+    return (direction << 30) | (size << 16) | (VHOST_VIRTIO << 8) | nr
+
+
+_U64, _STATE, _FILE, _ADDR, _MEM_HDR, _REGION = 8, 8, 8, 40, 8, 32
+VHOST_GET_FEATURES = _ioc(_IOC_READ, 0x00, _U64)
+VHOST_SET_FEATURES = _ioc(_IOC_WRITE, 0x00, _U64)
+VHOST_SET_OWNER = _ioc(0, 0x01, 0)
+VHOST_RESET_OWNER = _ioc(0, 0x02, 0)
+VHOST_SET_MEM_TABLE = _ioc(_IOC_WRITE, 0x03, _MEM_HDR)
+VHOST_SET_VRING_NUM = _ioc(_IOC_WRITE, 0x10, _STATE)
+VHOST_SET_VRING_ADDR = _ioc(_IOC_WRITE, 0x11, _ADDR)
+VHOST_SET_VRING_BASE = _ioc(_IOC_WRITE, 0x12, _STATE)
+VHOST_GET_VRING_BASE = _ioc(_IOC_READ | _IOC_WRITE, 0x12, _STATE)
+VHOST_SET_VRING_KICK = _ioc(_IOC_WRITE, 0x20, _FILE)
+VHOST_SET_VRING_CALL = _ioc(_IOC_WRITE, 0x21, _FILE)
+VHOST_SET_VRING_ERR = _ioc(_IOC_WRITE, 0x22, _FILE)
+VHOST_SET_VRING_BUSYLOOP_TIMEOUT = _ioc(_IOC_WRITE, 0x23, _STATE)
+VHOST_NET_SET_BACKEND = _ioc(_IOC_WRITE, 0x30, _FILE)
+
+VHOST_F_LOG_ALL = 26
+VHOST_NET_F_VIRTIO_NET_HDR = 27   # also VIRTIO_F_ANY_LAYOUT: with it vhost strips offloads from the tap
+DEV_PATH = "/dev/vhost-net"
+
+_HINTS = {
+    errno.EPERM: "only the process that called VHOST_SET_OWNER may use this fd; keep vhost in one process",
+    errno.EBUSY: "a backend is attached: VRING_NUM/BASE can only change after NET_SET_BACKEND(-1)",
+    errno.E2BIG: "too many memory regions for /sys/module/vhost/parameters/max_mem_regions; merge regions "
+                 "or raise that parameter",
+    errno.EFAULT: "the kernel could not access a ring or region: check ring addresses are mapped in this "
+                  "process and inside the memory table",
+    errno.EINVAL: "the kernel rejected the argument (queue size not a power of two, misaligned ring, bad fd)",
+    errno.ENOTSOCK: "the backend fd is not a tap/macvtap (or AF_PACKET) socket",
+    errno.EOPNOTSUPP: "the kernel's vhost-net lacks this feature or ioctl",
+}
+
+
+def _call(fd: int, name: str, req: int, arg=0, mutate: bool = False):
+    try:
+        if isinstance(arg, (bytes, bytearray)):
+            buf = bytearray(arg) if mutate else bytes(arg)
+            r = fcntl.ioctl(fd, req, buf, mutate) if mutate else fcntl.ioctl(fd, req, buf)
+            return buf if mutate else r
+        return fcntl.ioctl(fd, req, arg)
+    except OSError as e:
+        raise KernelRefused(name, e.errno or 0, _HINTS.get(e.errno or 0, "")) from None
+
+
+def open_vhost_net() -> int:
+    try:
+        return os.open(DEV_PATH, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SetupError(f"{DEV_PATH} does not exist: this kernel has no vhost_net (modprobe vhost_net), or, on "
+                         "a host without it, run inside the kernel lab: vnetbe lab -- <command>") from None
+    except PermissionError:
+        raise SetupError(f"cannot open {DEV_PATH}: permission denied; run as root") from None
+
+
+def set_owner(fd: int) -> None:
+    _call(fd, "VHOST_SET_OWNER", VHOST_SET_OWNER)
+
+
+def reset_owner(fd: int) -> None:
+    _call(fd, "VHOST_RESET_OWNER", VHOST_RESET_OWNER)
+
+
+def get_features(fd: int) -> int:
+    buf = _call(fd, "VHOST_GET_FEATURES", VHOST_GET_FEATURES, bytes(8), mutate=True)
+    return struct.unpack("=Q", buf)[0]
+
+
+def set_features(fd: int, features: int) -> None:
+    _call(fd, "VHOST_SET_FEATURES", VHOST_SET_FEATURES, struct.pack("=Q", features))
+
+
+def set_mem_table(fd: int, regions: list[tuple[int, int, int]]) -> None:
+    """regions: (guest_phys_addr, memory_size, userspace_addr)."""
+    buf = struct.pack("=II", len(regions), 0) + b"".join(
+        struct.pack("=QQQQ", gpa, size, hva, 0) for gpa, size, hva in regions)
+    _call(fd, "VHOST_SET_MEM_TABLE", VHOST_SET_MEM_TABLE, buf)
+
+
+def set_vring_num(fd: int, index: int, num: int) -> None:
+    _call(fd, "VHOST_SET_VRING_NUM", VHOST_SET_VRING_NUM, struct.pack("=II", index, num))
+
+
+def set_vring_base(fd: int, index: int, base: int) -> None:
+    _call(fd, "VHOST_SET_VRING_BASE", VHOST_SET_VRING_BASE, struct.pack("=II", index, base))
+
+
+def get_vring_base(fd: int, index: int) -> int:
+    buf = _call(fd, "VHOST_GET_VRING_BASE", VHOST_GET_VRING_BASE, struct.pack("=II", index, 0), mutate=True)
+    return struct.unpack("=II", buf)[1]
+
+
+def set_vring_addr(fd: int, index: int, desc_hva: int, used_hva: int, avail_hva: int) -> None:
+    # Ring addresses are host virtual addresses in the owner process (unlike descriptors, which are GPAs).
+    _call(fd, "VHOST_SET_VRING_ADDR", VHOST_SET_VRING_ADDR,
+          struct.pack("=IIQQQQ", index, 0, desc_hva, used_hva, avail_hva, 0))
+
+
+def _set_file(fd: int, name: str, req: int, index: int, efd: int) -> None:
+    _call(fd, name, req, struct.pack("=Ii", index, efd))
+
+
+def set_vring_kick(fd: int, index: int, efd: int) -> None:
+    _set_file(fd, "VHOST_SET_VRING_KICK", VHOST_SET_VRING_KICK, index, efd)
+
+
+def set_vring_call(fd: int, index: int, efd: int) -> None:
+    _set_file(fd, "VHOST_SET_VRING_CALL", VHOST_SET_VRING_CALL, index, efd)
+
+
+def set_vring_err(fd: int, index: int, efd: int) -> None:
+    _set_file(fd, "VHOST_SET_VRING_ERR", VHOST_SET_VRING_ERR, index, efd)
+
+
+def set_vring_busyloop_timeout(fd: int, index: int, usecs: int) -> None:
+    _call(fd, "VHOST_SET_VRING_BUSYLOOP_TIMEOUT", VHOST_SET_VRING_BUSYLOOP_TIMEOUT,
+          struct.pack("=II", index, usecs))
+
+
+def net_set_backend(fd: int, index: int, backend_fd: int) -> None:
+    """Attach the tap/macvtap fd to queue ``index`` (-1 detaches)."""
+    _set_file(fd, "VHOST_NET_SET_BACKEND", VHOST_NET_SET_BACKEND, index, backend_fd)
+
+
+def max_mem_regions() -> int:
+    try:
+        with open("/sys/module/vhost/parameters/max_mem_regions") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 64   # the kernel's default
