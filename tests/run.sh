@@ -1,0 +1,33 @@
+#!/bin/sh
+# The test command (README, .ci/run): installs what the tests need on a fresh machine, then runs
+# every test — unit and end-to-end on this host, and the vhost tests inside the kernel lab (one boot)
+# when this host has no /dev/vhost-net. Extra arguments go to the host's pytest run.
+set -eu
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/run.sh: not root; the end-to-end tests create namespaces, veths and macvtaps: run sudo sh tests/run.sh" >&2
+    exit 1
+fi
+
+# The kernel lab: QEMU, a stock kernel with vhost_net as a module, and busybox for virtme-ng's init.
+missing=""
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$missing qemu-system-x86"
+ls /lib/modules/*/kernel/drivers/vhost/vhost_net.ko* >/dev/null 2>&1 || missing="$missing linux-image-amd64"
+command -v busybox >/dev/null 2>&1 || missing="$missing busybox-static"
+if [ -n "$missing" ]; then
+    echo "tests/run.sh: installing$missing" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+python3 -m pip install -q --root-user-action=ignore -e '.[test,lab]'
+
+export PYTHONDONTWRITEBYTECODE=1
+status=0
+python3 -m pytest tests -q -p no:cacheprovider "$@" || status=$?
+
+if [ ! -e /dev/vhost-net ]; then
+    echo "tests/run.sh: no /dev/vhost-net here; running the vhost tests in the kernel lab" >&2
+    sh tests/lab/run_in_lab.sh -m vhost tests -q -p no:cacheprovider || status=$?
+fi
+exit $status
