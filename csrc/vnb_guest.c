@@ -53,7 +53,10 @@ static void kick(struct vnb_guest *g, int q)
     uint64_t one = 1;
     /* An eventfd write cannot fail short of a counter overflow, which 2^64 kicks will not reach. */
     (void)!write(g->kick_fd[q], &one, sizeof(one));
-    g->st.syscalls++;
+    if (q)
+        g->st.tx_syscalls++;
+    else
+        g->st.rx_syscalls++;
     if (q)
         g->st.tx_kicks++;
     else
@@ -65,7 +68,8 @@ static int wait_call(struct vnb_guest *g, int q, int timeout_ms)
 {
     struct pollfd p = { .fd = g->call_fd[q], .events = POLLIN };
     int r = poll(&p, 1, timeout_ms);
-    g->st.syscalls++;
+    uint64_t *sys = q ? &g->st.tx_syscalls : &g->st.rx_syscalls;
+    (*sys)++;
     if (r <= 0)
         return 0;
     uint64_t v;
@@ -76,7 +80,7 @@ static int wait_call(struct vnb_guest *g, int q, int timeout_ms)
         else
             g->st.rx_interrupts++;
     }
-    g->st.syscalls++;
+    (*sys)++;
     return 1;
 }
 

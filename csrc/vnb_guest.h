@@ -20,7 +20,7 @@ struct vnb_guest_stats {
     uint64_t tx_frames, tx_bytes, tx_kicks, tx_interrupts, tx_full_waits;
     uint64_t rx_frames, rx_bytes, rx_kicks, rx_interrupts, rx_waits, rx_buffers;
     uint64_t bad_used;           /* used entries that make no sense (device bug) */
-    uint64_t syscalls;
+    uint64_t tx_syscalls, rx_syscalls;   /* apart: TX and RX may run on two threads */
 };
 
 struct vnb_guest {

@@ -141,7 +141,17 @@ class VirtioNet:
             self._datapath_start()
             self.running = True
             self.status |= spec.DRIVER_OK
+            self._nudge()
         return states
+
+    def _nudge(self) -> None:
+        """After a hand-over, one spurious kick and interrupt per queue. With EVENT_IDX the driver may
+        have posted buffers without kicking (the old datapath was polling), and vhost only looks at a
+        TX ring when kicked; the driver may be waiting for an interrupt the old datapath suppressed.
+        Both sides treat a spurious notification as a cue to look at the ring, so this is always safe."""
+        for cfg in self.queues.values():
+            os.eventfd_write(cfg.kick_fd, 1)
+            os.eventfd_write(cfg.call_fd, 1)
 
     @property
     def datapath(self):

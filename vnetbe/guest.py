@@ -183,9 +183,11 @@ class GuestDriver:
 
     def stats(self) -> dict:
         s = self._g.st
-        return {k: getattr(s, k) for k in ("tx_frames", "tx_bytes", "tx_kicks", "tx_interrupts", "tx_full_waits",
-                                           "rx_frames", "rx_bytes", "rx_kicks", "rx_interrupts", "rx_waits",
-                                           "rx_buffers", "bad_used", "syscalls")}
+        out = {k: getattr(s, k) for k in ("tx_frames", "tx_bytes", "tx_kicks", "tx_interrupts", "tx_full_waits",
+                                          "rx_frames", "rx_bytes", "rx_kicks", "rx_interrupts", "rx_waits",
+                                          "rx_buffers", "bad_used", "tx_syscalls", "rx_syscalls")}
+        out["syscalls"] = out["tx_syscalls"] + out["rx_syscalls"]
+        return out
 
     @property
     def raw(self):

@@ -1,0 +1,105 @@
+"""vhost-net specifics: the kernel really carries the traffic, and its faults read like ours."""
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from vnetbe import errors, packet, spec
+from vnetbe.datapath.vhost import _vhost_workers
+from vnetbe.device import VirtioNet
+from vnetbe.guest import GuestDriver
+from vnetbe.memory import GuestMemory
+from vnetbe.peer import Peer
+from vnetbe.topology import Topology
+from vnetbe.cputime import thread_cpu_ns
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def rig(tag, datapath):
+    topo = Topology(tag, mtu=1500)
+    objs = []
+    try:
+        link = topo.macvtap("bridge")
+        peer = Peer(topo.peer, topo.netns)
+        objs.append(peer)
+        with topo.ns.ipr() as ipr:
+            peer_mac = ipr.link("get", ifname=topo.peer)[0].get_attr("IFLA_ADDRESS")
+        mem = GuestMemory(32 << 20)
+        objs.append(mem)
+        dev = VirtioNet(mem, link, datapath=datapath)
+        objs.append(dev)
+        guest = GuestDriver(dev)
+        peer.flush()
+        yield link, peer, peer_mac, mem, dev, guest
+    finally:
+        for o in reversed(objs):
+            o.close()
+        topo.close()
+
+
+@pytest.mark.vhost
+@pytest.mark.parametrize("datapath", ["vhost"], indirect=False)
+def test_vhost_worker_carries_the_traffic_and_no_userspace_datapath_thread_runs(rig):
+    link, peer, peer_mac, mem, dev, guest = rig
+    workers = _vhost_workers()
+    assert workers, "no vhost worker for this process"
+    before = {t: thread_cpu_ns(t, t) for t in workers}
+    names_before = {t: open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")}
+    frame = packet.tagged_frame(0, 256, peer_mac, link.mac)
+    count = 3000
+    import threading
+    out = {}
+    th = threading.Thread(target=lambda: out.update(peer.recv_tagged(count, timeout=5.0)))
+    th.start()
+    assert guest.flood(frame, count, tagged=True) == count
+    guest.drain_tx()
+    th.join()
+    assert out["received"] == count and out["bad"] == 0
+    assert sum(thread_cpu_ns(t, t) - before[t] for t in workers) > 0
+    assert not any(n.startswith("vnb") for n in names_before.values())
+    assert dev.threads() == sorted(workers)
+    assert dev.stats()["syscalls"] == 0
+
+
+def _corrupt_tx_desc(mem, guest, addr, length, flags=0):
+    """Post a TX chain whose one descriptor is (addr, length, flags), bypassing the driver's checks."""
+    num, desc, avail, used = guest.rings[spec.TX_QUEUE]
+    g = guest.raw
+    head = g.txq.free_head
+    mem.write(desc + 16 * head, struct.pack("<QIHH", addr, length, flags, 0))
+    idx = g.txq.avail_idx
+    mem.write(avail + 4 + 2 * (idx % num), struct.pack("<H", head))
+    mem.write(avail + 2, struct.pack("<H", (idx + 1) & 0xFFFF))
+    os.eventfd_write(guest.kick_fd[spec.TX_QUEUE], 1)
+
+
+@pytest.mark.parametrize("case,exc", [
+    ("outside", errors.DescriptorOutOfBounds),
+    ("writable", errors.WritableInTx),
+    ("indirect_len", errors.IndirectLength),
+])
+def test_guest_fault_raises_the_same_exception_on_both_datapaths(rig, case, exc):
+    link, peer, peer_mac, mem, dev, guest = rig
+    if case == "outside":
+        _corrupt_tx_desc(mem, guest, mem.size + (1 << 30), 64)
+    elif case == "writable":
+        _corrupt_tx_desc(mem, guest, guest.tx_buf_gpa, 64, spec.VRING_DESC_F_WRITE)
+    else:
+        _corrupt_tx_desc(mem, guest, guest.tx_ind_gpa, 24, spec.VRING_DESC_F_INDIRECT)
+    fault = dev.wait_fault(5.0)
+    assert isinstance(fault, exc), fault
+    assert fault.queue == spec.TX_QUEUE
+    assert dev.status & spec.DEVICE_NEEDS_RESET
+    with pytest.raises(exc):
+        dev.check()
+    # The RX queue keeps working: a frame from the peer still arrives.
+    f = packet.tagged_frame(7, 100, link.mac, peer_mac)
+    peer.send(f)
+    got = guest.receive(timeout=3.0)
+    while got is not None and not packet.is_tagged(got):
+        got = guest.receive(timeout=3.0)
+    assert got == f
