@@ -1,4 +1,5 @@
-"""The ``vnetbe`` command: ``bench`` (the main job), ``lab`` (the kernel lab).
+"""The ``vnetbe`` command: ``bench`` (the main job), ``costs`` (what exits and mode switches cost),
+``lab`` (the kernel lab).
 
 Expected failures (VnetError) are printed as one line on stderr, without a traceback.
 """
@@ -13,9 +14,10 @@ from .errors import VnetError
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vnetbe", description="userspace virtio-net backend with vhost-net offload")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    from . import benchcli
+    from . import benchcli, costs
 
     benchcli.add_parser(sub)
+    costs.add_parser(sub)
     try:
         from . import lab
     except ImportError:  # pragma: no cover - lab is part of the package

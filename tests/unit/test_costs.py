@@ -1,0 +1,311 @@
+"""vnetbe costs: the micro-benchmarks return sane numbers, the model's arithmetic is exact, the JSON
+shape is stable, and --from-bench reads a bench document.  No root; quick mode (about a second)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import pytest
+
+from vnetbe import costs
+from vnetbe._native import ffi, lib
+from vnetbe.errors import ConfigError, VnetError
+
+US = 1_000
+MS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def measured():
+    return costs.measure(quick=True)
+
+
+def _ordered(s: dict) -> bool:
+    return 0 < s["min"] <= s["median"] <= s["max"]
+
+
+# ---------------------------------------------------------------- the measurements
+
+def test_syscall_plausible(measured):
+    s = measured["results"]["syscall"]
+    assert _ordered(s["ns"]) and _ordered(s["wall_ns"])
+    assert 10 <= s["ns"]["median"] <= 100 * US
+
+
+def test_eventfd_signal_plausible(measured):
+    s = measured["results"]["eventfd_signal"]["ns"]
+    assert _ordered(s) and 10 <= s["median"] <= 100 * US
+
+
+@pytest.mark.parametrize("key", ["wakeup_poll", "wakeup_epoll"])
+def test_wakeups_plausible(measured, key):
+    w = measured["results"][key]
+    for k in ("rtt_p50_ns", "rtt_p99_ns", "one_way_ns", "cpu_ns"):
+        assert _ordered(w[k]), k
+    # A wake-up crosses into the kernel at least twice: it cannot beat a system call by much, and
+    # even a loaded machine answers within 100 ms at the median.
+    assert 100 <= w["rtt_p50_ns"]["median"] <= 100 * MS
+    assert w["rtt_p99_ns"]["median"] >= w["rtt_p50_ns"]["median"]
+    assert w["one_way_ns"]["median"] == pytest.approx(w["rtt_p50_ns"]["median"] / 2, rel=0.01, abs=1)
+    assert w["round_trips"] >= 1000
+
+
+def test_context_switch_plausible(measured):
+    c = measured["results"]["context_switch"]
+    assert _ordered(c["ns"]) and 50 <= c["ns"]["median"] <= 100 * MS
+    assert c["pinned"] is True
+
+
+def test_context_switch_leaves_caller_affinity():
+    before = os.sched_getaffinity(0)
+    st = ffi.new("struct vnb_cost_pingpong *")
+    assert lib.vnb_cost_ctxsw(-1, 100, st) == 0
+    assert st.round_trips == 100 and st.wall_ns > 0
+    assert os.sched_getaffinity(0) == before
+
+
+def test_vm_exit_reports_hypervisor(measured):
+    vm, host = measured["results"]["vm_exit"], measured["host"]
+    assert vm["vm_exit"] is host["hypervisor"]
+    assert isinstance(vm["vm_exit"], bool)
+    if host["hypervisor"]:
+        assert isinstance(host["hypervisor_vendor"], str) and host["hypervisor_vendor"]
+        assert measured["units"]["vm_exit_ns"] == vm["ns"]["median"]
+    else:
+        assert host["hypervisor_vendor"] is None
+        assert measured["units"]["vm_exit_ns"] is None
+    if vm["ns"] is not None:                       # x86: CPUID ran
+        assert _ordered(vm["ns"]) and vm["ns"]["median"] <= 1 * MS
+
+
+def test_cpu_info_matches_measure(measured):
+    info = costs.cpu_info()
+    assert info["hypervisor"] == measured["host"]["hypervisor"]
+    assert info["hypervisor_vendor"] == measured["host"]["hypervisor_vendor"]
+
+
+def test_memcpy_plausible(measured):
+    m = measured["results"]["memcpy"]
+    assert set(m) == {"64", "1500", "65536"}
+    for size, c in m.items():
+        assert _ordered(c["ns"]) and _ordered(c["ns_per_kib"])
+        assert 0.1 <= c["ns_per_kib"]["median"] <= 100 * US
+    # A bigger copy takes longer (per copy, not per KiB).
+    assert m["64"]["ns"]["median"] < m["65536"]["ns"]["median"]
+
+
+def test_bad_arguments_are_refused():
+    st = ffi.new("struct vnb_cost_run *")
+    assert lib.vnb_cost_memcpy(0, 10, st) < 0
+    assert lib.vnb_cost_writev(-1, 0, 10, 1, st, ffi.NULL) < 0           # frame shorter than a header
+    pp = ffi.new("struct vnb_cost_pingpong *")
+    assert lib.vnb_cost_wakeup(7, 10, 0, 100, ffi.new("int64_t[]", 10), pp) < 0
+
+
+def test_writev_to_dev_null():
+    fd = os.open("/dev/null", os.O_WRONLY)
+    try:
+        w = costs.writev_cost(fd, hdr_len=12, frame_len=64, iterations=1000)
+    finally:
+        os.close(fd)
+    assert 10 <= w["ns"] <= 100 * US and w["eagain"] == 0
+    with pytest.raises(VnetError):
+        costs.writev_cost(-1, hdr_len=0, frame_len=64, iterations=1)
+
+
+# ---------------------------------------------------------------- the JSON shape
+
+STAT = {"median", "min", "max"}
+
+
+def test_json_shape_is_stable(measured):
+    doc = json.loads(json.dumps(measured))
+    assert doc["schema"] == costs.SCHEMA == "vnetbe-costs/1"
+    assert set(doc) == {"schema", "time", "host", "options", "results", "units"}
+    assert set(doc["host"]) == {"hostname", "kernel", "machine", "cpus", "cpu_vendor", "cpu_model", "hypervisor",
+                                "hypervisor_vendor", "python"}
+    assert doc["options"]["quick"] is True and doc["options"]["repeats"] >= 5
+    r = doc["results"]
+    assert set(r) == {"syscall", "eventfd_signal", "wakeup_poll", "wakeup_epoll", "context_switch", "vm_exit",
+                      "memcpy"}
+    for k in ("syscall", "eventfd_signal", "context_switch"):
+        assert set(r[k]["ns"]) == STAT and set(r[k]["wall_ns"]) == STAT
+    for k in ("wakeup_poll", "wakeup_epoll"):
+        assert set(r[k]) == {"rtt_p50_ns", "rtt_p99_ns", "one_way_ns", "cpu_ns", "round_trips"}
+    assert {"vm_exit", "hypervisor_vendor", "ns", "wall_ns", "leaf", "iterations"} <= set(r["vm_exit"])
+    for c in r["memcpy"].values():
+        assert set(c) == {"ns", "wall_ns", "ns_per_kib"}
+    assert set(doc["units"]) == {"syscall_ns", "wakeup_ns", "interrupt_ns", "vm_exit_ns", "memcpy_ns"}
+    assert set(doc["units"]["memcpy_ns"]) == {"64", "1500", "65536"}
+
+
+def test_units_follow_from_results(measured):
+    r, u = measured["results"], measured["units"]
+    sc = r["syscall"]["ns"]["median"]
+    assert u["syscall_ns"] == sc
+    assert u["wakeup_ns"] == round(max(r["wakeup_epoll"]["cpu_ns"]["median"] - 3 * sc, 0), 1)
+    assert u["interrupt_ns"] == round(max(r["wakeup_poll"]["cpu_ns"]["median"] - 3 * sc, 0), 1)
+
+
+def test_format_costs(measured):
+    text = costs.format_costs(measured)
+    for word in ("system call", "wake-up through poll", "wake-up through epoll", "context switch", "CPUID",
+                 "memcpy 64 B", "memcpy 1500 B", "memcpy 64 KiB", "round trip p99"):
+        assert word in text
+
+
+# ---------------------------------------------------------------- the model
+
+COSTS = {"schema": costs.SCHEMA,
+         "units": {"syscall_ns": 100.0, "wakeup_ns": 2000.0, "interrupt_ns": 3000.0, "vm_exit_ns": 5000.0,
+                   "memcpy_ns": {"64": 4.0, "1500": 60.0, "65536": 2048.0}}}
+
+
+def _rows(p: dict) -> dict:
+    return {r["term"]: (r["count"], r["unit_ns"], r["ns"]) for r in p["rows"]}
+
+
+def test_predict_user_exact():
+    pp = {"syscalls": 1.5, "kicks": 0.25, "interrupts": 0.125, "wakeups": 0.25, "cpu_ns": 2000.0}
+    p = costs.predict(pp, COSTS, "user", size=64, scenario="tx")
+    assert _rows(p) == {
+        "frame syscall": (1.0, 100.0, 100.0),
+        "other syscalls": (0.5, 100.0, 50.0),
+        "wake-ups": (0.25, 2000.0, 500.0),
+        "interrupts": (0.125, 3000.0, 375.0),
+        "copies": (2.0, 4.0, 8.0),
+    }
+    assert p["predicted_ns"] == 1033.0
+    assert p["measured_ns"] == 2000.0
+    assert p["ratio"] == 2000.0 / 1033.0
+    assert p["unexplained_ns"] == 967.0
+    assert {r["term"]: r["ns"] for r in p["vmm"]["rows"]} == {"kick exits": 1250.0, "interrupt injections": 625.0}
+    assert p["vmm_extra_ns"] == 1875.0
+    assert all(r["why"] for r in p["rows"] + p["vmm"]["rows"])
+
+
+def test_predict_vhost_has_no_frame_syscall():
+    pp = {"syscalls": 0.5, "kicks": 0.5, "interrupts": 0.25, "wakeups": 0.5, "cpu_ns": 4000.0}
+    p = costs.predict(pp, COSTS, "vhost", size=1500, scenario="rx")
+    assert _rows(p) == {
+        "syscalls": (0.5, 100.0, 50.0),
+        "wake-ups": (0.5, 2000.0, 1000.0),
+        "interrupts": (0.25, 3000.0, 750.0),
+        "copies": (1.0, 60.0, 60.0),
+    }
+    assert p["predicted_ns"] == 1860.0
+    assert p["vmm_extra_ns"] == 0.5 * 5000 + 0.25 * 5000
+
+
+def test_predict_copies_and_sizes():
+    u = COSTS["units"]["memcpy_ns"]
+    assert costs.memcpy_ns(64, u) == 4.0
+    assert costs.memcpy_ns(10, u) == 4.0                      # below the smallest measured size
+    assert costs.memcpy_ns(782, u) == 4.0 + 56.0 * (782 - 64) / (1500 - 64)
+    assert costs.memcpy_ns(131072, u) == 4096.0                # above: the largest size's ns per byte
+    p = costs.predict({"syscalls": 1}, COSTS, "raw", size=1500, copies=3)
+    assert _rows(p)["copies"] == (3.0, 60.0, 180.0)
+    assert p["measured_ns"] is None and p["ratio"] is None
+
+
+def test_predict_without_vm_exit():
+    c = {"units": dict(COSTS["units"], vm_exit_ns=None)}
+    p = costs.predict({"syscalls": 1, "kicks": 1, "interrupts": 1}, c, "user")
+    assert p["vmm_extra_ns"] is None and p["vmm"]["rows"] == [] and "bare metal" in p["vmm"]["note"]
+
+
+def test_predict_refuses_nonsense():
+    with pytest.raises(ConfigError):
+        costs.predict({}, COSTS, "dpdk")
+    with pytest.raises(ConfigError):
+        costs.predict({}, COSTS, "user", scenario="both")
+    with pytest.raises(ConfigError):
+        costs.predict({}, {"units": {}}, "user")
+    with pytest.raises(ConfigError):
+        costs.predict({"syscalls": "many"}, COSTS, "user")
+
+
+def test_predict_with_measured_costs(measured):
+    pp = {"syscalls": 1.02, "kicks": 0.01, "interrupts": 0.01, "wakeups": 0.01, "cpu_ns": 3000.0}
+    p = costs.predict(pp, measured, "user", size=64)
+    assert p["predicted_ns"] == pytest.approx(sum(r["count"] * r["unit_ns"] for r in p["rows"]))
+    assert p["predicted_ns"] > 0
+    assert "user tx 64 B" in costs.format_prediction(p, explain=True)
+
+
+# ---------------------------------------------------------------- the CLI and --from-bench
+
+BENCH = {
+    "start": {"host": "h", "kernel": "k", "cpus": 2, "count": 1000, "repeat": 1},
+    "results": [{"datapath": "user", "scenario": "tx", "size": 64, "pps": 1e5,
+                 "per_packet": {"syscalls": 1.5, "datapath_syscalls": 1.25, "kicks": 0.25, "interrupts": 0.125,
+                                "wakeups": 0.25, "cpu_ns": 2000.0}}],
+    "baseline": [{"datapath": "raw", "scenario": "tx", "size": 64, "pps": 2e5,
+                  "per_packet": {"syscalls": 1.0, "kicks": 0, "interrupts": 0, "wakeups": 0, "cpu_ns": 1500.0}}],
+}
+
+
+def _cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="vnetbe")
+    costs.add_parser(p.add_subparsers(dest="command"))
+    args = p.parse_args(["costs", *argv])
+    return args.func(args)
+
+
+@pytest.fixture
+def files(tmp_path, measured):
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps(BENCH))
+    saved = tmp_path / "costs.json"
+    saved.write_text(json.dumps(dict(measured, units=COSTS["units"])))
+    return bench, saved
+
+
+def test_from_bench_json(files, capsys):
+    bench, saved = files
+    assert _cli(["--json", "--from-bench", str(bench), "--costs", str(saved)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"costs", "predictions"}
+    raw, user = out["predictions"]
+    assert (raw["datapath"], user["datapath"]) == ("raw", "user")
+    assert user["predicted_ns"] == 1033.0 and user["measured_ns"] == 2000.0
+    assert user["baseline_ns"] == 1500.0
+    assert raw["predicted_ns"] == 100.0 + 4.0 and raw["vmm_extra_ns"] == 0.0
+
+
+def test_from_bench_text(files, capsys):
+    bench, saved = files
+    assert _cli(["--from-bench", str(bench), "--costs", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "user tx 64 B: predicted 1033 ns/pkt, measured 2000 ns/pkt" in out
+    assert "the device adds 500 ns/pkt" in out
+    assert "what the terms mean" in out
+
+
+def test_from_bench_measures_when_no_costs_given(tmp_path, capsys):
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps(BENCH))
+    assert _cli(["--quick", "--json", "--from-bench", str(bench)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["costs"]["schema"] == costs.SCHEMA and len(out["predictions"]) == 2
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, files):
+    bench, saved = files
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for argv in (["--from-bench", str(tmp_path / "missing.json"), "--costs", str(saved)],
+                 ["--from-bench", str(bad), "--costs", str(saved)],
+                 ["--costs", str(bench)]):
+        with pytest.raises(VnetError) as e:
+            _cli(argv)
+        assert "\n" not in str(e.value)
+
+
+def test_standalone_entry(tmp_path, files, capsys):
+    bench, saved = files
+    assert costs._standalone(["--from-bench", str(tmp_path / "missing.json"), "--costs", str(saved)]) == 1
+    assert "vnetbe costs: cannot read" in capsys.readouterr().err
+    assert costs._standalone(["--costs", str(saved), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["schema"] == costs.SCHEMA
