@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import itertools
+import secrets
 import os
 
 import pytest
@@ -54,9 +55,10 @@ def datapath(request) -> str:
 
 
 _tags = itertools.count()
+_RUN = secrets.token_hex(2)   # two pytest runs at once never share a tag
 
 
 @pytest.fixture
 def tag() -> str:
     """A fresh topology tag so that each test's interfaces (vnb<tag>*) never collide."""
-    return f"E{os.getpid() % 100}{next(_tags)}"
+    return f"E{_RUN}{next(_tags)}"

@@ -5,7 +5,6 @@ Message boundaries make it behave like a tap fd for the datapath (one writev = o
 """
 from __future__ import annotations
 
-import os
 import socket
 
 

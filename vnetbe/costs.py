@@ -190,7 +190,6 @@ def measure(quick: bool = False, repeats: int | None = None) -> dict:
     it = {k: v[q] for k, v in _ITERS.items()}
     info = cpu_info()
     raw: dict[str, list] = {k: [] for k in ("syscall", "eventfd_signal", "ctx", "cpuid", "poll", "epoll")}
-    cp: dict[int, list] = {s: [] for s in MEMCPY_SIZES}
     t_start = time.monotonic()
     for _ in range(repeats):
         raw["syscall"].append(_run(lib.vnb_cost_syscall, "syscall(getppid) loop", it["syscall"]))

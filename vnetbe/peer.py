@@ -17,7 +17,6 @@ receivers, but a partly filled ring block only reaches the reader after ``ring_r
 """
 from __future__ import annotations
 
-import ctypes
 import errno as _errno
 import os
 import select
@@ -28,7 +27,7 @@ import time
 from typing import Callable
 
 from . import packet
-from .errors import ConfigError, KernelRefused, LinkError, NotRoot, SetupError
+from .errors import ConfigError, KernelRefused, LinkError, NotRoot
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -38,12 +37,9 @@ PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
-CLONE_NEWNET = 0x40000000
-NETNS_RUN_DIR = "/var/run/netns"
 
 _RECV_CAP = 256 * 1024   # above any GRO'd frame a veth or tap delivers (64 KiB + headers)
 
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _lib():
@@ -53,47 +49,11 @@ def _lib():
     return ffi, lib
 
 
-def netns_path(netns: str) -> str:
-    return netns if "/" in netns else os.path.join(NETNS_RUN_DIR, netns)
-
-
 def run_in_netns(netns: str | None, fn: Callable[[], object]) -> object:
-    """Call ``fn`` in a fresh thread that has entered ``netns``; return its result or raise its error.
+    """Call ``fn`` in a short-lived thread that entered ``netns`` (a name or a path under /var/run/netns)."""
+    from .topology import in_netns
 
-    The thread exists only for this call, so no thread of the process is left in another namespace."""
-    if netns is None:
-        return fn()
-    path = netns_path(netns)
-    box: dict[str, object] = {}
-
-    def body() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            box["err"] = SetupError(f"network namespace {netns!r} not found ({path}); create it first")
-            return
-        except BaseException as e:  # noqa: BLE001 - handed back to the caller's thread
-            box["err"] = e
-            return
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                e = ctypes.get_errno()
-                box["err"] = (NotRoot(f"setns into {netns!r} needs root (CAP_SYS_ADMIN)")
-                              if e == _errno.EPERM else KernelRefused("setns", e, path))
-                return
-        finally:
-            os.close(fd)
-        try:
-            box["val"] = fn()
-        except BaseException as e:  # noqa: BLE001
-            box["err"] = e
-
-    t = threading.Thread(target=body, name=f"vnb-netns-{netns}", daemon=True)
-    t.start()
-    t.join()
-    if "err" in box:
-        raise box["err"]  # type: ignore[misc]
-    return box.get("val")
+    return in_netns(os.path.basename(netns) if netns else None, fn)
 
 
 def _check(rc: int, call: str, hint: str = "") -> int:

@@ -244,7 +244,9 @@ def packet_socket(ifname: str, ethertype: int = ETH_P_ALL) -> socket.socket:
 
     Run it through ``Namespace.run`` to capture or inject inside a namespace.
     """
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
+    # Protocol 0 until bind: a socket opened with ETH_P_ALL queues frames from every interface
+    # (eth0 included) in the moment before bind() narrows it to ifname.
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         s.bind((ifname, ethertype))
     except OSError as e:

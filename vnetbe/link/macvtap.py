@@ -89,6 +89,9 @@ class Macvtap(Link):
         check_ifname(name)
         if mode not in MODES:
             raise ConfigError(f"unknown macvtap mode {mode!r}: use one of {', '.join(MODES)}")
+        if mac is not None and mode == "passthru":
+            raise ConfigError("a passthru macvtap takes its parent's MAC (the kernel ignores another): "
+                              "drop mac= or set the parent's address first")
         if mac is not None:
             mac = normalize_mac(mac)
         elif mode != "passthru":
