@@ -531,7 +531,7 @@ static void *dp_thread(void *arg)
             dp->tx_retry = 0;
             tx_more = handle_tx(dp);
         }
-        if (kick_rx && !dp->vq[RXQ].broken)
+        if (kick_rx && dp->configured[RXQ] && !dp->vq[RXQ].broken)
             arm_tap(dp, 1);
         if (kick_rx || tap_in || rx_more)
             rx_more = handle_rx(dp);
@@ -570,9 +570,10 @@ int vnb_dp_start(struct vnb_dp *dp)
         goto fail;
     if (dp->configured[RXQ] && (r = ep_add(dp->epfd, dp->kick_fd[RXQ], EPOLLIN, EV_KICK_RX)))
         goto fail;
-    if ((r = ep_add(dp->epfd, dp->tap_fd, EPOLLIN, EV_TAP)))
+    /* Without an RX queue nobody drains the tap: watching it would spin on a level-triggered fd. */
+    dp->tap_armed = dp->configured[RXQ];
+    if ((r = ep_add(dp->epfd, dp->tap_fd, dp->tap_armed ? EPOLLIN : 0, EV_TAP)))
         goto fail;
-    dp->tap_armed = 1;
     dp->pend.active = 0;
     dp->tx_retry = 0;
     dp->tid = 0;
