@@ -24,6 +24,9 @@ int vnb_guest_init(struct vnb_guest *g, const struct vnb_mem *mem, uint32_t flag
         return -EINVAL;
     if (rx_segs == 0 || rx_segs > VNB_GUEST_MAX_SEGS || rx_buf_size < rx_segs || tx_buf_size < hdr_len + 64)
         return -EINVAL;
+    /* rx_fill posts only whole rx_segs-descriptor chains: a smaller ring would never get one RX buffer. */
+    if (rx_segs > num_rx)
+        return -EINVAL;
     g->tx_buf = vnb_mem_ptr(mem, tx_buf_gpa, (uint64_t)tx_buf_size * num_tx);
     g->tx_ind = vnb_mem_ptr(mem, tx_ind_gpa, 16ull * VNB_GUEST_MAX_SEGS * num_tx);
     g->rx_buf = vnb_mem_ptr(mem, rx_buf_gpa, (uint64_t)rx_buf_size * num_rx);
@@ -169,6 +172,10 @@ static int tx_layout_ok(const struct vnb_guest *g, uint32_t len, uint32_t layout
     /* Room for the header, the frame and the gaps of the scatter layout. */
     if ((uint64_t)len + 16 + 64 > g->tx_buf_size)
         return -EMSGSIZE;
+    /* A layout needing more descriptors than the ring has can never be sent: without this, tx_make_room
+     * waited for room that cannot appear and the caller saw a misleading "ring full" after the timeout. */
+    if (tx_descs_needed(g, layout, len) > g->txq.num)
+        return -EINVAL;
     return 0;
 }
 

@@ -1,120 +1,496 @@
 """``vnetbe bench``: userspace vs vhost datapath, side by side with the raw write/read loop baseline.
 
-Every configuration runs ``--repeat`` times; the table shows the median with min..max, and the
-``--json`` output follows the shape iperf3 -J made familiar (start / results / baseline).
+Scenarios: tx (guest -> peer), rx (peer -> guest), vm2vm (two guests through a bridge-mode macvtap
+pair), rr (request/response latency, p50 and p99). Every configuration runs ``--repeat`` times,
+interleaved with the others of its scenario and size (so slow drift hits all alike); the table shows
+the median with min..max, and the ``--json`` output follows the shape iperf3 -J made familiar
+(start / results / baseline).
+
+vhost needs /dev/vhost-net. On a host without it, ``vnetbe bench`` runs the whole bench (both
+datapaths, the same scenarios) inside the kernel lab (``vnetbe lab``: a stock kernel under QEMU,
+software-emulated) and prints the table from there; ``--no-lab`` refuses instead. Lab numbers compare
+the paths with each other, never with the host's.
 """
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import json
 import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 
-from .errors import NotRoot, SetupError
+from .errors import ConfigError, LabError, NotRoot, SetupError
+
+HOST_COUNT = 200_000     # frames per run on a real kernel
+LAB_COUNT = 100_000      # in the lab (software emulation is 10-20x slower)
+HOST_RR = 5_000          # round trips per rr run
+LAB_RR = 1_000
+TSO_DIV = 20            # a 64k TSO super-frame is ~45 segments: runs of 64k move count / TSO_DIV of them
+LAB_TIMEOUT_S = 3 * 3600
+WHERE_HOST = "host"
+WHERE_LAB = "lab (software-emulated)"
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("bench", help="measure TX/RX throughput of the datapaths against the raw baseline",
-                       description=__doc__)
-    p.add_argument("--datapath", default="user", help="comma list of user,vhost (default: user; vhost needs "
-                   "/dev/vhost-net: run inside 'vnetbe lab -- vnetbe bench --datapath user,vhost')")
-    p.add_argument("--scenario", default="tx,rx", help="comma list of tx,rx (default both)")
-    p.add_argument("--sizes", default="64,1500", help="frame sizes in bytes, comma list (default 64,1500)")
-    p.add_argument("--count", type=int, default=200_000, help="frames per run (default 200000)")
-    p.add_argument("--repeat", type=int, default=5, help="runs per configuration; the median is reported")
-    p.add_argument("--queue-size", type=int, default=256)
-    p.add_argument("--no-event-idx", action="store_true", help="negotiate without VIRTIO_RING_F_EVENT_IDX")
-    p.add_argument("--busyloop-us", type=int, default=0, help="vhost busy polling (VHOST_SET_VRING_BUSYLOOP_TIMEOUT)")
-    p.add_argument("--no-baseline", action="store_true", help="skip the raw write/read loop")
-    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    p.add_argument("--tag", default="B", help="name tag of the throwaway topology (interfaces vnb<tag>*)")
+    p = sub.add_parser("bench", help="measure the datapaths (tx, rx, vm2vm, rr) against the raw baseline",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_arguments(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout instead of the table")
+    p.add_argument("--output", metavar="FILE", help="also write the JSON document to FILE")
+    p.add_argument("--plot", metavar="DIR", help="write PNG charts to DIR (needs: pip install 'vnetbe[plot]')")
     p.set_defaults(func=run)
     return p
 
 
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that choose what runs (shared with ``vnetbe report``)."""
+    p.add_argument("--datapath", default="user,vhost",
+                   help="comma list of user,vhost (default both; on a host without /dev/vhost-net the bench "
+                        "runs inside the kernel lab)")
+    p.add_argument("--scenario", default="tx,rx", help="comma list of tx,rx,vm2vm,rr (default tx,rx)")
+    p.add_argument("--sizes", default="64,1500",
+                   help="frame sizes, comma list of bytes (26..9014) and 64k (TSO super-frames; tx and vm2vm "
+                        "only) (default 64,1500)")
+    p.add_argument("--count", type=int, default=None,
+                   help=f"frames per run (default {HOST_COUNT}; {LAB_COUNT} in the lab); 64k runs move "
+                        f"count/{TSO_DIV} super-frames")
+    p.add_argument("--rr-count", type=int, default=None,
+                   help=f"round trips per rr run (default {HOST_RR}, {LAB_RR} in the lab, at most --count)")
+    p.add_argument("--repeat", type=int, default=5, help="runs per configuration; the median is reported (default 5)")
+    p.add_argument("--queue-size", default="256", help="virtqueue size, or a comma list to compare (default 256)")
+    p.add_argument("--event-idx", default="on", help="VIRTIO_RING_F_EVENT_IDX: on, off, or on,off for both (default on)")
+    p.add_argument("--no-event-idx", action="store_true", help=argparse.SUPPRESS)   # old spelling of --event-idx off
+    p.add_argument("--busyloop-us", default="0",
+                   help="vhost busy polling (VHOST_SET_VRING_BUSYLOOP_TIMEOUT) in µs, or a comma list (default 0)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the raw loops")
+    p.add_argument("--with-costs", action="store_true",
+                   help="also measure `vnetbe costs --quick` where the bench runs and embed it as \"costs\"")
+    p.add_argument("--no-lab", action="store_true",
+                   help="never boot the kernel lab: fail if vhost is asked for and /dev/vhost-net is missing")
+    p.add_argument("--tag", default="B", help="name tag of the throwaway topology (interfaces vnb<tag>*)")
+    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto", help=argparse.SUPPRESS)
+
+
+# ----------------------------------------------------------------------------------------- the plan
+
 def _list(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
+    return [x.strip() for x in str(s).split(",") if x.strip()]
 
 
-def _progress(msg: str) -> None:
-    if sys.stderr.isatty():
-        print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+def _ints(s: str, what: str, lo: int) -> list[int]:
+    try:
+        out = [int(x) for x in _list(s)]
+    except ValueError:
+        raise ConfigError(f"{what} {s!r}: give a number or a comma list of numbers") from None
+    if not out or any(v < lo for v in out):
+        raise ConfigError(f"{what} {s!r}: every value must be >= {lo}")
+    return list(dict.fromkeys(out))
 
 
-def _start_info() -> dict:
+def in_lab() -> bool:
+    from .lab import in_lab as _in_lab
+    return _in_lab()
+
+
+@dataclass
+class Plan:
+    datapaths: list[str]
+    scenarios: list[str]
+    sizes: list            # ints and/or "64k"
+    count: int
+    rr_count: int
+    repeat: int
+    queue_sizes: list[int]
+    event_idx: list[bool]
+    busyloop_us: list[int]
+    baseline: bool
+    tag: str
+    skipped: list = field(default_factory=list)
+
+    @property
+    def tso_count(self) -> int:
+        return max(self.count // TSO_DIV, 1)
+
+    def frames(self, scenario: str, size) -> int:
+        """Frames (rr: round trips; 64k: super-frames) per run."""
+        from .scenarios import TSO_LABEL
+        return self.rr_count if scenario == "rr" else self.tso_count if size == TSO_LABEL else self.count
+
+    def variants(self, datapath: str) -> list[dict]:
+        busy = self.busyloop_us if datapath == "vhost" else [0]   # busy polling is vhost's knob only
+        return [{"queue_size": q, "event_idx": e, "busyloop_us": b}
+                for q, e, b in itertools.product(self.queue_sizes, self.event_idx, busy)]
+
+
+def make_plan(args, lab: bool | None = None) -> Plan:
+    """Validate the options; defaults depend on where the bench runs (``lab``; default: here)."""
+    from .datapath import DATAPATHS
+    from .scenarios import SCENARIOS, parse_size, supported
+
+    lab = in_lab() if lab is None else lab
+    datapaths = list(dict.fromkeys(_list(args.datapath)))
+    for d in datapaths:
+        if d not in DATAPATHS:
+            raise ConfigError(f"unknown datapath {d!r}: choose from {', '.join(DATAPATHS)}")
+    scenarios = list(dict.fromkeys(_list(args.scenario)))
+    for s in scenarios:
+        if s not in SCENARIOS:
+            raise ConfigError(f"unknown scenario {s!r}: choose from {', '.join(SCENARIOS)}")
+    if not datapaths or not scenarios:
+        raise ConfigError("give at least one datapath and one scenario")
+    sizes = list(dict.fromkeys(parse_size(s) for s in _list(args.sizes)))
+    if not sizes:
+        raise ConfigError("give at least one frame size (--sizes 64,1500)")
+    eidx = []
+    for v in _list(args.event_idx):
+        v = v.lower()
+        if v in ("both", "on,off"):
+            eidx += [True, False]
+        elif v in ("on", "1", "yes", "true"):
+            eidx.append(True)
+        elif v in ("off", "0", "no", "false"):
+            eidx.append(False)
+        else:
+            raise ConfigError(f"--event-idx {v!r}: on, off, or on,off")
+    if getattr(args, "no_event_idx", False):
+        eidx = [False]
+    count = args.count if args.count is not None else (LAB_COUNT if lab else HOST_COUNT)
+    if count < 1:
+        raise ConfigError("--count must be at least 1")
+    rr = args.rr_count if args.rr_count is not None else min(count, LAB_RR if lab else HOST_RR)
+    if rr < 1:
+        raise ConfigError("--rr-count must be at least 1")
+    if args.repeat < 1:
+        raise ConfigError("--repeat must be at least 1")
+    queue_sizes = _ints(args.queue_size, "--queue-size", 1)
+    from . import spec
+    for q in queue_sizes:
+        spec.check_queue_size(q)
+    plan = Plan(datapaths, scenarios, sizes, count, rr, args.repeat, queue_sizes, list(dict.fromkeys(eidx or [True])),
+                _ints(args.busyloop_us, "--busyloop-us", 0), not args.no_baseline, args.tag)
+    plan.skipped = [{"scenario": s, "size": z, "why": "the peer (an AF_PACKET socket) cannot send frames above "
+                     "its MTU: 64k runs as tx and vm2vm only"}
+                    for s in scenarios for z in sizes if not supported(s, z)]
+    if not any(supported(s, z) for s in scenarios for z in sizes):
+        raise ConfigError("nothing to run: rx and rr have no 64k (TSO) size; add tx or vm2vm, or a size in bytes")
+    return plan
+
+
+# ---------------------------------------------------------------------------------------- progress
+
+class _Progress:
+    def __init__(self, mode: str = "auto"):
+        self.on = mode == "always" or (mode == "auto" and sys.stderr.isatty())
+
+    def __call__(self, msg: str) -> None:
+        if self.on:
+            print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+
+    def line(self, msg: str) -> None:
+        if self.on:
+            print(f"\r\033[K{msg}", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.on:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def _start_info(plan: Plan, where: str) -> dict:
     return {"host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "vhost_net": os.path.exists("/dev/vhost-net")}
+            "vhost_net": os.path.exists("/dev/vhost-net"), "where": where,
+            "datapaths": plan.datapaths, "scenarios": plan.scenarios,
+            "sizes": [str(s) for s in plan.sizes], "count": plan.count, "rr_count": plan.rr_count,
+            "tso_count": plan.tso_count,
+            "repeat": plan.repeat, "queue_sizes": plan.queue_sizes, "event_idx": plan.event_idx,
+            "busyloop_us": plan.busyloop_us, "baseline": plan.baseline}
+
+
+# ------------------------------------------------------------------------------------------ running
+
+def collect(plan: Plan, progress: _Progress | None = None, with_costs: bool = False) -> dict:
+    """Run the plan here (root, and /dev/vhost-net if vhost is in it) and return the JSON document."""
+    from .scenarios import BenchTopology, has_baseline, summarize, supported
+
+    if os.geteuid() != 0:
+        raise NotRoot("not running as root: the benchmark creates a namespace, a veth and macvtaps; run with sudo")
+    if "vhost" in plan.datapaths and not os.path.exists("/dev/vhost-net"):
+        raise SetupError("/dev/vhost-net is missing on this host (no vhost_net module): drop --no-lab to run the "
+                         "bench in the kernel lab, or use --datapath user")
+    progress = progress or _Progress("never")
+    where = WHERE_LAB if in_lab() else WHERE_HOST
+    t_start = time.monotonic()
+    results, baseline = [], []
+    with BenchTopology(plan.tag) as bt:
+        for scen in plan.scenarios:
+            for size in plan.sizes:
+                if not supported(scen, size):
+                    continue
+                n = plan.frames(scen, size)
+                configs = []
+                if plan.baseline and has_baseline(scen):
+                    configs.append(("raw", {}))
+                configs += [(dp, v) for dp in plan.datapaths for v in plan.variants(dp)]
+                runs: list[list] = [[] for _ in configs]
+                for i in range(plan.repeat):
+                    for k, (dp, opts) in enumerate(configs):
+                        progress(f"{scen} {size}: {dp}{_opts_label(opts, plan)} run {i + 1}/{plan.repeat}")
+                        runs[k].append(bt.run(scen, dp, size, n, **opts))
+                for (dp, _), rs in zip(configs, runs):
+                    (baseline if dp == "raw" else results).append(summarize(rs))
+    progress.done()
+    doc = {"start": _start_info(plan, where), "results": results, "baseline": baseline,
+           "skipped": [{**s, "size": str(s["size"])} for s in plan.skipped],
+           "end": {"seconds": round(time.monotonic() - t_start, 1)}}
+    if with_costs:
+        from . import costs
+        progress("measuring costs (vnetbe costs --quick)")
+        doc["costs"] = costs.measure(quick=True)
+        progress.done()
+    return doc
+
+
+def _opts_label(opts: dict, plan: Plan) -> str:
+    parts = []
+    if len(plan.queue_sizes) > 1 and "queue_size" in opts:
+        parts.append(f"q={opts['queue_size']}")
+    if len(plan.event_idx) > 1 and "event_idx" in opts:
+        parts.append(f"eidx={'on' if opts['event_idx'] else 'off'}")
+    if opts.get("busyloop_us"):
+        parts.append(f"busy={opts['busyloop_us']}us")
+    return (" " + " ".join(parts)) if parts else ""
+
+
+def _lab_argv(plan: Plan, with_costs: bool, progress: bool) -> list[str]:
+    argv = [sys.executable, "-m", "vnetbe", "bench", "--no-lab", "--json",
+            "--datapath", ",".join(plan.datapaths), "--scenario", ",".join(plan.scenarios),
+            "--sizes", ",".join(str(s) for s in plan.sizes), "--count", str(plan.count),
+            "--rr-count", str(plan.rr_count), "--repeat", str(plan.repeat),
+            "--queue-size", ",".join(map(str, plan.queue_sizes)),
+            "--event-idx", ",".join("on" if e else "off" for e in plan.event_idx),
+            "--busyloop-us", ",".join(map(str, plan.busyloop_us)), "--tag", plan.tag,
+            "--progress", "always" if progress else "never"]
+    if not plan.baseline:
+        argv.append("--no-baseline")
+    if with_costs:
+        argv.append("--with-costs")
+    return argv
+
+
+def _find_doc(out: bytes) -> dict:
+    """The bench's JSON document in the lab's stdout (which may carry other lines before it)."""
+    text = out.decode("utf-8", "replace")
+    dec = json.JSONDecoder()
+    starts = [0] if text.startswith("{") else []
+    starts += [i + 1 for i in range(len(text)) if text.startswith("\n{", i)]
+    for i in starts:
+        try:
+            doc, _ = dec.raw_decode(text, i)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(doc, dict) and "results" in doc and "start" in doc:
+            return doc
+    raise SetupError("the bench inside the kernel lab printed no JSON document; its messages are above")
+
+
+def collect_in_lab(plan: Plan, progress: _Progress, with_costs: bool = False) -> dict:
+    """Run the whole plan inside the kernel lab; the document it prints comes back (start.where says so)."""
+    from . import lab
+
+    problems = lab.check()
+    if problems:
+        raise SetupError(f"no /dev/vhost-net here and the kernel lab cannot start ({problems[0]}); check with "
+                         "`vnetbe lab --check`, or run `vnetbe bench --datapath user`")
+    pkgroot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (pkgroot, os.environ.get("PYTHONPATH", "")) if p)}
+    progress.line(f"no /dev/vhost-net here: running the bench in the kernel lab ({WHERE_LAB}; it boots in ~30-90 s)")
+    out = io.BytesIO()
+    try:
+        rc = lab.run(_lab_argv(plan, with_costs, progress.on), env=env, stdout=out, timeout=LAB_TIMEOUT_S)
+    except (LabError, ConfigError) as e:
+        raise SetupError(f"the kernel lab (needed for vhost: no /dev/vhost-net here) failed: {e}; "
+                         "check with `vnetbe lab --check`, or run `vnetbe bench --datapath user`") from None
+    progress.done()
+    if rc != 0:
+        raise SetupError(f"the bench inside the kernel lab failed (exit {rc}); its messages are above")
+    doc = _find_doc(out.getvalue())
+    doc["start"]["where"] = WHERE_LAB
+    doc["start"]["launched_from"] = {"host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count()}
+    return doc
+
+
+def bench(args, progress: _Progress | None = None, with_costs: bool = False) -> dict:
+    """Run (here, or in the lab when vhost is asked for and missing here) and return the document."""
+    progress = progress or _Progress(getattr(args, "progress", "auto"))
+    with_costs = with_costs or getattr(args, "with_costs", False)
+    want_vhost = "vhost" in _list(args.datapath)
+    if want_vhost and not os.path.exists("/dev/vhost-net") and not in_lab():
+        if args.no_lab:
+            raise SetupError("/dev/vhost-net is missing on this host and --no-lab forbids the kernel lab: use "
+                             "--datapath user, or drop --no-lab")
+        return collect_in_lab(make_plan(args, lab=True), progress, with_costs)
+    return collect(make_plan(args), progress, with_costs)
+
+
+def _terminate_cleanly() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every ``with``/``finally`` removes what it created (vnb* links,
+    the namespace) instead of the process dying with them in place."""
+    import signal
+    import threading
+
+    me = os.getpid()
+
+    def stop(signum, frame):
+        if os.getpid() != me:
+            # A forked helper (pyroute2 forks one to open netlink sockets in a namespace, and ends it with
+            # SIGTERM) must die at once: unwinding there would tear down the parent's topology.
+            os._exit(128 + signum)
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
 
 
 def run(args) -> int:
-    if os.geteuid() != 0:
-        raise NotRoot("not running as root: the benchmark creates a namespace, a veth and a macvtap; run with sudo")
-    from .datapath import DATAPATHS
-    from .scenarios import BenchTopology, summarize
-
-    datapaths = _list(args.datapath)
-    for d in datapaths:
-        if d not in DATAPATHS:
-            raise SetupError(f"unknown datapath {d!r}: choose from {', '.join(DATAPATHS)}")
-    if "vhost" in datapaths and not os.path.exists("/dev/vhost-net"):
-        raise SetupError("/dev/vhost-net is missing on this host (no vhost_net module): run the vhost path in the "
-                         "kernel lab: vnetbe lab -- vnetbe bench --datapath user,vhost")
-    scenarios = _list(args.scenario)
-    sizes = [int(s) for s in _list(args.sizes)]
-    results, baseline = [], []
-    with BenchTopology(args.tag) as bt:
-        for scen in scenarios:
-            for size in sizes:
-                if not args.no_baseline:
-                    runs = []
-                    for i in range(args.repeat):
-                        _progress(f"raw {scen} {size}B run {i + 1}/{args.repeat}")
-                        runs.append(bt.raw_tx(size, args.count) if scen == "tx" else bt.raw_rx(size, args.count))
-                    baseline.append(summarize(runs))
-                for dp in datapaths:
-                    runs = []
-                    for i in range(args.repeat):
-                        _progress(f"{dp} {scen} {size}B run {i + 1}/{args.repeat}")
-                        fn = bt.tx if scen == "tx" else bt.rx
-                        runs.append(fn(dp, size, args.count, queue_size=args.queue_size,
-                                       event_idx=not args.no_event_idx, busyloop_us=args.busyloop_us))
-                    results.append(summarize(runs))
-    _progress("")
-    doc = {"start": {**_start_info(), "count": args.count, "repeat": args.repeat, "queue_size": args.queue_size,
-                     "event_idx": not args.no_event_idx}, "results": results, "baseline": baseline}
+    _terminate_cleanly()
+    if args.plot:
+        from .plot import require
+        require()   # fail now, not after the bench
+    doc = bench(args)
+    if args.output:
+        write_json(doc, args.output)
     if args.json:
         json.dump(doc, sys.stdout, indent=2)
         print()
     else:
         print(format_table(doc))
+    sys.stdout.flush()
+    if args.plot:
+        from .plot import write_charts
+        paths = write_charts(doc, args.plot)
+        print(f"charts: {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
 
 
+def write_json(doc: dict, path: str) -> None:
+    try:
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+# ------------------------------------------------------------------------------------------- table
+
+def label(r: dict) -> str:
+    """A result's size as shown: bytes, or 64k for TSO super-frames."""
+    return r.get("size_label") or ("64k" if (r.get("options") or {}).get("tso") else str(r["size"]))
+
+
+def _size_key(r: dict) -> tuple:
+    return (r["size"], label(r))
+
+
+def opts_text(r: dict, varied: set[str]) -> str:
+    o = r.get("options") or {}
+    parts = []
+    if "queue_size" in varied and "queue_size" in o:
+        parts.append(f"q{o['queue_size']}")
+    if "event_idx" in varied and "event_idx" in o:
+        parts.append("eidx" if o["event_idx"] else "no-eidx")
+    if o.get("busyloop_us"):
+        parts.append(f"busy{o['busyloop_us']}")
+    return " ".join(parts) or "-"
+
+
+def varied_options(doc: dict) -> set[str]:
+    out = set()
+    for k in ("queue_size", "event_idx", "busyloop_us"):
+        vals = {(r.get("options") or {}).get(k) for r in doc["results"]}
+        if len(vals) > 1:
+            out.add(k)
+    return out
+
+
+_ORDER = {"raw": 0, "user": 1, "vhost": 2}
+
+
+def rows_in_order(doc: dict, scenarios: tuple[str, ...]) -> list[tuple[dict, dict | None]]:
+    """(result, its baseline or None) for the given scenarios: by scenario, size, then raw/user/vhost."""
+    scen_order = {s: i for i, s in enumerate(doc["start"].get("scenarios") or ["tx", "rx", "vm2vm", "rr"])}
+    base = {(b["scenario"], _size_key(b)): b for b in doc.get("baseline") or []}
+    rows = [r for r in list(doc.get("baseline") or []) + list(doc["results"]) if r["scenario"] in scenarios]
+    rows.sort(key=lambda r: (scen_order.get(r["scenario"], 9), _size_key(r), _ORDER.get(r["datapath"], 9)))
+    return [(r, None if r["datapath"] == "raw" else base.get((r["scenario"], _size_key(r)))) for r in rows]
+
+
 def format_table(doc: dict) -> str:
-    base = {(b["scenario"], b["size"]): b for b in doc["baseline"]}
     s = doc["start"]
-    lines = [f"vnetbe bench on {s['host']} (kernel {s['kernel']}, {s['cpus']} cpus), "
-             f"{s['count']} frames x {s['repeat']} runs, median [min..max]",
-             f"{'path':6} {'scen':4} {'size':>6} {'kpps':>8} {'[min..max]':>17} {'Gbit/s':>7} {'vs raw':>7} "
-             f"{'sys/pkt':>7} {'kick/pkt':>8} {'irq/pkt':>8} {'wake/pkt':>8} {'cpu ns/pkt':>10}"]
+    varied = varied_options(doc)
+    r0 = (doc["results"] or [{}])[0].get("options") or {}
+    fixed = []
+    if "queue_size" not in varied and "queue_size" in r0:
+        fixed.append(f"queue {r0['queue_size']}")
+    if "event_idx" not in varied and "event_idx" in r0:
+        fixed.append(f"EVENT_IDX {'on' if r0['event_idx'] else 'off'}")
+    where = s.get("where", WHERE_HOST)
+    lines = [f"vnetbe bench on {s['host']} ({where}; kernel {s['kernel']}, {s['cpus']} cpus), "
+             f"{s['count']} frames x {s['repeat']} runs, median [min..max]" + (f"; {', '.join(fixed)}" if fixed else "")]
+    ocol = bool(varied) or any((r.get("options") or {}).get("busyloop_us") for r in doc["results"])
 
-    def row(r: dict, ratio: str) -> str:
-        pp = r["per_packet"]
-        return (f"{r['datapath']:6} {r['scenario']:4} {r['size']:>6} {r['pps'] / 1e3:8.1f} "
-                f"{'[' + format(r['pps_min'] / 1e3, '.0f') + '..' + format(r['pps_max'] / 1e3, '.0f') + ']':>17} "
-                f"{r['gbps']:7.3f} {ratio:>7} {pp.get('syscalls', 0):7.3f} {pp.get('kicks', 0):8.4f} "
-                f"{pp.get('interrupts', 0):8.4f} {pp.get('wakeups', 0):8.4f} {pp.get('cpu_ns', 0):10.0f}")
-
-    keys = sorted({(r["scenario"], r["size"]) for r in doc["results"] + doc["baseline"]})
-    for k in keys:
-        b = base.get(k)
-        if b:
-            lines.append(row(b, "1.00"))
-        for r in doc["results"]:
-            if (r["scenario"], r["size"]) == k:
-                ratio = f"{r['pps'] / b['pps']:.2f}" if b and b["pps"] else "-"
-                lines.append(row(r, ratio))
+    thr = rows_in_order(doc, ("tx", "rx", "vm2vm"))
+    if thr:
+        head = (f"{'path':6} {'scen':5} {'size':>5} " + (f"{'options':14} " if ocol else "")
+                + f"{'kpps':>8} {'[min..max]':>15} {'Gbit/s':>7} {'vs raw':>6} {'sys/pkt':>7} {'kick/pkt':>8} "
+                  f"{'irq/pkt':>8} {'wake/pkt':>8} {'cpu ns/pkt':>10}")
+        lines += ["", head]
+        for r, b in thr:
+            pp = r["per_packet"]
+            ratio = "1.00" if r["datapath"] == "raw" else (f"{r['pps'] / b['pps']:.2f}" if b and b["pps"] else "-")
+            mm = f"[{r['pps_min'] / 1e3:.0f}..{r['pps_max'] / 1e3:.0f}]"
+            lines.append(f"{r['datapath']:6} {r['scenario']:5} {label(r):>5} "
+                         + (f"{opts_text(r, varied):14} " if ocol else "")
+                         + f"{r['pps'] / 1e3:8.1f} {mm:>15} {r['gbps']:7.3f} {ratio:>6} {pp.get('syscalls', 0):7.3f} "
+                           f"{pp.get('kicks', 0):8.4f} {pp.get('interrupts', 0):8.4f} {pp.get('wakeups', 0):8.4f} "
+                           f"{pp.get('cpu_ns', 0):10.0f}")
+    rr = rows_in_order(doc, ("rr",))
+    if rr:
+        lines += ["", f"request/response ({s.get('rr_count', '?')} round trips x {s['repeat']} runs; counts per round trip)",
+                  f"{'path':6} {'size':>5} " + (f"{'options':14} " if ocol else "")
+                  + f"{'p50 µs':>8} {'[min..max]':>13} {'p99 µs':>8} {'k RT/s':>7} {'p50 x raw':>9} {'sys/RT':>7} "
+                    f"{'kick/RT':>7} {'irq/RT':>7} {'wake/RT':>7} {'cpu µs/RT':>9}"]
+        for r, b in rr:
+            pp = r["per_packet"]
+            ratio = "1.00" if r["datapath"] == "raw" else (f"{r['p50_us'] / b['p50_us']:.2f}" if b and b.get("p50_us") else "-")
+            mm = f"[{r.get('p50_us_min', 0):.0f}..{r.get('p50_us_max', 0):.0f}]"
+            lines.append(f"{r['datapath']:6} {label(r):>5} " + (f"{opts_text(r, varied):14} " if ocol else "")
+                         + f"{r.get('p50_us', 0):8.1f} {mm:>13} {r.get('p99_us', 0):8.1f} {r['pps'] / 1e3:7.2f} "
+                           f"{ratio:>9} {pp.get('syscalls', 0):7.2f} {pp.get('kicks', 0):7.2f} "
+                           f"{pp.get('interrupts', 0):7.2f} {pp.get('wakeups', 0):7.2f} {pp.get('cpu_ns', 0) / 1e3:9.1f}")
+    allrows = thr + rr
+    if allrows:
+        lines += ["", "CPU ns per packet by thread (the median run):"]
+        for r, _ in allrows:
+            cpu = r.get("cpu_ns_per_packet") or {}
+            parts = " + ".join(f"{k} {v:.0f}" for k, v in cpu.items())
+            o = f" {opts_text(r, varied)}" if ocol and r["datapath"] != "raw" else ""
+            lines.append(f"  {r['datapath']:6} {r['scenario']:5} {label(r):>5}{o}: {parts} = {sum(cpu.values()):.0f}")
+    notes = []
+    if any(label(r) == "64k" for r, _ in allrows):
+        notes.append(f"64k: TSO super-frames of 65535 B (gso tcpv4, mss 1448), {s.get('tso_count', '?')} per run; "
+                     "kpps counts super-frames, Gbit/s their TCP payload")
+    skipped: dict[str, list[str]] = {}
+    for sk in doc.get("skipped") or []:
+        skipped.setdefault(sk["why"], []).append(f"{sk['scenario']} at {sk['size']}")
+    for why, what in skipped.items():
+        notes.append(f"not run: {', '.join(what)}: {why}")
+    if where != WHERE_HOST:
+        notes.append("software-emulated lab: compare the paths with each other, not with a host's numbers")
+    if notes:
+        lines += [""] + [f"note: {n}" for n in notes]
     return "\n".join(lines)

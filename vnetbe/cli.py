@@ -14,10 +14,11 @@ from .errors import VnetError
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vnetbe", description="userspace virtio-net backend with vhost-net offload")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    from . import benchcli, costs
+    from . import benchcli, costs, report
 
     benchcli.add_parser(sub)
     costs.add_parser(sub)
+    report.add_parser(sub)
     try:
         from . import lab
     except ImportError:  # pragma: no cover - lab is part of the package

@@ -1,0 +1,76 @@
+"""pytest-benchmark files sharing ``vnetbe.scenarios`` with ``vnetbe bench``: ``sudo python3 -m pytest bench/``.
+
+They need root (a namespace, a veth and macvtaps are created, named vnb<tag>*, and removed at the end
+even on failure); without it the run stops at once with one line, it never "passes" by skipping.
+vhost is benchmarked only where /dev/vhost-net exists (in the lab:
+``vnetbe lab -- python3 -m pytest bench/``); elsewhere the summary says it was left out.
+
+Frames per round: VNETBE_BENCH_COUNT (default 200000; 30000 inside the lab).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import statistics
+
+import pytest
+
+HAVE_VHOST = os.path.exists("/dev/vhost-net")
+DATAPATHS = ["user"] + (["vhost"] if HAVE_VHOST else [])
+ROUNDS = 5
+
+
+def _count() -> int:
+    if os.environ.get("VNETBE_BENCH_COUNT"):
+        return int(os.environ["VNETBE_BENCH_COUNT"])
+    from vnetbe.lab import in_lab
+    return 30_000 if in_lab() else 200_000
+
+
+def pytest_configure(config):
+    if os.geteuid() != 0:
+        raise pytest.UsageError("bench/ needs root (it creates a namespace, a veth and macvtaps): "
+                                "sudo python3 -m pytest bench/")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not HAVE_VHOST:
+        terminalreporter.write_line("vhost not benchmarked: no /dev/vhost-net on this host; run "
+                                    "`vnetbe lab -- python3 -m pytest bench/` for both datapaths")
+
+
+@pytest.fixture(scope="session")
+def count() -> int:
+    return _count()
+
+
+@pytest.fixture(scope="session")
+def bt():
+    """One throwaway topology (vnbP<hex>*) for the whole session."""
+    from vnetbe.scenarios import BenchTopology
+
+    with BenchTopology(f"P{secrets.token_hex(2)}") as t:
+        yield t
+
+
+@pytest.fixture(scope="session")
+def same_run() -> dict:
+    """pps of the baselines measured in this session, by (scenario, size): the ratios' denominators."""
+    return {}
+
+
+def record(benchmark, runs: list, baseline: float | None = None) -> dict:
+    """Put the scenario's own figures (median of the rounds) into benchmark.extra_info."""
+    pps = statistics.median(r.pps for r in runs)
+    r0 = runs[0]
+    info = {"datapath": r0.datapath, "scenario": r0.scenario, "size": r0.size, "rounds": len(runs),
+            "pps": round(pps), "pps_min": round(min(r.pps for r in runs)), "pps_max": round(max(r.pps for r in runs)),
+            "gbps": round(statistics.median(r.gbps for r in runs), 3),
+            "per_packet": {k: round(v, 4) for k, v in sorted(runs[len(runs) // 2].per_packet.items())}}
+    if r0.latency:
+        info["p50_us"] = round(statistics.median(r.latency["p50_us"] for r in runs), 1)
+        info["p99_us"] = round(statistics.median(r.latency["p99_us"] for r in runs), 1)
+    if baseline:
+        info["ratio_vs_raw"] = round(pps / baseline, 3)
+    benchmark.extra_info.update(info)
+    return info

@@ -1,0 +1,17 @@
+"""vm2vm: guest A floods guest B through two bridge-mode macvtaps of one parent (each round sets up
+both guests, which the round's time includes; ``extra_info["pps"]`` is the flood's own rate)."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import DATAPATHS, ROUNDS, record
+
+
+@pytest.mark.parametrize("size", [64, 1500])
+@pytest.mark.parametrize("datapath", DATAPATHS)
+def test_vm2vm(benchmark, bt, count, datapath, size):
+    runs = []
+    benchmark.group = f"vm2vm {size} B"
+    benchmark.pedantic(lambda: runs.append(bt.vm2vm(datapath, size, count)), rounds=ROUNDS, iterations=1)
+    info = record(benchmark, runs)
+    assert info["pps"] > 0 and all(r.drops.get("bad", 0) == 0 for r in runs)
