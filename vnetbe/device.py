@@ -53,13 +53,24 @@ class VirtioNet:
             "mtu": mtu or link.mtu,
         }
         self.driver_features = 0
-        self.status = spec.ACKNOWLEDGE | spec.DRIVER
+        self._status = spec.ACKNOWLEDGE | spec.DRIVER
         self.queues: dict[int, QueueConfig] = {}
         self.err_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._retired: dict = {}
         self._on_close: list = []   # resources of a driver bound to this device (GuestDriver's eventfds)
         self.running = False
         self.closed = False
+
+    @property
+    def status(self) -> int:
+        """Device status (§2.1); DEVICE_NEEDS_RESET as soon as a datapath has stopped a queue."""
+        if self._datapath.faults():
+            self._status |= spec.DEVICE_NEEDS_RESET
+        return self._status
+
+    @status.setter
+    def status(self, value: int) -> None:
+        self._status = value
 
     # --- negotiation ---
     @property

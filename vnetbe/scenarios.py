@@ -255,16 +255,7 @@ def _tso_hdr(csum: tuple[int, int]) -> bytes:
 
 def _flood(guest: GuestDriver, frame: bytes, count: int, *, csum=None, gso=None, seq_offset: int = 0,
            tagged: bool = False, timeout: float = 5.0) -> int:
-    """guest.flood, also with an offload header (GuestDriver.flood takes none: the same C loop is
-    called with the header guest.send would build)."""
-    if csum is None and gso is None:
-        return guest.flood(frame, count, seq_offset=seq_offset, tagged=tagged, timeout=timeout)
-    hdr = guest._make_hdr(frame, csum, gso)
-    n = lib.vnb_guest_tx_flood(guest.raw, frame, len(frame), hdr, count, guest.tx_layout, 64, seq_offset,
-                               int(tagged), int(timeout * 1000))
-    if n < 0:
-        guest._raise(-n, "flood")
-    return n
+    return guest.flood(frame, count, seq_offset=seq_offset, tagged=tagged, timeout=timeout, csum=csum, gso=gso)
 
 
 # ----------------------------------------------------------------------------------------- topology

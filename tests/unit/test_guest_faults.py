@@ -259,8 +259,6 @@ def test_rx_fault_with_a_frame_waiting_writes_nothing_into_guest_memory(rig):
     _other_queue_still_works(rig, RX)
 
 
-@pytest.mark.xfail(strict=True, reason="device.py bug: DEVICE_NEEDS_RESET is folded into status only when "
-                   "faults()/check()/wait_fault() is called, so status and stats()['status'] are stale (see report)")
 def test_status_shows_needs_reset_once_the_fault_is_counted(rig):
     rig.write_descs(TX, [(0, 1 << 40, 100, 0, 0)])
     rig.offer(TX, 0)
