@@ -34,13 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return dispatch(args)
+
+
+def dispatch(args, prog: str = "vnetbe") -> int:
+    """Run a parsed subcommand; expected failures become one line on stderr, no traceback."""
     try:
         return int(args.func(args) or 0)
     except VnetError as e:
-        print(f"vnetbe: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("vnetbe: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -51,7 +51,7 @@ import sys
 import time
 from typing import Any
 
-from .errors import ConfigError, VnetError
+from .errors import ConfigError
 
 __all__ = ["SCHEMA", "DATAPATHS", "measure", "cpu_info", "writev_cost", "memcpy_ns", "predict",
            "format_costs", "format_prediction", "add_parser", "main"]
@@ -558,15 +558,9 @@ def main(args: argparse.Namespace) -> int:
 def _standalone(argv: list[str] | None = None) -> int:
     p = _add_arguments(argparse.ArgumentParser(prog="python3 -m vnetbe.costs", description=__doc__,
                                                formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = p.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except VnetError as e:
-        print(f"vnetbe costs: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("vnetbe costs: interrupted", file=sys.stderr)
-        return 130
+    from .cli import dispatch
+
+    return dispatch(p.parse_args(argv), "vnetbe costs")
 
 
 if __name__ == "__main__":

@@ -426,15 +426,9 @@ def main(args: argparse.Namespace) -> int:
 def _standalone(argv: list[str] | None = None) -> int:
     p = _add_arguments(argparse.ArgumentParser(prog="python3 -m vnetbe.report", description=__doc__,
                                                formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = p.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except VnetError as e:
-        print(f"vnetbe report: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("vnetbe report: interrupted", file=sys.stderr)
-        return 130
+    from .cli import dispatch
+
+    return dispatch(p.parse_args(argv), "vnetbe report")
 
 
 if __name__ == "__main__":
