@@ -228,7 +228,10 @@ class TestProbeBoot:
     def test_file_systems(self, probe_boot) -> None:
         r = _result(probe_boot[1])
         assert r["host_file"] == "written on the host"
-        assert r["project"] == "EROFS"  # the tree is read-only inside: build before entering
+        # The tree is read-only inside, or a throwaway overlay when it lies under one of the dirs vng
+        # overlays (a CI clone under /tmp): either way nothing the guest writes reaches the host.
+        assert r["project"] in ("EROFS", "writable")
+        assert not (ROOT / ".vnb-lab-probe").exists()
         assert r["tmp"] == "writable"
         assert not (probe_boot[3] / ".vnb-lab-probe").exists()  # guest /tmp writes stay in the guest
 
@@ -249,7 +252,6 @@ def test_inside_the_lab_only() -> None:
     assert lab.have_vhost()
     assert os.environ["HYPOTHESIS_STORAGE_DIRECTORY"].startswith("/tmp/")
     Path(os.environ["HYPOTHESIS_STORAGE_DIRECTORY"]).mkdir(parents=True, exist_ok=True)
-    assert not os.access(ROOT, os.W_OK)
 
 
 @pytest.mark.slow
