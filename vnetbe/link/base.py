@@ -94,6 +94,17 @@ def check_ifname(name: str) -> None:
         )
 
 
+def silence_host_stack(name: str) -> None:
+    """Stop the host's own IPv6 from speaking on a guest's interface (router solicitations, MLD):
+    those frames carry the guest's MAC, land in the interface's counters and reach the wire as if the
+    guest had sent them. Call before the interface comes up."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
+            f.write("1")
+    except OSError:
+        pass   # no IPv6 in this kernel: nothing to silence
+
+
 def random_mac() -> str:
     """A random locally administered unicast MAC (first octet: bit 1 set, bit 0 clear)."""
     octets = [random.randrange(256) for _ in range(6)]

@@ -16,6 +16,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import ConfigError, KernelRefused, LinkError, NotRoot, SetupError
 from .base import (
+    silence_host_stack,
     DEFAULT_VNET_HDR_LEN,
     FD_FLAGS,
     NOT_ROOT_MSG,
@@ -136,6 +137,7 @@ class Macvtap(Link):
             # From here on the interface exists: any failure must delete it again.
             try:
                 ifindex = ipr.link("get", ifname=name)[0]["index"]
+                silence_host_stack(name)
                 ipr.link("set", index=ifindex, state="up")
             except BaseException:
                 _delete_quietly(ipr, name)

@@ -14,6 +14,7 @@ from pyroute2 import IPRoute
 
 from ..errors import KernelRefused, LinkError, NotRoot, SetupError
 from .base import (
+    silence_host_stack,
     DEFAULT_VNET_HDR_LEN,
     FD_FLAGS,
     IFF_NO_PI,
@@ -91,6 +92,7 @@ class Tap(Link):
             tap.set_mac(mac)
             if mtu is not None:
                 tap.set_mtu(mtu)
+            silence_host_stack(name)
             tap.set_up()
         except BaseException:
             tap.close()
