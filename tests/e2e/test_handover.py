@@ -12,11 +12,7 @@ import time
 import pytest
 
 from vnetbe import packet
-from vnetbe.device import VirtioNet
-from vnetbe.guest import GuestDriver
-from vnetbe.memory import GuestMemory
-from vnetbe.peer import Peer
-from vnetbe.topology import Topology
+from rig import Net
 
 pytestmark = [pytest.mark.root, pytest.mark.vhost]
 
@@ -30,25 +26,9 @@ SWITCHES = 10
 
 @pytest.fixture
 def net(tag):
-    topo = Topology(tag, mtu=1500)
-    objs = []
-    try:
-        link = topo.macvtap("bridge")
-        peer = Peer(topo.peer, topo.netns, rx_ring=True)
-        objs.append(peer)
-        with topo.ns.ipr() as ipr:
-            peer_mac = ipr.link("get", ifname=topo.peer)[0].get_attr("IFLA_ADDRESS")
-        mem = GuestMemory(64 << 20)
-        objs.append(mem)
-        dev = VirtioNet(mem, link, datapath="user")
-        objs.append(dev)
-        guest = GuestDriver(dev)
-        peer.flush()
-        yield topo, link, peer, peer_mac, dev, guest
-    finally:
-        for o in reversed(objs):
-            o.close()
-        topo.close()
+    n = Net(tag, "user", mtu=1500, peer_kw={"rx_ring": True}, mem_size=64 << 20)
+    yield n.topo, n.link, n.peer, n.peer_mac, n.dev, n.guest
+    n.close()
 
 
 def test_switching_datapaths_under_bidirectional_traffic_loses_duplicates_and_reorders_nothing(net):

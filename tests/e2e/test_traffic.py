@@ -12,39 +12,9 @@ import pytest
 from pyroute2 import IPRoute
 
 from vnetbe import packet
-from vnetbe.device import VirtioNet
-from vnetbe.guest import GuestDriver
-from vnetbe.memory import GuestMemory
-from vnetbe.peer import Peer
-from vnetbe.topology import Topology
+from rig import Net
 
 pytestmark = pytest.mark.root
-
-
-class Net:
-    """A guest on a bridge-mode macvtap, and the peer at the far end of the veth."""
-
-    def __init__(self, tag, datapath, *, mtu=9000, offloads=True, guest_kw=None):
-        self.topo = Topology(tag, mtu=mtu, offloads=offloads)
-        self.mem = self.dev = self.peer = None
-        try:
-            self.link = self.topo.macvtap("bridge", mtu=mtu)
-            self.peer = Peer(self.topo.peer, self.topo.netns)
-            with self.topo.ns.ipr() as ipr:
-                self.peer_mac = ipr.link("get", ifname=self.topo.peer)[0].get_attr("IFLA_ADDRESS")
-            self.mem = GuestMemory(128 << 20)
-            self.dev = VirtioNet(self.mem, self.link, datapath=datapath)
-            self.guest = GuestDriver(self.dev, **(guest_kw or {}))
-            self.peer.flush()
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self):
-        for obj in (self.dev, self.mem, self.peer):
-            if obj is not None:
-                obj.close()
-        self.topo.close()
 
 
 @pytest.fixture

@@ -8,11 +8,7 @@ import pytest
 
 from vnetbe import errors, packet, spec
 from vnetbe.datapath.vhost import _vhost_workers
-from vnetbe.device import VirtioNet
-from vnetbe.guest import GuestDriver
-from vnetbe.memory import GuestMemory
-from vnetbe.peer import Peer
-from vnetbe.topology import Topology
+from rig import Net
 from vnetbe.cputime import thread_cpu_ns
 
 pytestmark = pytest.mark.root
@@ -20,25 +16,9 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture
 def rig(tag, datapath):
-    topo = Topology(tag, mtu=1500)
-    objs = []
-    try:
-        link = topo.macvtap("bridge")
-        peer = Peer(topo.peer, topo.netns)
-        objs.append(peer)
-        with topo.ns.ipr() as ipr:
-            peer_mac = ipr.link("get", ifname=topo.peer)[0].get_attr("IFLA_ADDRESS")
-        mem = GuestMemory(32 << 20)
-        objs.append(mem)
-        dev = VirtioNet(mem, link, datapath=datapath)
-        objs.append(dev)
-        guest = GuestDriver(dev)
-        peer.flush()
-        yield link, peer, peer_mac, mem, dev, guest
-    finally:
-        for o in reversed(objs):
-            o.close()
-        topo.close()
+    n = Net(tag, datapath, mtu=1500, mem_size=32 << 20)
+    yield n.link, n.peer, n.peer_mac, n.mem, n.dev, n.guest
+    n.close()
 
 
 @pytest.mark.vhost
