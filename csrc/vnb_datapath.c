@@ -32,7 +32,8 @@ struct rx_pending {
     uint32_t placed;           /* bytes already in guest buffers */
     uint32_t first_cap;        /* bytes readv put straight into the first chain; the rest is in bounce */
     uint32_t nheads;
-    uint32_t ndesc;            /* descriptors held by the chains in heads[] */
+    uint32_t nring;            /* ring descriptors held by the chains in heads[] (not indirect entries) */
+    uint32_t min_nring;        /* the shortest of those chains, in ring descriptors */
     uint16_t heads[RX_MAX_HEADS];
     uint32_t lens[RX_MAX_HEADS];
     struct iovec hdr_iov[HDR_IOV];  /* where the header landed, possibly across the first chains */
@@ -370,12 +371,18 @@ static int rx_continue(struct vnb_dp *dp)
     struct rx_pending *p = &dp->pend;
     struct vnb_chain *c = &dp->chain;
     while (p->placed < p->total) {
-        if (p->nheads == RX_MAX_HEADS || p->ndesc >= dp->vq[RXQ].num) {
-            /* The guest could never give us room for this frame: drop it instead of waiting forever. */
+        if (p->nheads == RX_MAX_HEADS) {
             rx_drop_pending(dp, VNB_DROP_RX_NO_BUFFER);
             return RX_OK;
         }
         int r = rx_pop(dp);
+        if (r == RX_NEED_BUFFERS && dp->vq[RXQ].num - p->nring < p->min_nring) {
+            /* The chains we hold leave the guest fewer free descriptors than any chain it posted for
+             * this frame: waiting for more would stall RX for good, so drop it (the guest posts
+             * uniform buffers in practice; one that would shrink them loses only this frame). */
+            rx_drop_pending(dp, VNB_DROP_RX_NO_BUFFER);
+            return RX_OK;
+        }
         if (r != RX_OK)
             return r;
         size_t n = iov_copy_in(c->iov, c->nin, dp->bounce + (p->placed - p->first_cap), p->total - p->placed);
@@ -383,7 +390,9 @@ static int rx_continue(struct vnb_dp *dp)
         p->heads[p->nheads] = c->head;
         p->lens[p->nheads] = (uint32_t)n;
         p->nheads++;
-        p->ndesc += c->ndesc;
+        p->nring += c->nring;
+        if (c->nring < p->min_nring)
+            p->min_nring = c->nring;
         p->placed += (uint32_t)n;
     }
     rx_complete(dp);
@@ -432,7 +441,7 @@ static int rx_one(struct vnb_dp *dp)
     p->heads[0] = c->head;
     p->lens[0] = p->first_cap;
     p->nheads = 1;
-    p->ndesc = c->ndesc;
+    p->nring = p->min_nring = c->nring;
     p->hdr_niov = 0;
     p->hdr_cov = 0;
     hdr_track(dp, c->iov, niov);

@@ -134,7 +134,7 @@ int vnb_vq_pop(struct vnb_vq *vq, struct vnb_chain *c)
         return vnb_vq_fail(vq, VNB_FAULT_HEAD_RANGE);
 
     c->head = head;
-    c->nout = c->nin = c->ndesc = 0;
+    c->nout = c->nin = c->ndesc = c->nring = 0;
     c->out_len = c->in_len = 0;
     const struct vring_desc *table = vq->desc;
     uint32_t i = head, seen = 0;
@@ -154,6 +154,7 @@ int vnb_vq_pop(struct vnb_vq *vq, struct vnb_chain *c)
             return vnb_vq_fail(vq, VNB_FAULT_NEXT_RANGE);
         i = d.next;
     }
+    c->nring = (uint16_t)seen;
     vq->last_avail_idx++;
     return 1;
 }

@@ -38,6 +38,7 @@ struct vnb_chain {
     uint16_t nout;       /* device-readable iovecs, first in iov[] */
     uint16_t nin;        /* device-writable iovecs, after the readable ones */
     uint16_t ndesc;      /* descriptors walked (indirect tables included) */
+    uint16_t nring;      /* descriptors of the ring itself the chain holds until it is used */
     uint64_t out_len;
     uint64_t in_len;
     struct iovec iov[1024];  /* VNB_MAX_IOV */

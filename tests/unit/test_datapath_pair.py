@@ -245,9 +245,6 @@ def test_tap_frame_shorter_than_the_vnet_header_is_dropped_not_delivered(make_ri
     assert rig.stats()["rx_frames"] == 1 and rig.stats()["faults"] == {}
 
 
-@pytest.mark.xfail(strict=True, reason="datapath bug: rx_continue only drops when the held chains use all "
-                   "num descriptors; with multi-descriptor RX chains the guest can be left with too few "
-                   "free descriptors for another chain and RX stalls for good (see report)")
 def test_rx_frame_larger_than_every_buffer_the_guest_can_post_is_dropped_not_stuck(make_rig):
     # 256 descriptors in chains of 3: at most 85 chains (255 descriptors, 21760 bytes) are ever
     # outstanding, and one descriptor stays free but useless. A 30000-byte frame can never fit.
@@ -364,9 +361,6 @@ def test_rx_into_indirect_chains_merges_across_them(raw_rx):
     assert s["rx_frames"] == 2 and not any(s["drops"].values())
 
 
-@pytest.mark.xfail(strict=True, reason="datapath bug: rx_continue counts indirect-table entries (c->ndesc) "
-                   "against the ring size, so a frame that needs more than num/(entries+1) indirect chains "
-                   "is dropped as rx_no_buffer though the ring holds enough (see report)")
 def test_rx_frame_spanning_many_indirect_chains_is_not_dropped(raw_rx):
     g, link = raw_rx(16, 4)
     g.post_indirect(64, 4)                      # 16 ring slots, 4096 bytes in all
