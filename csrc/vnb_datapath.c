@@ -51,8 +51,11 @@ struct vnb_dp {
     pthread_t thread;
     int running;
     int tid;
-    int tap_armed;
-    int tx_retry;              /* the tap pushed back (EAGAIN/ENOBUFS): retry after a short sleep */
+    int rx_wants_tap;          /* RX has buffers: wake on EPOLLIN */
+    int tx_blocked;            /* the tap's send buffer is full (EAGAIN): wake on EPOLLOUT */
+    uint32_t tap_events;       /* what epoll watches on the tap now */
+    int tx_retry;              /* the kernel was short of memory (ENOBUFS/ENOMEM): no event will say when
+                                * that ends, so retry after a 1 ms sleep */
     struct vnb_dp_stats st;
     struct vnb_chain chain;
     struct rx_pending pend;
@@ -188,15 +191,27 @@ static void report_fault(struct vnb_dp *dp, int q, int fault)
     }
 }
 
-static void arm_tap(struct vnb_dp *dp, int on)
+static uint32_t tap_events_wanted(struct vnb_dp *dp)
 {
-    if (dp->tap_armed == on)
+    return (dp->rx_wants_tap ? EPOLLIN : 0) | (dp->tx_blocked ? EPOLLOUT : 0);
+}
+
+static void update_tap(struct vnb_dp *dp)
+{
+    uint32_t want = tap_events_wanted(dp);
+    if (dp->tap_events == want)
         return;
-    struct epoll_event ev = { .events = on ? EPOLLIN : 0, .data.u32 = EV_TAP };
+    struct epoll_event ev = { .events = want, .data.u32 = EV_TAP };
     /* MOD on an fd we registered ourselves cannot fail unless the fd was closed under us. */
     (void)epoll_ctl(dp->epfd, EPOLL_CTL_MOD, dp->tap_fd, &ev);
     dp->st.syscalls++;
-    dp->tap_armed = on;
+    dp->tap_events = want;
+}
+
+static void arm_tap(struct vnb_dp *dp, int on)
+{
+    dp->rx_wants_tap = on;
+    update_tap(dp);
 }
 
 static uint64_t drain_eventfd(struct vnb_dp *dp, int fd)
@@ -216,7 +231,7 @@ static int handle_tx(struct vnb_dp *dp)
 {
     struct vnb_vq *vq = &dp->vq[TXQ];
     struct vnb_chain *c = &dp->chain;
-    if (!dp->configured[TXQ] || vq->broken)
+    if (!dp->configured[TXQ] || vq->broken || dp->tx_blocked)
         return 0;
     int done = 0, since_flush = 0;
     vnb_vq_disable_notify(vq);
@@ -255,7 +270,13 @@ static int handle_tx(struct vnb_dp *dp)
             if (n < 0 && (errno == EAGAIN || errno == ENOBUFS || errno == ENOMEM)) {
                 /* Like vhost: give the chain back and retry once the tap has room. */
                 vnb_vq_unpop(vq, 1);
-                dp->tx_retry = 1;
+                dp->st.tx_tap_full++;
+                if (errno == EAGAIN) {
+                    dp->tx_blocked = 1;
+                    update_tap(dp);
+                } else {
+                    dp->tx_retry = 1;
+                }
                 flush_and_notify(dp, TXQ);
                 return 0;
             }
@@ -516,7 +537,7 @@ static void *dp_thread(void *arg)
             break;
         if (n > 0)
             dp->st.wakeups++;
-        int kick_tx = 0, kick_rx = 0, tap_in = 0;
+        int kick_tx = 0, kick_rx = 0, tap_in = 0, tap_out = 0;
         for (int i = 0; i < n; i++) {
             switch (evs[i].data.u32) {
             case EV_STOP:
@@ -532,11 +553,17 @@ static void *dp_thread(void *arg)
                 kick_rx = 1;
                 break;
             case EV_TAP:
-                tap_in = 1;
+                /* ERR/HUP are reported whatever we asked for: let both directions find out. */
+                tap_in = !!(evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP));
+                tap_out = !!(evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP));
                 break;
             }
         }
-        if (kick_tx || tx_more || dp->tx_retry) {
+        if (tap_out && dp->tx_blocked) {
+            dp->tx_blocked = 0;
+            update_tap(dp);
+        }
+        if (kick_tx || tx_more || dp->tx_retry || tap_out) {
             dp->tx_retry = 0;
             tx_more = handle_tx(dp);
         }
@@ -580,8 +607,10 @@ int vnb_dp_start(struct vnb_dp *dp)
     if (dp->configured[RXQ] && (r = ep_add(dp->epfd, dp->kick_fd[RXQ], EPOLLIN, EV_KICK_RX)))
         goto fail;
     /* Without an RX queue nobody drains the tap: watching it would spin on a level-triggered fd. */
-    dp->tap_armed = dp->configured[RXQ];
-    if ((r = ep_add(dp->epfd, dp->tap_fd, dp->tap_armed ? EPOLLIN : 0, EV_TAP)))
+    dp->rx_wants_tap = dp->configured[RXQ];
+    dp->tx_blocked = 0;
+    dp->tap_events = tap_events_wanted(dp);
+    if ((r = ep_add(dp->epfd, dp->tap_fd, dp->tap_events, EV_TAP)))
         goto fail;
     dp->pend.active = 0;
     dp->tx_retry = 0;

@@ -20,6 +20,7 @@ struct vnb_dp_stats {
     uint64_t wakeups;                      /* epoll_wait returns with events */
     uint64_t tap_writes, tap_reads, tap_read_empty;
     uint64_t rx_stalls;                    /* times RX waited for guest buffers */
+    uint64_t tx_tap_full;                  /* times TX found the tap full and waited for room */
     uint64_t rx_merged;                    /* frames spread over more than one buffer */
     uint64_t drops[8];                     /* by enum vnb_drop */
     uint64_t faults[14];                   /* by enum vnb_fault */

@@ -13,7 +13,7 @@ FAULT_NAMES = ["none", "desc_addr", "loop", "nested_indirect", "indirect_len", "
                "rx_readable", "ring_addr"]
 _COUNTERS = ["tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "tx_kicks", "rx_kicks", "tx_kick_wakeups",
              "rx_kick_wakeups", "tx_interrupts", "rx_interrupts", "syscalls", "wakeups", "tap_writes",
-             "tap_reads", "tap_read_empty", "rx_stalls", "rx_merged"]
+             "tap_reads", "tap_read_empty", "rx_stalls", "rx_merged", "tx_tap_full"]
 
 
 def dp_flags(features: int) -> int:
