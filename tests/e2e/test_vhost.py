@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from vnetbe import errors, packet, spec
-from vnetbe.datapath.vhost import _vhost_workers
+from vnetbe.datapath.vhost import VhostDatapath, _vhost_workers
 from rig import Net
 from vnetbe.cputime import thread_cpu_ns
 
@@ -43,6 +43,21 @@ def test_vhost_worker_carries_the_traffic_and_no_userspace_datapath_thread_runs(
     assert not any(n.startswith("vnb") for n in names_before.values())
     assert dev.threads() == sorted(workers)
     assert dev.stats()["syscalls"] == 0
+
+
+@pytest.mark.vhost
+@pytest.mark.parametrize("datapath", ["vhost"], indirect=False)
+def test_each_vhost_device_reports_only_its_own_worker(rig):
+    # A VMM with two NICs in one process: each device's CPU time and wake-ups are its own worker's.
+    link, peer, peer_mac, mem, dev, guest = rig
+    other = VhostDatapath()
+    try:
+        mine, theirs = dev.threads(), other.threads()
+        assert len(mine) == 1 and len(theirs) == 1 and set(mine).isdisjoint(theirs)
+        assert sorted(mine + theirs) == sorted(_vhost_workers())
+    finally:
+        other.close()
+    assert dev.threads() == mine
 
 
 def _corrupt_tx_desc(mem, guest, addr, length, flags=0):

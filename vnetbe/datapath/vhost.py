@@ -54,6 +54,11 @@ def _vhost_workers() -> dict[int, str]:
     return out
 
 
+# SET_OWNER creates the device's worker: taking the process's worker list around it, under this
+# lock, tells which worker is this device's even when several devices live in one process.
+_OWNER_LOCK = threading.Lock()
+
+
 def _ctx_switches(tid: int) -> int:
     try:
         with open(f"/proc/{tid}/status") as f:
@@ -95,7 +100,10 @@ class VhostDatapath:
     def __init__(self) -> None:
         self.fd = io.open_vhost_net()
         try:
-            io.set_owner(self.fd)
+            with _OWNER_LOCK:
+                before = set(_vhost_workers())
+                io.set_owner(self.fd)
+                self._own_workers = sorted(set(_vhost_workers()) - before)
             self.kernel_features = io.get_features(self.fd)
         except BaseException:
             os.close(self.fd)
@@ -141,7 +149,7 @@ class VhostDatapath:
         for q in sorted(queues):
             io.net_set_backend(fd, q, link.fd)
         self.running = True
-        self._workers0 = {t: (thread_cpu_ns(t, t), _ctx_switches(t)) for t in _vhost_workers()}
+        self._workers0 = {t: (thread_cpu_ns(t, t), _ctx_switches(t)) for t in self.threads()}
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._watcher = threading.Thread(target=self._watch, args=(err_fd,), name="vnetbe-vhost-err", daemon=True)
         self._watcher.start()
@@ -196,13 +204,14 @@ class VhostDatapath:
         return dict(self._faults)
 
     def threads(self) -> list[int]:
-        return sorted(_vhost_workers())
+        """This device's vhost worker(s), still alive."""
+        return [t for t in self._own_workers if os.path.exists(f"/proc/{t}")]
 
     def stats(self) -> dict:
         if not self.running:
             return getattr(self, "_final", {})
         d = self._link.stats() - self._link0
-        workers = _vhost_workers()
+        workers = self.threads()
         cpu = sum(thread_cpu_ns(t, t) - self._workers0.get(t, (0, 0))[0] for t in workers)
         wake = sum(_ctx_switches(t) - self._workers0.get(t, (0, 0))[1] for t in workers)
         # The kernel keeps no per-vring counters: frames come from the macvtap's own counters
