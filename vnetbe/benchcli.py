@@ -422,7 +422,7 @@ _ORDER = {"raw": 0, "user": 1, "vhost": 2}
 
 def rows_in_order(doc: dict, scenarios: tuple[str, ...]) -> list[tuple[dict, dict | None]]:
     """(result, its baseline or None) for the given scenarios: by scenario, size, then raw/user/vhost."""
-    scen_order = {s: i for i, s in enumerate(doc["start"].get("scenarios") or ["tx", "rx", "vm2vm", "rr"])}
+    scen_order = {s: i for i, s in enumerate(doc["start"].get("scenarios") or ["tx", "rx", "rxsat", "vm2vm", "rr"])}
     base = {(b["scenario"], _size_key(b)): b for b in doc.get("baseline") or []}
     rows = [r for r in list(doc.get("baseline") or []) + list(doc["results"]) if r["scenario"] in scenarios]
     rows.sort(key=lambda r: (scen_order.get(r["scenario"], 9), _size_key(r), _ORDER.get(r["datapath"], 9)))
@@ -443,7 +443,7 @@ def format_table(doc: dict) -> str:
              f"{s['count']} frames x {s['repeat']} runs, median [min..max]" + (f"; {', '.join(fixed)}" if fixed else "")]
     ocol = bool(varied) or any((r.get("options") or {}).get("busyloop_us") for r in doc["results"])
 
-    thr = rows_in_order(doc, ("tx", "rx", "vm2vm"))
+    thr = rows_in_order(doc, ("tx", "rx", "rxsat", "vm2vm"))
     if thr:
         head = (f"{'path':6} {'scen':5} {'size':>5} " + (f"{'options':14} " if ocol else "")
                 + f"{'kpps':>8} {'[min..max]':>15} {'Gbit/s':>7} {'vs raw':>6} {'sys/pkt':>7} {'kick/pkt':>8} "

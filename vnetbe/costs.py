@@ -250,8 +250,10 @@ def writev_cost(fd: int, hdr_len: int = 10, frame_len: int = 64, iterations: int
 # into its ring buffer, then the kernel copies it from guest memory into an skb (inside writev for
 # the user path, in the vhost worker for vhost).  RX: the kernel copies the skb into the guest's
 # buffer (readv / vhost); the benchmark's guest counts frames in place.  Raw loops: one copy.
+MODELLED_SCENARIOS = ("tx", "rx", "rxsat")
 _COPIES = {("user", "tx"): 2, ("vhost", "tx"): 2, ("user", "rx"): 1, ("vhost", "rx"): 1,
            ("raw", "tx"): 1, ("raw", "rx"): 1}
+_COPIES.update({(dp, "rxsat"): n for (dp, sc), n in list(_COPIES.items()) if sc == "rx"})
 
 _WHY = {
     "frame syscall": "one writev (TX) / readv (RX) per frame: the frame goes user -> kernel -> user, "
@@ -265,6 +267,9 @@ _WHY = {
                 "CPU of both sides per wake-up, minus the 3 syscalls already counted (write, wait, read)",
     "interrupts": "an interrupt is an eventfd signal that wakes the guest sleeping in poll: CPU per poll "
                   "wake-up, minus its 3 syscalls",
+    "frame stack": "the kernel's own work on one frame inside writev/readv or the vhost worker's sendmsg/recvmsg "
+                   "(tap, macvlan, veth and the peer's side): the same on every path, so it is calibrated on the "
+                   "raw loop of the same run, scenario and size (its CPU per frame minus its syscalls and copy)",
     "copies": "frame copies: the guest into its TX buffer, the kernel between guest memory and an skb; "
               "priced as an in-cache memcpy of the frame size (interpolated)",
     "kick exits": "in a VM each kick is a guest write to an ioeventfd that traps: one VM exit (~ CPUID)",
@@ -277,15 +282,17 @@ def _row(term: str, count: float, unit: float) -> dict:
 
 
 def predict(per_packet: dict, costs: dict, datapath: str, *, size: int = 64, scenario: str = "tx",
-            copies: float | None = None) -> dict:
+            copies: float | None = None, stack_ns: float | None = None) -> dict:
     """Predicted CPU ns per packet from the benchmark's per-packet counts (``RunResult.per_packet``:
     syscalls, kicks, interrupts, wakeups, cpu_ns) and measured unit costs (``measure()`` or its JSON),
     beside the measured ``cpu_ns``.  ``rows`` lists (term, count, unit_ns, ns); ``vmm`` what a VMM's
-    exits would add.  ``copies`` overrides the model's frame copies per packet."""
+    exits would add.  ``copies`` overrides the model's frame copies per packet.  ``stack_ns`` is the
+    kernel's work per frame (``predict_bench`` calibrates it on the raw loop): without it the model
+    prices crossings only.  ``crossings_ns`` is the part of the prediction that is crossings."""
     if datapath not in DATAPATHS:
         raise ConfigError(f"unknown datapath {datapath!r}: choose from {', '.join(DATAPATHS)}")
-    if scenario not in ("tx", "rx"):
-        raise ConfigError(f"unknown scenario {scenario!r}: tx or rx")
+    if scenario not in MODELLED_SCENARIOS:
+        raise ConfigError(f"unknown scenario {scenario!r}: {', '.join(MODELLED_SCENARIOS)}")
     try:
         u = costs["units"]
         sc = float(u["syscall_ns"])
@@ -314,6 +321,9 @@ def predict(per_packet: dict, costs: dict, datapath: str, *, size: int = 64, sce
     rows.append(_row("wake-ups", count("wakeups"), wake))
     rows.append(_row("interrupts", count("interrupts"), irq))
     rows.append(_row("copies", float(_COPIES[(datapath, scenario)] if copies is None else copies), cp))
+    crossings = sum(r["ns"] for r in rows if r["term"] != "copies")
+    if stack_ns is not None:
+        rows.append(_row("frame stack", 1.0, float(stack_ns)))
     predicted = sum(r["ns"] for r in rows)
 
     measured = per_packet.get("cpu_ns")
@@ -330,6 +340,8 @@ def predict(per_packet: dict, costs: dict, datapath: str, *, size: int = 64, sce
         "datapath": datapath, "scenario": scenario, "size": int(size),
         "rows": rows,
         "predicted_ns": predicted,
+        "crossings_ns": crossings,
+        "model": "crossings + copies + frame stack" if stack_ns is not None else "crossings + copies",
         "measured_ns": measured,
         "ratio": (measured / predicted) if measured is not None and predicted > 0 else None,
         "unexplained_ns": (measured - predicted) if measured is not None else None,
@@ -339,25 +351,36 @@ def predict(per_packet: dict, costs: dict, datapath: str, *, size: int = 64, sce
 
 
 def predict_bench(doc: dict, costs: dict) -> list[dict]:
-    """predict() for every baseline and result of a ``vnetbe bench --json`` document.  A device result
-    also gets ``baseline_ns``, the raw loop's CPU ns per packet for the same scenario and size (None if
-    the bench ran without it): measured_ns - baseline_ns is what the device adds to moving the frame."""
+    """predict() for every tx and rx baseline and result of a ``vnetbe bench --json`` document (vm2vm
+    and rr chain several paths and are left out).  Each raw loop calibrates the frame stack term for its
+    scenario and size (``calibration``: its prediction is its measurement by construction); a device
+    result then gets that term, and ``baseline_ns``, the raw loop's CPU ns per packet (None if the bench
+    ran without it): measured_ns - baseline_ns is what the device adds to moving the frame."""
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
         raise ConfigError("not a `vnetbe bench --json` document: expected an object with a 'results' list")
-    out, base = [], {}
+    out, base, stack = [], {}, {}
     for r in list(doc.get("baseline") or []) + list(doc["results"]):
         try:
             dp, scen, size, pp = r["datapath"], r["scenario"], int(r["size"]), r["per_packet"]
         except (KeyError, TypeError, ValueError):
             raise ConfigError("a bench result lacks datapath, scenario, size or per_packet") from None
+        if scen not in MODELLED_SCENARIOS:
+            continue
         if not isinstance(pp, dict):
             raise ConfigError(f"per_packet of the {dp} {scen} {size} B result is not an object")
-        p = predict(pp, costs, dp, size=size, scenario=scen)
-        p["pps"] = r.get("pps")
         if dp == "raw":
+            p = predict(pp, costs, dp, size=size, scenario=scen)
+            if p["measured_ns"] is not None:
+                # What the raw loop spends beyond its crossings and copy is the kernel's work on the frame.
+                stack[(scen, size)] = max(p["measured_ns"] - p["predicted_ns"], 0.0)
+                p = predict(pp, costs, dp, size=size, scenario=scen, stack_ns=stack[(scen, size)])
+                p["calibration"] = True
             base[(scen, size)] = p["measured_ns"]
         else:
+            p = predict(pp, costs, dp, size=size, scenario=scen, stack_ns=stack.get((scen, size)))
             p["baseline_ns"] = base.get((scen, size))
+        p["pps"] = r.get("pps")
+        p["options"] = r.get("options") or {}
         out.append(p)
     return out
 
@@ -438,6 +461,8 @@ def format_costs(costs: dict) -> str:
 def format_prediction(pred: dict, explain: bool = False) -> str:
     """One result's predicted vs measured per-packet cost and its breakdown."""
     head = f"{pred['datapath']} {pred['scenario']} {pred['size']} B"
+    if pred.get("calibration"):
+        head += " (calibrates the frame stack term: predicted = measured by construction)"
     ratio = f"{pred['ratio']:.2f}" if pred["ratio"] is not None else "-"
     lines = [f"{head}: predicted {_ns(pred['predicted_ns'])}/pkt, measured {_ns(pred['measured_ns'])}/pkt "
              f"(measured/predicted {ratio}, unexplained {_ns(pred['unexplained_ns'])})",

@@ -12,6 +12,11 @@ Scenarios (``SCENARIOS``):
   consumed them all. Baseline ``raw_tx``: one thread write()s the same frames to the macvtap fd.
 - ``rx``: the peer floods tagged frames to the guest; rate = frames the guest got / time to the last
   one. Baseline ``raw_rx``: one thread read()s them from the macvtap fd.
+- ``rxsat``: ``rx`` under saturating load: two peer threads send at once, more than the path carries
+  on this machine. Their socket buffers hold them back (a queued skb is charged to its sender until
+  the reader frees it), so nothing is lost and the tap's queue stays full: the device always has
+  frames waiting. This is where notification suppression shows: kicks and interrupts per frame.
+  Baseline ``raw_rx`` with the same two senders.
 - ``vm2vm``: guest A floods tagged frames to guest B's MAC through two bridge-mode macvtaps of one
   parent (each guest has its own memory, device and driver); B checks every byte; rate = frames B
   got / time. No baseline.
@@ -50,7 +55,8 @@ from .topology import Topology
 HDR = spec.NET_HDR_LEN
 TAG = packet.TAG_HDR_LEN
 
-SCENARIOS = ("tx", "rx", "vm2vm", "rr")
+SCENARIOS = ("tx", "rx", "rxsat", "vm2vm", "rr")
+SAT_SENDERS = 2   # peer threads of rxsat: one already keeps a core busy, two outrun any path here
 TSO_LABEL = "64k"
 TSO_FRAME = 65535            # the largest frame either side handles (VNB_MAX_FRAME)
 TSO_MSS = 1448
@@ -86,7 +92,7 @@ def size_label(result: dict | "RunResult") -> str:
 
 def supported(scenario: str, size: int | str) -> bool:
     """False for the combinations no scenario can run: 64k TSO needs the guest as sender."""
-    return not (size == TSO_LABEL and scenario in ("rx", "rr"))
+    return not (size == TSO_LABEL and scenario in ("rx", "rxsat", "rr"))
 
 
 @dataclass
@@ -393,31 +399,39 @@ class BenchTopology:
                          options={"tso": True} if size == TSO_LABEL else {})
 
     # --- RX: peer -> guest ---
-    def _send_async(self, size: int, count: int, pace_ns: int = 0, *, dst=None) -> tuple[threading.Thread, dict]:
-        """The peer's sender in its own thread; its CPU time (cpu_ns) and syscalls come back in the dict."""
+    def _send_async(self, size: int, count: int, pace_ns: int = 0, *, dst=None,
+                    senders: int = 1) -> tuple["_Senders", dict]:
+        """The peer's sender(s), each in its own thread sending its share of sequence numbers; after
+        join() the dict holds their summed sent, syscalls, retries and CPU time (cpu_ns)."""
         out: dict = {}
+        parts: list[dict] = [{} for _ in range(senders)]
+        share = -(-count // senders)
 
-        def run() -> None:
+        def run(k: int) -> None:
             c0 = time.thread_time_ns()
+            first = k * share
             try:
-                out.update(self.peer.send_tagged(count, size, dst or self.link.mac, self.peer_mac, pace_ns=pace_ns))
+                parts[k].update(self.peer.send_tagged(max(min(share, count - first), 0), size, dst or self.link.mac,
+                                                      self.peer_mac, pace_ns=pace_ns, first_seq=first))
             except Exception as e:  # reported by the caller
-                out["error"] = e
+                parts[k]["error"] = e
             finally:
-                out["cpu_ns"] = time.thread_time_ns() - c0
+                parts[k]["cpu_ns"] = time.thread_time_ns() - c0
 
-        th = threading.Thread(target=run, name="vnetbe-peer-sender")
-        th.start()
-        return th, out
+        ths = [threading.Thread(target=run, args=(k,), name=f"vnetbe-peer-sender{k}") for k in range(senders)]
+        for th in ths:
+            th.start()
+        return _Senders(ths, parts, out), out
 
-    def rx_run(self, dev: VirtioNet, guest: GuestDriver, size: int, count: int, pace_ns: int = 0) -> RunResult:
+    def rx_run(self, dev: VirtioNet, guest: GuestDriver, size: int, count: int, pace_ns: int = 0,
+               senders: int = 1) -> RunResult:
         if size == TSO_LABEL:
             raise ConfigError("rx at 64k: the peer (an AF_PACKET socket) cannot send frames above its MTU")
         link0 = dev.link.stats()
         dev0, g0 = dev.stats(), guest.stats()
         meter = _Meter("guest", _dev_threads({"datapath": dev}), [dev]).start()
         t0 = time.perf_counter()
-        th, sender = self._send_async(size, count, pace_ns)
+        th, sender = self._send_async(size, count, pace_ns, senders=senders)
         got, ooo, _, t_last = receive_all(guest, count, seq_offset=14)
         th.join()
         cpu = meter.stop()
@@ -433,17 +447,22 @@ class BenchTopology:
         drops = dict(dstats.get("drops", {}))
         drops["macvtap_queue"] = (link1 - link0).rx_dropped + (link1 - link0).tx_dropped
         drops["lost"] = max(sender.get("sent", 0) - got, 0)
-        return RunResult(dev.datapath_name, "rx", size, got, dt, pps, gbps, offered=sender.get("sent", 0),
-                         per_packet=pp, cpu_ns=cpu_pp, drops=drops,
+        # Two senders interleave their sequences: out-of-order means nothing then.
+        extra = {"out_of_order": ooo} if senders == 1 else {"senders": senders}
+        return RunResult(dev.datapath_name, "rx" if senders == 1 else "rxsat", size, got, dt, pps, gbps,
+                         offered=sender.get("sent", 0), per_packet=pp, cpu_ns=cpu_pp, drops=drops,
                          options=self._options(guest.rings[spec.RX_QUEUE][0], guest.event_idx,
-                                               dev.vhost_busyloop_us, size, out_of_order=ooo))
+                                               dev.vhost_busyloop_us, size, **extra))
 
     def rx(self, datapath: str, size: int, count: int, *, queue_size: int = 256, event_idx: bool = True,
-           busyloop_us: int = 0, pace_ns: int = 0) -> RunResult:
+           busyloop_us: int = 0, pace_ns: int = 0, senders: int = 1) -> RunResult:
         with self.guest(datapath, queue_size=queue_size, event_idx=event_idx, busyloop_us=busyloop_us) as (dev, g):
-            return self.rx_run(dev, g, size, count, pace_ns)
+            return self.rx_run(dev, g, size, count, pace_ns, senders)
 
-    def raw_rx(self, size: int, count: int, pace_ns: int = 0) -> RunResult:
+    def rxsat(self, datapath: str, size: int, count: int, **opts) -> RunResult:
+        return self.rx(datapath, size, count, senders=SAT_SENDERS, **opts)
+
+    def raw_rx(self, size: int, count: int, pace_ns: int = 0, senders: int = 1) -> RunResult:
         """Baseline: one thread read()s frames straight from the macvtap fd while the peer sends."""
         if size == TSO_LABEL:
             raise ConfigError("rx at 64k: the peer (an AF_PACKET socket) cannot send frames above its MTU")
@@ -451,7 +470,7 @@ class BenchTopology:
         buf = ffi.new("uint8_t[]", 1 << 17)
         st = ffi.new("struct vnb_raw_stats *")
         meter = _Meter("reader", {}).start()
-        th, sender = self._send_async(size, count, pace_ns)
+        th, sender = self._send_async(size, count, pace_ns, senders=senders)
         timeout_ms = int(RX_IDLE_S * 1000)
         n = max(lib.vnb_raw_read_loop_ex(self.link.fd, buf, 1 << 17, count, timeout_ms, st), 0)
         th.join()
@@ -465,8 +484,10 @@ class BenchTopology:
         pps, gbps = _rate(n, size, dt)
         pp, cpu_pp = _per_packet(n, {"syscalls": n + 2 * st.eagain}, {}, cpu,
                                  peer_syscalls=sender.get("syscalls", 0) + sender.get("retries", 0))
-        return RunResult("raw", "rx", size, n, dt, pps, gbps, offered=sender.get("sent", 0),
-                         per_packet=pp, cpu_ns=cpu_pp, drops={"lost": max(sender.get("sent", 0) - n, 0)})
+        return RunResult("raw", "rx" if senders == 1 else "rxsat", size, n, dt, pps, gbps,
+                         offered=sender.get("sent", 0), per_packet=pp, cpu_ns=cpu_pp,
+                         drops={"lost": max(sender.get("sent", 0) - n, 0)},
+                         options={} if senders == 1 else {"senders": senders})
 
     # --- VM to VM: guest A -> bridge-mode macvtap pair -> guest B ---
     def vm2vm(self, datapath: str, size: int | str, count: int, *, queue_size: int = 256, event_idx: bool = True,
@@ -708,15 +729,33 @@ class BenchTopology:
         if not supported(scenario, size):
             raise ConfigError(f"{scenario} at {size}: the peer (AF_PACKET) cannot send frames above its MTU")
         if datapath == "raw":
-            fn = {"tx": self.raw_tx, "rx": self.raw_rx, "rr": self.raw_rr}.get(scenario)
+            fn = {"tx": self.raw_tx, "rx": self.raw_rx, "rr": self.raw_rr,
+                  "rxsat": lambda size, count: self.raw_rx(size, count, senders=SAT_SENDERS)}.get(scenario)
             if fn is None:
                 raise ConfigError(f"{scenario} has no raw baseline")
             return fn(size, count)
         return getattr(self, scenario)(datapath, size, count, **opts)
 
 
+class _Senders:
+    """join() waits for every sender thread and sums their figures into the shared dict."""
+
+    def __init__(self, threads: list[threading.Thread], parts: list[dict], out: dict):
+        self._threads, self._parts, self._out = threads, parts, out
+
+    def join(self) -> None:
+        for th in self._threads:
+            th.join()
+        for part in self._parts:
+            for k, v in part.items():
+                if k == "error":
+                    self._out.setdefault("error", v)
+                elif isinstance(v, (int, float)) and k in ("sent", "bytes", "retries", "syscalls", "cpu_ns"):
+                    self._out[k] = self._out.get(k, 0) + v
+
+
 def has_baseline(scenario: str) -> bool:
-    return scenario in ("tx", "rx", "rr")
+    return scenario in ("tx", "rx", "rxsat", "rr")
 
 
 def summarize(runs: list[RunResult]) -> dict:

@@ -269,16 +269,21 @@ def test_from_bench_json(files, capsys):
     assert set(out) == {"costs", "predictions"}
     raw, user = out["predictions"]
     assert (raw["datapath"], user["datapath"]) == ("raw", "user")
-    assert user["predicted_ns"] == 1033.0 and user["measured_ns"] == 2000.0
-    assert user["baseline_ns"] == 1500.0
-    assert raw["predicted_ns"] == 100.0 + 4.0 and raw["vmm_extra_ns"] == 0.0
+    # The raw loop's 1500 ns less its crossings and copy (104 ns) is the frame's stack work, which the
+    # device pays too: 1033 ns of crossings and copies + 1396 ns of stack.
+    assert raw["calibration"] and raw["predicted_ns"] == raw["measured_ns"] == 1500.0
+    assert [r["ns"] for r in raw["rows"] if r["term"] == "frame stack"] == [1500.0 - 104.0]
+    assert user["predicted_ns"] == 1033.0 + 1396.0 and user["measured_ns"] == 2000.0
+    assert user["crossings_ns"] == 1033.0 - 4.0 * 2 and user["baseline_ns"] == 1500.0
+    assert raw["vmm_extra_ns"] == 0.0
 
 
 def test_from_bench_text(files, capsys):
     bench, saved = files
     assert _cli(["--from-bench", str(bench), "--costs", str(saved)]) == 0
     out = capsys.readouterr().out
-    assert "user tx 64 B: predicted 1033 ns/pkt, measured 2000 ns/pkt" in out
+    assert "user tx 64 B: predicted 2429 ns/pkt, measured 2000 ns/pkt" in out
+    assert "raw tx 64 B (calibrates the frame stack term" in out
     assert "the device adds 500 ns/pkt" in out
     assert "what the terms mean" in out
 
@@ -309,3 +314,21 @@ def test_standalone_entry(tmp_path, files, capsys):
     assert "vnetbe costs: cannot read" in capsys.readouterr().err
     assert costs._standalone(["--costs", str(saved), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["schema"] == costs.SCHEMA
+
+
+def test_predict_bench_prices_only_what_the_model_covers_and_calibrates_per_scenario_and_size():
+    # vm2vm and rr chain several paths: they are left out, not an error. Each raw loop calibrates only
+    # its own scenario and size; a result without a raw loop of its kind is priced on crossings only.
+    pp = {"syscalls": 1.0, "kicks": 0, "interrupts": 0, "wakeups": 0, "cpu_ns": 1000.0}
+    doc = {"results": [dict(datapath="user", scenario=sc, size=sz, per_packet=pp)
+                       for sc, sz in (("tx", 64), ("rxsat", 64), ("tx", 1500), ("vm2vm", 64), ("rr", 64))],
+           "baseline": [dict(datapath="raw", scenario="tx", size=64, per_packet=dict(pp, cpu_ns=800.0)),
+                        dict(datapath="raw", scenario="rxsat", size=64, per_packet=dict(pp, cpu_ns=50.0))]}
+    preds = costs.predict_bench(doc, COSTS)
+    got = {(p["datapath"], p["scenario"], p["size"]): p for p in preds}
+    assert set(got) == {("raw", "tx", 64), ("raw", "rxsat", 64), ("user", "tx", 64), ("user", "rxsat", 64),
+                        ("user", "tx", 1500)}
+    stack = {k: [r["ns"] for r in p["rows"] if r["term"] == "frame stack"] for k, p in got.items()}
+    assert stack[("raw", "rxsat", 64)] == [0.0]          # measured below the crossings: never negative
+    assert stack[("user", "tx", 64)] == stack[("raw", "tx", 64)] and stack[("user", "tx", 64)][0] > 0
+    assert stack[("user", "tx", 1500)] == [] and got[("user", "tx", 1500)]["model"] == "crossings + copies"
