@@ -74,3 +74,15 @@ def record(benchmark, runs: list, baseline: float | None = None) -> dict:
         info["ratio_vs_raw"] = round(pps / baseline, 3)
     benchmark.extra_info.update(info)
     return info
+
+
+def run_rounds(benchmark, scenario: str, size: int, one_round, *, warmup: bool = True,
+               baseline: float | None = None) -> tuple[dict, list]:
+    """Time ``one_round`` ROUNDS times in the group "<scenario> <size> B" and record its figures.
+
+    With ``warmup`` one more round runs first and is left out of the figures. Returns the recorded
+    info and every round's result, the warm-up's included (first)."""
+    runs = []
+    benchmark.group = f"{scenario} {size} B"
+    benchmark.pedantic(lambda: runs.append(one_round()), rounds=ROUNDS, iterations=1, warmup_rounds=int(warmup))
+    return record(benchmark, runs[1:] if warmup else runs, baseline), runs

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import DATAPATHS, ROUNDS, record
+from conftest import DATAPATHS, run_rounds
 
 SIZE = 64
 
@@ -15,18 +15,13 @@ def _n(count: int) -> int:
 
 
 def test_rr_raw(benchmark, bt, count, same_run):
-    runs = []
-    benchmark.group = f"rr {SIZE} B"
-    benchmark.pedantic(lambda: runs.append(bt.raw_rr(SIZE, _n(count))), rounds=ROUNDS, iterations=1)
-    info = record(benchmark, runs)
+    info, _ = run_rounds(benchmark, "rr", SIZE, lambda: bt.raw_rr(SIZE, _n(count)), warmup=False)
     same_run[("rr", SIZE)] = info["pps"]
     assert info["p50_us"] <= info["p99_us"]
 
 
 @pytest.mark.parametrize("datapath", DATAPATHS)
 def test_rr_device(benchmark, bt, count, same_run, datapath):
-    runs = []
-    benchmark.group = f"rr {SIZE} B"
-    benchmark.pedantic(lambda: runs.append(bt.rr(datapath, SIZE, _n(count))), rounds=ROUNDS, iterations=1)
-    info = record(benchmark, runs, same_run.get(("rr", SIZE)))
+    info, _ = run_rounds(benchmark, "rr", SIZE, lambda: bt.rr(datapath, SIZE, _n(count)), warmup=False,
+                         baseline=same_run.get(("rr", SIZE)))
     assert info["p50_us"] <= info["p99_us"]

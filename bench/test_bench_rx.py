@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import DATAPATHS, ROUNDS, record
+from conftest import DATAPATHS, run_rounds
 
 SIZES = [64, 1500]
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_rx_raw(benchmark, bt, count, same_run, size):
-    runs = []
-    benchmark.group = f"rx {size} B"
-    benchmark.pedantic(lambda: runs.append(bt.raw_rx(size, count)), rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    info = record(benchmark, runs[1:])
+    info, _ = run_rounds(benchmark, "rx", size, lambda: bt.raw_rx(size, count))
     same_run[("rx", size)] = info["pps"]
     assert info["pps"] > 0
 
@@ -21,10 +18,7 @@ def test_rx_raw(benchmark, bt, count, same_run, size):
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("datapath", DATAPATHS)
 def test_rx_device(benchmark, bt, count, same_run, datapath, size):
-    runs = []
-    benchmark.group = f"rx {size} B"
     with bt.guest(datapath) as (dev, guest):
-        benchmark.pedantic(lambda: runs.append(bt.rx_run(dev, guest, size, count)), rounds=ROUNDS, iterations=1,
-                           warmup_rounds=1)
-    info = record(benchmark, runs[1:], same_run.get(("rx", size)))
+        info, _ = run_rounds(benchmark, "rx", size, lambda: bt.rx_run(dev, guest, size, count),
+                             baseline=same_run.get(("rx", size)))
     assert info["pps"] > 0

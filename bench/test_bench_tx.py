@@ -6,26 +6,21 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import DATAPATHS, ROUNDS, record
+from conftest import DATAPATHS, run_rounds
 
 SIZE = 64
 
 
 def test_tx_raw(benchmark, bt, count, same_run):
-    runs = []
-    benchmark.group = f"tx {SIZE} B"
-    benchmark.pedantic(lambda: runs.append(bt.raw_tx(SIZE, count)), rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    info = record(benchmark, runs[1:])
+    info, _ = run_rounds(benchmark, "tx", SIZE, lambda: bt.raw_tx(SIZE, count))
     same_run[("tx", SIZE)] = info["pps"]
     assert info["pps"] > 0
 
 
 @pytest.mark.parametrize("datapath", DATAPATHS)
 def test_tx_device(benchmark, bt, count, same_run, datapath):
-    runs = []
-    benchmark.group = f"tx {SIZE} B"
     with bt.guest(datapath) as (dev, guest):
-        benchmark.pedantic(lambda: runs.append(bt.tx_run(dev, guest, SIZE, count, count_delivered=False)), rounds=ROUNDS, iterations=1,
-                           warmup_rounds=1)
-    info = record(benchmark, runs[1:], same_run.get(("tx", SIZE)))
+        info, runs = run_rounds(benchmark, "tx", SIZE,
+                                lambda: bt.tx_run(dev, guest, SIZE, count, count_delivered=False),
+                                baseline=same_run.get(("tx", SIZE)))
     assert info["pps"] > 0 and all(r.offered == count for r in runs)

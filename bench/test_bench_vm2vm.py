@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import DATAPATHS, ROUNDS, record
+from conftest import DATAPATHS, run_rounds
 
 
 @pytest.mark.parametrize("size", [64, 1500])
 @pytest.mark.parametrize("datapath", DATAPATHS)
 def test_vm2vm(benchmark, bt, count, datapath, size):
-    runs = []
-    benchmark.group = f"vm2vm {size} B"
-    benchmark.pedantic(lambda: runs.append(bt.vm2vm(datapath, size, count)), rounds=ROUNDS, iterations=1)
-    info = record(benchmark, runs)
+    info, runs = run_rounds(benchmark, "vm2vm", size, lambda: bt.vm2vm(datapath, size, count), warmup=False)
     assert info["pps"] > 0 and all(r.drops.get("bad", 0) == 0 for r in runs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 from .errors import VnetError
 
@@ -53,8 +54,37 @@ def _title(doc: dict, what: str) -> str:
     return f"{what} — {s.get('where', 'host')}, kernel {s.get('kernel')}, {s.get('cpus')} cpus"
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)   # pyplot keeps every open figure alive otherwise
+    return path
+
+
+def _chart(plt, doc: dict, path: Path, items: list, figsize: tuple[float, float], what: str,
+           draw: Callable[[Any, list], None]) -> Path | None:
+    """A one-axes chart of ``items`` (result rows or predictions) into ``path``, None when there are none.
+
+    ``draw(ax, items)`` plots and labels what is particular to the chart; the emptiness check, the title
+    and the file are the same for all of them."""
+    if not items:
+        return None
+    fig, ax = plt.subplots(figsize=figsize)
+    draw(ax, items)
+    ax.set_title(_title(doc, what), fontsize=10)
+    return _save(plt, fig, path)
+
+
+def _columns(ax, labels: list[str], fontsize: int, ylabel: str, legend_size: int) -> None:
+    """The category axis of a vertical bar chart: one tick per item, bars centred on it."""
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=fontsize)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=legend_size)
+
+
 def _throughput(plt, doc: dict, varied: set[str], path: Path) -> Path | None:
-    scens = [sc for sc in ("tx", "rx", "vm2vm") if _rows(doc, (sc,))]
+    scens = [sc for sc in ("tx", "rx", "rxsat", "vm2vm") if _rows(doc, (sc,))]
     if not scens:
         return None
     fig, axes = plt.subplots(1, len(scens), figsize=(5.5 * len(scens), 4.5), squeeze=False)
@@ -84,113 +114,84 @@ def _throughput(plt, doc: dict, varied: set[str], path: Path) -> Path | None:
         ax.set_ylabel("k packets/s (median, min..max)")
         ax.legend(fontsize=8)
     fig.suptitle(_title(doc, "throughput"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _per_packet(plt, doc: dict, varied: set[str], path: Path) -> Path | None:
-    rows = _rows(doc, ("tx", "rx", "vm2vm", "rr"))
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4.5))
-    width = 0.8 / len(COUNTS)
-    for k, key in enumerate(COUNTS):
-        # Zero is drawn as no bar (a log axis has no zero); anything below 1e-4 sits on the floor.
-        pts = [(i + (k - 1.5) * width, max(float(r["per_packet"].get(key, 0) or 0), 1e-4))
-               for i, r in enumerate(rows) if r["per_packet"].get(key)]
-        ax.bar([x for x, _ in pts], [y for _, y in pts], width, label=key, color=THREAD_COLORS[2 * k])
-    ax.set_yscale("log")
-    ax.set_ylim(1e-4 / 2, None)
-    ax.axhline(1 / 32, color="red", linewidth=0.8, linestyle="--", label="1/32 (EVENT_IDX target)")
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{_name(r, varied)}\n{r['scenario']} {_label(r)}" for r in rows], fontsize=7)
-    ax.set_ylabel("per packet (rr: per round trip), log")
-    ax.legend(fontsize=8)
-    ax.set_title(_title(doc, "crossings per packet"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    def draw(ax, rows):
+        width = 0.8 / len(COUNTS)
+        for k, key in enumerate(COUNTS):
+            # Zero is drawn as no bar (a log axis has no zero); anything below 1e-4 sits on the floor.
+            pts = [(i + (k - 1.5) * width, max(float(r["per_packet"].get(key, 0) or 0), 1e-4))
+                   for i, r in enumerate(rows) if r["per_packet"].get(key)]
+            ax.bar([x for x, _ in pts], [y for _, y in pts], width, label=key, color=THREAD_COLORS[2 * k])
+        ax.set_yscale("log")
+        ax.set_ylim(1e-4 / 2, None)
+        ax.axhline(1 / 32, color="red", linewidth=0.8, linestyle="--", label="1/32 (EVENT_IDX target)")
+        _columns(ax, [f"{_name(r, varied)}\n{r['scenario']} {_label(r)}" for r in rows], 7,
+                 "per packet (rr: per round trip), log", 8)
+
+    rows = _rows(doc, ("tx", "rx", "rxsat", "vm2vm", "rr"))
+    return _chart(plt, doc, path, rows, (max(6, 0.9 * len(rows) + 2), 4.5), "crossings per packet", draw)
 
 
 def _cpu(plt, doc: dict, varied: set[str], path: Path) -> Path | None:
-    rows = _rows(doc, ("tx", "rx", "vm2vm", "rr"))
-    if not rows:
-        return None
-    threads = list(dict.fromkeys(t for r in rows for t in (r.get("cpu_ns_per_packet") or {})))
-    fig, ax = plt.subplots(figsize=(10.5, max(3, 0.35 * len(rows) + 1.5)))
-    labels = [f"{_name(r, varied)} {r['scenario']} {_label(r)}" for r in rows]
-    left = [0.0] * len(rows)
-    for k, t in enumerate(threads):
-        vals = [float((r.get("cpu_ns_per_packet") or {}).get(t, 0)) for r in rows]
-        ax.barh(range(len(rows)), vals, left=left, label=t, color=THREAD_COLORS[k % len(THREAD_COLORS)])
-        left = [a + b for a, b in zip(left, vals)]
-    for i, v in enumerate(left):
-        ax.annotate(f"{v:.0f}", (v, i), va="center", fontsize=7, xytext=(3, 0), textcoords="offset points")
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels(labels, fontsize=7)
-    ax.invert_yaxis()
-    positive = [v for v in left if v > 0]
-    if positive and max(positive) / min(positive) > 50:   # 64k super-frames beside 64-byte frames
-        ax.set_xscale("log")
-    ax.set_xlabel("CPU ns per packet (rr: per round trip), all threads")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(_title(doc, "where the CPU goes"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    def draw(ax, rows):
+        threads = list(dict.fromkeys(t for r in rows for t in (r.get("cpu_ns_per_packet") or {})))
+        labels = [f"{_name(r, varied)} {r['scenario']} {_label(r)}" for r in rows]
+        left = [0.0] * len(rows)
+        for k, t in enumerate(threads):
+            vals = [float((r.get("cpu_ns_per_packet") or {}).get(t, 0)) for r in rows]
+            ax.barh(range(len(rows)), vals, left=left, label=t, color=THREAD_COLORS[k % len(THREAD_COLORS)])
+            left = [a + b for a, b in zip(left, vals)]
+        for i, v in enumerate(left):
+            ax.annotate(f"{v:.0f}", (v, i), va="center", fontsize=7, xytext=(3, 0), textcoords="offset points")
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.invert_yaxis()
+        positive = [v for v in left if v > 0]
+        if positive and max(positive) / min(positive) > 50:   # 64k super-frames beside 64-byte frames
+            ax.set_xscale("log")
+        ax.set_xlabel("CPU ns per packet (rr: per round trip), all threads")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+    rows = _rows(doc, ("tx", "rx", "rxsat", "vm2vm", "rr"))
+    return _chart(plt, doc, path, rows, (10.5, max(3, 0.35 * len(rows) + 1.5)), "where the CPU goes", draw)
 
 
 def _rr(plt, doc: dict, varied: set[str], path: Path) -> Path | None:
+    def draw(ax, rows):
+        xs = range(len(rows))
+        p50 = [r.get("p50_us", 0) for r in rows]
+        p99 = [r.get("p99_us", 0) for r in rows]
+        ax.bar([x - 0.2 for x in xs], p50, 0.4, label="p50",
+               color=[COLORS.get(r["datapath"], "#333") for r in rows], edgecolor="black", linewidth=0.4)
+        ax.bar([x + 0.2 for x in xs], p99, 0.4, label="p99", color="white", edgecolor="black", hatch="//")
+        for x, a, b in zip(xs, p50, p99):
+            ax.annotate(f"{a:.0f}", (x - 0.2, a), ha="center", va="bottom", fontsize=7)
+            ax.annotate(f"{b:.0f}", (x + 0.2, b), ha="center", va="bottom", fontsize=7)
+        _columns(ax, [f"{_name(r, varied)}\n{_label(r)} B" for r in rows], 8, "round trip µs", 8)
+
     rows = _rows(doc, ("rr",))
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows) + 2), 4.5))
-    xs = range(len(rows))
-    p50 = [r.get("p50_us", 0) for r in rows]
-    p99 = [r.get("p99_us", 0) for r in rows]
-    ax.bar([x - 0.2 for x in xs], p50, 0.4, label="p50",
-           color=[COLORS.get(r["datapath"], "#333") for r in rows], edgecolor="black", linewidth=0.4)
-    ax.bar([x + 0.2 for x in xs], p99, 0.4, label="p99", color="white", edgecolor="black", hatch="//")
-    for x, a, b in zip(xs, p50, p99):
-        ax.annotate(f"{a:.0f}", (x - 0.2, a), ha="center", va="bottom", fontsize=7)
-        ax.annotate(f"{b:.0f}", (x + 0.2, b), ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels([f"{_name(r, varied)}\n{_label(r)} B" for r in rows], fontsize=8)
-    ax.set_ylabel("round trip µs")
-    ax.legend(fontsize=8)
-    ax.set_title(_title(doc, "request/response latency"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _chart(plt, doc, path, rows, (max(5, 1.2 * len(rows) + 2), 4.5), "request/response latency", draw)
 
 
 def _prediction(plt, preds: list[dict], doc: dict, path: Path) -> Path | None:
-    if not preds:
-        return None
-    terms = list(dict.fromkeys(t["term"] for p in preds for t in p["rows"]))
-    fig, ax = plt.subplots(figsize=(max(6, 1.0 * len(preds) + 2), 4.8))
-    bottom = [0.0] * len(preds)
-    for k, term in enumerate(terms):
-        vals = [sum(t["ns"] for t in p["rows"] if t["term"] == term) for p in preds]
-        ax.bar(range(len(preds)), vals, 0.6, bottom=bottom, label=term, color=THREAD_COLORS[k % len(THREAD_COLORS)])
-        bottom = [a + b for a, b in zip(bottom, vals)]
-    meas = [p.get("measured_ns") or 0 for p in preds]
-    ax.scatter(range(len(preds)), meas, marker="D", color="black", zorder=3, label="measured")
-    ax.set_xticks(range(len(preds)))
-    ax.set_xticklabels([f"{p['datapath']}\n{p['scenario']} {p['size'] if p['size'] < 65535 else '64k'}" for p in preds],
-                       fontsize=7)
-    ax.set_ylabel("CPU ns per packet")
-    ax.legend(fontsize=7)
-    ax.set_title(_title(doc, "predicted (bars) vs measured (diamonds)"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    def draw(ax, preds):
+        terms = list(dict.fromkeys(t["term"] for p in preds for t in p["rows"]))
+        bottom = [0.0] * len(preds)
+        for k, term in enumerate(terms):
+            vals = [sum(t["ns"] for t in p["rows"] if t["term"] == term) for p in preds]
+            ax.bar(range(len(preds)), vals, 0.6, bottom=bottom, label=term,
+                   color=THREAD_COLORS[k % len(THREAD_COLORS)])
+            bottom = [a + b for a, b in zip(bottom, vals)]
+        meas = [p.get("measured_ns") or 0 for p in preds]
+        ax.scatter(range(len(preds)), meas, marker="D", color="black", zorder=3, label="measured")
+        _columns(ax, [f"{p['datapath']}\n{p['scenario']} {p['size'] if p['size'] < 65535 else '64k'}"
+                      for p in preds], 7, "CPU ns per packet", 7)
+
+    return _chart(plt, doc, path, preds, (max(6, 1.0 * len(preds) + 2), 4.8),
+                  "predicted (bars) vs measured (diamonds)", draw)
 
 
 def write_charts(doc: dict, out_dir: str | os.PathLike, predictions: list[dict] | None = None) -> list[Path]:

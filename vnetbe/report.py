@@ -38,45 +38,60 @@ def _fmt(v: Any, nd: int = 1) -> str:
     return str(v)
 
 
-def _throughput_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
-    from .benchcli import label, opts_text, rows_in_order, varied_options
+def _result_table(doc: dict, scenarios: tuple[str, ...], head: list[str],
+                  cells) -> tuple[list[str], list[list[str]]] | None:
+    """One row per result of ``scenarios`` in bench order, ``cells(r, baseline, varied)`` its columns;
+    None when the bench ran none of them (the report then leaves the section out)."""
+    from .benchcli import rows_in_order, varied_options
 
-    rows = rows_in_order(doc, ("tx", "rx", "rxsat", "vm2vm"))
+    rows = rows_in_order(doc, scenarios)
     if not rows:
         return None
     varied = varied_options(doc)
-    head = ["path", "scenario", "size", "options", "kpps (median)", "min..max", "Gbit/s", "vs raw",
-            "syscalls", "kicks", "interrupts", "wake-ups", "CPU ns"]
-    out = []
-    for r, b in rows:
+    return head, [cells(r, b, varied) for r, b in rows]
+
+
+def _options(r: dict, varied: set[str]) -> str:
+    from .benchcli import opts_text
+    return opts_text(r, varied) if r["datapath"] != "raw" else "-"
+
+
+def _vs_raw(r: dict, b: dict | None, key: str) -> str:
+    """r's ``key`` over its raw baseline's; a raw row is its own baseline, a missing one gives "-"."""
+    if r["datapath"] == "raw":
+        return "1.00"
+    return f"{r[key] / b[key]:.2f}" if b and b.get(key) else "-"
+
+
+def _throughput_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
+    from .benchcli import label
+
+    def cells(r, b, varied):
         pp = r["per_packet"]
-        ratio = "1.00" if r["datapath"] == "raw" else (f"{r['pps'] / b['pps']:.2f}" if b and b["pps"] else "-")
-        out.append([r["datapath"], r["scenario"], label(r), opts_text(r, varied) if r["datapath"] != "raw" else "-",
-                    f"{r['pps'] / 1e3:.1f}", f"{r['pps_min'] / 1e3:.0f}..{r['pps_max'] / 1e3:.0f}", f"{r['gbps']:.3f}",
-                    ratio, f"{pp.get('syscalls', 0):.3f}", f"{pp.get('kicks', 0):.4f}", f"{pp.get('interrupts', 0):.4f}",
-                    f"{pp.get('wakeups', 0):.4f}", f"{pp.get('cpu_ns', 0):.0f}"])
-    return head, out
+        return [r["datapath"], r["scenario"], label(r), _options(r, varied),
+                f"{r['pps'] / 1e3:.1f}", f"{r['pps_min'] / 1e3:.0f}..{r['pps_max'] / 1e3:.0f}", f"{r['gbps']:.3f}",
+                _vs_raw(r, b, "pps"), f"{pp.get('syscalls', 0):.3f}", f"{pp.get('kicks', 0):.4f}",
+                f"{pp.get('interrupts', 0):.4f}", f"{pp.get('wakeups', 0):.4f}", f"{pp.get('cpu_ns', 0):.0f}"]
+
+    return _result_table(doc, ("tx", "rx", "rxsat", "vm2vm"),
+                         ["path", "scenario", "size", "options", "kpps (median)", "min..max", "Gbit/s", "vs raw",
+                          "syscalls", "kicks", "interrupts", "wake-ups", "CPU ns"], cells)
 
 
 def _rr_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
-    from .benchcli import label, opts_text, rows_in_order, varied_options
+    from .benchcli import label
 
-    rows = rows_in_order(doc, ("rr",))
-    if not rows:
-        return None
-    varied = varied_options(doc)
-    head = ["path", "size", "options", "p50 µs", "p50 min..max", "p99 µs", "round trips/s", "p50 vs raw",
-            "syscalls/RT", "kicks/RT", "interrupts/RT", "wake-ups/RT", "CPU µs/RT"]
-    out = []
-    for r, b in rows:
+    def cells(r, b, varied):
         pp = r["per_packet"]
-        ratio = "1.00" if r["datapath"] == "raw" else (f"{r['p50_us'] / b['p50_us']:.2f}" if b and b.get("p50_us") else "-")
-        out.append([r["datapath"], label(r), opts_text(r, varied) if r["datapath"] != "raw" else "-",
-                    f"{r.get('p50_us', 0):.1f}", f"{r.get('p50_us_min', 0):.1f}..{r.get('p50_us_max', 0):.1f}",
-                    f"{r.get('p99_us', 0):.1f}", f"{r['pps']:.0f}", ratio, f"{pp.get('syscalls', 0):.2f}",
-                    f"{pp.get('kicks', 0):.2f}", f"{pp.get('interrupts', 0):.2f}", f"{pp.get('wakeups', 0):.2f}",
-                    f"{pp.get('cpu_ns', 0) / 1e3:.1f}"])
-    return head, out
+        return [r["datapath"], label(r), _options(r, varied),
+                f"{r.get('p50_us', 0):.1f}", f"{r.get('p50_us_min', 0):.1f}..{r.get('p50_us_max', 0):.1f}",
+                f"{r.get('p99_us', 0):.1f}", f"{r['pps']:.0f}", _vs_raw(r, b, "p50_us"),
+                f"{pp.get('syscalls', 0):.2f}", f"{pp.get('kicks', 0):.2f}", f"{pp.get('interrupts', 0):.2f}",
+                f"{pp.get('wakeups', 0):.2f}", f"{pp.get('cpu_ns', 0) / 1e3:.1f}"]
+
+    return _result_table(doc, ("rr",),
+                         ["path", "size", "options", "p50 µs", "p50 min..max", "p99 µs", "round trips/s", "p50 vs raw",
+                          "syscalls/RT", "kicks/RT", "interrupts/RT", "wake-ups/RT", "CPU µs/RT"], cells)
 
 
 def _cpu_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:

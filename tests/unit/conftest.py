@@ -18,7 +18,10 @@ if str(ROOT) not in sys.path:   # `tests.fakelink` and an in-place `vnetbe` what
     sys.path.insert(0, str(ROOT))
 
 from vnetbe._native import ffi, lib  # noqa: E402
+from vnetbe.device import VirtioNet  # noqa: E402
+from vnetbe.guest import GuestDriver  # noqa: E402
 from vnetbe.memory import GuestMemory  # noqa: E402
+from tests.fakelink import PairLink  # noqa: E402
 
 # Test modules import these helpers as `vnb_unit_helpers`: the bare name `conftest` is shared with
 # tests/conftest.py and tests/e2e/conftest.py, and which one it resolves to depends on collection order.
@@ -172,6 +175,27 @@ class Ring:
         for gpa, n, w in segs:
             (in_ if w else out).extend(split_gpa(self.mem, gpa, n))
         return out, in_
+
+
+class DeviceRig:
+    """A whole device (VirtioNet with the userspace datapath) over PairLink, driven by a GuestDriver.
+
+    Takes ownership of ``mem``: close() releases it with the device and the link."""
+
+    def __init__(self, mem: GuestMemory, sndbuf: int = 4 << 20, **guest_kw):
+        self.mem = mem
+        self.link = PairLink(sndbuf)
+        self.dev = VirtioNet(self.mem, self.link, datapath="user")
+        try:
+            self.guest = GuestDriver(self.dev, **guest_kw)
+        except BaseException:   # a refused negotiation must not leak the device, the link or the memory
+            self.close()
+            raise
+
+    def close(self):
+        self.dev.close()
+        self.link.close()
+        self.mem.close()
 
 
 @pytest.fixture(autouse=True)

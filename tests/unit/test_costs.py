@@ -166,36 +166,29 @@ def _rows(p: dict) -> dict:
     return {r["term"]: (r["count"], r["unit_ns"], r["ns"]) for r in p["rows"]}
 
 
-def test_predict_user_exact():
-    pp = {"syscalls": 1.5, "kicks": 0.25, "interrupts": 0.125, "wakeups": 0.25, "cpu_ns": 2000.0}
-    p = costs.predict(pp, COSTS, "user", size=64, scenario="tx")
-    assert _rows(p) == {
-        "frame syscall": (1.0, 100.0, 100.0),
-        "other syscalls": (0.5, 100.0, 50.0),
-        "wake-ups": (0.25, 2000.0, 500.0),
-        "interrupts": (0.125, 3000.0, 375.0),
-        "copies": (2.0, 4.0, 8.0),
-    }
-    assert p["predicted_ns"] == 1033.0
-    assert p["measured_ns"] == 2000.0
-    assert p["ratio"] == 2000.0 / 1033.0
-    assert p["unexplained_ns"] == 967.0
-    assert {r["term"]: r["ns"] for r in p["vmm"]["rows"]} == {"kick exits": 1250.0, "interrupt injections": 625.0}
-    assert p["vmm_extra_ns"] == 1875.0
+@pytest.mark.parametrize("datapath, size, scenario, pp, terms, vmm, totals", [
+    pytest.param("user", 64, "tx",
+                 {"syscalls": 1.5, "kicks": 0.25, "interrupts": 0.125, "wakeups": 0.25, "cpu_ns": 2000.0},
+                 {"frame syscall": (1.0, 100.0, 100.0), "other syscalls": (0.5, 100.0, 50.0),
+                  "wake-ups": (0.25, 2000.0, 500.0), "interrupts": (0.125, 3000.0, 375.0), "copies": (2.0, 4.0, 8.0)},
+                 {"kick exits": 1250.0, "interrupt injections": 625.0},
+                 {"predicted_ns": 1033.0, "measured_ns": 2000.0, "ratio": 2000.0 / 1033.0, "unexplained_ns": 967.0,
+                  "vmm_extra_ns": 1875.0},
+                 id="user_exact"),
+    pytest.param("vhost", 1500, "rx",
+                 {"syscalls": 0.5, "kicks": 0.5, "interrupts": 0.25, "wakeups": 0.5, "cpu_ns": 4000.0},
+                 {"syscalls": (0.5, 100.0, 50.0), "wake-ups": (0.5, 2000.0, 1000.0),
+                  "interrupts": (0.25, 3000.0, 750.0), "copies": (1.0, 60.0, 60.0)},
+                 {"kick exits": 0.5 * 5000, "interrupt injections": 0.25 * 5000},
+                 {"predicted_ns": 1860.0, "vmm_extra_ns": 0.5 * 5000 + 0.25 * 5000},
+                 id="vhost_has_no_frame_syscall"),
+])
+def test_predict(datapath, size, scenario, pp, terms, vmm, totals):
+    p = costs.predict(pp, COSTS, datapath, size=size, scenario=scenario)
+    assert _rows(p) == terms
+    assert {k: p[k] for k in totals} == totals
+    assert {r["term"]: r["ns"] for r in p["vmm"]["rows"]} == vmm
     assert all(r["why"] for r in p["rows"] + p["vmm"]["rows"])
-
-
-def test_predict_vhost_has_no_frame_syscall():
-    pp = {"syscalls": 0.5, "kicks": 0.5, "interrupts": 0.25, "wakeups": 0.5, "cpu_ns": 4000.0}
-    p = costs.predict(pp, COSTS, "vhost", size=1500, scenario="rx")
-    assert _rows(p) == {
-        "syscalls": (0.5, 100.0, 50.0),
-        "wake-ups": (0.5, 2000.0, 1000.0),
-        "interrupts": (0.25, 3000.0, 750.0),
-        "copies": (1.0, 60.0, 60.0),
-    }
-    assert p["predicted_ns"] == 1860.0
-    assert p["vmm_extra_ns"] == 0.5 * 5000 + 0.25 * 5000
 
 
 def test_predict_copies_and_sizes():

@@ -15,12 +15,11 @@ import pytest
 from vnetbe import spec
 from vnetbe.errors import ConfigError, VnetError
 from vnetbe.device import VirtioNet
-from vnetbe.guest import GuestDriver
 from vnetbe.memory import GuestMemory
 from vnetbe.queue import QueueConfig
 from tests.fakelink import PairLink
 
-from vnb_unit_helpers import Ring
+from vnb_unit_helpers import DeviceRig, Ring
 
 SIZES = [1, 2, 3, 4, 5, 7, 13, 14, 59, 60, 61, 64, 127, 128, 255, 1500, 1514, 1515, 4096, 9000, 9014,
          16384, 32768, 65000, 65535]
@@ -46,21 +45,9 @@ def tcp4_frame(payload: int) -> bytes:
     return eth + ip + tcp + rand_frame(payload, payload)
 
 
-class Rig:
+class Rig(DeviceRig):
     def __init__(self, mem_size=64 << 20, sndbuf=4 << 20, **guest_kw):
-        self.mem = GuestMemory(mem_size)
-        self.link = PairLink(sndbuf)
-        self.dev = VirtioNet(self.mem, self.link, datapath="user")
-        try:
-            self.guest = GuestDriver(self.dev, **guest_kw)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self):
-        self.dev.close()
-        self.link.close()
-        self.mem.close()
+        super().__init__(GuestMemory(mem_size), sndbuf, **guest_kw)
 
     def stats(self):
         return self.dev.stats()

@@ -16,12 +16,9 @@ import pytest
 from vnetbe import errors, spec
 from vnetbe._native import ffi, lib
 from vnetbe.datapath.user import FAULT_NAMES
-from vnetbe.device import VirtioNet
-from vnetbe.guest import GuestDriver
 from vnetbe.memory import GuestMemory
-from tests.fakelink import PairLink
 
-from vnb_unit_helpers import F_INDIRECT, F_NEXT, F_WRITE, pack_desc
+from vnb_unit_helpers import F_INDIRECT, F_NEXT, F_WRITE, DeviceRig, pack_desc
 
 MB = 1 << 20
 RX, TX = spec.RX_QUEUE, spec.TX_QUEUE
@@ -35,22 +32,11 @@ FRAME = bytes(range(256)) * 4   # 1024 bytes, recognisable anywhere
 SENT_FRAME = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + b"tx-ok" * 20
 
 
-class Rig:
+class Rig(DeviceRig):
     def __init__(self, features=None):
-        self.mem = GuestMemory(regions=REGIONS)
-        self.mem.view(CANARY, MB)[:] = np.frombuffer(bytes([0xC5, 0x3A]) * (MB // 2), np.uint8)
-        self.link = PairLink()
-        self.dev = VirtioNet(self.mem, self.link, datapath="user")
-        try:
-            self.guest = GuestDriver(self.dev, queue_size=QSIZE, features=features)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self):
-        self.dev.close()
-        self.link.close()
-        self.mem.close()
+        mem = GuestMemory(regions=REGIONS)
+        mem.view(CANARY, MB)[:] = np.frombuffer(bytes([0xC5, 0x3A]) * (MB // 2), np.uint8)
+        super().__init__(mem, queue_size=QSIZE, features=features)
 
     # --- ring access from the "guest" side ---
     def ring(self, q):
