@@ -3,6 +3,7 @@
 #include "vnb_peer.h"
 #include <errno.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -427,4 +428,50 @@ int64_t vnb_guest_rx_count(struct vnb_guest *g, uint64_t count, int timeout_ms, 
     }
     vnb_guest_rx_fill(g);
     return (int64_t)got;
+}
+
+int64_t vnb_guest_echo(struct vnb_guest *g, const uint8_t *reply, uint32_t len, uint32_t tag_off,
+                       uint64_t count, int timeout_ms, const int *stop)
+{
+    if (len == 0 || len > VNB_MAX_FRAME || tag_off + 4 > len)
+        return -EINVAL;
+    uint8_t *in = malloc(VNB_MAX_FRAME + 1), *out = malloc(len);
+    if (!in || !out) {
+        free(in);
+        free(out);
+        return -ENOMEM;
+    }
+    memcpy(out, reply, len);
+    struct virtio_net_hdr_v1 hdr, none;
+    memset(&none, 0, sizeof(none));
+    uint64_t answered = 0;
+    int idle_ms = 0;
+    int64_t ret = 0;
+    /* Relaxed is enough: stop only has to be seen eventually, and it guards no other data. */
+    while (answered < count && !__atomic_load_n(stop, __ATOMIC_RELAXED)) {
+        int64_t n = vnb_guest_rx(g, in, VNB_MAX_FRAME + 1, &hdr, 50);
+        if (n == 0) {
+            idle_ms += 50;
+            if (idle_ms >= timeout_ms)
+                break;
+            continue;
+        }
+        if (n < 0) {
+            ret = n;
+            break;
+        }
+        idle_ms = 0;
+        if ((uint64_t)n < tag_off + 4 || in[12] != (VNB_TAG_ETHERTYPE >> 8) || in[13] != (VNB_TAG_ETHERTYPE & 0xff))
+            continue;
+        memcpy(out + tag_off, in + tag_off, 4);
+        int r = vnb_guest_tx(g, out, len, &none, VNB_TX_SINGLE, timeout_ms);
+        if (r < 0) {
+            ret = r;
+            break;
+        }
+        answered++;
+    }
+    free(in);
+    free(out);
+    return ret < 0 ? ret : (int64_t)answered;
 }

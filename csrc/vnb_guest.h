@@ -61,6 +61,12 @@ int64_t vnb_guest_rx(struct vnb_guest *g, uint8_t *out, uint32_t cap, struct vir
                      int timeout_ms);
 int64_t vnb_guest_rx_count(struct vnb_guest *g, uint64_t count, int timeout_ms, uint32_t seq_offset,
                            uint32_t verify, uint64_t *out_of_order, uint64_t *bad);
+/* rr responder: receive frames and answer each rr request (ethertype VNB_TAG_ETHERTYPE, i.e. 0x88B5)
+ * with `reply` (len bytes, no header) carrying the request's 4-byte tag from tag_off. Runs until
+ * `count` answers, or *stop is nonzero (checked at least every 50 ms), or nothing came for
+ * timeout_ms. Returns answers, or -errno. */
+int64_t vnb_guest_echo(struct vnb_guest *g, const uint8_t *reply, uint32_t len, uint32_t tag_off,
+                       uint64_t count, int timeout_ms, const int *stop);
 /* cffi:end */
 
 #endif

@@ -106,6 +106,24 @@ int64_t vnb_raw_write_loop_ex(int fd, const uint8_t *buf, uint32_t len, uint64_t
                               struct vnb_raw_stats *st);
 int64_t vnb_raw_read_loop_ex(int fd, uint8_t *buf, uint32_t cap, uint64_t count, int timeout_ms,
                              struct vnb_raw_stats *st);
+/* Request/response, all in C so that the figure is the path's and not an interpreter's. */
+struct vnb_rr_stats {
+    uint64_t done;          /* round trips completed (client) / requests answered (responder) */
+    uint64_t syscalls;
+    int32_t err;            /* errno that stopped the loop early, 0 if none */
+    uint32_t pad;
+};
+
+/* Client: for i in 0..count-1 sends `req` (len bytes, starting with hdr_len bytes of vnet header
+ * when fd is a tap; 0 on an AF_PACKET socket) with i big-endian at tag_off, waits for a frame with
+ * the tag ethertype and the same 4 bytes there, and stores the round trip in rtt_ns[i].
+ * Returns round trips done; stops early (st->err) on an error or timeout_ms without the reply. */
+int64_t vnb_peer_rr(int fd, const uint8_t *req, uint32_t len, uint32_t hdr_len, uint32_t tag_off,
+                    uint64_t count, int timeout_ms, int64_t *rtt_ns, struct vnb_rr_stats *st);
+/* Responder on a tap fd: answers each tagged frame with `reply` (hdr_len bytes of vnet header
+ * included) carrying the request's tag, until `count` answers, *stop, or timeout_ms idle. */
+int64_t vnb_raw_echo(int fd, const uint8_t *reply, uint32_t len, uint32_t hdr_len, uint32_t tag_off,
+                     uint64_t count, int timeout_ms, const int *stop, struct vnb_rr_stats *st);
 /* cffi:end */
 
 #endif

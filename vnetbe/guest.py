@@ -148,6 +148,15 @@ class GuestDriver:
             self._raise(-rc, "drain_tx")
 
     # --- RX ---
+    def echo(self, reply: bytes, *, stop, idle: float = 5.0, count: int = 1 << 62) -> int:
+        """Answer rr requests in C (vnb_guest_echo) until ``count`` answers, ``stop[0]`` (a cffi
+        ``int *``) becomes nonzero, or nothing came for ``idle`` s: each tagged frame received gets
+        ``reply`` back with the request's sequence tag. Returns answers."""
+        n = lib.vnb_guest_echo(self._g, reply, len(reply), 14, count, int(idle * 1000), stop)
+        if n < 0:
+            self._raise(-n, "echo")
+        return n
+
     def receive(self, timeout: float = 1.0) -> bytes | None:
         """The next received frame (no virtio-net header), or None after ``timeout`` seconds."""
         r = self.receive_with_header(timeout)

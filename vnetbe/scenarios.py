@@ -64,6 +64,7 @@ TSO_PAYLOAD = TSO_FRAME - packet.ETH_HLEN - 20 - 20   # TCP payload bytes of one
 MIN_SIZE = TAG + 4           # a tagged frame whose sequence number is covered by its payload
 MAX_SIZE = 9000 + packet.ETH_HLEN
 RR_FLOW = 0x5252             # flow id of request/response frames ("RR")
+RR_IDLE_S = 5.0              # a responder with nothing to answer for this long gives up
 RX_IDLE_S = 0.5              # a receiver gives up after this long without a frame
 _SLICE_MS = 20               # receive in slices this long, to tell the last frame's time
 
@@ -558,49 +559,22 @@ class BenchTopology:
     # --- request/response: peer -> guest -> peer, one frame at a time ---
     def _rr_peer(self, size: int, count: int, warmup: int, dst: bytes, timeout: float = 1.0
                  ) -> tuple[list[int], int, int]:
-        """The peer's side, on the calling thread: returns (round-trip ns of the measured ones,
-        syscalls, CPU ns of this thread)."""
-        sock = self.peer.sock
-        req = bytearray(packet.tagged_frame(0, size, dst, self.peer_mac, flow=RR_FLOW))
-        buf = bytearray(1 << 17)
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        rtts: list[int] = []
-        syscalls = 0
-        ms = int(timeout * 1000)
+        """The peer's side, on the calling thread, in C (vnb_peer_rr): returns (round-trip ns of the
+        measured ones, syscalls, CPU ns of this thread)."""
+        req = packet.tagged_frame(0, size, dst, self.peer_mac, flow=RR_FLOW)
+        total = warmup + count
+        rtt = ffi.new("int64_t[]", max(total, 1))
+        st = ffi.new("struct vnb_rr_stats *")
         c0 = time.thread_time_ns()
-        for i in range(warmup + count):
-            struct.pack_into("!I", req, 14, i)
-            want = bytes(req[14:18])
-            t0 = time.perf_counter_ns()
-            while True:
-                syscalls += 1
-                try:
-                    sock.send(req)
-                    break
-                except (BlockingIOError, InterruptedError):
-                    pass
-                except OSError as e:
-                    if e.errno != 105:  # ENOBUFS: the queue is full for a moment
-                        raise
-                syscalls += 1
-                poller.poll(1)
-            while True:
-                syscalls += 1
-                if not poller.poll(ms):
-                    raise VnetError(f"rr: no reply to request {i} within {timeout:g} s "
-                                    f"({len(rtts)} round trips measured)")
-                syscalls += 1
-                try:
-                    n = sock.recv_into(buf)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                if n >= TAG and buf[12] == 0x88 and buf[13] == 0xB5 and buf[14:18] == want:
-                    break
-            t1 = time.perf_counter_ns()
-            if i >= warmup:
-                rtts.append(t1 - t0)
-        return rtts, syscalls, time.thread_time_ns() - c0
+        n = lib.vnb_peer_rr(self.peer.sock.fileno(), req, len(req), 0, 14, total, int(timeout * 1000), rtt, st)
+        cpu = time.thread_time_ns() - c0
+        if n < 0:
+            raise VnetError(f"rr: the peer's loop refused its arguments (errno {-n})")
+        if n < total:
+            why = "no reply" if st.err == 110 else os.strerror(st.err)   # 110: ETIMEDOUT
+            raise VnetError(f"rr: {why} for request {n} within {timeout:g} s "
+                            f"({max(n - warmup, 0)} round trips measured)")
+        return [rtt[i] for i in range(warmup, total)], int(st.syscalls), cpu
 
     @staticmethod
     def _latency(rtts: list[int]) -> dict:
@@ -612,7 +586,7 @@ class BenchTopology:
         """Run ``responder(stop, out)`` in a thread while this thread is the peer. Returns
         (rtts, peer syscalls, cpu dict, seconds, responder's out)."""
         self.peer.flush()   # frames queued on the peer socket by earlier scenarios
-        stop = threading.Event()
+        stop = ffi.new("int *")   # the responder's C loop polls it: 1 = stop
         out: dict = {}
         th = threading.Thread(target=responder, args=(stop, out), name="vnetbe-rr-responder")
         meter.start()
@@ -622,12 +596,12 @@ class BenchTopology:
             rtts, syscalls, peer_cpu = self._rr_peer(size, count, warmup, self.link.mac)
             dt = time.perf_counter() - t0
         except BaseException:
-            stop.set()
+            stop[0] = 1
             th.join()
             if "error" in out:
                 raise out["error"] from None
             raise
-        stop.set()
+        stop[0] = 1
         th.join()
         cpu = meter.stop()
         cpu["peer"] = peer_cpu
@@ -641,23 +615,15 @@ class BenchTopology:
         if size == TSO_LABEL:
             raise ConfigError("rr at 64k: the peer (an AF_PACKET socket) cannot send frames above its MTU")
         with self.guest(datapath, queue_size=queue_size, event_idx=event_idx, busyloop_us=busyloop_us) as (dev, g):
-            reply = bytearray(packet.tagged_frame(0, size, self.peer_mac, dev.link.mac, flow=RR_FLOW))
+            reply = packet.tagged_frame(0, size, self.peer_mac, dev.link.mac, flow=RR_FLOW)
 
-            def respond(stop: threading.Event, out: dict) -> None:
+            def respond(stop, out: dict) -> None:
                 c0 = time.thread_time_ns()
-                n = 0
                 try:
-                    while not stop.is_set():
-                        f = g.receive(0.05)
-                        if f is None or len(f) < TAG or f[12] != 0x88 or f[13] != 0xB5:
-                            continue
-                        reply[14:18] = f[14:18]
-                        g.send(bytes(reply))
-                        n += 1
+                    out["answered"] = g.echo(reply, stop=stop, idle=RR_IDLE_S)
                 except Exception as e:  # reported by the caller
                     out["error"] = e
                 finally:
-                    out["answered"] = n
                     out["cpu_ns"] = time.thread_time_ns() - c0
 
             dev0, g0 = dev.stats(), g.stats()
@@ -676,33 +642,20 @@ class BenchTopology:
         self.link.set_vnet_hdr_len(HDR)
         self.link.set_offload(0)
         fd = self.link.fd
-        reply = bytearray(bytes(HDR) + packet.tagged_frame(0, size, self.peer_mac, self.link.mac, flow=RR_FLOW))
+        reply = bytes(HDR) + packet.tagged_frame(0, size, self.peer_mac, self.link.mac, flow=RR_FLOW)
 
-        def respond(stop: threading.Event, out: dict) -> None:
+        def respond(stop, out: dict) -> None:
             c0 = time.thread_time_ns()
-            p = select.poll()
-            p.register(fd, select.POLLIN)
-            sys_ = n = 0
+            st = ffi.new("struct vnb_rr_stats *")
             try:
-                while not stop.is_set():
-                    sys_ += 1
-                    if not p.poll(50):
-                        continue
-                    sys_ += 1
-                    try:
-                        f = os.read(fd, 1 << 17)
-                    except BlockingIOError:
-                        continue
-                    if len(f) < HDR + TAG or f[HDR + 12] != 0x88 or f[HDR + 13] != 0xB5:
-                        continue
-                    reply[HDR + 14:HDR + 18] = f[HDR + 14:HDR + 18]
-                    sys_ += 1
-                    os.write(fd, reply)
-                    n += 1
+                n = lib.vnb_raw_echo(fd, reply, len(reply), HDR, HDR + 14, 1 << 62, int(RR_IDLE_S * 1000),
+                                     stop, st)
+                if n < 0 or st.err:
+                    raise VnetError(f"rr: the raw responder stopped: {os.strerror(st.err or -n)}")
             except Exception as e:  # reported by the caller
                 out["error"] = e
             finally:
-                out.update(answered=n, syscalls=sys_, cpu_ns=time.thread_time_ns() - c0)
+                out.update(answered=int(st.done), syscalls=int(st.syscalls), cpu_ns=time.thread_time_ns() - c0)
 
         rtts, psys, cpu, dt, out = self._rr_measure(respond, size, count, warmup, _Meter(None, {}))
         cpu["responder"] = out["cpu_ns"]
