@@ -834,24 +834,36 @@ static int send_one(int fd, const uint8_t *buf, uint32_t len, int timeout_ms, st
     }
 }
 
-int64_t vnb_peer_rr(int fd, const uint8_t *req, uint32_t len, uint32_t hdr_len, uint32_t tag_off,
-                    uint64_t count, int timeout_ms, int64_t *rtt_ns, struct vnb_rr_stats *st)
+/* The frame to send (a copy: its tag is rewritten per round trip), a receive buffer, zeroed stats. */
+static int rr_buffers(const uint8_t *tmpl, uint32_t len, uint32_t hdr_len, uint32_t tag_off, uint8_t **out,
+                      uint8_t **in, struct vnb_rr_stats *st)
 {
     if (len < hdr_len + 14 || tag_off < hdr_len + 14 || tag_off + 4 > len)
         return -EINVAL;
-    uint8_t *out = malloc(len), *in = malloc(RX_CAP);
-    if (!out || !in) {
-        free(out);
-        free(in);
+    *out = malloc(len);
+    *in = malloc(RX_CAP);
+    if (!*out || !*in) {
+        free(*out);
+        free(*in);
         return -ENOMEM;
     }
-    memcpy(out, req, len);
+    memcpy(*out, tmpl, len);
     memset(st, 0, sizeof(*st));
+    return 0;
+}
+
+int64_t vnb_peer_rr(int fd, const uint8_t *req, uint32_t len, uint32_t hdr_len, uint32_t tag_off,
+                    uint64_t count, int timeout_ms, int64_t *rtt_ns, struct vnb_rr_stats *st)
+{
+    uint8_t *out, *in;
+    int r = rr_buffers(req, len, hdr_len, tag_off, &out, &in, st);
+    if (r)
+        return r;
     for (uint64_t i = 0; i < count && !st->err; i++) {
         uint32_t tag = htobe32((uint32_t)i);
         memcpy(out + tag_off, &tag, 4);
         int64_t t0 = now_ns();
-        int r = send_one(fd, out, len, timeout_ms, st);
+        r = send_one(fd, out, len, timeout_ms, st);
         if (r < 0) {
             st->err = -r;
             break;
@@ -890,16 +902,10 @@ int64_t vnb_peer_rr(int fd, const uint8_t *req, uint32_t len, uint32_t hdr_len, 
 int64_t vnb_raw_echo(int fd, const uint8_t *reply, uint32_t len, uint32_t hdr_len, uint32_t tag_off,
                      uint64_t count, int timeout_ms, const int *stop, struct vnb_rr_stats *st)
 {
-    if (len < hdr_len + 14 || tag_off < hdr_len + 14 || tag_off + 4 > len)
-        return -EINVAL;
-    uint8_t *out = malloc(len), *in = malloc(RX_CAP);
-    if (!out || !in) {
-        free(out);
-        free(in);
-        return -ENOMEM;
-    }
-    memcpy(out, reply, len);
-    memset(st, 0, sizeof(*st));
+    uint8_t *out, *in;
+    int r = rr_buffers(reply, len, hdr_len, tag_off, &out, &in, st);
+    if (r)
+        return r;
     int idle_ms = 0;
     /* Relaxed is enough: stop only has to be seen eventually, and it guards no other data. */
     while (st->done < count && !__atomic_load_n(stop, __ATOMIC_RELAXED)) {
@@ -927,7 +933,7 @@ int64_t vnb_raw_echo(int fd, const uint8_t *reply, uint32_t len, uint32_t hdr_le
         if (!is_tagged_at(in, n, hdr_len, tag_off))
             continue;
         memcpy(out + tag_off, in + tag_off, 4);
-        int r = send_one(fd, out, len, timeout_ms, st);
+        r = send_one(fd, out, len, timeout_ms, st);
         if (r < 0) {
             st->err = -r;
             break;
