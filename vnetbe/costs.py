@@ -263,10 +263,11 @@ _WHY = {
                       "of kicks and interrupts, the guest's poll and read of the call eventfd",
     "syscalls": "the guest's system calls only (kick writes, poll and read of the call eventfd): the vhost "
                 "worker never leaves the kernel, so no frame pays a syscall",
-    "wake-ups": "a sleeping thread woken by an eventfd (the datapath thread in epoll_wait, or the vhost worker): "
-                "CPU of both sides per wake-up, minus the 3 syscalls already counted (write, wait, read)",
-    "interrupts": "an interrupt is an eventfd signal that wakes the guest sleeping in poll: CPU per poll "
-                  "wake-up, minus its 3 syscalls",
+    "wake-ups": "the device side (datapath thread, vhost worker, raw loop) going to sleep and being woken: "
+                "CPU of both sides per eventfd wake-up, minus the 3 syscalls already counted (write, wait, "
+                "read); counted as the sleeps that happened (a kick to a thread still awake costs no wake-up)",
+    "interrupts": "an interrupt that wakes the guest sleeping in poll: CPU per poll wake-up, minus its 3 "
+                  "syscalls; counted as the guest's sleeps where the bench recorded them",
     "frame stack": "the kernel's own work on one frame inside writev/readv or the vhost worker's sendmsg/recvmsg "
                    "(tap, macvlan, veth and the peer's side): the same on every path, so it is calibrated on the "
                    "raw loop of the same run, scenario and size (its CPU per frame minus its syscalls and copy)",
@@ -318,8 +319,11 @@ def predict(per_packet: dict, costs: dict, datapath: str, *, size: int = 64, sce
         frame = 1.0
         rows.append(_row("frame syscall", frame, sc))
         rows.append(_row("other syscalls", max(syscalls - frame, 0.0), sc))
-    rows.append(_row("wake-ups", count("wakeups"), wake))
-    rows.append(_row("interrupts", count("interrupts"), irq))
+    # A signal costs a wake-up only if its thread had gone to sleep: price the sleeps the bench saw
+    # (voluntary context switches) where it recorded them, else every signal.
+    slept = "device_sleeps" in per_packet
+    rows.append(_row("wake-ups", count("device_sleeps" if slept else "wakeups"), wake))
+    rows.append(_row("interrupts", count("guest_sleeps" if slept else "interrupts"), irq))
     rows.append(_row("copies", float(_COPIES[(datapath, scenario)] if copies is None else copies), cp))
     crossings = sum(r["ns"] for r in rows if r["term"] != "copies")
     if stack_ns is not None:

@@ -44,7 +44,7 @@ from typing import Iterator
 
 from . import packet, spec
 from ._native import ffi, lib
-from .cputime import thread_cpu_ns
+from .cputime import current_tid, thread_cpu_ns, voluntary_switches
 from .device import VirtioNet
 from .errors import ConfigError, VnetError
 from .guest import GuestDriver
@@ -165,7 +165,10 @@ def _ns_link_stats(topo: Topology, ifname: str) -> dict:
 
 
 def _per_packet(frames: int, dev_stats: dict, guest_stats: dict, cpu: dict,
-                peer_syscalls: float = 0) -> tuple[dict, dict]:
+                peer_syscalls: float = 0, sleeps: dict | None = None) -> tuple[dict, dict]:
+    """Per-packet counts. ``sleeps`` (from _Meter): device_sleeps (datapath thread, vhost worker or raw
+    loop) and guest_sleeps (the guest's thread), the wake-ups that happened; ``wakeups`` and
+    ``interrupts`` count signals, some of which found their thread still awake."""
     n = max(frames, 1)
     kicks = guest_stats.get("tx_kicks", 0) + guest_stats.get("rx_kicks", 0)
     # Interrupts as the guest saw them (call eventfd reads): the one count both datapaths share,
@@ -182,18 +185,25 @@ def _per_packet(frames: int, dev_stats: dict, guest_stats: dict, cpu: dict,
         "wakeups": dev_stats.get("wakeups", 0) / n,
         "cpu_ns": sum(cpu.values()) / n,
     }
+    if sleeps is not None:
+        pp["device_sleeps"] = sleeps.get("device", 0) / n
+        pp["guest_sleeps"] = sleeps.get("guest", 0) / n
     return pp, {k: v / n for k, v in cpu.items()}
 
 
 class _Meter:
     """CPU ns over one run of: the calling thread (``self_name``), other threads of this process by
-    name, and the vhost workers of ``devs`` (kernel threads before Linux 6.4, our own tasks after)."""
+    name, and the vhost workers of ``devs`` (kernel threads before Linux 6.4, our own tasks after).
+    ``sleeps`` after stop(): times the device side (named threads and workers) and the calling thread
+    went to sleep, i.e. the wake-ups that really happened."""
 
     def __init__(self, self_name: str | None, named: dict[str, int], devs: list[VirtioNet] = ()):
         self.self_name = self_name
         self.named = {k: t for k, t in named.items() if t}
         self.workers = sorted({t for d in devs if d.datapath_name == "vhost" for t in d.threads()})
         self._t0: dict = {}
+        self._s0: dict = {}
+        self.sleeps = {"device": 0, "self": 0}
 
     def _read(self) -> dict:
         out = {k: thread_cpu_ns(t) for k, t in self.named.items()}
@@ -202,16 +212,34 @@ class _Meter:
             out[self.self_name] = time.thread_time_ns()
         return out
 
+    def _read_sleeps(self) -> dict:
+        return {"device": sum(voluntary_switches(t) for t in self.named.values())
+                + sum(voluntary_switches(t, t) for t in self.workers),
+                "self": voluntary_switches(current_tid())}
+
     def start(self) -> "_Meter":
+        self._s0 = self._read_sleeps()
         self._t0 = self._read()
         return self
 
     def stop(self) -> dict[str, int]:
         now = self._read()
+        s1 = self._read_sleeps()
+        self.sleeps = {k: s1[k] - self._s0.get(k, 0) for k in s1}
         out = {k: v - self._t0.get(k, 0) for k, v in now.items() if not isinstance(k, tuple)}
         if self.workers:
             out["vhost_worker"] = sum(v - self._t0.get(k, 0) for k, v in now.items() if isinstance(k, tuple))
         return out
+
+
+def _dev_sleeps(meter: _Meter) -> dict:
+    """A device run: the datapath thread or vhost worker, and the guest on the calling thread."""
+    return {"device": meter.sleeps["device"], "guest": meter.sleeps["self"]}
+
+
+def _raw_sleeps(meter: _Meter) -> dict:
+    """A raw loop: the loop itself, on the calling thread, stands where the device would."""
+    return {"device": meter.sleeps["self"], "guest": 0}
 
 
 def _dev_threads(devs: dict[str, VirtioNet]) -> dict[str, int]:
@@ -368,7 +396,7 @@ class BenchTopology:
         else:
             delivered = sent
         pps, gbps = _rate(sent, nbytes, dt, bits)
-        pp, cpu_pp = _per_packet(sent, dstats, gstats, cpu)
+        pp, cpu_pp = _per_packet(sent, dstats, gstats, cpu, sleeps=_dev_sleeps(meter))
         return RunResult(dev.datapath_name, "tx", nbytes, delivered, dt, pps, gbps, offered=sent, per_packet=pp,
                          cpu_ns=cpu_pp, drops=dstats.get("drops", {}),
                          options=self._options(guest.rings[spec.TX_QUEUE][0], guest.event_idx, dev.vhost_busyloop_us, size))
@@ -396,7 +424,7 @@ class BenchTopology:
         dt = st.elapsed_ns / 1e9
         pps, gbps = _rate(n, nbytes, dt, bits)
         # Every EAGAIN costs the failed write() and a poll().
-        pp, cpu_pp = _per_packet(n, {"syscalls": n + 2 * st.eagain}, {}, cpu)
+        pp, cpu_pp = _per_packet(n, {"syscalls": n + 2 * st.eagain}, {}, cpu, sleeps=_raw_sleeps(meter))
         return RunResult("raw", "tx", nbytes, n, dt, pps, gbps, offered=count, per_packet=pp, cpu_ns=cpu_pp,
                          options={"tso": True} if size == TSO_LABEL else {})
 
@@ -445,7 +473,8 @@ class BenchTopology:
             raise sender["error"]
         pps, gbps = _rate(got, size, dt)
         pp, cpu_pp = _per_packet(got, dstats, gstats, cpu,
-                                 peer_syscalls=sender.get("syscalls", 0) + sender.get("retries", 0))
+                                 peer_syscalls=sender.get("syscalls", 0) + sender.get("retries", 0),
+                                 sleeps=_dev_sleeps(meter))
         drops = dict(dstats.get("drops", {}))
         drops["macvtap_queue"] = (link1 - link0).rx_dropped + (link1 - link0).tx_dropped
         drops["lost"] = max(sender.get("sent", 0) - got, 0)
@@ -485,7 +514,8 @@ class BenchTopology:
             dt = max(dt - timeout_ms / 1000, 1e-9)   # the loop ended by waiting out its idle timeout
         pps, gbps = _rate(n, size, dt)
         pp, cpu_pp = _per_packet(n, {"syscalls": n + 2 * st.eagain}, {}, cpu,
-                                 peer_syscalls=sender.get("syscalls", 0) + sender.get("retries", 0))
+                                 peer_syscalls=sender.get("syscalls", 0) + sender.get("retries", 0),
+                                 sleeps=_raw_sleeps(meter))
         return RunResult("raw", "rx" if senders == 1 else "rxsat", size, n, dt, pps, gbps,
                          offered=sender.get("sent", 0), per_packet=pp, cpu_ns=cpu_pp,
                          drops={"lost": max(sender.get("sent", 0) - n, 0)},

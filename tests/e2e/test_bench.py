@@ -77,6 +77,9 @@ def test_threads_of_each_scenario_are_accounted(bench_run):
     assert {"datapath", "guest"} <= set(by[("tx", "64")]["cpu_ns_per_packet"])
     assert {"datapath", "guest", "peer_sender"} <= set(by[("rx", "64")]["cpu_ns_per_packet"])
     assert {"datapath", "guest", "peer_sender"} <= set(by[("rxsat", "64")]["cpu_ns_per_packet"])
+    for r in doc["results"] + doc["baseline"]:
+        if r["scenario"] in ("tx", "rx", "rxsat"):   # the ones the cost model prices
+            assert r["per_packet"]["device_sleeps"] >= 0 and r["per_packet"]["guest_sleeps"] >= 0
     assert {"datapath_a", "datapath_b", "guest_a", "guest_b"} <= set(by[("vm2vm", "64")]["cpu_ns_per_packet"])
     assert {"datapath", "guest", "peer"} <= set(by[("rr", "64")]["cpu_ns_per_packet"])
 

@@ -325,3 +325,15 @@ def test_predict_bench_prices_only_what_the_model_covers_and_calibrates_per_scen
     assert stack[("raw", "rxsat", 64)] == [0.0]          # measured below the crossings: never negative
     assert stack[("user", "tx", 64)] == stack[("raw", "tx", 64)] and stack[("user", "tx", 64)][0] > 0
     assert stack[("user", "tx", 1500)] == [] and got[("user", "tx", 1500)]["model"] == "crossings + copies"
+
+
+def test_predict_prices_the_sleeps_that_happened_not_every_signal():
+    # 1 epoll wake-up and 1 interrupt per packet were signalled, but the datapath slept on a quarter
+    # of them and the guest on half: only those cost a wake-up.
+    pp = {"syscalls": 1.0, "wakeups": 1.0, "interrupts": 1.0, "device_sleeps": 0.25, "guest_sleeps": 0.5,
+          "cpu_ns": 1000.0}
+    rows = {r["term"]: r for r in costs.predict(pp, COSTS, "user")["rows"]}
+    assert rows["wake-ups"]["count"] == 0.25 and rows["interrupts"]["count"] == 0.5
+    old = {r["term"]: r for r in costs.predict({k: v for k, v in pp.items() if "sleeps" not in k}, COSTS,
+                                              "user")["rows"]}
+    assert old["wake-ups"]["count"] == 1.0 and old["interrupts"]["count"] == 1.0   # older bench JSON

@@ -17,7 +17,7 @@ import threading
 
 from .. import spec
 from .._native import ffi, lib
-from ..cputime import thread_cpu_ns
+from ..cputime import thread_cpu_ns, voluntary_switches
 from ..errors import ConfigError, KernelRefused, VhostFault
 from ..queue import QueueConfig, QueueState
 from . import vhost_ioctl as io
@@ -60,14 +60,7 @@ _OWNER_LOCK = threading.Lock()
 
 
 def _ctx_switches(tid: int) -> int:
-    try:
-        with open(f"/proc/{tid}/status") as f:
-            for line in f:
-                if line.startswith("voluntary_ctxt_switches"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return voluntary_switches(tid, tid)   # a kernel worker is its own process in /proc; a task is found either way
 
 
 def diagnose(mem, cfg: QueueConfig, q: int, features: int, last_avail_idx: int) -> int:
