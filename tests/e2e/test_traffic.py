@@ -151,10 +151,13 @@ def test_million_tx_frames_each_delivered_or_counted_as_drop(net_factory):
     assert sent == count
     st = n.dev.stats()
     assert st["tx_frames"] + _dev_drops(n.dev) == count
-    # Ordering is checked by the smaller tests above. At a million frames the peer occasionally sees
-    # a handful of late frames (4-10 seen, only with another VM loading the host); the cause, kernel
-    # (per-CPU backlogs) or ours, is not yet pinned down, so this test checks accounting only.
+    # Strict order is checked by the smaller tests above. At a million frames the peer once saw a
+    # handful of late frames (4-10, only with another VM loading the host; not reproduced since, in
+    # runs beside a lab VM or a CPU hog). The likely cause is the kernel's: the macvtap's lockless
+    # pfifo_fast qdisc can be run from another CPU, whose veth backlog then delivers frames out of
+    # turn. A bug in our ring would reorder far more than 1 in 100000.
     assert rx["bad"] == 0 and rx["duplicates"] == 0, rx
+    assert rx["out_of_order"] <= count // 100_000, rx
     kernel_drops = (rx["tp_drops"] + (p1["tx_dropped"] - p0["tx_dropped"])
                     + (link1 - link0).tx_dropped)
     assert rx["received"] + kernel_drops + _dev_drops(n.dev) == count, (rx, kernel_drops, st["drops"])
