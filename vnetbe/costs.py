@@ -30,9 +30,14 @@ The model (``predict``) for one packet:
     interrupts     x signal        eventfd signal that wakes the guest sleeping in poll, likewise
     copies         x memcpy(size)  the guest copies a TX frame into its buffer; the kernel copies the
                                    frame between guest memory and an skb (inside writev/readv or vhost)
+    frame stack    x 1             the kernel's work on the frame (tap, macvlan, veth, the peer's side),
+                                   the same on every path: calibrated on the raw loop of the same run,
+                                   scenario and size (its CPU per frame less its syscall and its copy)
 
-beside the CPU ns per packet that the benchmark measured. What the model leaves out (the network stack
-inside writev, the ring logic, the peer) is the gap between the two. A VMM adds exits on top: each kick
+beside the CPU ns per packet that the benchmark measured. Wake-ups and interrupts are counted as the
+sleeps that happened (voluntary context switches of the device's and the guest's threads) where the
+bench recorded them: a signal to a thread still awake costs no wake-up. What the model still leaves
+out (the ring logic, cache misses between the guest's CPU and the device's) is the gap between the two. A VMM adds exits on top: each kick
 is a guest write to an ioeventfd that traps (~ one CPUID exit) and each interrupt an injection (estimated
 as one more exit): ``vmm_extra_ns``.
 
