@@ -72,6 +72,18 @@ static void wait_until(int64_t t)
     }
 }
 
+/* n messages of one buffer each, the k-th at buf + k * each: the layout sendmmsg/recvmmsg take. */
+static void mmsg_setup(struct mmsghdr *msgs, struct iovec *iov, uint8_t *buf, uint32_t n, size_t each)
+{
+    memset(msgs, 0, sizeof(*msgs) * n);
+    for (uint32_t k = 0; k < n; k++) {
+        iov[k].iov_base = buf + (size_t)k * each;
+        iov[k].iov_len = each;
+        msgs[k].msg_hdr.msg_iov = &iov[k];
+        msgs[k].msg_hdr.msg_iovlen = 1;
+    }
+}
+
 static int poll_one(int fd, short events, int timeout_ms)
 {
     struct pollfd p = { .fd = fd, .events = events };
@@ -265,14 +277,8 @@ int64_t vnb_peer_send_tagged(int fd, const uint8_t *dst_mac, const uint8_t *src_
     frames = malloc((size_t)batch * size);
     if (!frames)
         return -ENOMEM;
-    memset(msgs, 0, sizeof(msgs));
-    for (k = 0; k < batch; k++) {
-        iov[k].iov_base = frames + (size_t)k * size;
-        iov[k].iov_len = size;
-        /* No address: a bound packet socket sends on its bound interface. */
-        msgs[k].msg_hdr.msg_iov = &iov[k];
-        msgs[k].msg_hdr.msg_iovlen = 1;
-    }
+    /* No address: a bound packet socket sends on its bound interface. */
+    mmsg_setup(msgs, iov, frames, batch, size);
 
     t0 = last_progress = now_ns();
     while (done < count) {
@@ -469,13 +475,7 @@ int64_t vnb_peer_recv_tagged(int fd, struct vnb_peer_rx_stats *st, uint64_t expe
     bufs = malloc((size_t)RX_BATCH * RX_CAP);
     if (!bufs)
         return -ENOMEM;
-    memset(msgs, 0, sizeof(msgs));
-    for (k = 0; k < RX_BATCH; k++) {
-        iov[k].iov_base = bufs + (size_t)k * RX_CAP;
-        iov[k].iov_len = RX_CAP;
-        msgs[k].msg_hdr.msg_iov = &iov[k];
-        msgs[k].msg_hdr.msg_iovlen = 1;
-    }
+    mmsg_setup(msgs, iov, bufs, RX_BATCH, RX_CAP);
     idle_deadline = now_ns() + (int64_t)timeout_ms * 1000000LL;
     while (expect == 0 || got < expect) {
         /* Never take more frames off the socket than are still wanted: frames read past `expect`

@@ -49,5 +49,26 @@ def dispatch(args, prog: str = "vnetbe") -> int:
         return 130
 
 
+def load_json(path: str, what: str):
+    """A JSON document a subcommand was pointed at; a missing or broken file is a one-line ConfigError."""
+    import json
+
+    from .errors import ConfigError
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not JSON ({e.msg} at line {e.lineno}): expected {what}") from None
+
+
+def standalone(add_arguments, module: str, doc: str | None, argv: list[str] | None = None) -> int:
+    """``python3 -m vnetbe.<module>``: the subcommand without the main CLI, with the same errors."""
+    p = add_arguments(argparse.ArgumentParser(prog=f"python3 -m vnetbe.{module}", description=doc,
+                                              formatter_class=argparse.RawDescriptionHelpFormatter))
+    return dispatch(p.parse_args(argv), f"vnetbe {module}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -354,13 +353,9 @@ def render_html(blocks: list[tuple]) -> str:
 # ---------------------------------------------------------------------------------------------- CLI
 
 def _load(path: str, what: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not JSON ({e.msg} at line {e.lineno}): expected {what}") from None
+    from .cli import load_json
+
+    return load_json(path, what)
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -435,11 +430,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _standalone(argv: list[str] | None = None) -> int:
-    p = _add_arguments(argparse.ArgumentParser(prog="python3 -m vnetbe.report", description=__doc__,
-                                               formatter_class=argparse.RawDescriptionHelpFormatter))
-    from .cli import dispatch
+    from .cli import standalone
 
-    return dispatch(p.parse_args(argv), "vnetbe report")
+    return standalone(_add_arguments, "report", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ peer is an AF_PACKET socket, which cannot send a frame larger than its MTU.
 from __future__ import annotations
 
 import os
-import select
 import statistics
 import struct
 import threading
