@@ -14,6 +14,7 @@
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define RXQ 0
@@ -61,6 +62,7 @@ struct vnb_dp {
     uint32_t tap_events;       /* what epoll watches on the tap now */
     int tx_retry;              /* the kernel was short of memory (ENOBUFS/ENOMEM): no event will say when
                                 * that ends, so retry after a 1 ms sleep */
+    int64_t busyloop_ns;       /* poll this long after the last work before sleeping (0: sleep at once) */
     struct vnb_dp_stats st;
     struct vnb_chain chain;
     struct rx_pending pend;
@@ -131,6 +133,14 @@ int vnb_dp_set_tap(struct vnb_dp *dp, int tap_fd)
     if (dp->running)
         return -EBUSY;
     dp->tap_fd = tap_fd;
+    return 0;
+}
+
+int vnb_dp_set_busyloop(struct vnb_dp *dp, uint32_t usecs)
+{
+    if (dp->running)
+        return -EBUSY;
+    dp->busyloop_ns = (int64_t)usecs * 1000;
     return 0;
 }
 
@@ -538,14 +548,42 @@ static int handle_rx(struct vnb_dp *dp)
 
 /* ---- the thread ---- */
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    /* CLOCK_MONOTONIC cannot fail with a valid pointer. */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Busy polling (as vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT): once idle, keep looking for busyloop_ns
+ * instead of sleeping, so that work arriving soon after costs no wake-up. Returns 1 while polling. */
+static int busy_polling(struct vnb_dp *dp, int64_t *deadline)
+{
+    if (!dp->busyloop_ns)
+        return 0;
+    int64_t now = mono_ns();
+    if (!*deadline)
+        *deadline = now + dp->busyloop_ns;
+    if (now < *deadline) {
+        dp->st.busy_polls++;
+        return 1;
+    }
+    *deadline = 0;
+    return 0;
+}
+
 static void *dp_thread(void *arg)
 {
     struct vnb_dp *dp = arg;
     __atomic_store_n(&dp->tid, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
     struct epoll_event evs[8];
     int tx_more = 1, rx_more = 1;   /* look at both rings once at start: a hand-over may leave work */
+    int64_t busy_deadline = 0;
     for (;;) {
-        int timeout = (tx_more || rx_more) ? 0 : (dp->tx_retry ? 1 : -1);
+        int idle = !tx_more && !rx_more && !dp->tx_retry;
+        int polling = idle && busy_polling(dp, &busy_deadline);
+        int timeout = !idle || polling ? 0 : dp->tx_retry ? 1 : -1;
         int n = epoll_wait(dp->epfd, evs, 8, timeout);
         dp->st.syscalls++;
         if (n < 0 && errno != EINTR)
@@ -574,6 +612,11 @@ static void *dp_thread(void *arg)
                 break;
             }
         }
+        if (polling && !kick_tx && dp->configured[TXQ] && !dp->vq[TXQ].broken && !dp->tx_blocked &&
+            vnb_vq_avail_pending(&dp->vq[TXQ]))
+            kick_tx = 1;   /* the guest posted while we polled: no need to wait for its kick */
+        if (n > 0 || kick_tx)
+            busy_deadline = 0;   /* work came: the next idle stretch polls afresh */
         if (tap_out && dp->tx_blocked) {
             dp->tx_blocked = 0;
             update_tap(dp);

@@ -21,6 +21,7 @@ struct vnb_dp_stats {
     uint64_t tap_writes, tap_reads, tap_read_empty;
     uint64_t rx_stalls;                    /* times RX waited for guest buffers */
     uint64_t tx_tap_full;                  /* times TX found the tap full and waited for room */
+    uint64_t busy_polls;                   /* idle loop rounds spent polling instead of sleeping */
     uint64_t rx_merged;                    /* frames spread over more than one buffer */
     uint64_t drops[8];                     /* by enum vnb_drop */
     uint64_t faults[14];                   /* by enum vnb_fault */
@@ -43,6 +44,8 @@ int vnb_dp_set_queue(struct vnb_dp *dp, int q, uint32_t num, uint64_t desc_gpa, 
                      uint64_t used_gpa, int kick_fd, int call_fd, uint16_t last_avail_idx, uint16_t used_idx);
 int vnb_dp_set_tap(struct vnb_dp *dp, int tap_fd);
 int vnb_dp_set_err_fd(struct vnb_dp *dp, int err_fd);
+/* Busy polling: after the last work, poll for usecs before sleeping (0, the default: sleep at once). */
+int vnb_dp_set_busyloop(struct vnb_dp *dp, uint32_t usecs);
 int vnb_dp_start(struct vnb_dp *dp);
 int vnb_dp_stop(struct vnb_dp *dp);
 int vnb_dp_running(struct vnb_dp *dp);

@@ -67,7 +67,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--event-idx", default="on", help="VIRTIO_RING_F_EVENT_IDX: on, off, or on,off for both (default on)")
     p.add_argument("--no-event-idx", action="store_true", help=argparse.SUPPRESS)   # old spelling of --event-idx off
     p.add_argument("--busyloop-us", default="0",
-                   help="vhost busy polling (VHOST_SET_VRING_BUSYLOOP_TIMEOUT) in µs, or a comma list (default 0)")
+                   help="busy polling in µs, or a comma list (default 0): vhost VHOST_SET_VRING_BUSYLOOP_TIMEOUT; "
+                        "user: the datapath thread polls that long before it sleeps")
     p.add_argument("--no-baseline", action="store_true", help="skip the raw loops")
     p.add_argument("--with-costs", action="store_true",
                    help="also measure `vnetbe costs --quick` where the bench runs and embed it as \"costs\"")
@@ -123,7 +124,7 @@ class Plan:
         return self.rr_count if scenario == "rr" else self.tso_count if size == TSO_LABEL else self.count
 
     def variants(self, datapath: str) -> list[dict]:
-        busy = self.busyloop_us if datapath == "vhost" else [0]   # busy polling is vhost's knob only
+        busy = self.busyloop_us
         return [{"queue_size": q, "event_idx": e, "busyloop_us": b}
                 for q, e, b in itertools.product(self.queue_sizes, self.event_idx, busy)]
 

@@ -37,11 +37,16 @@ class VirtioNet:
     """
 
     def __init__(self, mem, link, datapath: str = "user", *, features: int | None = None,
-                 mac: str | None = None, mtu: int | None = None, vhost_busyloop_us: int = 0):
+                 mac: str | None = None, mtu: int | None = None, busyloop_us: int = 0,
+                 vhost_busyloop_us: int | None = None):
         self.mem = mem
         self.link = link
         self.datapath_name = datapath
-        self.vhost_busyloop_us = vhost_busyloop_us
+        # Busy polling, on either datapath: after the last work, poll this long before sleeping.
+        # vhost_busyloop_us is its old name, from when only the vhost path had it.
+        if not 0 <= (busyloop_us if vhost_busyloop_us is None else vhost_busyloop_us) <= 10_000_000:
+            raise ConfigError("busyloop_us: 0 .. 10000000 (10 s)")
+        self.busyloop_us = busyloop_us if vhost_busyloop_us is None else vhost_busyloop_us
         self._datapath = make_datapath(datapath)
         offered = spec.DEVICE_FEATURES if features is None else features
         kernel_limit = getattr(self._datapath, "supported_features", None)
@@ -121,8 +126,7 @@ class VirtioNet:
 
     def _datapath_start(self) -> None:
         dp = self._datapath
-        if self.datapath_name == "vhost" and hasattr(dp, "busyloop_us"):
-            dp.busyloop_us = self.vhost_busyloop_us
+        dp.busyloop_us = self.busyloop_us
         dp.start(self.mem, self.driver_features, self.hdr_len, self.queues, self.link, self.err_fd)
 
     def stop(self) -> dict[int, QueueState]:

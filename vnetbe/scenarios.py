@@ -356,7 +356,7 @@ class BenchTopology:
     def guest(self, datapath: str, *, link=None, queue_size: int = 256, event_idx: bool = True,
               busyloop_us: int = 0) -> Iterator[tuple[VirtioNet, GuestDriver]]:
         """A started device on ``link`` (default ``self.link``) with its GuestDriver; closed after."""
-        mem, dev = self.device(datapath, link=link, vhost_busyloop_us=busyloop_us)
+        mem, dev = self.device(datapath, link=link, busyloop_us=busyloop_us)
         with mem, dev:
             yield dev, GuestDriver(dev, queue_size=queue_size, features=self._features(event_idx))
 
@@ -401,7 +401,7 @@ class BenchTopology:
         pp, cpu_pp = _per_packet(sent, dstats, gstats, cpu, sleeps=_dev_sleeps(meter))
         return RunResult(dev.datapath_name, "tx", nbytes, delivered, dt, pps, gbps, offered=sent, per_packet=pp,
                          cpu_ns=cpu_pp, drops=dstats.get("drops", {}),
-                         options=self._options(guest.rings[spec.TX_QUEUE][0], guest.event_idx, dev.vhost_busyloop_us, size))
+                         options=self._options(guest.rings[spec.TX_QUEUE][0], guest.event_idx, dev.busyloop_us, size))
 
     def tx(self, datapath: str, size: int | str, count: int, *, queue_size: int = 256, event_idx: bool = True,
            busyloop_us: int = 0) -> RunResult:
@@ -485,7 +485,7 @@ class BenchTopology:
         return RunResult(dev.datapath_name, "rx" if senders == 1 else "rxsat", size, got, dt, pps, gbps,
                          offered=sender.get("sent", 0), per_packet=pp, cpu_ns=cpu_pp, drops=drops,
                          options=self._options(guest.rings[spec.RX_QUEUE][0], guest.event_idx,
-                                               dev.vhost_busyloop_us, size, **extra))
+                                               dev.busyloop_us, size, **extra))
 
     def _kernel_drops(self, link) -> dict:
         """Where the kernel drops frames on their way to a guest: the macvtap's queue, and the veth

@@ -182,10 +182,10 @@ class DeviceRig:
 
     Takes ownership of ``mem``: close() releases it with the device and the link."""
 
-    def __init__(self, mem: GuestMemory, sndbuf: int = 4 << 20, **guest_kw):
+    def __init__(self, mem: GuestMemory, sndbuf: int = 4 << 20, busyloop_us: int = 0, **guest_kw):
         self.mem = mem
         self.link = PairLink(sndbuf)
-        self.dev = VirtioNet(self.mem, self.link, datapath="user")
+        self.dev = VirtioNet(self.mem, self.link, datapath="user", busyloop_us=busyloop_us)
         try:
             self.guest = GuestDriver(self.dev, **guest_kw)
         except BaseException:   # a refused negotiation must not leak the device, the link or the memory

@@ -18,6 +18,7 @@ from vnetbe.device import VirtioNet
 from vnetbe.memory import GuestMemory
 from vnetbe.queue import QueueConfig
 from tests.fakelink import PairLink
+from vnetbe.cputime import voluntary_switches
 
 from vnb_unit_helpers import DeviceRig, Ring
 
@@ -46,8 +47,8 @@ def tcp4_frame(payload: int) -> bytes:
 
 
 class Rig(DeviceRig):
-    def __init__(self, mem_size=64 << 20, sndbuf=4 << 20, **guest_kw):
-        super().__init__(GuestMemory(mem_size), sndbuf, **guest_kw)
+    def __init__(self, mem_size=64 << 20, sndbuf=4 << 20, busyloop_us=0, **guest_kw):
+        super().__init__(GuestMemory(mem_size), sndbuf, busyloop_us, **guest_kw)
 
     def stats(self):
         return self.dev.stats()
@@ -424,6 +425,33 @@ def test_a_full_tap_is_waited_on_not_polled_and_resumes_in_order(make_rig):
     rig.guest.drain_tx(2.0)
     s = rig.stats()
     assert s["tx_frames"] == count and not any(s["drops"].values())
+
+
+def _datapath_sleeps(rig) -> int:
+    return voluntary_switches(rig.dev.threads()[0])
+
+
+@pytest.mark.parametrize("busyloop_us", [0, 400_000])
+def test_busy_polling_takes_frames_without_sleeping_and_stops_when_idle(make_rig, busyloop_us):
+    # Frames 5 ms apart: without busy polling every one wakes the sleeping datapath; with a window
+    # longer than the gaps it never sleeps between them, and once idle past the window it sleeps again.
+    rig = make_rig(queue_size=64, busyloop_us=busyloop_us)
+    rig.guest.send(rand_frame(60, 0))
+    assert rig.link.sent(timeout=2.0) is not None
+    s0 = _datapath_sleeps(rig)
+    for k in range(1, 21):
+        time.sleep(0.005)
+        rig.guest.send(rand_frame(60, k))
+        assert rig.link.sent(timeout=2.0)[12:] == rand_frame(60, k)
+    slept = _datapath_sleeps(rig) - s0
+    if busyloop_us:
+        assert slept <= 2 and rig.stats()["busy_polls"] > 0, (slept, rig.stats()["busy_polls"])
+        time.sleep(busyloop_us / 1e6 + 0.1)
+        polls = rig.stats()["busy_polls"]
+        time.sleep(0.1)
+        assert rig.stats()["busy_polls"] == polls        # asleep now, not spinning
+    else:
+        assert slept >= 15 and rig.stats()["busy_polls"] == 0, slept
 
 
 def _inject_flood(link, count, frame: bytearray, hdr_len, errors):

@@ -13,7 +13,7 @@ FAULT_NAMES = ["none", "desc_addr", "loop", "nested_indirect", "indirect_len", "
                "rx_readable", "ring_addr"]
 _COUNTERS = ["tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "tx_kicks", "rx_kicks", "tx_kick_wakeups",
              "rx_kick_wakeups", "tx_interrupts", "rx_interrupts", "syscalls", "wakeups", "tap_writes",
-             "tap_reads", "tap_read_empty", "rx_stalls", "rx_merged", "tx_tap_full"]
+             "tap_reads", "tap_read_empty", "rx_stalls", "rx_merged", "tx_tap_full", "busy_polls"]
 
 
 def dp_flags(features: int) -> int:
@@ -36,6 +36,7 @@ class UserDatapath:
             raise MemoryError("vnb_dp_new")
         self._mem = None   # keep the GuestMemory alive while the thread uses its mappings
         self._queues: dict[int, QueueConfig] = {}
+        self.busyloop_us = 0   # set before start(): poll this long after the last work before sleeping
 
     def start(self, mem, features, hdr_len, queues, link, err_fd) -> None:
         dp = self._dp
@@ -48,6 +49,7 @@ class UserDatapath:
                 raise ConfigError(f"queue {q} rejected by the datapath (errno {-rc}): check its addresses")
         check(lib.vnb_dp_set_tap(dp, link.fd), "vnb_dp_set_tap")
         check(lib.vnb_dp_set_err_fd(dp, err_fd), "vnb_dp_set_err_fd")
+        check(lib.vnb_dp_set_busyloop(dp, self.busyloop_us), "vnb_dp_set_busyloop")
         check(lib.vnb_dp_start(dp), "vnb_dp_start (epoll/eventfd/pthread_create)")
         self._mem = mem
         self._queues = dict(queues)
