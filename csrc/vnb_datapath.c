@@ -422,7 +422,8 @@ static int rx_continue(struct vnb_dp *dp)
             return RX_OK;
         }
         int r = rx_pop(dp);
-        if (r == RX_NEED_BUFFERS && dp->vq[RXQ].num - p->nring < p->min_nring) {
+        /* nring can pass num when the guest lists one chain twice in the avail ring: no room either. */
+        if (r == RX_NEED_BUFFERS && (p->nring >= dp->vq[RXQ].num || dp->vq[RXQ].num - p->nring < p->min_nring)) {
             /* The chains we hold leave the guest fewer free descriptors than any chain it posted for
              * this frame: waiting for more would stall RX for good, so drop it (the guest posts
              * uniform buffers in practice; one that would shrink them loses only this frame). */

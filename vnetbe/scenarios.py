@@ -480,7 +480,7 @@ class BenchTopology:
         drops = dict(dstats.get("drops", {}))
         drops.update(kernel)
         drops["lost"] = max(sender.get("sent", 0) - got, 0)
-        # Two senders interleave their sequences: out-of-order means nothing then.
+        # Several senders interleave their sequences: out-of-order means nothing then.
         extra = {"out_of_order": ooo} if senders == 1 else {"senders": senders}
         return RunResult(dev.datapath_name, "rx" if senders == 1 else "rxsat", size, got, dt, pps, gbps,
                          offered=sender.get("sent", 0), per_packet=pp, cpu_ns=cpu_pp, drops=drops,

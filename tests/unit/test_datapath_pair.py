@@ -349,6 +349,25 @@ def test_rx_into_indirect_chains_merges_across_them(raw_rx):
     assert s["rx_frames"] == 2 and not any(s["drops"].values())
 
 
+def test_rx_chain_listed_many_times_in_the_avail_ring_cannot_stall_rx(raw_rx):
+    # A hostile guest lists one 3-descriptor chain in all 16 avail slots: the device then holds "48"
+    # ring descriptors of a 16-entry ring. A frame larger than all of it must be dropped, not waited on.
+    g, link = raw_rx(16, 4)
+    r = g.ring
+    base = g.mem.alloc(3 * 64, 64)
+    for i in range(3):
+        r.write_desc(i, base + 64 * i, 64, spec.VRING_DESC_F_WRITE | (spec.VRING_DESC_F_NEXT if i < 2 else 0), i + 1)
+    for k in range(16):
+        r.mem.write(r.avail + 4 + 2 * k, struct.pack("<H", 0))
+    r.avail_idx = 16
+    g.dev.start()
+    link.inject(rand_frame(9000, 5))                       # 16 x 192 bytes can never hold it
+    assert wait_for(lambda: g.dev.stats()["drops"]["rx_no_buffer"] == 1, timeout=1.0), g.dev.stats()
+    link.inject(rand_frame(100, 6))                        # the chains were handed back: this one fits
+    assert wait_for(lambda: r.used_idx == 1, timeout=1.0)
+    assert g.dev.stats()["faults"] == {}
+
+
 def test_rx_frame_spanning_many_indirect_chains_is_not_dropped(raw_rx):
     g, link = raw_rx(16, 4)
     g.post_indirect(64, 4)                      # 16 ring slots, 4096 bytes in all
