@@ -1,0 +1,109 @@
+"""Random hostile rings through the whole device: whatever the guest writes into its descriptor
+tables, indirect tables and avail rings, the userspace datapath must not crash, must not hang, must
+write guest memory only where a writable descriptor pointed, and must end each queue either working
+or stopped with exactly one fault (DEVICE_NEEDS_RESET set).
+
+Hypothesis drives the shapes; the fixed cases in test_guest_faults.py name each fault one by one."""
+from __future__ import annotations
+
+import struct
+import time
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from vnetbe import spec
+from vnetbe.errors import GuestFault
+
+from test_guest_faults import CANARY, LOW_END, MB, QSIZE, RX, TX, Rig
+from vnb_unit_helpers import pack_desc
+
+TABLES = CANARY + 0x8000          # where hostile indirect tables live (8 of 16 entries each)
+TABLE_ENTRIES = 16
+
+# Addresses a hostile descriptor may carry: inside the canary region, at its edges, in the hole,
+# past the end, near 2^64, and inside the rig's own rings and buffers (region 0).
+addr = st.one_of(
+    st.integers(CANARY, CANARY + MB - 1),
+    st.sampled_from([CANARY - 8, CANARY + MB - 8, LOW_END - 8, LOW_END, 1 << 40, 2**64 - 16, 0]),
+    st.integers(0, LOW_END - 1),
+    st.builds(lambda k: TABLES + 16 * TABLE_ENTRIES * k, st.integers(0, 7)),
+)
+length = st.one_of(st.integers(0, 4096), st.sampled_from([2**31, 2**32 - 1, 16 * TABLE_ENTRIES, 24]))
+# Mostly plausible flags, so that many chains are valid and the device really reads and writes
+# through them; any mix of NEXT, WRITE and INDIRECT besides.
+flags = st.one_of(st.sampled_from([2, 3, 0, 1, 4]), st.integers(0, 7))
+# Indices and heads mostly among the first 8 descriptors, so heads meet the descriptors written.
+index = st.one_of(st.integers(0, 7), st.integers(0, QSIZE + 4))
+desc = st.tuples(addr, length, flags, index)
+queue_shape = st.fixed_dictionaries({
+    "descs": st.lists(st.tuples(st.integers(0, 7), desc), max_size=12),
+    "heads": st.lists(index, min_size=1, max_size=8),
+    "aim": st.booleans(),          # make the first head one of the descriptors just written
+    "idx_delta": st.one_of(st.integers(0, 8), st.sampled_from([QSIZE + 1, 0x8000, 0xFFFF])),
+})
+table = st.lists(desc, min_size=1, max_size=TABLE_ENTRIES)
+
+
+def _writable_ranges(shapes, tables):
+    """Canary bytes a writable descriptor (in a ring or a table) names: the device may write there."""
+    out = []
+    for d in [d for s in shapes.values() for _, d in s["descs"]] + [d for t in tables for d in t]:
+        a, n, f, _ = d
+        if f & spec.VRING_DESC_F_WRITE:
+            out.append((a, a + n))
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# One plain RX chain into the canary region, always tried: the write check must see the device write.
+@example(shapes={RX: {"descs": [(0, (CANARY + 0x100, 2048, spec.VRING_DESC_F_WRITE, 0))], "heads": [0],
+                      "idx_delta": 1, "aim": True},
+                 TX: {"descs": [], "heads": [0], "idx_delta": 0, "aim": False}}, tables=[], frames=[100])
+@given(shapes=st.fixed_dictionaries({RX: queue_shape, TX: queue_shape}), tables=st.lists(table, max_size=8),
+       frames=st.lists(st.integers(14, 9000), max_size=4))
+def test_no_hostile_ring_crashes_hangs_or_writes_where_it_was_not_pointed(shapes, tables, frames):
+    rig = Rig()
+    try:
+        mem = rig.mem
+        for k, t in enumerate(tables):
+            mem.write(TABLES + 16 * TABLE_ENTRIES * k, b"".join(pack_desc(a, n, f, x) for a, n, f, x in t))
+        canary0 = bytes(mem.view(CANARY, MB))
+        for q, s in shapes.items():
+            num, d, a, _ = rig.ring(q)
+            for i, (ad, n, f, x) in s["descs"]:
+                mem.write(d + 16 * i, pack_desc(ad, n, f, x))
+            pos = rig.device_pos(q)
+            heads = list(s["heads"])
+            if s["aim"] and s["descs"]:
+                heads[0] = s["descs"][0][0]
+            for k, h in enumerate(heads):
+                mem.write(a + 4 + 2 * ((pos + k) % num), struct.pack("<H", h & 0xFFFF))
+            mem.write(a + 2, struct.pack("<H", (pos + s["idx_delta"]) & 0xFFFF))
+            rig.kick(q)
+        for n in frames:
+            rig.link.inject(bytes(n))
+        time.sleep(0.03)
+
+        t0 = time.monotonic()
+        states = rig.dev.stop()                       # the thread must come back: no hang
+        assert time.monotonic() - t0 < 2.0
+        st_ = rig.dev.stats()
+        broken = {q for q, s in states.items() if s.broken}
+        assert sum(st_["faults"].values()) == len(broken), (st_["faults"], states)
+        assert bool(rig.dev.status & spec.DEVICE_NEEDS_RESET) == bool(broken)
+        if broken:
+            try:
+                rig.dev.check()
+                raise AssertionError("a broken queue but check() raised nothing")
+            except GuestFault:
+                pass
+
+        after = mem.view(CANARY, MB)
+        allowed = _writable_ranges(shapes, tables)
+        diff = [i for i in range(0, MB, 64) if canary0[i:i + 64] != bytes(after[i:i + 64])]
+        for i in diff:
+            lo = CANARY + i
+            assert any(a < lo + 64 and lo < b for a, b in allowed), f"device wrote canary at {lo:#x}"
+    finally:
+        rig.close()
