@@ -63,6 +63,12 @@ def load_json(path: str, what: str):
         raise ConfigError(f"{path} is not JSON ({e.msg} at line {e.lineno}): expected {what}") from None
 
 
+def subcommand(subparsers, name: str, help_: str, doc: str | None, add_arguments) -> argparse.ArgumentParser:
+    """Register ``vnetbe <name>`` on the main CLI, with the options ``add_arguments`` gives it."""
+    return add_arguments(subparsers.add_parser(name, help=help_, description=doc,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
 def standalone(add_arguments, module: str, doc: str | None, argv: list[str] | None = None) -> int:
     """``python3 -m vnetbe.<module>``: the subcommand without the main CLI, with the same errors."""
     p = add_arguments(argparse.ArgumentParser(prog=f"python3 -m vnetbe.{module}", description=doc,

@@ -534,9 +534,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``costs`` subcommand on the main CLI's subparsers."""
-    return _add_arguments(subparsers.add_parser(
-        "costs", help="measure syscalls, wake-ups, context switches, VM exits, copies; model bench results",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    from .cli import subcommand
+
+    return subcommand(subparsers, "costs", "measure syscalls, wake-ups, context switches, VM exits, copies; model bench results",
+                      __doc__, _add_arguments)
 
 
 def _writev_into(costs: dict, path: str, hdr_len: int) -> None:

@@ -374,9 +374,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``report`` subcommand on the main CLI's subparsers."""
-    return _add_arguments(subparsers.add_parser(
-        "report", help="write a Markdown/HTML report (tables, prediction vs measured, charts) of a bench + costs run",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    from .cli import subcommand
+
+    return subcommand(subparsers, "report", "write a Markdown/HTML report (tables, prediction vs measured, charts) of a bench + costs run",
+                      __doc__, _add_arguments)
 
 
 def main(args: argparse.Namespace) -> int:
