@@ -5,6 +5,7 @@
 #include "vnb_datapath.h"
 #include "vnb_virtq.h"
 #include "vnb_net.h"
+#include "vnb_time.h"
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -14,7 +15,6 @@
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #define RXQ 0
@@ -255,7 +255,7 @@ static int handle_tx(struct vnb_dp *dp)
     struct vnb_chain *c = &dp->chain;
     if (!dp->configured[TXQ] || vq->broken || dp->tx_blocked)
         return 0;
-    int done = 0, since_flush = 0;
+    int done = 0, since_flush = 0, flush_at = flush_every(vq, TX_FLUSH_MAX);
     vnb_vq_disable_notify(vq);
     for (;;) {
         if (done >= BUDGET) {
@@ -315,7 +315,7 @@ static int handle_tx(struct vnb_dp *dp)
         /* TX buffers are only read: the used length is 0 (§5.1.6.2). */
         vnb_vq_add_used(vq, c->head, 0);
         done++;
-        if (++since_flush == flush_every(vq, TX_FLUSH_MAX)) {
+        if (++since_flush == flush_at) {
             flush_and_notify(dp, TXQ);
             since_flush = 0;
         }
@@ -422,8 +422,9 @@ static int rx_continue(struct vnb_dp *dp)
             return RX_OK;
         }
         int r = rx_pop(dp);
-        /* nring can pass num when the guest lists one chain twice in the avail ring: no room either. */
-        if (r == RX_NEED_BUFFERS && (p->nring >= dp->vq[RXQ].num || dp->vq[RXQ].num - p->nring < p->min_nring)) {
+        /* A sum, not num - nring: a guest listing one chain in several avail slots makes nring pass num.
+         * It cannot overflow: at most RX_MAX_HEADS chains of at most num (<= 32768) descriptors. */
+        if (r == RX_NEED_BUFFERS && p->nring + p->min_nring > dp->vq[RXQ].num) {
             /* The chains we hold leave the guest fewer free descriptors than any chain it posted for
              * this frame: waiting for more would stall RX for good, so drop it (the guest posts
              * uniform buffers in practice; one that would shrink them loses only this frame). */
@@ -511,7 +512,7 @@ static int handle_rx(struct vnb_dp *dp)
         arm_tap(dp, 0);
         return 0;
     }
-    int done = 0, since_flush = 0, more = 0;
+    int done = 0, since_flush = 0, more = 0, flush_at = flush_every(vq, RX_FLUSH_MAX);
     vnb_vq_disable_notify(vq);
     for (;;) {
         if (done >= BUDGET) {
@@ -521,7 +522,7 @@ static int handle_rx(struct vnb_dp *dp)
         int r = rx_one(dp);
         if (r == RX_OK) {
             done++;
-            if (++since_flush == flush_every(vq, RX_FLUSH_MAX)) {
+            if (++since_flush == flush_at) {
                 flush_and_notify(dp, RXQ);
                 since_flush = 0;
             }
@@ -549,21 +550,13 @@ static int handle_rx(struct vnb_dp *dp)
 
 /* ---- the thread ---- */
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    /* CLOCK_MONOTONIC cannot fail with a valid pointer. */
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 /* Busy polling (as vhost's VHOST_SET_VRING_BUSYLOOP_TIMEOUT): once idle, keep looking for busyloop_ns
  * instead of sleeping, so that work arriving soon after costs no wake-up. Returns 1 while polling. */
 static int busy_polling(struct vnb_dp *dp, int64_t *deadline)
 {
     if (!dp->busyloop_ns)
         return 0;
-    int64_t now = mono_ns();
+    int64_t now = vnb_now_ns();
     if (!*deadline)
         *deadline = now + dp->busyloop_ns;
     if (now < *deadline) {

@@ -433,7 +433,8 @@ int64_t vnb_guest_rx_count(struct vnb_guest *g, uint64_t count, int timeout_ms, 
 int64_t vnb_guest_echo(struct vnb_guest *g, const uint8_t *reply, uint32_t len, uint32_t tag_off,
                        uint64_t count, int timeout_ms, const int *stop)
 {
-    if (len == 0 || len > VNB_MAX_FRAME || tag_off + 4 > len)
+    /* The tag sits after the Ethernet header; written so that no sum can wrap. */
+    if (len > VNB_MAX_FRAME || len < 18 || tag_off < 14 || tag_off > len - 4)
         return -EINVAL;
     uint8_t *in = malloc(VNB_MAX_FRAME + 1), *out = malloc(len);
     if (!in || !out) {
@@ -456,12 +457,14 @@ int64_t vnb_guest_echo(struct vnb_guest *g, const uint8_t *reply, uint32_t len, 
                 break;
             continue;
         }
+        if (n == -EMSGSIZE)
+            continue;   /* a frame larger than any request: not one, like any other stray frame */
         if (n < 0) {
             ret = n;
             break;
         }
         idle_ms = 0;
-        if ((uint64_t)n < tag_off + 4 || in[12] != (VNB_TAG_ETHERTYPE >> 8) || in[13] != (VNB_TAG_ETHERTYPE & 0xff))
+        if (!vnb_tagged_at(in, n, 0, tag_off))
             continue;
         memcpy(out + tag_off, in + tag_off, 4);
         int r = vnb_guest_tx(g, out, len, &none, VNB_TX_SINGLE, timeout_ms);

@@ -4,6 +4,7 @@
  * it measures, and that checks every byte it receives, so that a benchmark's number is the
  * device's and a test's "all frames arrived intact and in order" means exactly that. */
 #include "vnb_peer.h"
+#include "vnb_time.h"
 
 #include <endian.h>
 #include <errno.h>
@@ -36,14 +37,6 @@ _Static_assert(VNB_PEER_SEQ_WINDOW == 1024 * 64, "seen[] holds one bit per seq o
 #define cpu_relax() __asm__ __volatile__("" ::: "memory")
 #endif
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    /* CLOCK_MONOTONIC cannot fail with a valid pointer. */
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 static void sleep_ns(int64_t ns)
 {
     struct timespec ts = { .tv_sec = ns / 1000000000LL, .tv_nsec = ns % 1000000000LL };
@@ -56,7 +49,7 @@ static void sleep_ns(int64_t ns)
 static void wait_until(int64_t t)
 {
     for (;;) {
-        int64_t d = t - now_ns();
+        int64_t d = t - vnb_now_ns();
         if (d <= 0)
             return;
         if (d > 150000) {
@@ -107,7 +100,7 @@ static int poll_one(int fd, short events, int timeout_ms)
 
 static int ms_left(int64_t deadline)
 {
-    int64_t d = deadline - now_ns();
+    int64_t d = deadline - vnb_now_ns();
     if (d <= 0)
         return 0;
     d = (d + 999999) / 1000000;
@@ -280,11 +273,11 @@ int64_t vnb_peer_send_tagged(int fd, const uint8_t *dst_mac, const uint8_t *src_
     /* No address: a bound packet socket sends on its bound interface. */
     mmsg_setup(msgs, iov, frames, batch, size);
 
-    t0 = last_progress = now_ns();
+    t0 = last_progress = vnb_now_ns();
     while (done < count) {
         uint32_t n = (count - done) < batch ? (uint32_t)(count - done) : batch, off = 0;
         if (pace_ns) {
-            int64_t due = (now_ns() - t0) / pace_ns + 1 - (int64_t)done;
+            int64_t due = (vnb_now_ns() - t0) / pace_ns + 1 - (int64_t)done;
             if (due <= 0) {
                 wait_until(t0 + (int64_t)done * pace_ns);
                 continue;
@@ -301,7 +294,7 @@ int64_t vnb_peer_send_tagged(int fd, const uint8_t *dst_mac, const uint8_t *src_
             st->syscalls++;
             if (r > 0) {
                 off += (uint32_t)r;
-                last_progress = now_ns();
+                last_progress = vnb_now_ns();
                 continue;
             }
             e = r == 0 ? EAGAIN : errno;
@@ -311,7 +304,7 @@ int64_t vnb_peer_send_tagged(int fd, const uint8_t *dst_mac, const uint8_t *src_
                 st->err = e;
                 break;
             }
-            if (now_ns() - last_progress > STALL_NS) {
+            if (vnb_now_ns() - last_progress > STALL_NS) {
                 st->err = e;
                 break;
             }
@@ -333,7 +326,7 @@ int64_t vnb_peer_send_tagged(int fd, const uint8_t *dst_mac, const uint8_t *src_
         if (st->err)
             break;
     }
-    st->elapsed_ns = now_ns() - t0;
+    st->elapsed_ns = vnb_now_ns() - t0;
     st->sent = done;
     st->next_seq = first_seq + (uint32_t)done;
     free(frames);
@@ -406,7 +399,7 @@ static int account(struct vnb_peer_rx_stats *st, const uint8_t *f, uint32_t capl
         st->ignored++;
         return 0;
     }
-    t = now_ns();
+    t = vnb_now_ns();
     if (st->received == 0)
         st->t_first_ns = t;
     st->t_last_ns = t;
@@ -476,7 +469,7 @@ int64_t vnb_peer_recv_tagged(int fd, struct vnb_peer_rx_stats *st, uint64_t expe
     if (!bufs)
         return -ENOMEM;
     mmsg_setup(msgs, iov, bufs, RX_BATCH, RX_CAP);
-    idle_deadline = now_ns() + (int64_t)timeout_ms * 1000000LL;
+    idle_deadline = vnb_now_ns() + (int64_t)timeout_ms * 1000000LL;
     while (expect == 0 || got < expect) {
         /* Never take more frames off the socket than are still wanted: frames read past `expect`
          * would be lost to the next caller. */
@@ -495,7 +488,7 @@ int64_t vnb_peer_recv_tagged(int fd, struct vnb_peer_rx_stats *st, uint64_t expe
             }
             if (wanted) {
                 got += (uint64_t)wanted;
-                idle_deadline = now_ns() + (int64_t)timeout_ms * 1000000LL;
+                idle_deadline = vnb_now_ns() + (int64_t)timeout_ms * 1000000LL;
             }
             continue;
         }
@@ -643,7 +636,7 @@ static struct tpacket3_hdr *ring_next(struct vnb_peer_ring *r, int64_t deadline,
 int vnb_peer_ring_recv(struct vnb_peer_ring *r, uint8_t *buf, uint32_t cap, int timeout_ms)
 {
     int rc = 0;
-    struct tpacket3_hdr *h = ring_next(r, now_ns() + (int64_t)timeout_ms * 1000000LL, &rc);
+    struct tpacket3_hdr *h = ring_next(r, vnb_now_ns() + (int64_t)timeout_ms * 1000000LL, &rc);
     if (!h)
         return rc;
     memcpy(buf, (uint8_t *)h + h->tp_mac, h->tp_snaplen < cap ? h->tp_snaplen : cap);
@@ -653,12 +646,12 @@ int vnb_peer_ring_recv(struct vnb_peer_ring *r, uint8_t *buf, uint32_t cap, int 
 
 int64_t vnb_peer_ring_flush(struct vnb_peer_ring *r)
 {
-    int64_t n = 0, stop = now_ns() + 2000000000LL;
+    int64_t n = 0, stop = vnb_now_ns() + 2000000000LL;
     int rc = 0;
     /* A partly filled block reaches us only when its retire timer fires, so wait that long for
      * one more; the hard stop keeps a peer that never goes quiet from holding us here. */
-    while (now_ns() < stop &&
-           ring_next(r, now_ns() + ((int64_t)r->retire_ms + 2) * 1000000LL, &rc))
+    while (vnb_now_ns() < stop &&
+           ring_next(r, vnb_now_ns() + ((int64_t)r->retire_ms + 2) * 1000000LL, &rc))
         n++;
     return rc < 0 && n == 0 ? rc : n;
 }
@@ -667,7 +660,7 @@ int64_t vnb_peer_ring_recv_tagged(struct vnb_peer_ring *r, struct vnb_peer_rx_st
                                   uint64_t expect, int timeout_ms, uint32_t flow)
 {
     uint64_t got = 0;
-    int64_t idle_deadline = now_ns() + (int64_t)timeout_ms * 1000000LL;
+    int64_t idle_deadline = vnb_now_ns() + (int64_t)timeout_ms * 1000000LL;
     int rc = 0;
 
     if (!st)
@@ -678,7 +671,7 @@ int64_t vnb_peer_ring_recv_tagged(struct vnb_peer_ring *r, struct vnb_peer_rx_st
             break;
         if (account(st, (uint8_t *)h + h->tp_mac, h->tp_snaplen, h->tp_len, flow)) {
             got++;
-            idle_deadline = now_ns() + (int64_t)timeout_ms * 1000000LL;
+            idle_deadline = vnb_now_ns() + (int64_t)timeout_ms * 1000000LL;
         }
     }
     add_sock_stats(r->fd, st);
@@ -699,7 +692,7 @@ int64_t vnb_raw_write_loop_ex(int fd, const uint8_t *buf, uint32_t len, uint64_t
     if (!st)
         st = &local;
     memset(st, 0, sizeof(*st));
-    t0 = last_progress = now_ns();
+    t0 = last_progress = vnb_now_ns();
     while (st->done < count) {
         ssize_t r = write(fd, buf, len);
         int p;
@@ -709,7 +702,7 @@ int64_t vnb_raw_write_loop_ex(int fd, const uint8_t *buf, uint32_t len, uint64_t
             /* Reading the clock per frame would cost a third of a 90 ns syscall; every 4096 is
              * plenty for a two-second stall guard. */
             if ((st->done & 4095) == 0)
-                last_progress = now_ns();
+                last_progress = vnb_now_ns();
             continue;
         }
         if (errno == EINTR)
@@ -719,7 +712,7 @@ int64_t vnb_raw_write_loop_ex(int fd, const uint8_t *buf, uint32_t len, uint64_t
             break;
         }
         st->eagain++;
-        if (now_ns() - last_progress > STALL_NS) {
+        if (vnb_now_ns() - last_progress > STALL_NS) {
             st->err = EAGAIN;
             break;
         }
@@ -729,9 +722,9 @@ int64_t vnb_raw_write_loop_ex(int fd, const uint8_t *buf, uint32_t len, uint64_t
             break;
         }
         if (p > 0)
-            last_progress = now_ns();
+            last_progress = vnb_now_ns();
     }
-    st->elapsed_ns = now_ns() - t0;
+    st->elapsed_ns = vnb_now_ns() - t0;
     if (st->done == 0 && st->err)
         return -st->err;
     return (int64_t)st->done;
@@ -757,7 +750,7 @@ int64_t vnb_raw_read_loop_ex(int fd, uint8_t *buf, uint32_t cap, uint64_t count,
     memset(st, 0, sizeof(*st));
     if (fl < 0)
         return -errno;
-    t0 = now_ns();
+    t0 = vnb_now_ns();
     while (st->done < count) {
         ssize_t r;
         int p;
@@ -794,7 +787,7 @@ int64_t vnb_raw_read_loop_ex(int fd, uint8_t *buf, uint32_t cap, uint64_t count,
             }
         }
     }
-    st->elapsed_ns = now_ns() - t0;
+    st->elapsed_ns = vnb_now_ns() - t0;
     if (st->done == 0 && st->err)
         return -st->err;
     return (int64_t)st->done;
@@ -807,16 +800,10 @@ int64_t vnb_raw_read_loop(int fd, uint8_t *buf, uint32_t cap, uint64_t count, in
 
 /* ---- request/response ---- */
 
-static int is_tagged_at(const uint8_t *f, ssize_t n, uint32_t hdr_len, uint32_t tag_off)
-{
-    return n >= (ssize_t)(tag_off + 4) && f[hdr_len + 12] == (VNB_TAG_ETHERTYPE >> 8) &&
-           f[hdr_len + 13] == (VNB_TAG_ETHERTYPE & 0xff);
-}
-
 /* One frame out; a full queue (EAGAIN/ENOBUFS) is waited out in poll, up to timeout_ms. */
 static int send_one(int fd, const uint8_t *buf, uint32_t len, int timeout_ms, struct vnb_rr_stats *st)
 {
-    int64_t deadline = now_ns() + (int64_t)timeout_ms * 1000000LL;
+    int64_t deadline = vnb_now_ns() + (int64_t)timeout_ms * 1000000LL;
     for (;;) {
         ssize_t r = write(fd, buf, len);
         st->syscalls++;
@@ -824,7 +811,7 @@ static int send_one(int fd, const uint8_t *buf, uint32_t len, int timeout_ms, st
             return 0;
         if (errno != EAGAIN && errno != ENOBUFS && errno != EINTR)
             return -errno;
-        if (now_ns() > deadline)
+        if (vnb_now_ns() > deadline)
             return -ETIMEDOUT;
         /* ENOBUFS has no wake-up: the 1 ms timeout bounds that wait. */
         int p = poll_one(fd, POLLOUT, 1);
@@ -838,7 +825,8 @@ static int send_one(int fd, const uint8_t *buf, uint32_t len, int timeout_ms, st
 static int rr_buffers(const uint8_t *tmpl, uint32_t len, uint32_t hdr_len, uint32_t tag_off, uint8_t **out,
                       uint8_t **in, struct vnb_rr_stats *st)
 {
-    if (len < hdr_len + 14 || tag_off < hdr_len + 14 || tag_off + 4 > len)
+    /* Written so that no sum can wrap: the frame holds a header and an Ethernet header, then the tag. */
+    if (hdr_len > len || len - hdr_len < 14 || tag_off < hdr_len + 14 || tag_off > len - 4)
         return -EINVAL;
     *out = malloc(len);
     *in = malloc(RX_CAP);
@@ -862,7 +850,7 @@ int64_t vnb_peer_rr(int fd, const uint8_t *req, uint32_t len, uint32_t hdr_len, 
     for (uint64_t i = 0; i < count && !st->err; i++) {
         uint32_t tag = htobe32((uint32_t)i);
         memcpy(out + tag_off, &tag, 4);
-        int64_t t0 = now_ns();
+        int64_t t0 = vnb_now_ns();
         r = send_one(fd, out, len, timeout_ms, st);
         if (r < 0) {
             st->err = -r;
@@ -872,7 +860,7 @@ int64_t vnb_peer_rr(int fd, const uint8_t *req, uint32_t len, uint32_t hdr_len, 
             ssize_t n = recv(fd, in, RX_CAP, MSG_DONTWAIT);
             st->syscalls++;
             if (n >= 0) {
-                if (is_tagged_at(in, n, hdr_len, tag_off) && memcmp(in + tag_off, &tag, 4) == 0)
+                if (vnb_tagged_at(in, n, hdr_len, tag_off) && memcmp(in + tag_off, &tag, 4) == 0)
                     break;
                 continue;   /* a stray frame (another flow, a late duplicate): not ours */
             }
@@ -891,7 +879,7 @@ int64_t vnb_peer_rr(int fd, const uint8_t *req, uint32_t len, uint32_t hdr_len, 
         }
         if (st->err)
             break;
-        rtt_ns[i] = now_ns() - t0;
+        rtt_ns[i] = vnb_now_ns() - t0;
         st->done++;
     }
     free(out);
@@ -930,7 +918,7 @@ int64_t vnb_raw_echo(int fd, const uint8_t *reply, uint32_t len, uint32_t hdr_le
             continue;
         }
         idle_ms = 0;
-        if (!is_tagged_at(in, n, hdr_len, tag_off))
+        if (!vnb_tagged_at(in, n, hdr_len, tag_off))
             continue;
         memcpy(out + tag_off, in + tag_off, 4);
         r = send_one(fd, out, len, timeout_ms, st);

@@ -126,4 +126,12 @@ int64_t vnb_raw_echo(int fd, const uint8_t *reply, uint32_t len, uint32_t hdr_le
                      uint64_t count, int timeout_ms, const int *stop, struct vnb_rr_stats *st);
 /* cffi:end */
 
+/* Not for Python. rr: 1 if f (n bytes: hdr_len bytes of vnet header, then the frame) is a tagged
+ * frame long enough to hold a 4-byte tag at tag_off (callers check tag_off against their buffers). */
+static inline int vnb_tagged_at(const uint8_t *f, int64_t n, uint32_t hdr_len, uint32_t tag_off)
+{
+    return n >= (int64_t)tag_off + 4 && n >= (int64_t)hdr_len + 14 &&
+           f[hdr_len + 12] == (VNB_TAG_ETHERTYPE >> 8) && f[hdr_len + 13] == (VNB_TAG_ETHERTYPE & 0xff);
+}
+
 #endif

@@ -186,23 +186,22 @@ void vnb_vq_flush_used(struct vnb_vq *vq)
 int vnb_vq_should_notify(struct vnb_vq *vq)
 {
     struct vring_avail *avail = vq->avail;
+    uint16_t old = vq->signalled_used;
+    uint16_t new_idx = vq->used_idx;
+    /* Nothing used since the last decision: an interrupt would be spurious (EVENT_IDX's formula says
+     * so too), and there is nothing to order. The datapath asks after every pass, even an idle one.
+     * Safe without EVENT_IDX: a driver that clears NO_INTERRUPT re-reads used->idx itself (enable_cb),
+     * so entries flushed while it had interrupts off are not lost. */
+    if (vq->signalled_used_valid && new_idx == old)
+        return 0;
     /* Full barrier: our used->idx store must be visible before we read the driver's used_event or
      * flags, or the driver could miss both the new entries and the interrupt (§2.7.10). */
     vnb_mb();
-    uint16_t old = vq->signalled_used;
-    uint16_t new_idx = vq->used_idx;
     int valid = vq->signalled_used_valid;
     vq->signalled_used = new_idx;
     vq->signalled_used_valid = 1;
-    if (!(vq->flags & VNB_VQ_F_EVENT_IDX)) {
-        /* Nothing used since the last decision: an interrupt would be spurious. The datapath asks after
-         * every pass, even an idle one, and without this every idle pass interrupted the driver
-         * (EVENT_IDX already answers no here). Safe: a driver that clears NO_INTERRUPT re-reads used->idx
-         * itself (enable_cb), so entries flushed while it had interrupts off are not lost. */
-        if (valid && new_idx == old)
-            return 0;
+    if (!(vq->flags & VNB_VQ_F_EVENT_IDX))
         return !(vnb_load_relaxed(&avail->flags) & VRING_AVAIL_F_NO_INTERRUPT);
-    }
     if (!valid)
         return 1;
     uint16_t event = vnb_load_relaxed(vring_used_event(avail, vq->num));
