@@ -123,10 +123,10 @@ class Plan:
         from .scenarios import TSO_LABEL
         return self.rr_count if scenario == "rr" else self.tso_count if size == TSO_LABEL else self.count
 
-    def variants(self, datapath: str) -> list[dict]:
-        busy = self.busyloop_us
+    def variants(self) -> list[dict]:
+        """Every combination of the options asked for; each datapath runs them all."""
         return [{"queue_size": q, "event_idx": e, "busyloop_us": b}
-                for q, e, b in itertools.product(self.queue_sizes, self.event_idx, busy)]
+                for q, e, b in itertools.product(self.queue_sizes, self.event_idx, self.busyloop_us)]
 
 
 def make_plan(args, lab: bool | None = None) -> Plan:
@@ -237,7 +237,7 @@ def collect(plan: Plan, progress: _Progress | None = None, with_costs: bool = Fa
                 configs = []
                 if plan.baseline and has_baseline(scen):
                     configs.append(("raw", {}))
-                configs += [(dp, v) for dp in plan.datapaths for v in plan.variants(dp)]
+                configs += [(dp, v) for dp in plan.datapaths for v in plan.variants()]
                 runs: list[list] = [[] for _ in configs]
                 for i in range(plan.repeat):
                     for k, (dp, opts) in enumerate(configs):

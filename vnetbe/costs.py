@@ -88,9 +88,10 @@ def _stat(xs: list[float]) -> dict:
     return {"median": round(statistics.median(xs), 1), "min": round(min(xs), 1), "max": round(max(xs), 1)}
 
 
-def _pct(sorted_xs: list[int], p: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    k = max(0, min(len(sorted_xs) - 1, int(round(p / 100 * len(sorted_xs) + 0.5)) - 1))
+def nearest_rank(sorted_xs: list[int], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list: the bench's rr latencies and the wake-up
+    round trips here use this one definition, so the rr target compares like with like."""
+    k = max(0, min(len(sorted_xs) - 1, int(-(-p * len(sorted_xs) // 100)) - 1))
     return float(sorted_xs[k])
 
 
@@ -136,8 +137,8 @@ def _wakeup_once(mode: int, iters: int) -> dict:
     name = "epoll" if mode == lib.VNB_COST_WAIT_EPOLL else "poll"
     check(lib.vnb_cost_wakeup(mode, iters, max(iters // 20, 50), 2000, rtt, st), f"eventfd wake-up ({name})")
     xs = sorted(rtt[i] for i in range(st.round_trips))
-    p50 = _pct(xs, 50)
-    return {"rtt_p50_ns": p50, "rtt_p99_ns": _pct(xs, 99), "one_way_ns": p50 / 2,
+    p50 = nearest_rank(xs, 50)
+    return {"rtt_p50_ns": p50, "rtt_p99_ns": nearest_rank(xs, 99), "one_way_ns": p50 / 2,
             "cpu_ns": (st.cpu_ns_a + st.cpu_ns_b) / (2 * st.round_trips)}
 
 
@@ -509,10 +510,14 @@ def _legend(preds: list[dict]) -> str:
 
 # ---------------------------------------------------------------- CLI
 
-def _load_json(path: str, what: str) -> Any:
+def load(path: str) -> dict:
+    """A saved `vnetbe costs --json` document; anything else is a one-line ConfigError."""
     from .cli import load_json
 
-    return load_json(path, what)
+    doc = load_json(path, "`vnetbe costs --json` output")
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise ConfigError(f"{path} is not `vnetbe costs --json` output (schema {SCHEMA})")
+    return doc
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -556,15 +561,15 @@ def _writev_into(costs: dict, path: str, hdr_len: int) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the ``costs`` subcommand. Returns the exit status."""
     if args.costs:
-        costs = _load_json(args.costs, "`vnetbe costs --json` output")
-        if not isinstance(costs, dict) or costs.get("schema") != SCHEMA:
-            raise ConfigError(f"{args.costs} is not `vnetbe costs --json` output (schema {SCHEMA})")
+        costs = load(args.costs)
     else:
         costs = measure(quick=args.quick, repeats=args.repeat)
     if args.writev:
         _writev_into(costs, args.writev, args.writev_hdr)
     if args.from_bench:
-        doc = _load_json(args.from_bench, "`vnetbe bench --json` output")
+        from .cli import load_json
+
+        doc = load_json(args.from_bench, "`vnetbe bench --json` output")
         preds = predict_bench(doc, costs)
         if args.json:
             json.dump({"costs": costs, "predictions": preds}, sys.stdout, indent=2)

@@ -35,34 +35,3 @@ def voluntary_switches(tid: int, pid: int | None = None) -> int:
 
 def current_tid() -> int:
     return threading.get_native_id()
-
-
-def kernel_threads_cpu_ns(name_prefix: str) -> dict[int, int]:
-    """CPU time of kernel threads whose comm starts with name_prefix (e.g. the vhost worker "vhost-<pid>")."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as f:
-                comm = f.read().strip()
-            if comm.startswith(name_prefix):
-                out[int(entry)] = thread_cpu_ns(int(entry), int(entry))
-        except OSError:
-            continue
-    return out
-
-
-class CpuMeter:
-    """Snapshot CPU time of a set of threads at start() and report the difference at stop()."""
-
-    def __init__(self, threads: dict[str, int]):
-        self.threads = {k: v for k, v in threads.items() if v}
-        self._t0: dict[str, int] = {}
-
-    def start(self) -> "CpuMeter":
-        self._t0 = {k: thread_cpu_ns(t) for k, t in self.threads.items()}
-        return self
-
-    def stop(self) -> dict[str, int]:
-        return {k: thread_cpu_ns(t) - self._t0.get(k, 0) for k, t in self.threads.items()}

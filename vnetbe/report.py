@@ -110,13 +110,6 @@ def _cpu_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
     return ["result"] + threads + ["total"], out
 
 
-def predictions(doc: dict, costs_doc: dict) -> list[dict]:
-    """costs.predict_bench: the results the model covers (tx, rx, rxsat), each with its options."""
-    from . import costs
-
-    return costs.predict_bench(doc, costs_doc)
-
-
 def _plain(r: dict) -> bool:
     """The default notification options: EVENT_IDX on, no busy polling (what the targets speak of)."""
     o = r.get("options") or {}
@@ -223,8 +216,8 @@ def targets(doc: dict, costs_doc: dict | None, preds: list[dict] | None) -> list
     return out
 
 
-def build(doc: dict, costs_doc: dict | None, charts: list[Path] | None, chart_note: str | None,
-          costs_note: str | None = None) -> list[tuple]:
+def build(doc: dict, costs_doc: dict | None, preds: list[dict] | None, charts: list[Path] | None,
+          chart_note: str | None, costs_note: str | None = None) -> list[tuple]:
     """The report's blocks."""
     from . import costs
 
@@ -238,12 +231,11 @@ def build(doc: dict, costs_doc: dict | None, charts: list[Path] | None, chart_no
              f"sizes {', '.join(s.get('sizes') or [])}",
              f"{s.get('count')} frames per run ({s.get('rr_count')} round trips for rr), {s.get('repeat')} runs per "
              f"configuration, median with min..max; queue sizes {s.get('queue_sizes')}, EVENT_IDX "
-             f"{['on' if e else 'off' for e in s.get('event_idx') or []]}, vhost busy polling {s.get('busyloop_us')} µs"]
+             f"{['on' if e else 'off' for e in s.get('event_idx') or []]}, busy polling {s.get('busyloop_us')} µs"]
     blocks.append(("list", facts))
     if where != "host":
         blocks.append(("p", "Numbers from the software-emulated lab compare the paths with each other; they say "
                             "nothing about a real machine's rates."))
-    preds = predictions(doc, costs_doc) if costs_doc else None
 
     blocks.append(("h", 2, "Targets"))
     blocks.append(("table", ["target", "this run", "verdict"], [list(t) for t in targets(doc, costs_doc, preds)]))
@@ -352,10 +344,6 @@ def render_html(blocks: list[tuple]) -> str:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-def _load(path: str, what: str) -> Any:
-    from .cli import load_json
-
-    return load_json(path, what)
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -383,6 +371,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Run the ``report`` subcommand. Returns the exit status."""
     from . import benchcli, costs
+    from .cli import load_json
 
     out = Path(args.out)
     try:
@@ -390,16 +379,14 @@ def main(args: argparse.Namespace) -> int:
     except OSError as e:
         raise ConfigError(f"cannot create {out}: {e.strerror or e}") from None
     if args.bench:
-        doc = _load(args.bench, "`vnetbe bench --json` output")
+        doc = load_json(args.bench, "`vnetbe bench --json` output")
         if not isinstance(doc, dict) or not isinstance(doc.get("results"), list) or "start" not in doc:
             raise ConfigError(f"{args.bench} is not `vnetbe bench --json` output (no start/results)")
     else:
         doc = benchcli.bench(args, with_costs=args.costs is None)
     costs_note = None
     if args.costs:
-        costs_doc = _load(args.costs, "`vnetbe costs --json` output")
-        if not isinstance(costs_doc, dict) or costs_doc.get("schema") != costs.SCHEMA:
-            raise ConfigError(f"{args.costs} is not `vnetbe costs --json` output (schema {costs.SCHEMA})")
+        costs_doc = costs.load(args.costs)
     elif doc.get("costs"):
         costs_doc = doc["costs"]
     else:
@@ -411,14 +398,14 @@ def main(args: argparse.Namespace) -> int:
     benchcli.write_json({k: v for k, v in doc.items() if k != "costs"}, str(out / "bench.json"))
     benchcli.write_json(costs_doc, str(out / "costs.json"))
 
+    preds = costs.predict_bench(doc, costs_doc)
     charts, chart_note = None, None
     try:
         from .plot import write_charts
-        preds = predictions(doc, costs_doc)
         charts = write_charts(doc, out, predictions=preds)
     except VnetError as e:
         chart_note = f"No charts: {e}."
-    blocks = build(doc, costs_doc, charts, chart_note, costs_note)
+    blocks = build(doc, costs_doc, preds, charts, chart_note, costs_note)
     path = out / ("report.html" if args.html else "report.md")
     try:
         path.write_text(render_html(blocks) if args.html else render_markdown(blocks))

@@ -46,6 +46,7 @@ from typing import Iterator
 
 from . import packet, spec
 from ._native import ffi, lib
+from .costs import nearest_rank
 from .cputime import current_tid, thread_cpu_ns, voluntary_switches
 from .device import VirtioNet
 from .errors import ConfigError, VnetError
@@ -152,12 +153,6 @@ def _add(a: dict, b: dict) -> dict:
         else:
             out.setdefault(k, v)
     return out
-
-
-def _pct(sorted_xs: list[int], p: float) -> float:
-    """Nearest-rank percentile of a sorted list."""
-    k = max(0, min(len(sorted_xs) - 1, int(-(-p * len(sorted_xs) // 100)) - 1))
-    return float(sorted_xs[k])
 
 
 def _ns_link_stats(topo: Topology, ifname: str) -> dict:
@@ -584,10 +579,6 @@ class BenchTopology:
         got = out["got"]
         dt = out["t_last"] - t0
         dstats = _add(_delta(s1[0], s0[0]), _delta(s1[1], s0[1]))
-        if datapath == "vhost":
-            # Each vhost device reports the wake-ups of every vhost worker of this process (the kernel
-            # names them all vhost-<pid>): one device's count already covers both.
-            dstats["wakeups"] = _delta(s1[0], s0[0]).get("wakeups", 0)
         gstats = _add(_delta(s1[2], s0[2]), _delta(s1[3], s0[3]))
         pps, gbps = _rate(got, nbytes, dt, bits)
         pp, cpu_pp = _per_packet(got, dstats, gstats, cpu)
@@ -621,7 +612,7 @@ class BenchTopology:
     @staticmethod
     def _latency(rtts: list[int]) -> dict:
         xs = sorted(rtts)
-        return {"p50_us": _pct(xs, 50) / 1e3, "p99_us": _pct(xs, 99) / 1e3, "min_us": xs[0] / 1e3,
+        return {"p50_us": nearest_rank(xs, 50) / 1e3, "p99_us": nearest_rank(xs, 99) / 1e3, "min_us": xs[0] / 1e3,
                 "max_us": xs[-1] / 1e3, "mean_us": statistics.fmean(xs) / 1e3, "round_trips": len(xs)}
 
     def _rr_measure(self, responder, size: int, count: int, warmup: int, meter: _Meter) -> tuple:

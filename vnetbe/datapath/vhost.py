@@ -59,10 +59,6 @@ def _vhost_workers() -> dict[int, str]:
 _OWNER_LOCK = threading.Lock()
 
 
-def _ctx_switches(tid: int) -> int:
-    return voluntary_switches(tid, tid)   # a kernel worker is its own process in /proc; a task is found either way
-
-
 def diagnose(mem, cfg: QueueConfig, q: int, features: int, last_avail_idx: int) -> int:
     """Fault code of the first bad chain from just before vhost's position up to avail->idx,
     found by vnetbe's own validator; VhostFault.code if none of them is bad by our rules."""
@@ -142,7 +138,7 @@ class VhostDatapath:
         for q in sorted(queues):
             io.net_set_backend(fd, q, link.fd)
         self.running = True
-        self._workers0 = {t: (thread_cpu_ns(t, t), _ctx_switches(t)) for t in self.threads()}
+        self._workers0 = {t: (thread_cpu_ns(t, t), voluntary_switches(t, t)) for t in self.threads()}
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._watcher = threading.Thread(target=self._watch, args=(err_fd,), name="vnetbe-vhost-err", daemon=True)
         self._watcher.start()
@@ -206,7 +202,7 @@ class VhostDatapath:
         d = self._link.stats() - self._link0
         workers = self.threads()
         cpu = sum(thread_cpu_ns(t, t) - self._workers0.get(t, (0, 0))[0] for t in workers)
-        wake = sum(_ctx_switches(t) - self._workers0.get(t, (0, 0))[1] for t in workers)
+        wake = sum(voluntary_switches(t, t) - self._workers0.get(t, (0, 0))[1] for t in workers)
         # The kernel keeps no per-vring counters: frames come from the macvtap's own counters
         # (guest TX is the macvtap's tx, guest RX its rx), wake-ups from the worker's context switches.
         return {"tx_frames": d.tx_packets, "tx_bytes": d.tx_bytes, "rx_frames": d.rx_packets - d.rx_dropped,
