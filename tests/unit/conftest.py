@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import faulthandler
 import struct
+import time
 import sys
 from pathlib import Path
 
@@ -61,6 +62,16 @@ def merge_iov(iov: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def iov_inside(mem: GuestMemory, base: int, n: int) -> bool:
     return any(r.hva <= base and base + n <= r.hva + r.size for r in mem.regions)
+
+
+def wait_for(pred, timeout: float = 2.0) -> bool:
+    """Poll ``pred`` until it holds or ``timeout`` s pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return bool(pred())
 
 
 def pack_desc(addr: int, length: int, flags: int = 0, nxt: int = 0) -> bytes:

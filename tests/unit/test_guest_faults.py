@@ -18,7 +18,7 @@ from vnetbe._native import ffi, lib
 from vnetbe.datapath.user import FAULT_NAMES
 from vnetbe.memory import GuestMemory
 
-from vnb_unit_helpers import F_INDIRECT, F_NEXT, F_WRITE, DeviceRig, pack_desc
+from vnb_unit_helpers import wait_for, F_INDIRECT, F_NEXT, F_WRITE, DeviceRig, pack_desc
 
 MB = 1 << 20
 RX, TX = spec.RX_QUEUE, spec.TX_QUEUE
@@ -249,7 +249,7 @@ def test_status_shows_needs_reset_once_the_fault_is_counted(rig):
     rig.write_descs(TX, [(0, 1 << 40, 100, 0, 0)])
     rig.offer(TX, 0)
     rig.kick(TX)
-    assert _wait(lambda: rig.dev.stats()["faults"] == {"desc_addr": 1})
+    assert wait_for(lambda: rig.dev.stats()["faults"] == {"desc_addr": 1})
     # A VMM reflects this in the status register the guest reads; it must not depend on a poll.
     assert rig.dev.stats()["status"] & spec.DEVICE_NEEDS_RESET
     assert rig.dev.status & spec.DEVICE_NEEDS_RESET
@@ -271,7 +271,7 @@ def test_bad_tx_frame_length_is_a_counted_drop_not_a_fault(rig, what, lens):
     g = rig.guest
     _add_raw_tx(g, lens)
     rig.kick(TX)
-    assert _wait(lambda: rig.dev.stats()["drops"][what] == len(lens))
+    assert wait_for(lambda: rig.dev.stats()["drops"][what] == len(lens))
     s = rig.dev.stats()
     assert sum(s["drops"].values()) == len(lens)
     assert s["faults"] == {} and not rig.dev.status & spec.DEVICE_NEEDS_RESET
@@ -283,7 +283,7 @@ def test_bad_tx_frame_length_is_a_counted_drop_not_a_fault(rig, what, lens):
     got = rig.link.sent(timeout=2.0)
     assert got is not None and got[12:] == SENT_FRAME
     # The device counts a frame after its writev returns: the peer may see it first.
-    assert _wait(lambda: rig.dev.stats()["tx_frames"] == 1)
+    assert wait_for(lambda: rig.dev.stats()["tx_frames"] == 1)
 
 
 def test_largest_legal_tx_frame_is_not_oversize(rig):
@@ -294,8 +294,3 @@ def test_largest_legal_tx_frame_is_not_oversize(rig):
     assert rig.dev.stats()["drops"]["tx_oversize"] == 0
 
 
-def _wait(pred, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while not pred() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return pred()

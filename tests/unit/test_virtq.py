@@ -101,7 +101,6 @@ def test_used_index_wrap_returns_every_head_once(mem):
     r = Ring(mem, 4)
     r.set_base(0xFFFE)
     buf = mem.alloc(4096)
-    seen = []
     for k in range(20):
         h = r.add([(buf, 1, 1)], token=k)
         r.publish()
@@ -110,7 +109,6 @@ def test_used_index_wrap_returns_every_head_once(mem):
         r.push_used(c["head"], k)
         assert r.used_elem((0xFFFE + k) & 0xFFFF) == (h, k)
         assert r.get_used() == (k, k)
-        seen.append(h)
     assert r.used_idx == (0xFFFE + 20) & 0xFFFF
 
 
@@ -372,7 +370,7 @@ def test_unpop_gives_back_exactly_the_last_chains_in_order(mem):
 
 # ---------------------------------------------------------------- setup validation
 
-@pytest.mark.parametrize("num", [0, 3, 65536, 1 << 16 | 1, 32768 * 2])
+@pytest.mark.parametrize("num", [0, 3, 65535, 65536, 1 << 16 | 1])
 def test_vq_init_refuses_bad_queue_sizes(mem, num):
     vq = ffi.new("struct vnb_vq *")
     assert lib.vnb_vq_init(vq, mem.table, num, 0, 0x10000, 0x20000, 0) == -errno.EINVAL
