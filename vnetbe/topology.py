@@ -27,7 +27,7 @@ from pyroute2.ethtool.ioctl import IoctlEthtool, NoSuchDevice, NotSupportedError
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .errors import ConfigError, KernelRefused, LinkError, NotRoot
-from .link.base import NOT_ROOT_MSG, check_ifname, find_link, link_kind, map_netlink_error
+from .link.base import NOT_ROOT_MSG, check_ifname, find_link, link_kind, map_netlink_error, silence_host_stack
 from .link.macvtap import Macvtap
 
 T = TypeVar("T")
@@ -291,6 +291,10 @@ class VethPair:
             self._closed = False
             try:
                 self.index = ipr.link("get", ifname=name)[0]["index"]
+                # Both ends speak IPv6 (MLD, DAD, router solicitations) for seconds after coming up, and
+                # that multicast reaches every macvtap on the parent: frames a test did not send.
+                silence_host_stack(name)
+                in_netns(self.netns, silence_host_stack, peer_name)
                 ipr.link("set", index=self.index, state="up")
                 with _ipr(self.netns) as pipr:
                     pipr.link("set", index=pipr.link("get", ifname=peer_name)[0]["index"], state="up")
@@ -329,7 +333,8 @@ def veth_pair(name: str, peer_name: str, peer_netns: Namespace | str | None = No
 
 
 class Bridge:
-    """A Linux bridge in the root namespace or in ``netns``, up, STP off (ports forward at once)."""
+    """A Linux bridge in the root namespace or in ``netns``, up, STP off (ports forward at once), no
+    multicast snooping (multicast floods to every port, as on a plain switch)."""
 
     def __init__(self, name: str, netns: Namespace | str | None = None):
         check_ifname(name)
@@ -340,12 +345,15 @@ class Bridge:
             if find_link(ipr, name) is not None:
                 raise LinkError(f"interface name {name} already in use: pick another name or remove it first")
             try:
-                ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
+                # Snooping off: a snooping bridge joins 224.0.0.106 and sends IGMP reports of its own.
+                ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0,
+                         br_mcast_snooping=0)
             except NetlinkError as e:
                 raise map_netlink_error(e, action="create bridge", name=name, kind="bridge") from None
             self._closed = False
             try:
                 self.index = ipr.link("get", ifname=name)[0]["index"]
+                in_netns(self.netns, silence_host_stack, name)   # as the veth ends: no chatter of its own
                 ipr.link("set", index=self.index, state="up")
             except BaseException:
                 self.close()

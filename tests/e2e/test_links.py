@@ -253,6 +253,23 @@ def test_frame_from_peer_arrives_on_macvtap_fd_after_a_vnet_header(topo):
         assert got[0][:10] == bytes(10)
 
 
+def test_topology_interfaces_send_no_frames_of_their_own(vnbl_session, topo_tag):
+    # Left alone, a fresh veth end or bridge speaks IPv6 within 0.2-1.7 s (MLD, DAD, router
+    # solicitations), and that multicast reaches every macvtap on the parent: a frame no test sent.
+    with Topology(topo_tag, hairpin=True) as t:
+        listeners = [packet_socket(t.parent), t.peer_socket()]
+        try:
+            deadline = time.monotonic() + 2.5
+            heard = []
+            while (left := deadline - time.monotonic()) > 0:
+                for s in select.select(listeners, [], [], left)[0]:
+                    heard.append(s.recv(2048)[:54].hex())
+            assert heard == []
+        finally:
+            for s in listeners:
+                s.close()
+
+
 def test_tap_frame_written_is_received_by_the_interface_byte_exact(vnbl_session, topo_tag):
     with Tap.create(f"vnb{topo_tag}t") as t:
         cap = packet_socket(t.name, ETH_TEST)

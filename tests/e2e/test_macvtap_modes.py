@@ -40,7 +40,7 @@ from vnetbe.guest import GuestDriver
 from vnetbe.link import Macvtap
 from vnetbe.memory import GuestMemory
 from vnetbe.peer import Peer
-from vnetbe.topology import Topology, in_netns, packet_socket
+from vnetbe.topology import Topology, packet_socket
 
 pytestmark = pytest.mark.root
 
@@ -76,19 +76,6 @@ PACKET_IGNORE_OUTGOING = 23
 
 # --------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _no_ipv6(ifname: str, netns: str | None = None) -> None:
-    """Switch IPv6 off on one interface we created (no ND/MLD noise in the captures)."""
-
-    def write() -> None:
-        try:
-            with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
-                f.write("1")
-        except FileNotFoundError:
-            pass  # kernel without IPv6: nothing to silence
-
-    in_netns(netns, write)
 
 
 def _flow_of(tag: str) -> int:
@@ -158,19 +145,9 @@ def _peer_recv(p: Peer) -> Callable[[float], bytes | None]:
 
 @contextlib.contextmanager
 def _quiet_topology(tag: str, hairpin: bool) -> Iterator[tuple[Topology, contextlib.ExitStack]]:
-    """Topology with IPv6 off on its interfaces, plus an ExitStack closed before it (guests, sockets)."""
+    """Topology (its interfaces keep IPv6 quiet), plus an ExitStack closed before it (guests, sockets)."""
     with Topology(tag, hairpin=hairpin) as topo, contextlib.ExitStack() as stack:
-        _no_ipv6(topo.peer, topo.netns)
-        if topo.bridge is not None:
-            _no_ipv6(topo.bridge, topo.netns)
-        _no_ipv6(topo.parent)
         yield topo, stack
-
-
-def _quiet_macvtap(topo: Topology, mode: str) -> Macvtap:
-    link = topo.macvtap(mode)
-    _no_ipv6(link.name)
-    return link
 
 
 def _send(g: GuestDriver, *frames: bytes) -> None:
@@ -253,8 +230,8 @@ def _run_pair(datapath: str, tag: str, mode: str, hairpin: bool) -> None:
     expected = EXPECTED[(mode, hairpin)]
     flow = _flow_of(tag)
     with _quiet_topology(tag, hairpin) as (topo, stack):
-        link_a = _quiet_macvtap(topo, mode)
-        link_b = _quiet_macvtap(topo, mode)
+        link_a = topo.macvtap(mode)
+        link_b = topo.macvtap(mode)
         wire = stack.enter_context(Peer(topo.peer, topo.netns))
         guest_a = _guest(stack, link_a, datapath)
         guest_b = _guest(stack, link_b, datapath)
@@ -312,7 +289,7 @@ def _run_parent(datapath: str, tag: str, mode: str, hairpin: bool) -> dict[str, 
     delta and the unrelated frames that explain it, what the guest received, and the wire control."""
     flow = _flow_of(tag)
     with _quiet_topology(tag, hairpin) as (topo, stack):
-        link = _quiet_macvtap(topo, mode)
+        link = topo.macvtap(mode)
         wire = stack.enter_context(Peer(topo.peer, topo.netns))
         parent = stack.enter_context(ParentTap(topo.parent))
         guest = _guest(stack, link, datapath)
@@ -394,7 +371,7 @@ def test_passthru_takes_the_parent_for_one_macvtap_only(datapath, tag):
         _assert_refused(topo, "passthru", f"vnb{tag}x9", topo.parent, "passthru")
         first.close()
 
-        link = _quiet_macvtap(topo, "passthru")
+        link = topo.macvtap("passthru")
         with IPRoute() as ipr:
             parent_mac = ipr.link("get", ifname=topo.parent)[0].get_attr("IFLA_ADDRESS")
         assert link.mac == parent_mac

@@ -32,6 +32,7 @@ pytestmark = [
 pyroute2 = pytest.importorskip("pyroute2")
 from pyroute2 import IPRoute, NetNS, netns  # noqa: E402
 
+from vnetbe.link.base import silence_host_stack  # noqa: E402
 from vnetbe.peer import Peer, run_in_netns  # noqa: E402
 
 NS = "vnbP-ns"
@@ -54,13 +55,6 @@ def _cleanup() -> None:
         netns.remove(NS)
 
 
-def _ipv6_off(ifname: str) -> None:
-    # A link-local address means DAD, router and MLD traffic: noise in captures and raw reads.
-    # /proc/sys/net shows the namespace of the thread that opens it, so this works in run_in_netns.
-    with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
-        f.write("1")
-
-
 def _link_mac(ipr, idx: int) -> bytes:
     return P.mac(ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS"))
 
@@ -74,12 +68,12 @@ def lab():
             ipr.link("add", ifname=A, kind="veth", peer={"ifname": B, "net_ns_fd": NS})
             ipr.link("add", ifname=C, kind="veth", peer={"ifname": D, "net_ns_fd": NS})
             for name in (A, C):
-                _ipv6_off(name)
+                silence_host_stack(name)
             a, c = ipr.link_lookup(ifname=A)[0], ipr.link_lookup(ifname=C)[0]
             ipr.link("set", index=a, mtu=MTU, state="up")
             ipr.link("set", index=c, state="up")
             a_mac, c_mac = _link_mac(ipr, a), _link_mac(ipr, c)
-        run_in_netns(NS, lambda: _ipv6_off(B))
+        run_in_netns(NS, lambda: silence_host_stack(B))
         with NetNS(NS) as ns:
             b, d = ns.link_lookup(ifname=B)[0], ns.link_lookup(ifname=D)[0]
             ns.link("set", index=b, mtu=MTU, state="up")
@@ -320,7 +314,7 @@ def tap(lab):
             ipr.link("add", ifname=TAP, kind="macvtap", link=ipr.link_lookup(ifname=A)[0],
                      macvtap_mode="bridge")
             idx = ipr.link_lookup(ifname=TAP)[0]
-            _ipv6_off(TAP)
+            silence_host_stack(TAP)
             ipr.link("set", index=idx, state="up")
             mac = _link_mac(ipr, idx)
         path = f"/dev/tap{idx}"
