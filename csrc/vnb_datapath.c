@@ -63,6 +63,8 @@ struct vnb_dp {
     int tx_retry;              /* the kernel was short of memory (ENOBUFS/ENOMEM): no event will say when
                                 * that ends, so retry after a 1 ms sleep */
     int64_t busyloop_ns;       /* poll this long after the last work before sleeping (0: sleep at once) */
+    int tx_quiet, rx_quiet;    /* ring idle (TX) or out of buffers (RX) with the guest's kicks left off:
+                                * we poll it instead, and arm_notify turns them on before we sleep */
     struct vnb_dp_stats st;
     struct vnb_chain chain;
     struct rx_pending pend;
@@ -253,6 +255,7 @@ static int handle_tx(struct vnb_dp *dp)
 {
     struct vnb_vq *vq = &dp->vq[TXQ];
     struct vnb_chain *c = &dp->chain;
+    dp->tx_quiet = 0;   /* set again below if this pass ends idle; a blocked tap waits for EPOLLOUT */
     if (!dp->configured[TXQ] || vq->broken || dp->tx_blocked)
         return 0;
     int done = 0, since_flush = 0, flush_at = flush_every(vq, TX_FLUSH_MAX);
@@ -270,6 +273,11 @@ static int handle_tx(struct vnb_dp *dp)
         }
         if (r == 0) {
             flush_and_notify(dp, TXQ);
+            if (dp->busyloop_ns) {
+                /* As vhost_net_busy_poll: the guest need not kick while we are about to poll anyway. */
+                dp->tx_quiet = 1;
+                return 0;
+            }
             if (!vnb_vq_enable_notify(vq))
                 return 0;
             vnb_vq_disable_notify(vq);
@@ -505,6 +513,7 @@ static int rx_one(struct vnb_dp *dp)
 static int handle_rx(struct vnb_dp *dp)
 {
     struct vnb_vq *vq = &dp->vq[RXQ];
+    dp->rx_quiet = 0;   /* set again below if the guest is still out of buffers */
     if (!dp->configured[RXQ] || dp->tap_fd < 0)
         return 0;
     if (vq->broken) {
@@ -529,6 +538,12 @@ static int handle_rx(struct vnb_dp *dp)
             continue;
         }
         if (r == RX_NEED_BUFFERS) {
+            if (dp->busyloop_ns) {
+                dp->rx_quiet = 1;   /* poll for buffers without asking the guest to kick (as TX) */
+                dp->st.rx_stalls++;
+                arm_tap(dp, 0);
+                break;
+            }
             if (vnb_vq_enable_notify(vq)) {
                 vnb_vq_disable_notify(vq);
                 continue;
@@ -567,6 +582,39 @@ static int busy_polling(struct vnb_dp *dp, int64_t *deadline)
     return 0;
 }
 
+/* Before sleeping: turn back on the kicks busy polling left off. Returns 1 if the guest posted
+ * meanwhile (its kick may never come: go on instead of sleeping). */
+static int arm_notify(struct vnb_dp *dp, int *tx_more, int *rx_more)
+{
+    int work = 0;
+    if (dp->tx_quiet) {
+        dp->tx_quiet = 0;
+        if (vnb_vq_enable_notify(&dp->vq[TXQ]))
+            work = *tx_more = 1;
+    }
+    if (dp->rx_quiet) {
+        dp->rx_quiet = 0;
+        if (vnb_vq_enable_notify(&dp->vq[RXQ])) {
+            arm_tap(dp, 1);
+            work = *rx_more = 1;
+        }
+    }
+    return work;
+}
+
+/* While polling, the rings whose kicks are off: has the guest posted to one of them? */
+static void poll_quiet_rings(struct vnb_dp *dp, int *kick_tx, int *kick_rx)
+{
+    if (dp->tx_quiet && vnb_vq_avail_pending(&dp->vq[TXQ])) {
+        dp->tx_quiet = 0;
+        *kick_tx = 1;
+    }
+    if (dp->rx_quiet && vnb_vq_avail_pending(&dp->vq[RXQ])) {
+        dp->rx_quiet = 0;
+        *kick_rx = 1;
+    }
+}
+
 static void *dp_thread(void *arg)
 {
     struct vnb_dp *dp = arg;
@@ -577,6 +625,8 @@ static void *dp_thread(void *arg)
     for (;;) {
         int idle = !tx_more && !rx_more && !dp->tx_retry;
         int polling = idle && busy_polling(dp, &busy_deadline);
+        if (idle && !polling && arm_notify(dp, &tx_more, &rx_more))
+            continue;
         int timeout = !idle || polling ? 0 : dp->tx_retry ? 1 : -1;
         int n = epoll_wait(dp->epfd, evs, 8, timeout);
         dp->st.syscalls++;
@@ -606,10 +656,8 @@ static void *dp_thread(void *arg)
                 break;
             }
         }
-        if (polling && !kick_tx && dp->configured[TXQ] && !dp->vq[TXQ].broken && !dp->tx_blocked &&
-            vnb_vq_avail_pending(&dp->vq[TXQ]))
-            kick_tx = 1;   /* the guest posted while we polled: no need to wait for its kick */
-        if (n > 0 || kick_tx)
+        poll_quiet_rings(dp, &kick_tx, &kick_rx);
+        if (n > 0 || kick_tx || kick_rx)
             busy_deadline = 0;   /* work came: the next idle stretch polls afresh */
         if (tap_out && dp->tx_blocked) {
             dp->tx_blocked = 0;
@@ -666,6 +714,7 @@ int vnb_dp_start(struct vnb_dp *dp)
         goto fail;
     dp->pend.active = 0;
     dp->tx_retry = 0;
+    dp->tx_quiet = dp->rx_quiet = 0;
     dp->tid = 0;
     if ((r = -pthread_create(&dp->thread, NULL, dp_thread, dp)))
         goto fail;

@@ -441,27 +441,55 @@ def _datapath_sleeps(rig) -> int:
     return voluntary_switches(rig.dev.threads()[0])
 
 
+@pytest.mark.parametrize("features", [ALL, NO_EVENT_IDX], ids=["event_idx", "no_event_idx"])
 @pytest.mark.parametrize("busyloop_us", [0, 400_000])
-def test_busy_polling_takes_frames_without_sleeping_and_stops_when_idle(make_rig, busyloop_us):
-    # Frames 5 ms apart: without busy polling every one wakes the sleeping datapath; with a window
-    # longer than the gaps it never sleeps between them, and once idle past the window it sleeps again.
-    rig = make_rig(queue_size=64, busyloop_us=busyloop_us)
+def test_busy_polling_takes_frames_without_sleeps_or_kicks_and_rearms_kicks_when_idle(make_rig, busyloop_us,
+                                                                                       features):
+    # Frames 5 ms apart: without busy polling every one kicks and wakes the sleeping datapath. With a
+    # window longer than the gaps it never sleeps, and it keeps the guest's kicks off while it polls (as
+    # vhost_net_busy_poll); once idle past the window it turns them back on and sleeps.
+    rig = make_rig(queue_size=64, busyloop_us=busyloop_us, features=features)
     rig.guest.send(rand_frame(60, 0))
     assert rig.link.sent(timeout=2.0) is not None
-    s0 = _datapath_sleeps(rig)
+    s0, k0 = _datapath_sleeps(rig), rig.guest.stats()["tx_kicks"]
     for k in range(1, 21):
         time.sleep(0.005)
         rig.guest.send(rand_frame(60, k))
         assert rig.link.sent(timeout=2.0)[12:] == rand_frame(60, k)
-    slept = _datapath_sleeps(rig) - s0
+    slept, kicks = _datapath_sleeps(rig) - s0, rig.guest.stats()["tx_kicks"] - k0
     if busyloop_us:
-        assert slept <= 2 and rig.stats()["busy_polls"] > 0, (slept, rig.stats()["busy_polls"])
+        assert slept <= 2 and kicks == 0 and rig.stats()["busy_polls"] > 0, (slept, kicks)
         time.sleep(busyloop_us / 1e6 + 0.1)
         polls = rig.stats()["busy_polls"]
         time.sleep(0.1)
         assert rig.stats()["busy_polls"] == polls        # asleep now, not spinning
+        k1 = rig.guest.stats()["tx_kicks"]
+        rig.guest.send(rand_frame(60, 99))               # so the guest must kick, and the kick must wake it
+        assert rig.link.sent(timeout=2.0)[12:] == rand_frame(60, 99)
+        assert rig.guest.stats()["tx_kicks"] == k1 + 1
     else:
-        assert slept >= 15 and rig.stats()["busy_polls"] == 0, slept
+        assert slept >= 15 and kicks >= 15 and rig.stats()["busy_polls"] == 0, (slept, kicks)
+
+
+@pytest.mark.parametrize("features", [ALL, NO_EVENT_IDX], ids=["event_idx", "no_event_idx"])
+@pytest.mark.parametrize("busyloop_us", [0, 400_000])
+def test_busy_polling_finds_new_rx_buffers_without_a_kick(make_rig, busyloop_us, features):
+    # The guest runs out of RX buffers. A sleeping datapath needs a kick to learn of new ones; a polling
+    # one keeps kicks off and looks for them itself. Either way every frame arrives, in order.
+    rig = make_rig(queue_size=16, busyloop_us=busyloop_us, features=features)
+    errs: list[Exception] = []
+    count = 200
+    t = threading.Thread(target=_inject_flood, args=(rig.link, count, _seq_frame(), 12, errs))
+    t.start()
+    try:
+        assert wait_for(lambda: rig.stats()["rx_stalls"] > 0)
+        k0 = rig.guest.stats()["rx_kicks"]
+        n, out_of_order, _ = rig.guest.receive_count(count, timeout=5.0, seq_offset=SEQ_OFF)
+    finally:
+        t.join(10)
+    assert not errs and (n, out_of_order) == (count, 0)
+    kicks = rig.guest.stats()["rx_kicks"] - k0
+    assert kicks == 0 if busyloop_us else kicks > 0, kicks
 
 
 def _inject_flood(link, count, frame: bytearray, hdr_len, errors):
