@@ -187,7 +187,7 @@ def _prediction(plt, preds: list[dict], doc: dict, path: Path) -> Path | None:
             bottom = [a + b for a, b in zip(bottom, vals)]
         meas = [p.get("measured_ns") or 0 for p in preds]
         ax.scatter(range(len(preds)), meas, marker="D", color="black", zorder=3, label="measured")
-        _columns(ax, [f"{p['datapath']}\n{p['scenario']} {p['size'] if p['size'] < 65535 else '64k'}"
+        _columns(ax, [f"{p['datapath']}\n{p['scenario']} {_label(p)}"
                       for p in preds], 7, "CPU ns per packet", 7)
 
     return _chart(plt, doc, path, preds, (max(6, 1.0 * len(preds) + 2), 4.8),

@@ -117,6 +117,7 @@ def _plain(r: dict) -> bool:
 
 
 def _prediction_table(preds: list[dict]) -> tuple[list[str], list[list[str]]]:
+    from .benchcli import label
     head = ["path", "scenario", "size", "options", "predicted ns", "measured ns", "measured/predicted", "unexplained ns",
             "raw loop ns", "a VMM would add ns"]
     out = []
@@ -126,7 +127,7 @@ def _prediction_table(preds: list[dict]) -> tuple[list[str], list[list[str]]]:
             x for x in ("eidx" if o.get("event_idx", True) else "no-eidx",
                         f"q{o['queue_size']}" if "queue_size" in o else "",
                         f"busy{o['busyloop_us']}" if o.get("busyloop_us") else "") if x)
-        out.append([p["datapath"], p["scenario"], "64k" if p["size"] >= 65535 else str(p["size"]), opts,
+        out.append([p["datapath"], p["scenario"], label(p), opts,
                     f"{p['predicted_ns']:.0f}", _fmt(p["measured_ns"], 0), _fmt(p["ratio"], 2),
                     _fmt(p["unexplained_ns"], 0), _fmt(p.get("baseline_ns"), 0), _fmt(p.get("vmm_extra_ns"), 0)])
     return head, out

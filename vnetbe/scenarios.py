@@ -91,8 +91,8 @@ def parse_size(text: str | int) -> int | str:
 
 def size_label(result: dict | "RunResult") -> str:
     """"64", "1500", or "64k" for a TSO result (``options["tso"]``)."""
-    d = result if isinstance(result, dict) else result.as_dict()
-    return TSO_LABEL if (d.get("options") or {}).get("tso") else str(d["size"])
+    from .benchcli import label   # one definition; benchcli stays importable without the C library
+    return label(result if isinstance(result, dict) else result.as_dict())
 
 
 def supported(scenario: str, size: int | str) -> bool:
@@ -280,6 +280,16 @@ def tso_frame(dst: packet.MacLike, src: packet.MacLike) -> tuple[bytes, tuple[in
     return frame, (start, off)
 
 
+def guest_frame(size: int | str, dst: packet.MacLike, src: packet.MacLike,
+                plain: dict) -> tuple[bytes, dict, int, int | None]:
+    """What a guest floods at ``size``: (frame, flood() options, frame bytes, payload bits or None).
+    64k is a TSO super-frame; any other size a tagged frame flooded with ``plain`` options."""
+    if size == TSO_LABEL:
+        frame, csum = tso_frame(dst, src)
+        return frame, dict(csum=csum, gso=("tcpv4", TSO_MSS)), TSO_FRAME, TSO_PAYLOAD * 8
+    return packet.tagged_frame(0, size, dst, src), plain, size, None
+
+
 def _tso_hdr(csum: tuple[int, int]) -> bytes:
     """struct virtio_net_hdr_v1 (little-endian) for a TCPv4 GSO frame with NEEDS_CSUM."""
     return struct.pack("<BBHHHHH", spec.VIRTIO_NET_HDR_F_NEEDS_CSUM, spec.VIRTIO_NET_HDR_GSO_TCPV4,
@@ -369,14 +379,7 @@ class BenchTopology:
         """One TX run on an already started device (bench/ reuses one device over rounds).
         ``count_delivered=False`` skips reading the peer's counters afterwards (a netlink round trip
         and a 50 ms wait for the veth's backlog): ``frames`` is then what the device consumed."""
-        if size == TSO_LABEL:
-            frame, csum = tso_frame(self.peer_mac, dev.link.mac)
-            flood = dict(csum=csum, gso=("tcpv4", TSO_MSS))
-            nbytes, bits = TSO_FRAME, TSO_PAYLOAD * 8
-        else:
-            frame = packet.tagged_frame(0, size, self.peer_mac, dev.link.mac)
-            flood = dict(seq_offset=14)
-            nbytes, bits = size, None
+        frame, flood, nbytes, bits = guest_frame(size, self.peer_mac, dev.link.mac, dict(seq_offset=14))
         before = _ns_link_stats(self.topo, self.topo.peer) if count_delivered else {}
         dev0, g0 = dev.stats(), guest.stats()
         meter = _Meter("guest", _dev_threads({"datapath": dev}), [dev]).start()
@@ -534,14 +537,7 @@ class BenchTopology:
         link_b = self.link_b
         with self.guest(datapath, **kw) as (dev_a, ga), self.guest(datapath, link=link_b, **kw) as (dev_b, gb):
             tso = size == TSO_LABEL
-            if tso:
-                frame, csum = tso_frame(link_b.mac, self.link.mac)
-                flood = dict(csum=csum, gso=("tcpv4", TSO_MSS))
-                nbytes, bits = TSO_FRAME, TSO_PAYLOAD * 8
-            else:
-                frame = packet.tagged_frame(0, size, link_b.mac, self.link.mac)
-                flood = dict(tagged=True)
-                nbytes, bits = size, None
+            frame, flood, nbytes, bits = guest_frame(size, link_b.mac, self.link.mac, dict(tagged=True))
             links0 = (self.link.stats(), link_b.stats())
             s0 = [d.stats() for d in (dev_a, dev_b)] + [g.stats() for g in (ga, gb)]
             out: dict = {}
