@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
+#include "vnb_time.h"
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -27,7 +28,6 @@ static int64_t clock_ns(clockid_t c)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static int64_t now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
 static int64_t thread_cpu_ns(void) { return clock_ns(CLOCK_THREAD_CPUTIME_ID); }
 
 /* Start and end of a timed single-thread loop. */
@@ -35,12 +35,12 @@ static void run_begin(struct vnb_cost_run *st)
 {
     st->ops = 0;
     st->cpu_ns = thread_cpu_ns();
-    st->wall_ns = now_ns();
+    st->wall_ns = vnb_now_ns();
 }
 
 static void run_end(struct vnb_cost_run *st, uint64_t ops)
 {
-    st->wall_ns = now_ns() - st->wall_ns;
+    st->wall_ns = vnb_now_ns() - st->wall_ns;
     st->cpu_ns = thread_cpu_ns() - st->cpu_ns;
     st->ops = ops;
 }
@@ -250,7 +250,7 @@ int vnb_cost_wakeup(uint32_t mode, uint32_t iters, uint32_t warmup, int timeout_
         if (i == warmup) {
             cpu0 = thread_cpu_ns();
         }
-        int64_t t0 = now_ns();
+        int64_t t0 = vnb_now_ns();
         if (i == warmup)
             t_first = t0;
         r = signal_eventfd(pp.efd_ab);
@@ -260,7 +260,7 @@ int vnb_cost_wakeup(uint32_t mode, uint32_t iters, uint32_t warmup, int timeout_
             r = __atomic_load_n(&pp.err, __ATOMIC_ACQUIRE);
         if (r < 0)
             break;
-        int64_t t1 = now_ns();
+        int64_t t1 = vnb_now_ns();
         if (i >= warmup) {
             rtt_ns[i - warmup] = t1 - t0;
             t_last = t1;
@@ -336,10 +336,10 @@ static void *ctxsw_a(void *arg)
     struct ctxsw *c = arg;
     int r = pin(c->cpu);
     char b = 'p';
-    int64_t t0 = now_ns(), cpu0 = thread_cpu_ns();
+    int64_t t0 = vnb_now_ns(), cpu0 = thread_cpu_ns();
     for (uint32_t i = 0; r == 0 && i < c->total; i++) {
         if (i == c->warmup) {
-            t0 = now_ns();
+            t0 = vnb_now_ns();
             cpu0 = thread_cpu_ns();
         }
         if (write(c->ab[1], &b, 1) != 1 || read(c->ba[0], &b, 1) != 1 || b != 'p') {
@@ -348,7 +348,7 @@ static void *ctxsw_a(void *arg)
                 r = -EIO;
         }
     }
-    c->wall_ns = now_ns() - t0;
+    c->wall_ns = vnb_now_ns() - t0;
     c->cpu_ns_a = thread_cpu_ns() - cpu0;
     if (r < 0) {
         __atomic_store_n(&c->err, r, __ATOMIC_RELEASE);

@@ -293,9 +293,9 @@ static int handle_tx(struct vnb_dp *dp)
         } else if (c->out_len > VNB_MAX_FRAME + dp->hdr_len) {
             dp->st.drops[VNB_DROP_TX_OVERSIZE]++;
         } else {
-            /* The chain is header + frame in any layout; the tap parses the header itself. */
-            /* One buffer (the usual layout) goes out with write(): writev would first copy the
-             * iovec array in from user space for nothing. */
+            /* The chain is header + frame in any layout; the tap parses the header itself. One
+             * buffer (the usual layout) goes out with write(): writev would first copy the iovec
+             * array in from user space for nothing. */
             ssize_t n = c->nout == 1 ? write(dp->tap_fd, c->iov[0].iov_base, c->iov[0].iov_len)
                                      : writev(dp->tap_fd, c->iov, c->nout);
             dp->st.syscalls++;
@@ -538,17 +538,13 @@ static int handle_rx(struct vnb_dp *dp)
             continue;
         }
         if (r == RX_NEED_BUFFERS) {
-            if (dp->busyloop_ns) {
-                dp->rx_quiet = 1;   /* poll for buffers without asking the guest to kick (as TX) */
-                dp->st.rx_stalls++;
-                arm_tap(dp, 0);
-                break;
-            }
-            if (vnb_vq_enable_notify(vq)) {
+            /* Busy polling looks for buffers itself, without asking the guest to kick (as TX). */
+            dp->rx_quiet = !!dp->busyloop_ns;
+            if (!dp->rx_quiet && vnb_vq_enable_notify(vq)) {
                 vnb_vq_disable_notify(vq);
                 continue;
             }
-            /* No buffers: stop watching the tap until the guest kicks with new ones. */
+            /* No buffers: stop watching the tap until the guest posts new ones. */
             dp->st.rx_stalls++;
             arm_tap(dp, 0);
             break;
@@ -623,8 +619,9 @@ static void *dp_thread(void *arg)
     int tx_more = 1, rx_more = 1;   /* look at both rings once at start: a hand-over may leave work */
     int64_t busy_deadline = 0;
     for (;;) {
-        int idle = !tx_more && !rx_more && !dp->tx_retry;
-        int polling = idle && busy_polling(dp, &busy_deadline);
+        int idle = !tx_more && !rx_more;
+        /* A tap short of memory is retried after 1 ms, not polled: polling would only spin on ENOBUFS. */
+        int polling = idle && !dp->tx_retry && busy_polling(dp, &busy_deadline);
         if (idle && !polling && arm_notify(dp, &tx_more, &rx_more))
             continue;
         int timeout = !idle || polling ? 0 : dp->tx_retry ? 1 : -1;

@@ -113,8 +113,6 @@ static uint32_t tx_descs_needed(const struct vnb_guest *g, uint32_t layout, uint
     }
 }
 
-/* Copy header + frame into the slot of the head we are about to take and describe it as segments.
- * The scatter layout leaves gaps between pieces so that a device assuming contiguity would be caught. */
 /* The part of a flood's frame that changes from one send to the next (its sequence number). */
 struct tx_dirty {
     uint32_t off, len;
@@ -134,6 +132,8 @@ static void tx_put(uint8_t *dst, const uint8_t *frame, uint32_t off, uint32_t n,
         memcpy(dst + (a - off), frame + a, b - a);
 }
 
+/* Copy header + frame into the slot of the head we are about to take and describe it as segments.
+ * The scatter layout leaves gaps between pieces so that a device assuming contiguity would be caught. */
 static uint32_t tx_build(struct vnb_guest *g, uint16_t slot, const uint8_t *frame, uint32_t len,
                          const struct virtio_net_hdr_v1 *hdr, uint32_t layout, const struct tx_dirty *dirty,
                          struct vnb_seg *segs)

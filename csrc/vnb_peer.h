@@ -114,8 +114,8 @@ struct vnb_rr_stats {
     uint32_t pad;
 };
 
-/* Client: for i in 0..count-1 sends `req` (len bytes, starting with hdr_len bytes of vnet header
- * when fd is a tap; 0 on an AF_PACKET socket) with i big-endian at tag_off, waits for a frame with
+/* Client on a socket (AF_PACKET, or a socketpair standing in for a tap): for i in 0..count-1 sends
+ * `req` (len bytes, starting with hdr_len bytes of vnet header; 0 on AF_PACKET) with i big-endian at tag_off, waits for a frame with
  * the tag ethertype and the same 4 bytes there, and stores the round trip in rtt_ns[i].
  * Returns round trips done; stops early (st->err) on an error or timeout_ms without the reply. */
 int64_t vnb_peer_rr(int fd, const uint8_t *req, uint32_t len, uint32_t hdr_len, uint32_t tag_off,
