@@ -85,4 +85,5 @@ def run_rounds(benchmark, scenario: str, size: int, one_round, *, warmup: bool =
     runs = []
     benchmark.group = f"{scenario} {size} B"
     benchmark.pedantic(lambda: runs.append(one_round()), rounds=ROUNDS, iterations=1, warmup_rounds=int(warmup))
-    return record(benchmark, runs[1:] if warmup else runs, baseline), runs
+    # --benchmark-disable runs the round once: then there is no warm-up to leave out.
+    return record(benchmark, runs[1:] if warmup and len(runs) > 1 else runs, baseline), runs

@@ -84,6 +84,12 @@ def _list(s: str) -> list[str]:
     return [x.strip() for x in str(s).split(",") if x.strip()]
 
 
+# Every scenario in table order, and those measured in frames per second (rr measures round trips).
+# Here, not in scenarios.py, so that reading saved results needs no C library.
+SCENARIOS = ("tx", "rx", "rxsat", "vm2vm", "rr")
+THROUGHPUT_SCENARIOS = SCENARIOS[:-1]
+
+
 def _ints(s: str, what: str, lo: int) -> list[int]:
     try:
         out = [int(x) for x in _list(s)]
@@ -132,7 +138,7 @@ class Plan:
 def make_plan(args, lab: bool | None = None) -> Plan:
     """Validate the options; defaults depend on where the bench runs (``lab``; default: here)."""
     from .datapath import DATAPATHS
-    from .scenarios import SCENARIOS, parse_size, supported
+    from .scenarios import parse_size, supported
 
     lab = in_lab() if lab is None else lab
     datapaths = list(dict.fromkeys(_list(args.datapath)))
@@ -173,8 +179,12 @@ def make_plan(args, lab: bool | None = None) -> Plan:
     from . import spec
     for q in queue_sizes:
         spec.check_queue_size(q)
+    busyloop = _ints(args.busyloop_us, "--busyloop-us", 0)
+    from .device import MAX_BUSYLOOP_US
+    if max(busyloop) > MAX_BUSYLOOP_US:   # here, not after the topology is up or the lab has booted
+        raise ConfigError(f"--busyloop-us {args.busyloop_us!r}: every value must be <= {MAX_BUSYLOOP_US} (10 s)")
     plan = Plan(datapaths, scenarios, sizes, count, rr, args.repeat, queue_sizes, list(dict.fromkeys(eidx or [True])),
-                _ints(args.busyloop_us, "--busyloop-us", 0), not args.no_baseline, args.tag)
+                busyloop, not args.no_baseline, args.tag)
     plan.skipped = [{"scenario": s, "size": z, "why": "the peer (an AF_PACKET socket) cannot send frames above "
                      "its MTU: 64k runs as tx and vm2vm only"}
                     for s in scenarios for z in sizes if not supported(s, z)]
@@ -425,7 +435,7 @@ _ORDER = {"raw": 0, "user": 1, "vhost": 2}
 
 def rows_in_order(doc: dict, scenarios: tuple[str, ...]) -> list[tuple[dict, dict | None]]:
     """(result, its baseline or None) for the given scenarios: by scenario, size, then raw/user/vhost."""
-    scen_order = {s: i for i, s in enumerate(doc["start"].get("scenarios") or ["tx", "rx", "rxsat", "vm2vm", "rr"])}
+    scen_order = {s: i for i, s in enumerate(doc["start"].get("scenarios") or SCENARIOS)}
     base = {(b["scenario"], _size_key(b)): b for b in doc.get("baseline") or []}
     rows = [r for r in list(doc.get("baseline") or []) + list(doc["results"]) if r["scenario"] in scenarios]
     rows.sort(key=lambda r: (scen_order.get(r["scenario"], 9), _size_key(r), _ORDER.get(r["datapath"], 9)))
@@ -446,7 +456,7 @@ def format_table(doc: dict) -> str:
              f"{s['count']} frames x {s['repeat']} runs, median [min..max]" + (f"; {', '.join(fixed)}" if fixed else "")]
     ocol = bool(varied) or any((r.get("options") or {}).get("busyloop_us") for r in doc["results"])
 
-    thr = rows_in_order(doc, ("tx", "rx", "rxsat", "vm2vm"))
+    thr = rows_in_order(doc, THROUGHPUT_SCENARIOS)
     if thr:
         head = (f"{'path':6} {'scen':5} {'size':>5} " + (f"{'options':14} " if ocol else "")
                 + f"{'kpps':>8} {'[min..max]':>15} {'Gbit/s':>7} {'vs raw':>6} {'sys/pkt':>7} {'kick/pkt':>8} "

@@ -28,8 +28,8 @@ The model (``predict``) for one packet:
     wake-ups       x wake-up       a sleeping thread woken (datapath thread, or the vhost worker), CPU
                                    beyond the three syscalls already counted above
     interrupts     x signal        eventfd signal that wakes the guest sleeping in poll, likewise
-    copies         x memcpy(size)  the guest copies a TX frame into its buffer; the kernel copies the
-                                   frame between guest memory and an skb (inside writev/readv or vhost)
+    copies         x memcpy(size)  the kernel copies the frame between guest memory and an skb (inside
+                                   writev/readv or vhost); the bench's guest writes a TX slot only once
     frame stack    x 1             the kernel's work on the frame (tap, macvlan, veth, the peer's side),
                                    the same on every path: calibrated on the raw loop of the same run,
                                    scenario and size (its CPU per frame less its syscall and its copy)
@@ -252,12 +252,13 @@ def writev_cost(fd: int, hdr_len: int = 10, frame_len: int = 64, iterations: int
 
 # ---------------------------------------------------------------- the model
 
-# Frame copies per packet, by (datapath, scenario).  TX through a device: the guest copies the frame
-# into its ring buffer, then the kernel copies it from guest memory into an skb (inside writev for
-# the user path, in the vhost worker for vhost).  RX: the kernel copies the skb into the guest's
-# buffer (readv / vhost); the benchmark's guest counts frames in place.  Raw loops: one copy.
+# Frame copies per packet, by (datapath, scenario).  TX through a device: the kernel copies the frame
+# from guest memory into an skb (inside write for the user path, in the vhost worker for vhost); the
+# benchmark's guest fills each ring slot once and then rewrites only the sequence number, as a real
+# guest hands skb pages over.  RX: the kernel copies the skb into the guest's buffer (readv / vhost);
+# the benchmark's guest counts frames in place.  Raw loops: one copy.
 MODELLED_SCENARIOS = ("tx", "rx", "rxsat")
-_COPIES = {("user", "tx"): 2, ("vhost", "tx"): 2, ("user", "rx"): 1, ("vhost", "rx"): 1,
+_COPIES = {("user", "tx"): 1, ("vhost", "tx"): 1, ("user", "rx"): 1, ("vhost", "rx"): 1,
            ("raw", "tx"): 1, ("raw", "rx"): 1}
 _COPIES.update({(dp, "rxsat"): n for (dp, sc), n in list(_COPIES.items()) if sc == "rx"})
 
@@ -277,7 +278,7 @@ _WHY = {
     "frame stack": "the kernel's own work on one frame inside writev/readv or the vhost worker's sendmsg/recvmsg "
                    "(tap, macvlan, veth and the peer's side): the same on every path, so it is calibrated on the "
                    "raw loop of the same run, scenario and size (its CPU per frame minus its syscalls and copy)",
-    "copies": "frame copies: the guest into its TX buffer, the kernel between guest memory and an skb; "
+    "copies": "frame copies: the kernel's, between guest memory and an skb; "
               "priced as an in-cache memcpy of the frame size (interpolated)",
     "kick exits": "in a VM each kick is a guest write to an ioeventfd that traps: one VM exit (~ CPUID)",
     "interrupt injections": "in a VM each interrupt is injected into the guest: estimated as one more VM exit",

@@ -28,6 +28,9 @@ def _sum_stats(a: dict, b: dict) -> dict:
     return out
 
 
+
+MAX_BUSYLOOP_US = 10_000_000   # busy polling longer than 10 s is a mistake, not a setting
+
 class VirtioNet:
     """A virtio-net device over ``link`` using guest memory ``mem``.
 
@@ -44,9 +47,9 @@ class VirtioNet:
         self.datapath_name = datapath
         # Busy polling, on either datapath: after the last work, poll this long before sleeping.
         # vhost_busyloop_us is its old name, from when only the vhost path had it.
-        if not 0 <= (busyloop_us if vhost_busyloop_us is None else vhost_busyloop_us) <= 10_000_000:
-            raise ConfigError("busyloop_us: 0 .. 10000000 (10 s)")
         self.busyloop_us = busyloop_us if vhost_busyloop_us is None else vhost_busyloop_us
+        if not 0 <= self.busyloop_us <= MAX_BUSYLOOP_US:
+            raise ConfigError(f"busyloop_us: 0 .. {MAX_BUSYLOOP_US} (10 s)")
         self._datapath = make_datapath(datapath)
         offered = spec.DEVICE_FEATURES if features is None else features
         kernel_limit = getattr(self._datapath, "supported_features", None)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from .benchcli import SCENARIOS, THROUGHPUT_SCENARIOS
 from .errors import VnetError
 
 COLORS = {"raw": "#8c8c8c", "user": "#1f77b4", "vhost": "#ff7f0e"}
@@ -40,7 +41,7 @@ def _label(r: dict) -> str:
 
 def _name(r: dict, varied: set[str]) -> str:
     from .benchcli import opts_text
-    o = opts_text(r, varied) if r["datapath"] != "raw" else "-"
+    o = opts_text(r, varied)   # "-" for raw rows: they carry none of the varied options
     return r["datapath"] + ("" if o == "-" else f" {o}")
 
 
@@ -84,7 +85,7 @@ def _columns(ax, labels: list[str], fontsize: int, ylabel: str, legend_size: int
 
 
 def _throughput(plt, doc: dict, varied: set[str], path: Path) -> Path | None:
-    scens = [sc for sc in ("tx", "rx", "rxsat", "vm2vm") if _rows(doc, (sc,))]
+    scens = [sc for sc in THROUGHPUT_SCENARIOS if _rows(doc, (sc,))]
     if not scens:
         return None
     fig, axes = plt.subplots(1, len(scens), figsize=(5.5 * len(scens), 4.5), squeeze=False)
@@ -131,7 +132,7 @@ def _per_packet(plt, doc: dict, varied: set[str], path: Path) -> Path | None:
         _columns(ax, [f"{_name(r, varied)}\n{r['scenario']} {_label(r)}" for r in rows], 7,
                  "per packet (rr: per round trip), log", 8)
 
-    rows = _rows(doc, ("tx", "rx", "rxsat", "vm2vm", "rr"))
+    rows = _rows(doc, SCENARIOS)
     return _chart(plt, doc, path, rows, (max(6, 0.9 * len(rows) + 2), 4.5), "crossings per packet", draw)
 
 
@@ -155,7 +156,7 @@ def _cpu(plt, doc: dict, varied: set[str], path: Path) -> Path | None:
         ax.set_xlabel("CPU ns per packet (rr: per round trip), all threads")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
-    rows = _rows(doc, ("tx", "rx", "rxsat", "vm2vm", "rr"))
+    rows = _rows(doc, SCENARIOS)
     return _chart(plt, doc, path, rows, (10.5, max(3, 0.35 * len(rows) + 1.5)), "where the CPU goes", draw)
 
 

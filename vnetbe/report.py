@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .benchcli import SCENARIOS, THROUGHPUT_SCENARIOS
 from .errors import ConfigError, VnetError
 
 __all__ = ["add_parser", "main", "build", "render_markdown", "render_html", "targets"]
@@ -52,7 +53,7 @@ def _result_table(doc: dict, scenarios: tuple[str, ...], head: list[str],
 
 def _options(r: dict, varied: set[str]) -> str:
     from .benchcli import opts_text
-    return opts_text(r, varied) if r["datapath"] != "raw" else "-"
+    return opts_text(r, varied)   # "-" for raw rows: they carry none of the varied options
 
 
 def _vs_raw(r: dict, b: dict | None, key: str) -> str:
@@ -72,7 +73,7 @@ def _throughput_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
                 _vs_raw(r, b, "pps"), f"{pp.get('syscalls', 0):.3f}", f"{pp.get('kicks', 0):.4f}",
                 f"{pp.get('interrupts', 0):.4f}", f"{pp.get('wakeups', 0):.4f}", f"{pp.get('cpu_ns', 0):.0f}"]
 
-    return _result_table(doc, ("tx", "rx", "rxsat", "vm2vm"),
+    return _result_table(doc, THROUGHPUT_SCENARIOS,
                          ["path", "scenario", "size", "options", "kpps (median)", "min..max", "Gbit/s", "vs raw",
                           "syscalls", "kicks", "interrupts", "wake-ups", "CPU ns"], cells)
 
@@ -96,7 +97,7 @@ def _rr_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
 def _cpu_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
     from .benchcli import label, opts_text, rows_in_order, varied_options
 
-    rows = rows_in_order(doc, ("tx", "rx", "rxsat", "vm2vm", "rr"))
+    rows = rows_in_order(doc, SCENARIOS)
     if not rows:
         return None
     varied = varied_options(doc)
@@ -117,17 +118,13 @@ def _plain(r: dict) -> bool:
 
 
 def _prediction_table(preds: list[dict]) -> tuple[list[str], list[list[str]]]:
-    from .benchcli import label
+    from .benchcli import label, varied_options
+    varied = varied_options({"results": preds})
     head = ["path", "scenario", "size", "options", "predicted ns", "measured ns", "measured/predicted", "unexplained ns",
             "raw loop ns", "a VMM would add ns"]
     out = []
     for p in preds:
-        o = p.get("options") or {}
-        opts = "-" if p["datapath"] == "raw" else " ".join(
-            x for x in ("eidx" if o.get("event_idx", True) else "no-eidx",
-                        f"q{o['queue_size']}" if "queue_size" in o else "",
-                        f"busy{o['busyloop_us']}" if o.get("busyloop_us") else "") if x)
-        out.append([p["datapath"], p["scenario"], label(p), opts,
+        out.append([p["datapath"], p["scenario"], label(p), _options(p, varied),
                     f"{p['predicted_ns']:.0f}", _fmt(p["measured_ns"], 0), _fmt(p["ratio"], 2),
                     _fmt(p["unexplained_ns"], 0), _fmt(p.get("baseline_ns"), 0), _fmt(p.get("vmm_extra_ns"), 0)])
     return head, out

@@ -35,6 +35,8 @@ peer is an AF_PACKET socket, which cannot send a frame larger than its MTU.
 """
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import statistics
 import struct
@@ -42,10 +44,11 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import packet, spec
 from ._native import ffi, lib
+from .benchcli import SCENARIOS
 from .costs import nearest_rank
 from .cputime import current_tid, thread_cpu_ns, voluntary_switches
 from .device import VirtioNet
@@ -58,7 +61,6 @@ from .topology import Topology
 HDR = spec.NET_HDR_LEN
 TAG = packet.TAG_HDR_LEN
 
-SCENARIOS = ("tx", "rx", "rxsat", "vm2vm", "rr")
 # Peer threads of rxsat: more than there are CPUs, so the path never has one to itself.
 SAT_SENDERS = (os.cpu_count() or 1) + 1
 TSO_LABEL = "64k"
@@ -411,11 +413,8 @@ class BenchTopology:
         header; for 64k the TSO header, so the kernel segments exactly as for the device)."""
         self.link.set_vnet_hdr_len(HDR)
         self.link.set_offload(0)
-        if size == TSO_LABEL:
-            frame, csum = tso_frame(self.peer_mac, self.link.mac)
-            buf, nbytes, bits = _tso_hdr(csum) + frame, TSO_FRAME, TSO_PAYLOAD * 8
-        else:
-            buf, nbytes, bits = bytes(HDR) + packet.tagged_frame(0, size, self.peer_mac, self.link.mac), size, None
+        frame, flood, nbytes, bits = guest_frame(size, self.peer_mac, self.link.mac, {})
+        buf = (_tso_hdr(flood["csum"]) if "csum" in flood else bytes(HDR)) + frame
         st = ffi.new("struct vnb_raw_stats *")
         meter = _Meter("writer", {}).start()
         n = lib.vnb_raw_write_loop_ex(self.link.fd, buf, len(buf), count, st)
@@ -430,10 +429,10 @@ class BenchTopology:
 
     # --- RX: peer -> guest ---
     def _send_async(self, size: int, count: int, pace_ns: int = 0, *, dst=None,
-                    senders: int = 1) -> tuple["_Senders", dict]:
-        """The peer's sender(s), each in its own thread sending its share of sequence numbers; after
-        join() the dict holds their summed sent, syscalls, retries and CPU time (cpu_ns)."""
-        out: dict = {}
+                    senders: int = 1) -> Callable[[], dict]:
+        """Start the peer's sender(s), each in its own thread sending its share of sequence numbers.
+        The function returned waits for them and returns their summed figures (sent, syscalls,
+        retries, CPU time as cpu_ns) and the first error."""
         parts: list[dict] = [{} for _ in range(senders)]
         share = -(-count // senders)
 
@@ -451,7 +450,12 @@ class BenchTopology:
         ths = [threading.Thread(target=run, args=(k,), name=f"vnetbe-peer-sender{k}") for k in range(senders)]
         for th in ths:
             th.start()
-        return _Senders(ths, parts, out), out
+
+        def finish() -> dict:
+            for th in ths:
+                th.join()
+            return functools.reduce(_add, parts, {})
+        return finish
 
     def rx_run(self, dev: VirtioNet, guest: GuestDriver, size: int, count: int, pace_ns: int = 0,
                senders: int = 1) -> RunResult:
@@ -461,9 +465,9 @@ class BenchTopology:
         dev0, g0 = dev.stats(), guest.stats()
         meter = _Meter("guest", _dev_threads({"datapath": dev}), [dev]).start()
         t0 = time.perf_counter()
-        th, sender = self._send_async(size, count, pace_ns, senders=senders)
+        finish = self._send_async(size, count, pace_ns, senders=senders)
         got, ooo, _, t_last = receive_all(guest, count, seq_offset=14)
-        th.join()
+        sender = finish()
         cpu = meter.stop()
         cpu["peer_sender"] = sender.get("cpu_ns", 0)
         dt = t_last - t0
@@ -475,7 +479,8 @@ class BenchTopology:
         pp, cpu_pp = _per_packet(got, dstats, gstats, cpu,
                                  peer_syscalls=sender.get("syscalls", 0) + sender.get("retries", 0),
                                  sleeps=_dev_sleeps(meter))
-        drops = dict(dstats.get("drops", {}))
+        # vhost reports the macvtap's own counters as its drops: those are macvtap_queue here already.
+        drops = {k: v for k, v in dstats.get("drops", {}).items() if not k.startswith("macvtap_")}
         drops.update(kernel)
         drops["lost"] = max(sender.get("sent", 0) - got, 0)
         # Several senders interleave their sequences: out-of-order means nothing then.
@@ -509,10 +514,10 @@ class BenchTopology:
         st = ffi.new("struct vnb_raw_stats *")
         kernel0 = self._kernel_drops(self.link)
         meter = _Meter("reader", {}).start()
-        th, sender = self._send_async(size, count, pace_ns, senders=senders)
+        finish = self._send_async(size, count, pace_ns, senders=senders)
         timeout_ms = int(RX_IDLE_S * 1000)
         n = max(lib.vnb_raw_read_loop_ex(self.link.fd, buf, 1 << 17, count, timeout_ms, st), 0)
-        th.join()
+        sender = finish()
         cpu = meter.stop()
         cpu["peer_sender"] = sender.get("cpu_ns", 0)
         if "error" in sender:
@@ -600,7 +605,7 @@ class BenchTopology:
         if n < 0:
             raise VnetError(f"rr: the peer's loop refused its arguments (errno {-n})")
         if n < total:
-            why = "no reply" if st.err == 110 else os.strerror(st.err)   # 110: ETIMEDOUT
+            why = "no reply" if st.err == errno.ETIMEDOUT else os.strerror(st.err)
             raise VnetError(f"rr: {why} for request {n} within {timeout:g} s "
                             f"({max(n - warmup, 0)} round trips measured)")
         return [rtt[i] for i in range(warmup, total)], int(st.syscalls), cpu
@@ -649,7 +654,7 @@ class BenchTopology:
             def respond(stop, out: dict) -> None:
                 c0 = time.thread_time_ns()
                 try:
-                    out["answered"] = g.echo(reply, stop=stop, idle=RR_IDLE_S)
+                    g.echo(reply, stop=stop, idle=RR_IDLE_S)   # answers every request until stop
                 except Exception as e:  # reported by the caller
                     out["error"] = e
                 finally:
@@ -665,7 +670,7 @@ class BenchTopology:
 
     def raw_rr(self, size: int, count: int, warmup: int = 50) -> RunResult:
         """Baseline: a thread answers straight on the macvtap fd (poll, read, write): what rr costs
-        without a virtio device in the way, with the same Python on both ends."""
+        without a virtio device in the way, with the same C loops on both ends as the device's rr."""
         if size == TSO_LABEL:
             raise ConfigError("rr at 64k: the peer (an AF_PACKET socket) cannot send frames above its MTU")
         self.link.set_vnet_hdr_len(HDR)
@@ -684,7 +689,7 @@ class BenchTopology:
             except Exception as e:  # reported by the caller
                 out["error"] = e
             finally:
-                out.update(answered=int(st.done), syscalls=int(st.syscalls), cpu_ns=time.thread_time_ns() - c0)
+                out.update(syscalls=int(st.syscalls), cpu_ns=time.thread_time_ns() - c0)
 
         rtts, psys, cpu, dt, out = self._rr_measure(respond, size, count, warmup, _Meter(None, {}))
         cpu["responder"] = out["cpu_ns"]
@@ -717,23 +722,6 @@ class BenchTopology:
                 raise ConfigError(f"{scenario} has no raw baseline")
             return fn(size, count)
         return getattr(self, scenario)(datapath, size, count, **opts)
-
-
-class _Senders:
-    """join() waits for every sender thread and sums their figures into the shared dict."""
-
-    def __init__(self, threads: list[threading.Thread], parts: list[dict], out: dict):
-        self._threads, self._parts, self._out = threads, parts, out
-
-    def join(self) -> None:
-        for th in self._threads:
-            th.join()
-        for part in self._parts:
-            for k, v in part.items():
-                if k == "error":
-                    self._out.setdefault("error", v)
-                elif isinstance(v, (int, float)) and k in ("sent", "bytes", "retries", "syscalls", "cpu_ns"):
-                    self._out[k] = self._out.get(k, 0) + v
 
 
 def has_baseline(scenario: str) -> bool:
