@@ -379,13 +379,13 @@ def _seq_frame(size=64):
     return bytearray(rand_frame(size, 77))
 
 
-def _read_peer(link, count, out, idle=3.0):
-    """Drain the peer end concurrently: a socketpair queues only max_dgram_qlen messages."""
+def _read_peer(link, count, out, idle=3.0, keep=lambda m: struct.unpack_from("!I", m, 12 + SEQ_OFF)[0]):
+    """Drain the peer end concurrently (a socketpair queues only max_dgram_qlen messages), keeping
+    ``keep(message)``: by default the sequence number."""
     link.peer.settimeout(idle)
     try:
         while len(out) < count:
-            m = link.peer.recv(1 << 17)
-            out.append(struct.unpack_from("!I", m, 12 + SEQ_OFF)[0])
+            out.append(keep(link.peer.recv(1 << 17)))
     except (socket.timeout, OSError):
         pass
 
@@ -413,15 +413,6 @@ def test_tx_flood_loses_nothing_and_keeps_order(make_rig, features):
         assert s["tx_interrupts"] < N_FLOOD // 10, s
 
 
-def _read_all(link, count, out, idle=3.0):
-    link.peer.settimeout(idle)
-    try:
-        while len(out) < count:
-            out.append(link.peer.recv(1 << 17))
-    except (socket.timeout, OSError):
-        pass
-
-
 @pytest.mark.parametrize("layout", ["single", "split_hdr", "scatter", "indirect"])
 @pytest.mark.parametrize("kind", ["numbered", "tso"])
 def test_flood_frames_stay_byte_exact_when_ring_slots_are_reused(make_rig, layout, kind):
@@ -429,13 +420,13 @@ def test_flood_frames_stay_byte_exact_when_ring_slots_are_reused(make_rig, layou
     # sequence number: every later frame must still leave with every byte and its header right.
     rig = make_rig(queue_size=16)
     count = 200
-    if kind == "tso":
-        frame, seq_off, kw = tcp4_frame(6000), 0, dict(gso=("tcpv4", 1448))
+    if kind == "tso":   # numbered inside the TCP payload, so the staged rewrite is checked here too
+        frame, seq_off, kw = tcp4_frame(6000), 60, dict(gso=("tcpv4", 1448))
         hdr = hdr_bytes(flags=1, gso_type=1, hdr_len=54, gso_size=1448, csum_start=34, csum_offset=16)
     else:
         frame, seq_off, kw, hdr = rand_frame(300, 7), SEQ_OFF, {}, hdr_bytes()
     got: list[bytes] = []
-    t = threading.Thread(target=_read_all, args=(rig.link, count, got))
+    t = threading.Thread(target=_read_peer, args=(rig.link, count, got), kwargs=dict(keep=bytes))
     t.start()
     try:
         assert rig.guest.flood(frame, count, seq_offset=seq_off, layout=layout, batch=8, **kw) == count
@@ -479,7 +470,7 @@ def _datapath_sleeps(rig) -> int:
 
 
 @pytest.mark.parametrize("features", [ALL, NO_EVENT_IDX], ids=["event_idx", "no_event_idx"])
-@pytest.mark.parametrize("busyloop_us", [0, 400_000])
+@pytest.mark.parametrize("busyloop_us", [0, 400_000], ids=["polling_off_control", "polling_on"])
 def test_busy_polling_takes_frames_without_sleeps_or_kicks_and_rearms_kicks_when_idle(make_rig, busyloop_us,
                                                                                        features):
     # Frames 5 ms apart: without busy polling every one kicks and wakes the sleeping datapath. With a
@@ -509,7 +500,7 @@ def test_busy_polling_takes_frames_without_sleeps_or_kicks_and_rearms_kicks_when
 
 
 @pytest.mark.parametrize("features", [ALL, NO_EVENT_IDX], ids=["event_idx", "no_event_idx"])
-@pytest.mark.parametrize("busyloop_us", [0, 400_000])
+@pytest.mark.parametrize("busyloop_us", [0, 400_000], ids=["polling_off_control", "polling_on"])
 def test_busy_polling_finds_new_rx_buffers_without_a_kick(make_rig, busyloop_us, features):
     # The guest runs out of RX buffers. A sleeping datapath needs a kick to learn of new ones; a polling
     # one keeps kicks off and looks for them itself. Either way every frame arrives, in order.

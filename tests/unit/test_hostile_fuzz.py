@@ -1,6 +1,6 @@
 """Random hostile rings through the whole device: whatever the guest writes into its descriptor
 tables, indirect tables and avail rings, the userspace datapath must not crash, must not hang, must
-write guest memory only where a writable descriptor pointed, and must end each queue either working
+write the canary region of guest memory only where a writable descriptor pointed, and must end each queue either working
 or stopped with exactly one fault (DEVICE_NEEDS_RESET set).
 
 Hypothesis drives the shapes; the fixed cases in test_guest_faults.py name each fault one by one."""

@@ -4,9 +4,12 @@ They carry the rr benchmark's latency figures, so they must answer every request
 match replies by tag (not by arrival), and stop when told."""
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
+
+import pytest
 
 from vnetbe import packet
 from vnetbe._native import ffi, lib
@@ -18,14 +21,17 @@ HDR = 12
 A, B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 
 
-def _pair():
+@pytest.fixture
+def pair():
+    """A SEQPACKET socketpair standing in for a tap (one non-blocking end), closed after the test."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     b.setblocking(False)
-    return a, b
+    with a, b:
+        yield a, b
 
 
-def test_raw_echo_answers_every_request_with_its_tag_and_the_client_times_each():
-    client, server = _pair()
+def test_raw_echo_answers_every_request_with_its_tag_and_the_client_times_each(pair):
+    client, server = pair
     stop = ffi.new("int *")
     reply = bytes(HDR) + packet.tagged_frame(0, 64, A, B, flow=7)
     est = ffi.new("struct vnb_rr_stats *")
@@ -44,12 +50,10 @@ def test_raw_echo_answers_every_request_with_its_tag_and_the_client_times_each()
         stop[0] = 1
         th.join(5)
     assert not th.is_alive() and out["n"] == count and est.done == count and est.err == 0
-    client.close()
-    server.close()
 
 
-def test_rr_client_skips_stray_frames_and_reports_a_missing_reply():
-    client, server = _pair()
+def test_rr_client_skips_stray_frames_and_reports_a_missing_reply(pair):
+    client, server = pair
     req = bytes(HDR) + packet.tagged_frame(0, 64, B, A)
     # A stale reply (tag 5) and an untagged frame are waiting: neither may count as the reply to 0.
     stale = bytearray(req)
@@ -60,10 +64,8 @@ def test_rr_client_skips_stray_frames_and_reports_a_missing_reply():
     st = ffi.new("struct vnb_rr_stats *")
     t0 = time.monotonic()
     assert lib.vnb_peer_rr(client.fileno(), req, len(req), HDR, HDR + 14, 1, 200, rtt, st) == 0
-    assert st.err == 110 and 0.15 < time.monotonic() - t0 < 2.0      # ETIMEDOUT after ~200 ms
+    assert st.err == errno.ETIMEDOUT and 0.15 < time.monotonic() - t0 < 2.0   # after ~200 ms
     assert server.recv(256) == req                                    # the request did go out
-    client.close()
-    server.close()
 
 
 def test_guest_echo_answers_through_the_device_byte_exact_and_stops_on_request():
