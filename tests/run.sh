@@ -20,7 +20,8 @@ if [ -n "$missing" ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
-python3 -m pip install -q --root-user-action=ignore -e '.[test,lab]'
+# Every extra the tests import: the bench tests draw charts (plot), the lab boots through virtme-ng.
+python3 -m pip install -q --root-user-action=ignore -e '.[test,lab,plot]'
 
 export PYTHONDONTWRITEBYTECODE=1
 status=0
