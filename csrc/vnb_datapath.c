@@ -20,6 +20,10 @@
 #define RXQ 0
 #define TXQ 1
 #define BUDGET 256            /* frames per queue per round, so neither direction starves the other */
+/* Descriptors walked per queue per round. A chain costs up to VNB_MAX_CHAIN_DESC walks however few
+ * bytes it carries, so frames alone do not bound a round: this does, and so bounds how long a stop
+ * request waits however the guest builds its rings (a round walks < 2 * VNB_MAX_CHAIN_DESC). */
+#define DESC_BUDGET VNB_MAX_CHAIN_DESC
 /* Publish used entries this often inside a batch. TX: every 32, so the guest reclaims buffers while
  * we work and never stalls for a whole ring (at 64 it did, and the datapath slept once per ring).
  * RX: every 64, as vhost-net's VHOST_NET_BATCH: under load the guest gets at most one interrupt per
@@ -31,6 +35,10 @@
 #define HDR_IOV 12            /* iovecs kept to reach num_buffers in the first buffer (each >= 1 byte) */
 
 enum { EV_STOP = 1, EV_KICK_RX, EV_KICK_TX, EV_TAP };
+
+/* cffi sees literal array sizes in struct vnb_dp_stats: tie them to the enums here. */
+_Static_assert(sizeof(((struct vnb_dp_stats *)0)->drops) == VNB_DROP_MAX * sizeof(uint64_t), "drops[]");
+_Static_assert(sizeof(((struct vnb_dp_stats *)0)->faults) == VNB_FAULT_MAX * sizeof(uint64_t), "faults[]");
 
 struct rx_pending {
     int active;
@@ -65,6 +73,9 @@ struct vnb_dp {
     int64_t busyloop_ns;       /* poll this long after the last work before sleeping (0: sleep at once) */
     int tx_quiet, rx_quiet;    /* ring idle (TX) or out of buffers (RX) with the guest's kicks left off:
                                 * we poll it instead, and arm_notify turns them on before we sleep */
+    uint32_t walked;           /* descriptors popped in this round of the queue being handled */
+    uint32_t link_down;        /* EPOLLERR/EPOLLHUP the tap reported for good (its interface is gone);
+                                * written by the thread, read by vnb_dp_link_down */
     struct vnb_dp_stats st;
     struct vnb_chain chain;
     struct rx_pending pend;
@@ -106,6 +117,9 @@ int vnb_dp_set_features(struct vnb_dp *dp, uint32_t flags, uint32_t hdr_len)
         return -EBUSY;
     if (hdr_len != VNB_NET_HDR_LEN && hdr_len != VNB_NET_HDR_LEN_LEGACY)
         return -EINVAL;
+    /* num_buffers lives in the 12-byte header only (§5.1.6): with the legacy one it would never be written. */
+    if ((flags & VNB_DP_F_MRG_RXBUF) && hdr_len != VNB_NET_HDR_LEN)
+        return -EINVAL;
     dp->flags = flags;
     dp->hdr_len = hdr_len;
     return 0;
@@ -118,6 +132,8 @@ int vnb_dp_set_queue(struct vnb_dp *dp, int q, uint32_t num, uint64_t desc_gpa, 
         return -EBUSY;
     if (q != RXQ && q != TXQ)
         return -EINVAL;
+    /* vnb_vq_init zeroes the queue before it checks anything: until it succeeds there is no queue. */
+    dp->configured[q] = 0;
     uint32_t vqf = (dp->flags & VNB_DP_F_EVENT_IDX ? VNB_VQ_F_EVENT_IDX : 0) |
                    (dp->flags & VNB_DP_F_INDIRECT ? VNB_VQ_F_INDIRECT : 0);
     int r = vnb_vq_init(&dp->vq[q], &dp->mem, num, desc_gpa, avail_gpa, used_gpa, vqf);
@@ -153,6 +169,7 @@ int vnb_dp_set_err_fd(struct vnb_dp *dp, int err_fd)
 }
 
 int vnb_dp_running(struct vnb_dp *dp) { return dp->running; }
+uint32_t vnb_dp_link_down(struct vnb_dp *dp) { return __atomic_load_n(&dp->link_down, __ATOMIC_RELAXED); }
 int vnb_dp_tid(struct vnb_dp *dp) { return __atomic_load_n(&dp->tid, __ATOMIC_ACQUIRE); }
 
 void vnb_dp_get_stats(struct vnb_dp *dp, struct vnb_dp_stats *out)
@@ -216,7 +233,7 @@ static uint32_t tap_events_wanted(struct vnb_dp *dp)
 static void update_tap(struct vnb_dp *dp)
 {
     uint32_t want = tap_events_wanted(dp);
-    if (dp->tap_events == want)
+    if (dp->tap_events == want || dp->link_down)   /* a gone link is no longer in the epoll set */
         return;
     struct epoll_event ev = { .events = want, .data.u32 = EV_TAP };
     /* MOD on an fd we registered ourselves cannot fail unless the fd was closed under us. */
@@ -241,6 +258,37 @@ static uint64_t drain_eventfd(struct vnb_dp *dp, int fd)
     return v;
 }
 
+/* Pop the next chain of queue q into dp->chain, counting the descriptors it walked into the round. */
+static int dp_pop(struct vnb_dp *dp, int q)
+{
+    int r = vnb_vq_pop(&dp->vq[q], &dp->chain);
+    if (r > 0)
+        dp->walked += dp->chain.ndesc;
+    return r;
+}
+
+static int round_over(const struct vnb_dp *dp, int frames)
+{
+    return frames >= BUDGET || dp->walked >= DESC_BUDGET;
+}
+
+/* The tap reported EPOLLERR/EPOLLHUP: its interface was deleted (a tun fd then fails every read and
+ * write with EBADFD, and stays readable). Stop watching it, or the level-triggered error would spin
+ * this thread, and tell Python through err_fd. Both directions stop until the device is reset. */
+static void link_gone(struct vnb_dp *dp, uint32_t events)
+{
+    __atomic_store_n(&dp->link_down, events & (EPOLLERR | EPOLLHUP), __ATOMIC_RELAXED);
+    /* DEL of an fd we added cannot fail unless it was closed under us, which is the same end. */
+    (void)epoll_ctl(dp->epfd, EPOLL_CTL_DEL, dp->tap_fd, NULL);
+    dp->st.syscalls++;
+    dp->tap_events = 0;
+    if (dp->err_fd >= 0) {
+        uint64_t one = 1;
+        (void)!write(dp->err_fd, &one, sizeof(one));   /* as interrupt(): cannot fail */
+        dp->st.syscalls++;
+    }
+}
+
 /* At most a quarter of the ring, so on small rings the guest never waits for a whole ring's flush. */
 static int flush_every(const struct vnb_vq *vq, uint32_t max)
 {
@@ -256,16 +304,17 @@ static int handle_tx(struct vnb_dp *dp)
     struct vnb_vq *vq = &dp->vq[TXQ];
     struct vnb_chain *c = &dp->chain;
     dp->tx_quiet = 0;   /* set again below if this pass ends idle; a blocked tap waits for EPOLLOUT */
-    if (!dp->configured[TXQ] || vq->broken || dp->tx_blocked)
+    if (!dp->configured[TXQ] || vq->broken || dp->tx_blocked || dp->link_down)
         return 0;
     int done = 0, since_flush = 0, flush_at = flush_every(vq, TX_FLUSH_MAX);
+    dp->walked = 0;
     vnb_vq_disable_notify(vq);
     for (;;) {
-        if (done >= BUDGET) {
+        if (round_over(dp, done)) {
             flush_and_notify(dp, TXQ);
             return 1;
         }
-        int r = vnb_vq_pop(vq, c);
+        int r = dp_pop(dp, TXQ);
         if (r < 0) {
             flush_and_notify(dp, TXQ);
             report_fault(dp, TXQ, -r);
@@ -389,12 +438,12 @@ static void rx_drop_pending(struct vnb_dp *dp, int reason)
     dp->st.drops[reason]++;
 }
 
-enum { RX_OK, RX_TAP_EMPTY, RX_NEED_BUFFERS, RX_FAULT };
+enum { RX_OK, RX_TAP_EMPTY, RX_NEED_BUFFERS, RX_FAULT, RX_YIELD /* round over mid-frame: resume next round */ };
 
 static int rx_pop(struct vnb_dp *dp)
 {
     struct vnb_vq *vq = &dp->vq[RXQ];
-    int r = vnb_vq_pop(vq, &dp->chain);
+    int r = dp_pop(dp, RXQ);
     if (r < 0) {
         report_fault(dp, RXQ, -r);
         return RX_FAULT;
@@ -425,6 +474,8 @@ static int rx_continue(struct vnb_dp *dp)
     struct rx_pending *p = &dp->pend;
     struct vnb_chain *c = &dp->chain;
     while (p->placed < p->total) {
+        if (dp->walked >= DESC_BUDGET)
+            return RX_YIELD;
         if (p->nheads == RX_MAX_HEADS) {
             rx_drop_pending(dp, VNB_DROP_RX_NO_BUFFER);
             return RX_OK;
@@ -514,7 +565,7 @@ static int handle_rx(struct vnb_dp *dp)
 {
     struct vnb_vq *vq = &dp->vq[RXQ];
     dp->rx_quiet = 0;   /* set again below if the guest is still out of buffers */
-    if (!dp->configured[RXQ] || dp->tap_fd < 0)
+    if (!dp->configured[RXQ] || dp->tap_fd < 0 || dp->link_down)
         return 0;
     if (vq->broken) {
         /* Stop reading: frames stay in (and overflow from) the tap's queue, where the kernel counts them. */
@@ -522,13 +573,18 @@ static int handle_rx(struct vnb_dp *dp)
         return 0;
     }
     int done = 0, since_flush = 0, more = 0, flush_at = flush_every(vq, RX_FLUSH_MAX);
+    dp->walked = 0;
     vnb_vq_disable_notify(vq);
     for (;;) {
-        if (done >= BUDGET) {
+        if (round_over(dp, done)) {
             more = 1;
             break;
         }
         int r = rx_one(dp);
+        if (r == RX_YIELD) {
+            more = 1;
+            break;
+        }
         if (r == RX_OK) {
             done++;
             if (++since_flush == flush_at) {
@@ -647,9 +703,12 @@ static void *dp_thread(void *arg)
                 kick_rx = 1;
                 break;
             case EV_TAP:
-                /* ERR/HUP are reported whatever we asked for: let both directions find out. */
-                tap_in = !!(evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP));
-                tap_out = !!(evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP));
+                if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
+                    link_gone(dp, evs[i].events);
+                    break;
+                }
+                tap_in = !!(evs[i].events & EPOLLIN);
+                tap_out = !!(evs[i].events & EPOLLOUT);
                 break;
             }
         }
@@ -712,6 +771,7 @@ int vnb_dp_start(struct vnb_dp *dp)
     dp->pend.active = 0;
     dp->tx_retry = 0;
     dp->tx_quiet = dp->rx_quiet = 0;
+    dp->link_down = 0;
     dp->tid = 0;
     if ((r = -pthread_create(&dp->thread, NULL, dp_thread, dp)))
         goto fail;

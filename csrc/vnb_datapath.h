@@ -23,8 +23,8 @@ struct vnb_dp_stats {
     uint64_t tx_tap_full;                  /* times TX found the tap full and waited for room */
     uint64_t busy_polls;                   /* idle loop rounds spent polling instead of sleeping */
     uint64_t rx_merged;                    /* frames spread over more than one buffer */
-    uint64_t drops[8];                     /* by enum vnb_drop */
-    uint64_t faults[14];                   /* by enum vnb_fault */
+    uint64_t drops[8];                     /* by enum vnb_drop (VNB_DROP_MAX) */
+    uint64_t faults[15];                   /* by enum vnb_fault (VNB_FAULT_MAX) */
 };
 
 struct vnb_dp_qstate {
@@ -49,6 +49,8 @@ int vnb_dp_set_busyloop(struct vnb_dp *dp, uint32_t usecs);
 int vnb_dp_start(struct vnb_dp *dp);
 int vnb_dp_stop(struct vnb_dp *dp);
 int vnb_dp_running(struct vnb_dp *dp);
+/* Nonzero (the EPOLLERR/EPOLLHUP bits) once the tap failed for good; the datapath then moves nothing. */
+uint32_t vnb_dp_link_down(struct vnb_dp *dp);
 int vnb_dp_tid(struct vnb_dp *dp);
 void vnb_dp_get_stats(struct vnb_dp *dp, struct vnb_dp_stats *out);
 int vnb_dp_get_qstate(struct vnb_dp *dp, int q, struct vnb_dp_qstate *out);

@@ -1,5 +1,5 @@
 /* Guest fault codes and drop reasons: the vocabulary the C side reports to Python.
- * Fault codes mirror vnetbe/errors.py (tests/unit/test_fault_codes.py keeps them in step). */
+ * Python takes its names from these enums (vnetbe/faults.py): a member is named once, here. */
 #ifndef VNB_FAULT_H
 #define VNB_FAULT_H
 
@@ -9,17 +9,18 @@ enum vnb_fault {
     VNB_FAULT_DESC_ADDR = 1,          /* buffer outside guest memory or across a hole */
     VNB_FAULT_LOOP = 2,               /* chain loops or is longer than the queue */
     VNB_FAULT_NESTED_INDIRECT = 3,
-    VNB_FAULT_INDIRECT_LEN = 4,       /* zero or not a multiple of 16 */
+    VNB_FAULT_INDIRECT_LEN = 4,       /* zero, not a multiple of 16, or over VNB_MAX_INDIRECT entries */
     VNB_FAULT_TX_WRITABLE = 5,        /* device-writable descriptor in a TX chain */
     VNB_FAULT_AVAIL_IDX = 6,          /* avail->idx moved by more than num */
     VNB_FAULT_HEAD_RANGE = 7,
     VNB_FAULT_NEXT_RANGE = 8,
     VNB_FAULT_ORDER = 9,              /* readable descriptor after a writable one */
     VNB_FAULT_CHAIN_TOO_LONG = 10,    /* more than VNB_MAX_IOV buffers */
-    VNB_FAULT_INDIRECT_NOT_NEG = 11,
+    VNB_FAULT_INDIRECT_NOT_NEGOTIATED = 11,
     VNB_FAULT_RX_READABLE = 12,       /* device-readable descriptor in an RX chain */
     VNB_FAULT_RING_ADDR = 13,         /* ring itself outside guest memory */
-    VNB_FAULT_MAX = 14
+    VNB_FAULT_INDIRECT_NEXT = 14,     /* INDIRECT and NEXT on one descriptor (§2.7.5.3.1) */
+    VNB_FAULT_MAX = 15
 };
 
 enum vnb_drop {

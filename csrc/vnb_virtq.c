@@ -84,8 +84,9 @@ static int chain_add(struct vnb_vq *vq, struct vnb_chain *c, const struct vring_
 static int walk_indirect(struct vnb_vq *vq, struct vnb_chain *c, const struct vring_desc *ind)
 {
     if (!(vq->flags & VNB_VQ_F_INDIRECT))
-        return vnb_vq_fail(vq, VNB_FAULT_INDIRECT_NOT_NEG);
-    if (ind->len == 0 || ind->len % sizeof(struct vring_desc))
+        return vnb_vq_fail(vq, VNB_FAULT_INDIRECT_NOT_NEGOTIATED);
+    if (ind->len == 0 || ind->len % sizeof(struct vring_desc) ||
+        ind->len / sizeof(struct vring_desc) > VNB_MAX_INDIRECT)
         return vnb_vq_fail(vq, VNB_FAULT_INDIRECT_LEN);
     /* The table must be contiguous in host memory; one that spans regions is refused as out of bounds. */
     const struct vring_desc *table = vnb_mem_ptr(vq->mem, ind->addr, ind->len);
@@ -144,10 +145,13 @@ int vnb_vq_pop(struct vnb_vq *vq, struct vnb_chain *c)
         if (++seen > vq->num)
             return vnb_vq_fail(vq, VNB_FAULT_LOOP);
         c->ndesc++;
+        /* §2.7.5.3.1 forbids INDIRECT with NEXT. vhost follows NEXT anyway, which lets one chain
+         * visit the same indirect table num times: refusing it bounds a pop by VNB_MAX_CHAIN_DESC. */
+        if ((d.flags & (VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT)) == (VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT))
+            return vnb_vq_fail(vq, VNB_FAULT_INDIRECT_NEXT);
         int r = (d.flags & VRING_DESC_F_INDIRECT) ? walk_indirect(vq, c, &d) : chain_add(vq, c, &d);
         if (r)
             return r;
-        /* Like vhost's next_desc(): an indirect descriptor with NEXT continues the outer chain. */
         if (!(d.flags & VRING_DESC_F_NEXT))
             break;
         if (d.next >= vq->num)

@@ -11,6 +11,12 @@
 #define VNB_MAX_IOV 1024   /* UIO_MAXIOV: one chain must fit one writev/readv */
 
 /* cffi:begin */
+/* Entries of one indirect table, as vhost's get_indirect (USHRT_MAX + 1). */
+#define VNB_MAX_INDIRECT 65536
+/* Descriptors one pop may walk: the ring part is at most num (else it loops), and since INDIRECT
+ * with NEXT is refused an indirect table can only end the chain. Zero-length descriptors map to
+ * no iovec, so this, not VNB_MAX_IOV, is what bounds the work a guest can make one pop do. */
+#define VNB_MAX_CHAIN_DESC 98304
 #define VNB_VQ_F_EVENT_IDX 1
 #define VNB_VQ_F_INDIRECT 2
 
@@ -37,7 +43,7 @@ struct vnb_chain {
     uint16_t head;
     uint16_t nout;       /* device-readable iovecs, first in iov[] */
     uint16_t nin;        /* device-writable iovecs, after the readable ones */
-    uint16_t ndesc;      /* descriptors walked (indirect tables included) */
+    uint32_t ndesc;      /* descriptors walked (indirect tables included), <= VNB_MAX_CHAIN_DESC */
     uint16_t nring;      /* descriptors of the ring itself the chain holds until it is used */
     uint64_t out_len;
     uint64_t in_len;
@@ -58,5 +64,9 @@ int vnb_vq_enable_notify(struct vnb_vq *vq);
 int vnb_vq_fail(struct vnb_vq *vq, int fault);
 int vring_need_event_py(uint16_t event_idx, uint16_t new_idx, uint16_t old);
 /* cffi:end */
+
+/* cffi reads only literals: tie them to what they stand for. */
+_Static_assert(VNB_MAX_CHAIN_DESC == VNB_MAX_QUEUE_SIZE + VNB_MAX_INDIRECT, "VNB_MAX_CHAIN_DESC");
+_Static_assert(sizeof(((struct vnb_chain *)0)->iov) == VNB_MAX_IOV * sizeof(struct iovec), "iov[]");
 
 #endif

@@ -12,7 +12,8 @@ from typing import Any
 
 from . import spec
 from .datapath import make as make_datapath
-from .errors import ConfigError, GuestFault, fault_from_code
+from .errors import ConfigError, GuestFault, LinkGone
+from .faults import fault_from_code
 from .queue import QueueConfig, QueueState
 
 
@@ -71,8 +72,9 @@ class VirtioNet:
 
     @property
     def status(self) -> int:
-        """Device status (§2.1); DEVICE_NEEDS_RESET as soon as a datapath has stopped a queue."""
-        if self._datapath.faults():
+        """Device status (§2.1); DEVICE_NEEDS_RESET as soon as a datapath has stopped a queue or lost
+        its link."""
+        if self._datapath.faults() or self._datapath.link_down():
             self._status |= spec.DEVICE_NEEDS_RESET
         return self._status
 
@@ -183,21 +185,32 @@ class VirtioNet:
         return f
 
     def check(self) -> None:
-        """Raise the GuestFault that stopped a queue, if any."""
-        for q, code in sorted(self.faults().items()):
-            raise fault_from_code(code, q)
+        """Raise what stopped the device, if anything: a LinkGone, or the GuestFault of a queue."""
+        err = self._failure()
+        if err is not None:
+            raise err
 
-    def wait_fault(self, timeout: float) -> GuestFault | None:
-        """Wait up to ``timeout`` s for a datapath to report a guest fault; return it (not raised)."""
+    def _failure(self) -> LinkGone | GuestFault | None:
+        bits = self._datapath.link_down()
+        if bits:
+            how = " and ".join(n for n, b in (("error", select.POLLERR), ("hang-up", select.POLLHUP)) if bits & b)
+            return LinkGone(f"link {self.link.name} reported {how or hex(bits)} under the running "
+                            f"{self.datapath_name} datapath (was its interface deleted?): the device "
+                            "stopped moving frames; close it and attach a new link")
+        for q, code in sorted(self.faults().items()):
+            return fault_from_code(code, q)
+        return None
+
+    def wait_fault(self, timeout: float) -> LinkGone | GuestFault | None:
+        """Wait up to ``timeout`` s for a datapath to report a guest fault or a lost link; return it
+        (not raised)."""
         r, _, _ = select.select([self.err_fd], [], [], timeout)
         if r:
             try:
                 os.eventfd_read(self.err_fd)
             except BlockingIOError:
                 pass
-        for q, code in sorted(self.faults().items()):
-            return fault_from_code(code, q)
-        return None
+        return self._failure()
 
     def stats(self) -> dict:
         cur = self._datapath.stats()

@@ -51,7 +51,8 @@ class GuestFault(VnetError):
     ``code`` is the C fault code, ``queue`` the queue index (0 = RX, 1 = TX).
     """
 
-    code: int = 0
+    code: int = 0          # enum vnb_fault value, set by vnetbe.faults
+    name: str = ""         # the counter name in stats()["faults"]
     what: str = "guest fault"
 
     def __init__(self, queue: int | None = None, detail: str = ""):
@@ -64,76 +65,69 @@ class GuestFault(VnetError):
         super().__init__(msg)
 
 
-# Fault codes shared with csrc/vnb_fault.h (kept in step by tests/unit/test_fault_codes.py).
+# One class per C fault (enum vnb_fault, csrc/vnb_fault.h), matched by ``name``: the C enum member
+# VNB_FAULT_<NAME> is the class whose name is <name>. vnetbe.faults gives each class its code from the
+# enum and refuses to import if a C fault has no class here, so the two cannot drift apart.
 class DescriptorOutOfBounds(GuestFault):
-    code, what = 1, "descriptor address/length outside guest memory or across a hole"
+    name, what = "desc_addr", "descriptor address/length outside guest memory or across a hole"
 
 
 class ChainLoop(GuestFault):
-    code, what = 2, "descriptor chain loops or is longer than the queue"
+    name, what = "loop", "descriptor chain loops or is longer than the queue"
 
 
 class NestedIndirect(GuestFault):
-    code, what = 3, "indirect descriptor inside an indirect table"
+    name, what = "nested_indirect", "indirect descriptor inside an indirect table"
 
 
 class IndirectLength(GuestFault):
-    code, what = 4, "indirect table length is zero or not a multiple of 16"
+    name, what = "indirect_len", "indirect table length is zero, not a multiple of 16 or over 65536 entries"
 
 
 class WritableInTx(GuestFault):
-    code, what = 5, "device-writable descriptor in a TX chain"
+    name, what = "tx_writable", "device-writable descriptor in a TX chain"
 
 
 class AvailIndexJump(GuestFault):
-    code, what = 6, "available index moved by more than the queue size"
+    name, what = "avail_idx", "available index moved by more than the queue size"
 
 
 class HeadOutOfRange(GuestFault):
-    code, what = 7, "available ring names a descriptor index beyond the queue size"
+    name, what = "head_range", "available ring names a descriptor index beyond the queue size"
 
 
 class NextOutOfRange(GuestFault):
-    code, what = 8, "descriptor 'next' beyond the queue (or indirect table) size"
+    name, what = "next_range", "descriptor 'next' beyond the queue (or indirect table) size"
 
 
 class ReadableAfterWritable(GuestFault):
-    code, what = 9, "device-readable descriptor after a device-writable one"
+    name, what = "order", "device-readable descriptor after a device-writable one"
 
 
 class ChainTooLong(GuestFault):
-    code, what = 10, "descriptor chain has more buffers than the device can map (1024)"
+    name, what = "chain_too_long", "descriptor chain has more buffers than the device can map (1024)"
 
 
 class IndirectNotNegotiated(GuestFault):
-    code, what = 11, "indirect descriptor used without VIRTIO_F_INDIRECT_DESC"
+    name, what = "indirect_not_negotiated", "indirect descriptor used without VIRTIO_F_INDIRECT_DESC"
 
 
 class ReadableInRx(GuestFault):
-    code, what = 12, "device-readable descriptor in an RX chain"
+    name, what = "rx_readable", "device-readable descriptor in an RX chain"
 
 
 class RingOutOfBounds(GuestFault):
-    code, what = 13, "ring (descriptor table, available or used ring) outside guest memory"
+    name, what = "ring_addr", "ring (descriptor table, available or used ring) outside guest memory"
+
+
+class IndirectWithNext(GuestFault):
+    name, what = "indirect_next", "descriptor with both INDIRECT and NEXT (forbidden by VIRTIO 1.2 2.7.5.3.1)"
 
 
 class VhostFault(GuestFault):
-    code, what = 100, "vhost-net reported an error on the queue's ERR eventfd"
+    """Only Python knows this one (vhost's ERR eventfd): its code lies above every C code."""
+    code, name, what = 100, "vhost", "vhost-net reported an error on the queue's ERR eventfd"
 
 
-FAULTS: dict[int, type[GuestFault]] = {
-    c.code: c
-    for c in (
-        DescriptorOutOfBounds, ChainLoop, NestedIndirect, IndirectLength, WritableInTx, AvailIndexJump,
-        HeadOutOfRange, NextOutOfRange, ReadableAfterWritable, ChainTooLong, IndirectNotNegotiated,
-        ReadableInRx, RingOutOfBounds, VhostFault,
-    )
-}
-
-
-def fault_from_code(code: int, queue: int | None = None, detail: str = "") -> GuestFault:
-    cls = FAULTS.get(code)
-    if cls is None:
-        err = GuestFault(queue, f"unknown fault code {code}")
-        return err
-    return cls(queue, detail)
+class LinkGone(LinkError):
+    """The link failed under a running device (its interface was deleted): the datapath stopped."""

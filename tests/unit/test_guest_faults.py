@@ -15,7 +15,7 @@ import pytest
 
 from vnetbe import errors, spec
 from vnetbe._native import ffi, lib
-from vnetbe.datapath.user import FAULT_NAMES
+from vnetbe.faults import FAULT_NAMES
 from vnetbe.memory import GuestMemory
 
 from vnb_unit_helpers import wait_for, F_INDIRECT, F_NEXT, F_WRITE, DeviceRig, pack_desc

@@ -22,6 +22,10 @@ class Datapath(Protocol):
     def faults(self) -> dict[int, int]:
         """Queue index -> fault code for queues a guest fault stopped."""
 
+    def link_down(self) -> int:
+        """Nonzero (the poll bits, POLLERR/POLLHUP) once the link's fd failed for good, for instance
+        because its interface was deleted; the datapath has then stopped moving frames."""
+
     def threads(self) -> list[int]:
         """Thread ids doing the work (for CPU accounting)."""
 

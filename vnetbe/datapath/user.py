@@ -4,13 +4,9 @@ from __future__ import annotations
 from .. import spec
 from .._native import check, ffi, lib
 from ..errors import ConfigError
+from ..faults import DROP_REASONS, FAULT_NAMES
 from ..queue import QueueConfig, QueueState
 
-DROP_REASONS = ["tx_short", "tx_oversize", "tx_tap_refused", "tx_tap_error", "rx_no_buffer",
-                "rx_truncated", "rx_stopped", "rx_tap_error"]
-FAULT_NAMES = ["none", "desc_addr", "loop", "nested_indirect", "indirect_len", "tx_writable", "avail_idx",
-               "head_range", "next_range", "order", "chain_too_long", "indirect_not_negotiated",
-               "rx_readable", "ring_addr"]
 _COUNTERS = ["tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "tx_kicks", "rx_kicks", "tx_kick_wakeups",
              "rx_kick_wakeups", "tx_interrupts", "rx_interrupts", "syscalls", "wakeups", "tap_writes",
              "tap_reads", "tap_read_empty", "rx_stalls", "rx_merged", "tx_tap_full", "busy_polls"]
@@ -73,6 +69,9 @@ class UserDatapath:
             if s.broken:
                 out[q] = s.fault
         return out
+
+    def link_down(self) -> int:
+        return lib.vnb_dp_link_down(self._dp)
 
     def threads(self) -> list[int]:
         tid = lib.vnb_dp_tid(self._dp)

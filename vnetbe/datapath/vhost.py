@@ -108,6 +108,7 @@ class VhostDatapath:
         self._mem = None
         self._features = 0
         self._link0 = None
+        self._link_down = 0
         self._workers0: dict[int, tuple[int, int]] = {}
         self.running = False
 
@@ -134,6 +135,7 @@ class VhostDatapath:
             if self.busyloop_us:
                 io.set_vring_busyloop_timeout(fd, q, self.busyloop_us)
         self._mem, self._queues, self._features, self._link = mem, dict(queues), features, link
+        self._link_down = 0
         self._link0 = link.stats()
         for q in sorted(queues):
             io.net_set_backend(fd, q, link.fd)
@@ -145,10 +147,23 @@ class VhostDatapath:
 
     def _watch(self, dev_err_fd: int) -> None:
         by_fd = {efd: q for q, efd in self._err.items()}
+        poller = select.poll()
+        for fd in (self._stop_fd, *by_fd):
+            poller.register(fd, select.POLLIN)
+        # Events 0: only POLLERR/POLLHUP, which the tap reports for good once its interface is gone
+        # (vhost's worker then fails every frame and says nothing).
+        poller.register(self._link.fd, 0)
         while True:
-            ready, _, _ = select.select([self._stop_fd, *by_fd], [], [])
+            ready = dict(poller.poll())
             if self._stop_fd in ready:
                 return
+            bits = ready.pop(self._link.fd, 0) & (select.POLLERR | select.POLLHUP)
+            if bits and not self._link_down:
+                self._link_down = bits
+                poller.unregister(self._link.fd)
+                for q in self._queues:
+                    io.net_set_backend(self.fd, q, -1)
+                os.eventfd_write(dev_err_fd, 1)
             for efd in ready:
                 try:
                     os.eventfd_read(efd)
@@ -191,6 +206,9 @@ class VhostDatapath:
     # --- observation ---
     def faults(self) -> dict[int, int]:
         return dict(self._faults)
+
+    def link_down(self) -> int:
+        return self._link_down
 
     def threads(self) -> list[int]:
         """This device's vhost worker(s), still alive."""
