@@ -9,18 +9,27 @@
 """
 from __future__ import annotations
 
-from .errors import (ConfigError, GuestFault, KernelRefused, LabError, LinkError, NotRoot, SetupError,
-                     VnetError)
+from .errors import (ConfigError, GuestFault, KernelRefused, LabError, LinkError, LinkGone, NotRoot,
+                     SetupError, VnetError)
 from .memory import GuestMemory
 from .queue import QueueConfig, QueueState
 from .device import VirtioNet
-from .guest import GuestDriver
 from .link import Link, Macvtap, Tap
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # vnetbe.GuestDriver is vnetbe's own front end, part of the tooling (vnetbe.tools.guest), which
+    # imports this package: resolving it on first use keeps the library free of imports from above.
+    if name == "GuestDriver":
+        from .tools.guest import GuestDriver
+        return GuestDriver
+    raise AttributeError(f"module 'vnetbe' has no attribute {name!r}")
+
+
 __all__ = [
     "GuestMemory", "VirtioNet", "GuestDriver", "QueueConfig", "QueueState", "Link", "Macvtap", "Tap",
     "VnetError", "SetupError", "NotRoot", "LinkError", "KernelRefused", "ConfigError", "GuestFault",
-    "LabError",
+    "LinkGone", "LabError",
 ]

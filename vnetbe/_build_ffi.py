@@ -1,7 +1,8 @@
-"""cffi builder (API mode, out of line) for vnetbe's C side.
+"""cffi builder (API mode, out of line) for the device library's C side: csrc/device only.
 
-Each public header in csrc/ marks the part cffi must see between ``/* cffi:begin */`` and
-``/* cffi:end */``; this script gathers those parts, so a declaration is written once, in C.
+Each public header marks the part cffi must see between ``/* cffi:begin */`` and ``/* cffi:end */``;
+this script gathers those parts, so a declaration is written once, in C. The tooling's extension
+(vnetbe/tools/_build_ffi.py) includes this one, sharing its types.
 """
 from __future__ import annotations
 
@@ -11,41 +12,49 @@ from pathlib import Path
 
 from cffi import FFI
 
-HERE = Path(__file__).resolve().parent
-CSRC = HERE.parent / "csrc"
+TOP = Path(__file__).resolve().parent.parent
+DEVICE_SRC = TOP / "csrc" / "device"
 # Headers whose types others use come first; any header not named here follows in name order.
-FIRST = ["vnb_fault.h", "vnb_mem.h", "vnb_ring.h", "vnb_virtq.h", "vnb_net.h", "vnb_driver.h"]
+FIRST = ["vnb_fault.h", "vnb_mem.h", "vnb_ring.h", "vnb_virtq.h", "vnb_net.h"]
 
 PRELUDE = """
 struct iovec { void *iov_base; size_t iov_len; };
 """
+CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-D_GNU_SOURCE"]
 
 _BLOCK = re.compile(r"/\* cffi:begin \*/(.*?)/\* cffi:end \*/", re.S)
 
 
-def _headers() -> list[Path]:
-    found = sorted(p.name for p in CSRC.glob("*.h"))
-    order = [h for h in FIRST if h in found] + [h for h in found if h not in FIRST]
-    return [CSRC / h for h in order]
+def headers(src: Path, first: list[str]) -> list[Path]:
+    found = sorted(p.name for p in src.glob("*.h"))
+    return [src / h for h in [h for h in first if h in found] + [h for h in found if h not in first]]
 
 
-def _cdef() -> str:
-    parts = [PRELUDE]
-    for h in _headers():
+def cdef(hdrs: list[Path], prelude: str = "") -> str:
+    parts = [prelude]
+    for h in hdrs:
         for block in _BLOCK.findall(h.read_text()):
             parts.append(f"/* {h.name} */\n{block}")
     return "\n".join(parts)
 
 
+def rel(p: Path) -> str:
+    """Paths relative to the project top, as setuptools wants them."""
+    return os.path.relpath(p, TOP)
+
+
+def extension_args(sources: list[Path], include_dirs: list[Path]) -> dict:
+    return dict(sources=[rel(p) for p in sources], include_dirs=[rel(d) for d in include_dirs],
+                extra_compile_args=CFLAGS, libraries=["pthread"])
+
+
+_HEADERS = headers(DEVICE_SRC, FIRST)
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef())
+ffibuilder.cdef(cdef(_HEADERS, PRELUDE))
 ffibuilder.set_source(
     "vnetbe._vnetbe_c",
-    "\n".join(f'#include "{h.name}"' for h in _headers()),
-    sources=[os.path.relpath(p, HERE.parent) for p in sorted(CSRC.glob("*.c"))],
-    include_dirs=[os.path.relpath(CSRC, HERE.parent)],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-D_GNU_SOURCE"],
-    libraries=["pthread"],
+    "\n".join(f'#include "{h.name}"' for h in _HEADERS),
+    **extension_args(sorted(DEVICE_SRC.glob("*.c")), [DEVICE_SRC]),
 )
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from .datapath import make as make_datapath
 from .errors import ConfigError, GuestFault, LinkGone
 from .faults import fault_from_code
 from .queue import QueueConfig, QueueState
+from .link import tun_offload_from_virtio
 
 
 def _sum_stats(a: dict, b: dict) -> dict:
@@ -123,8 +124,6 @@ class VirtioNet:
         self.running = True
 
     def _configure_link(self) -> None:
-        from .link import tun_offload_from_virtio
-
         self.link.set_vnet_hdr_len(self.hdr_len)
         # The tap may hand the guest only what the guest said it can take (GUEST_CSUM/TSO).
         self.link.set_offload(tun_offload_from_virtio(self.driver_features))

@@ -5,6 +5,8 @@ the CLI prints that line without a traceback.
 """
 from __future__ import annotations
 
+import os
+
 
 class VnetError(Exception):
     """Base of every error vnetbe raises on purpose."""
@@ -26,8 +28,6 @@ class KernelRefused(VnetError):
     """A system call or ioctl was refused by the kernel; carries the call name and errno."""
 
     def __init__(self, call: str, errno_: int, hint: str = ""):
-        import os
-
         self.call = call
         self.errno = errno_
         self.hint = hint

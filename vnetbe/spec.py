@@ -4,6 +4,8 @@ Names follow the spec and include/uapi/linux/virtio_*.h so they can be grepped s
 """
 from __future__ import annotations
 
+from .errors import ConfigError
+
 # --- feature bits (§5.1.3, §6) ---
 VIRTIO_NET_F_CSUM = 0
 VIRTIO_NET_F_GUEST_CSUM = 1
@@ -115,7 +117,5 @@ def used_ring_size(num: int) -> int:
 
 
 def check_queue_size(num: int) -> None:
-    from .errors import ConfigError
-
     if num < 1 or num > MAX_QUEUE_SIZE or num & (num - 1):
         raise ConfigError(f"queue size {num} is not a power of two between 1 and {MAX_QUEUE_SIZE}")

@@ -20,7 +20,7 @@ def vnbl_session() -> Iterator[None]:
     """Root check, removal of a crashed run's vnbL* leftovers, and a final check that none remain."""
     if os.geteuid() != 0:
         pytest.skip("needs root (CAP_NET_ADMIN) to create namespaces and interfaces")
-    from vnetbe.topology import cleanup_stale
+    from vnetbe.tools.topology import cleanup_stale
 
     cleanup_stale(LINK_TEST_PREFIX)
     yield
@@ -37,7 +37,7 @@ def topo_tag(vnbl_session: None) -> str:
 @pytest.fixture
 def topo(topo_tag: str) -> Iterator["object"]:
     """Namespace vnbL<n>-ns with veth vnbL<n>p (root) <-> vnbL<n>q (inside); offloads on, no bridge."""
-    from vnetbe.topology import Topology
+    from vnetbe.tools.topology import Topology
 
     with Topology(topo_tag) as t:
         yield t

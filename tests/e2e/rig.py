@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from vnetbe.device import VirtioNet
-from vnetbe.guest import GuestDriver
+from vnetbe.tools.guest import GuestDriver
 from vnetbe.memory import GuestMemory
-from vnetbe.peer import Peer
-from vnetbe.topology import Topology
+from vnetbe.tools.peer import Peer
+from vnetbe.tools.topology import Topology
 
 
 class Net:

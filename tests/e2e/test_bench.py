@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from vnetbe import benchcli
-from vnetbe.scenarios import SAT_SENDERS
+from vnetbe.tools import benchcli
+from vnetbe.tools.scenarios import SAT_SENDERS
 from vnetbe.errors import ConfigError, SetupError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def _vnetbe(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def bench_run(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("needs root")   # tests/conftest.py turns this into a failure in CI (root marker)
-    from vnetbe.topology import cleanup_stale
+    from vnetbe.tools.topology import cleanup_stale
 
     d = tmp_path_factory.mktemp("bench")
     tag = f"Q{secrets.token_hex(3)}"
@@ -153,7 +153,7 @@ def test_table_on_stdout(bench_run):
 @pytest.mark.parametrize("fmt", ["md", "html"])
 def test_report_writes_a_file(bench_run, tmp_path, fmt):
     out = bench_run[1]
-    args = ["vnetbe.report", "--bench", str(out), "--out", str(tmp_path)] + (["--html"] if fmt == "html" else [])
+    args = ["vnetbe.tools.report", "--bench", str(out), "--out", str(tmp_path)] + (["--html"] if fmt == "html" else [])
     p = _vnetbe(*args)
     assert p.returncode == 0, p.stderr
     report = tmp_path / f"report.{fmt}"

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from vnetbe import packet
+from vnetbe.tools import packet
 from rig import Net
 
 pytestmark = [pytest.mark.root, pytest.mark.vhost]

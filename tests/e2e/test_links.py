@@ -25,7 +25,7 @@ from vnetbe.errors import ConfigError, KernelRefused, LinkError, NotRoot, SetupE
 from vnetbe.link import (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, Link, Macvtap, Tap,
                          tun_offload_from_virtio)
 from vnetbe.link.base import TUNSETIFF, TUNSETPERSIST, map_netlink_error
-from vnetbe.topology import (Bridge, Namespace, Topology, cleanup_stale, get_features, packet_socket,
+from vnetbe.tools.topology import (Bridge, Namespace, Topology, cleanup_stale, get_features, packet_socket,
                              veth_pair)
 
 pytestmark = pytest.mark.root
@@ -471,7 +471,7 @@ def test_without_cap_net_admin_every_create_is_not_root(topo):
         libc = ctypes.CDLL(None, use_errno=True)
         assert libc.capset(struct.pack("Ii", 0x20080522, 0), bytes(24)) == 0
         from vnetbe.link import Macvtap, Tap
-        from vnetbe.topology import Namespace
+        from vnetbe.tools.topology import Namespace
         out = {{}}
         for label, fn in [("macvtap", lambda: Macvtap.create("vnb{topo.tag}c0", "{topo.parent}")),
                           ("tap", lambda: Tap.create("vnb{topo.tag}c1")),

@@ -16,7 +16,7 @@ tests follow the kernel:
   parent's own stack and a guest reach each other in every mode, private included (the write-up
   itself says host <-> guest works with switch support, naming only vepa and bridge).
 
-Every frame is a tagged frame (vnetbe.packet) of a per-test flow id with its own seq, and every
+Every frame is a tagged frame (vnetbe.tools.packet) of a per-test flow id with its own seq, and every
 capture is compared byte for byte with what was sent, counting duplicates, so a stray or a
 duplicated frame fails the test. Unrelated traffic (IPv6 ND/MLD, IGMP) is ignored by flow id, and
 IPv6 is switched off on every interface the test creates to keep the captures small.
@@ -33,14 +33,14 @@ from collections.abc import Callable, Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from vnetbe import packet
+from vnetbe.tools import packet
 from vnetbe.device import VirtioNet
 from vnetbe.errors import LinkError
-from vnetbe.guest import GuestDriver
+from vnetbe.tools.guest import GuestDriver
 from vnetbe.link import Macvtap
 from vnetbe.memory import GuestMemory
-from vnetbe.peer import Peer
-from vnetbe.topology import Topology, packet_socket
+from vnetbe.tools.peer import Peer
+from vnetbe.tools.topology import Topology, packet_socket
 
 pytestmark = pytest.mark.root
 

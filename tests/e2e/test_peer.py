@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from vnetbe import packet as P
+from vnetbe.tools import packet as P
 from vnetbe.errors import KernelRefused, LinkError, SetupError
 
 pytestmark = [
@@ -33,7 +33,7 @@ pyroute2 = pytest.importorskip("pyroute2")
 from pyroute2 import IPRoute, NetNS, netns  # noqa: E402
 
 from vnetbe.link.base import silence_host_stack  # noqa: E402
-from vnetbe.peer import Peer, run_in_netns  # noqa: E402
+from vnetbe.tools.peer import Peer, run_in_netns  # noqa: E402
 
 NS = "vnbP-ns"
 A, B = "vnbPa", "vnbPb"
@@ -334,7 +334,7 @@ def tap(lab):
 
 
 def test_raw_write_loop_through_macvtap(lab, tap):
-    from vnetbe._vnetbe_c import ffi, lib
+    from vnetbe.tools._native import ffi, lib
     n = 20_000
     with Peer(B, NS) as b:
         b.flush()
@@ -350,7 +350,7 @@ def test_raw_write_loop_through_macvtap(lab, tap):
 
 
 def test_raw_read_loop_through_macvtap(lab, tap):
-    from vnetbe._vnetbe_c import ffi, lib
+    from vnetbe.tools._native import ffi, lib
     n = 20_000
     buf = ffi.new("uint8_t[2048]")
     st = ffi.new("struct vnb_raw_stats *")

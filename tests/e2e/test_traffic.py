@@ -11,7 +11,7 @@ import threading
 import pytest
 from pyroute2 import IPRoute
 
-from vnetbe import packet
+from vnetbe.tools import packet
 from rig import Net
 
 pytestmark = pytest.mark.root

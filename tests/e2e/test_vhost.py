@@ -6,7 +6,9 @@ import struct
 
 import pytest
 
-from vnetbe import errors, packet, spec
+from vnetbe import errors, spec
+
+from vnetbe.tools import packet
 from vnetbe.datapath.vhost import VhostDatapath, _vhost_workers
 from rig import Net
 from vnetbe.cputime import thread_cpu_ns

@@ -20,4 +20,4 @@ fi
 [ "$#" -gt 0 ] || set -- -m vhost tests/ -q
 # LAB_OPTS is split on spaces on purpose: it holds options like "--memory 3G".
 # shellcheck disable=SC2086
-exec python3 -m vnetbe.lab ${LAB_OPTS:-} -- python3 -m pytest "$@"
+exec python3 -m vnetbe.tools.lab ${LAB_OPTS:-} -- python3 -m pytest "$@"

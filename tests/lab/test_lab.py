@@ -1,4 +1,4 @@
-"""Tests of the kernel lab itself (vnetbe.lab).
+"""Tests of the kernel lab itself (vnetbe.tools.lab).
 
 Booting costs 25-45 s under software emulation (~100 s on a busy host), so each boot checks many
 things at once: one boot runs a probe script (exit status 7, streaming, cwd, environment, vhost
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from vnetbe import lab
+from vnetbe.tools import lab
 from vnetbe.errors import ConfigError, LabError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +75,7 @@ def test_check_reports_nothing_missing_here() -> None:
 
 @pytest.mark.lab
 def test_cli_check_exit_status() -> None:
-    out = subprocess.run([sys.executable, "-m", "vnetbe.lab", "--check"], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "vnetbe.tools.lab", "--check"], cwd=ROOT, capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "vhost_net" in out.stdout and "MISSING" not in out.stdout
@@ -138,7 +138,7 @@ import errno, fcntl, json, os, struct, subprocess, sys, time
 print("early", flush=True)
 time.sleep(3)  # the host must see "early" before this sleep ends: output is streamed
 r = {"cwd": os.getcwd(), "python": sys.executable, "token": os.environ.get("VNB_LAB_TOKEN")}
-from vnetbe import lab
+from vnetbe.tools import lab
 r["in_lab"], r["have_vhost"] = lab.in_lab(), lab.have_vhost()
 
 fd = os.open("/dev/vhost-net", os.O_RDWR)

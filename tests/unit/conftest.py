@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:   # `tests.fakelink` and an in-place `vnetbe` whatever the cwd
     sys.path.insert(0, str(ROOT))
 
-from vnetbe._native import ffi, lib  # noqa: E402
+from vnetbe.tools._native import ffi, lib  # noqa: E402
 from vnetbe.device import VirtioNet  # noqa: E402
-from vnetbe.guest import GuestDriver  # noqa: E402
+from vnetbe.tools.guest import GuestDriver  # noqa: E402
 from vnetbe.memory import GuestMemory  # noqa: E402
 from tests.fakelink import PairLink  # noqa: E402
 

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from vnetbe import costs
-from vnetbe._native import ffi, lib
+from vnetbe.tools import costs
+from vnetbe.tools._native import ffi, lib
 from vnetbe.errors import ConfigError, VnetError
 
 US = 1_000

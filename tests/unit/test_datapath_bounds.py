@@ -9,7 +9,7 @@ import time
 import pytest
 
 from vnetbe import errors, spec
-from vnetbe._native import lib
+from vnetbe.tools._native import lib
 from vnetbe.memory import GuestMemory
 
 from vnb_unit_helpers import DeviceRig, F_INDIRECT, F_NEXT, pack_desc, wait_for

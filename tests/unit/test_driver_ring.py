@@ -10,7 +10,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from vnetbe._native import ffi, lib
+from vnetbe.tools._native import ffi, lib
 from vnetbe.memory import GuestMemory
 
 from vnb_unit_helpers import Ring, iov_inside

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vnetbe import errors, faults
-from vnetbe._native import ffi, lib
+from vnetbe.tools._native import ffi, lib
 
 # C enum member -> (exception class, counter name in stats()["faults"])
 BY_MEANING = {

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from vnetbe import errors, spec
-from vnetbe._native import ffi, lib
+from vnetbe.tools._native import ffi, lib
 from vnetbe.faults import FAULT_NAMES
 from vnetbe.memory import GuestMemory
 

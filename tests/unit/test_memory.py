@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from vnetbe._native import ffi, lib
+from vnetbe.tools._native import ffi, lib
 from vnetbe.errors import ConfigError
 from vnetbe.memory import GuestMemory
 

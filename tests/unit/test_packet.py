@@ -1,4 +1,4 @@
-"""vnetbe.packet (frames, checksums, parsing, tagged frames) and the C side of the peer that needs no
+"""vnetbe.tools.packet (frames, checksums, parsing, tagged frames) and the C side of the peer that needs no
 root: the tagged-frame builder/checker (which must match packet.py byte for byte) and the send /
 receive / raw loops driven over AF_UNIX socket pairs and pipes."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vnetbe import packet as P
+from vnetbe.tools import packet as P
 
 DST = P.mac("02:00:00:00:00:02")
 SRC = P.mac("02:00:00:00:00:01")
@@ -271,7 +271,7 @@ _C = None
 def _c():
     global _C
     if _C is None:
-        from vnetbe._vnetbe_c import ffi, lib
+        from vnetbe.tools._native import ffi, lib
         _C = (ffi, lib)
     return _C
 

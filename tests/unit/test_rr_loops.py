@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from vnetbe import packet
-from vnetbe._native import ffi, lib
+from vnetbe.tools import packet
+from vnetbe.tools._native import ffi, lib
 
 from vnb_unit_helpers import DeviceRig
 from vnetbe.memory import GuestMemory

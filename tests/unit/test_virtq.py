@@ -11,7 +11,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from vnetbe._native import ffi, lib
+from vnetbe.tools._native import ffi, lib
 from vnetbe.memory import GuestMemory
 
 from vnb_unit_helpers import F_INDIRECT, F_NEXT, F_WRITE, Ring, iov_inside, merge_iov, pack_desc, split_gpa

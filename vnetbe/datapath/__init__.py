@@ -1,23 +1,21 @@
 """Datapaths: who services the virtqueues. ``user`` is vnetbe's own C thread; ``vhost`` is the kernel."""
 from __future__ import annotations
 
+from ..errors import ConfigError
 from .base import Datapath
+from .user import UserDatapath
+from .vhost import VhostDatapath
 
-DATAPATHS = ("user", "vhost")
+_BY_NAME = {"user": UserDatapath, "vhost": VhostDatapath}
+DATAPATHS = tuple(_BY_NAME)
 
 
 def make(name: str) -> Datapath:
-    from ..errors import ConfigError
-
-    if name == "user":
-        from .user import UserDatapath
-
-        return UserDatapath()
-    if name == "vhost":
-        from .vhost import VhostDatapath
-
-        return VhostDatapath()
-    raise ConfigError(f"unknown datapath {name!r}; choose one of {', '.join(DATAPATHS)}")
+    try:
+        cls = _BY_NAME[name]
+    except KeyError:
+        raise ConfigError(f"unknown datapath {name!r}; choose one of {', '.join(DATAPATHS)}") from None
+    return cls()
 
 
 __all__ = ["Datapath", "DATAPATHS", "make"]

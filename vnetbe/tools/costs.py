@@ -56,7 +56,10 @@ import sys
 import time
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .results import nearest_rank
+from ._native import check, ffi, lib
+from .cliutil import load_json, standalone, subcommand
 
 __all__ = ["SCHEMA", "DATAPATHS", "measure", "cpu_info", "writev_cost", "memcpy_ns", "predict",
            "format_costs", "format_prediction", "add_parser", "main"]
@@ -78,7 +81,6 @@ _ITERS = {
 
 
 def _native():
-    from ._native import check, ffi, lib
     return ffi, lib, check
 
 
@@ -86,13 +88,6 @@ def _native():
 
 def _stat(xs: list[float]) -> dict:
     return {"median": round(statistics.median(xs), 1), "min": round(min(xs), 1), "max": round(max(xs), 1)}
-
-
-def nearest_rank(sorted_xs: list[int], p: float) -> float:
-    """Nearest-rank percentile of an already sorted list: the bench's rr latencies and the wake-up
-    round trips here use this one definition, so the rr target compares like with like."""
-    k = max(0, min(len(sorted_xs) - 1, int(-(-p * len(sorted_xs) // 100)) - 1))
-    return float(sorted_xs[k])
 
 
 def cpu_info() -> dict:
@@ -513,7 +508,6 @@ def _legend(preds: list[dict]) -> str:
 
 def load(path: str) -> dict:
     """A saved `vnetbe costs --json` document; anything else is a one-line ConfigError."""
-    from .cli import load_json
 
     doc = load_json(path, "`vnetbe costs --json` output")
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
@@ -540,7 +534,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``costs`` subcommand on the main CLI's subparsers."""
-    from .cli import subcommand
 
     return subcommand(subparsers, "costs", "measure syscalls, wake-ups, context switches, VM exits, copies; model bench results",
                       __doc__, _add_arguments)
@@ -568,7 +561,6 @@ def main(args: argparse.Namespace) -> int:
     if args.writev:
         _writev_into(costs, args.writev, args.writev_hdr)
     if args.from_bench:
-        from .cli import load_json
 
         doc = load_json(args.from_bench, "`vnetbe bench --json` output")
         preds = predict_bench(doc, costs)
@@ -593,7 +585,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _standalone(argv: list[str] | None = None) -> int:
-    from .cli import standalone
 
     return standalone(_add_arguments, "costs", __doc__, argv)
 

@@ -26,9 +26,9 @@ from pyroute2 import IPRoute, netns
 from pyroute2.ethtool.ioctl import IoctlEthtool, NoSuchDevice, NotSupportedError
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .errors import ConfigError, KernelRefused, LinkError, NotRoot
-from .link.base import NOT_ROOT_MSG, check_ifname, find_link, link_kind, map_netlink_error, silence_host_stack
-from .link.macvtap import Macvtap
+from ..errors import ConfigError, KernelRefused, LinkError, NotRoot
+from ..link.base import NOT_ROOT_MSG, check_ifname, find_link, link_kind, map_netlink_error, silence_host_stack
+from ..link.macvtap import Macvtap
 
 T = TypeVar("T")
 

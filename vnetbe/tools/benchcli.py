@@ -20,11 +20,19 @@ import itertools
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
-from .errors import ConfigError, LabError, NotRoot, SetupError
+from ..errors import ConfigError, LabError, NotRoot, SetupError
+from .results import SCENARIOS, THROUGHPUT_SCENARIOS, TSO_LABEL, label, opts_text, parse_size, rows_in_order, supported, varied_options
+from . import costs, lab
+from .. import spec
+from ..datapath import DATAPATHS
+from ..device import MAX_BUSYLOOP_US
+from .scenarios import BenchTopology, has_baseline, summarize
 
 HOST_COUNT = 200_000     # frames per run on a real kernel
 LAB_COUNT = 100_000      # in the lab (software emulation is 10-20x slower)
@@ -86,8 +94,6 @@ def _list(s: str) -> list[str]:
 
 # Every scenario in table order, and those measured in frames per second (rr measures round trips).
 # Here, not in scenarios.py, so that reading saved results needs no C library.
-SCENARIOS = ("tx", "rx", "rxsat", "vm2vm", "rr")
-THROUGHPUT_SCENARIOS = SCENARIOS[:-1]
 
 
 def _ints(s: str, what: str, lo: int) -> list[int]:
@@ -101,8 +107,7 @@ def _ints(s: str, what: str, lo: int) -> list[int]:
 
 
 def in_lab() -> bool:
-    from .lab import in_lab as _in_lab
-    return _in_lab()
+    return lab.in_lab()
 
 
 @dataclass
@@ -126,7 +131,6 @@ class Plan:
 
     def frames(self, scenario: str, size) -> int:
         """Frames (rr: round trips; 64k: super-frames) per run."""
-        from .scenarios import TSO_LABEL
         return self.rr_count if scenario == "rr" else self.tso_count if size == TSO_LABEL else self.count
 
     def variants(self) -> list[dict]:
@@ -137,8 +141,6 @@ class Plan:
 
 def make_plan(args, lab: bool | None = None) -> Plan:
     """Validate the options; defaults depend on where the bench runs (``lab``; default: here)."""
-    from .datapath import DATAPATHS
-    from .scenarios import parse_size, supported
 
     lab = in_lab() if lab is None else lab
     datapaths = list(dict.fromkeys(_list(args.datapath)))
@@ -176,11 +178,9 @@ def make_plan(args, lab: bool | None = None) -> Plan:
     if args.repeat < 1:
         raise ConfigError("--repeat must be at least 1")
     queue_sizes = _ints(args.queue_size, "--queue-size", 1)
-    from . import spec
     for q in queue_sizes:
         spec.check_queue_size(q)
     busyloop = _ints(args.busyloop_us, "--busyloop-us", 0)
-    from .device import MAX_BUSYLOOP_US
     if max(busyloop) > MAX_BUSYLOOP_US:   # here, not after the topology is up or the lab has booted
         raise ConfigError(f"--busyloop-us {args.busyloop_us!r}: every value must be <= {MAX_BUSYLOOP_US} (10 s)")
     plan = Plan(datapaths, scenarios, sizes, count, rr, args.repeat, queue_sizes, list(dict.fromkeys(eidx or [True])),
@@ -227,7 +227,6 @@ def _start_info(plan: Plan, where: str) -> dict:
 
 def collect(plan: Plan, progress: _Progress | None = None, with_costs: bool = False) -> dict:
     """Run the plan here (root, and /dev/vhost-net if vhost is in it) and return the JSON document."""
-    from .scenarios import BenchTopology, has_baseline, summarize, supported
 
     if os.geteuid() != 0:
         raise NotRoot("not running as root: the benchmark creates a namespace, a veth and macvtaps; run with sudo")
@@ -260,7 +259,6 @@ def collect(plan: Plan, progress: _Progress | None = None, with_costs: bool = Fa
            "skipped": [{**s, "size": str(s["size"])} for s in plan.skipped],
            "end": {"seconds": round(time.monotonic() - t_start, 1)}}
     if with_costs:
-        from . import costs
         progress("measuring costs (vnetbe costs --quick)")
         doc["costs"] = costs.measure(quick=True)
         progress.done()
@@ -312,13 +310,11 @@ def _find_doc(out: bytes) -> dict:
 
 def collect_in_lab(plan: Plan, progress: _Progress, with_costs: bool = False) -> dict:
     """Run the whole plan inside the kernel lab; the document it prints comes back (start.where says so)."""
-    from . import lab
-
     problems = lab.check()
     if problems:
         raise SetupError(f"no /dev/vhost-net here and the kernel lab cannot start ({problems[0]}); check with "
                          "`vnetbe lab --check`, or run `vnetbe bench --datapath user`")
-    pkgroot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pkgroot = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {"PYTHONPATH": os.pathsep.join(p for p in (pkgroot, os.environ.get("PYTHONPATH", "")) if p)}
     progress.line(f"no /dev/vhost-net here: running the bench in the kernel lab ({WHERE_LAB}; it boots in ~30-90 s)")
     out = io.BytesIO()
@@ -352,8 +348,6 @@ def bench(args, progress: _Progress | None = None, with_costs: bool = False) -> 
 def _terminate_cleanly() -> None:
     """SIGTERM unwinds like Ctrl-C, so every ``with``/``finally`` removes what it created (vnb* links,
     the namespace) instead of the process dying with them in place."""
-    import signal
-    import threading
 
     me = os.getpid()
 
@@ -371,7 +365,7 @@ def _terminate_cleanly() -> None:
 def run(args) -> int:
     _terminate_cleanly()
     if args.plot:
-        from .plot import require
+        from .plot import require   # matplotlib is optional (the plot extra)
         require()   # fail now, not after the bench
     doc = bench(args)
     if args.output:
@@ -383,7 +377,7 @@ def run(args) -> int:
         print(format_table(doc))
     sys.stdout.flush()
     if args.plot:
-        from .plot import write_charts
+        from .plot import write_charts   # optional, as above
         paths = write_charts(doc, args.plot)
         print(f"charts: {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
@@ -399,47 +393,6 @@ def write_json(doc: dict, path: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- table
-
-def label(r: dict) -> str:
-    """A result's size as shown: bytes, or 64k for TSO super-frames."""
-    return r.get("size_label") or ("64k" if (r.get("options") or {}).get("tso") else str(r["size"]))
-
-
-def _size_key(r: dict) -> tuple:
-    return (r["size"], label(r))
-
-
-def opts_text(r: dict, varied: set[str]) -> str:
-    o = r.get("options") or {}
-    parts = []
-    if "queue_size" in varied and "queue_size" in o:
-        parts.append(f"q{o['queue_size']}")
-    if "event_idx" in varied and "event_idx" in o:
-        parts.append("eidx" if o["event_idx"] else "no-eidx")
-    if o.get("busyloop_us"):
-        parts.append(f"busy{o['busyloop_us']}")
-    return " ".join(parts) or "-"
-
-
-def varied_options(doc: dict) -> set[str]:
-    out = set()
-    for k in ("queue_size", "event_idx", "busyloop_us"):
-        vals = {(r.get("options") or {}).get(k) for r in doc["results"]}
-        if len(vals) > 1:
-            out.add(k)
-    return out
-
-
-_ORDER = {"raw": 0, "user": 1, "vhost": 2}
-
-
-def rows_in_order(doc: dict, scenarios: tuple[str, ...]) -> list[tuple[dict, dict | None]]:
-    """(result, its baseline or None) for the given scenarios: by scenario, size, then raw/user/vhost."""
-    scen_order = {s: i for i, s in enumerate(doc["start"].get("scenarios") or SCENARIOS)}
-    base = {(b["scenario"], _size_key(b)): b for b in doc.get("baseline") or []}
-    rows = [r for r in list(doc.get("baseline") or []) + list(doc["results"]) if r["scenario"] in scenarios]
-    rows.sort(key=lambda r: (scen_order.get(r["scenario"], 9), _size_key(r), _ORDER.get(r["datapath"], 9)))
-    return [(r, None if r["datapath"] == "raw" else base.get((r["scenario"], _size_key(r)))) for r in rows]
 
 
 def format_table(doc: dict) -> str:

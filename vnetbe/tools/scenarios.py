@@ -46,29 +46,27 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
-from . import packet, spec
+from . import packet
+
+from .. import spec
 from ._native import ffi, lib
-from .benchcli import SCENARIOS
-from .costs import nearest_rank
-from .cputime import current_tid, thread_cpu_ns, voluntary_switches
-from .device import VirtioNet
-from .errors import ConfigError, VnetError
+from ..cputime import current_tid, thread_cpu_ns, voluntary_switches
+from ..device import VirtioNet
+from ..errors import ConfigError, VnetError
 from .guest import GuestDriver
-from .memory import GuestMemory
+from ..memory import GuestMemory
 from .peer import Peer
 from .topology import Topology
+from .results import SCENARIOS, TSO_LABEL, nearest_rank, size_label, supported
 
 HDR = spec.NET_HDR_LEN
 TAG = packet.TAG_HDR_LEN
 
 # Peer threads of rxsat: more than there are CPUs, so the path never has one to itself.
 SAT_SENDERS = (os.cpu_count() or 1) + 1
-TSO_LABEL = "64k"
 TSO_FRAME = 65535            # the largest frame either side handles (VNB_MAX_FRAME)
 TSO_MSS = 1448
 TSO_PAYLOAD = TSO_FRAME - packet.ETH_HLEN - 20 - 20   # TCP payload bytes of one super-frame
-MIN_SIZE = TAG + 4           # a tagged frame whose sequence number is covered by its payload
-MAX_SIZE = 9000 + packet.ETH_HLEN
 RR_FLOW = 0x5252             # flow id of request/response frames ("RR")
 RR_IDLE_S = 5.0              # a responder with nothing to answer for this long gives up
 RX_IDLE_S = 0.5              # a receiver gives up after this long without a frame
@@ -76,30 +74,6 @@ _SLICE_MS = 20               # receive in slices this long, to tell the last fra
 
 
 # --------------------------------------------------------------------------------------------- sizes
-
-def parse_size(text: str | int) -> int | str:
-    """``"64"`` -> 64, ``"64k"`` (or ``"tso"``) -> ``TSO_LABEL``; ConfigError outside MIN..MAX_SIZE."""
-    t = str(text).strip().lower()
-    if t in ("64k", "64kib", "tso"):
-        return TSO_LABEL
-    try:
-        n = int(t)
-    except ValueError:
-        raise ConfigError(f"frame size {text!r}: give bytes ({MIN_SIZE}..{MAX_SIZE}) or 64k") from None
-    if not MIN_SIZE <= n <= MAX_SIZE:
-        raise ConfigError(f"frame size {n}: choose {MIN_SIZE}..{MAX_SIZE} bytes (MTU 9000), or 64k for TSO")
-    return n
-
-
-def size_label(result: dict | "RunResult") -> str:
-    """"64", "1500", or "64k" for a TSO result (``options["tso"]``)."""
-    from .benchcli import label   # one definition; benchcli stays importable without the C library
-    return label(result if isinstance(result, dict) else result.as_dict())
-
-
-def supported(scenario: str, size: int | str) -> bool:
-    """False for the combinations no scenario can run: 64k TSO needs the guest as sender."""
-    return not (size == TSO_LABEL and scenario in ("rx", "rxsat", "rr"))
 
 
 @dataclass

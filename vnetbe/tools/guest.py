@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import struct
 
-from . import spec
+from .. import spec
 from ._native import ffi, lib
-from .errors import ConfigError, VnetError
-from .queue import QueueConfig
+from ..errors import ConfigError, VnetError
+from ..queue import QueueConfig
 
 LAYOUTS = {"single": 0, "split_hdr": 1, "scatter": 2, "indirect": 3}
 DEFAULT_FEATURES = spec.DEVICE_FEATURES

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .benchcli import SCENARIOS, THROUGHPUT_SCENARIOS
-from .errors import VnetError
+from ..errors import VnetError
+from .results import SCENARIOS, THROUGHPUT_SCENARIOS, label, opts_text, rows_in_order, varied_options
 
 COLORS = {"raw": "#8c8c8c", "user": "#1f77b4", "vhost": "#ff7f0e"}
 THREAD_COLORS = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#9467bd", "#c5b0d5",
@@ -35,18 +35,15 @@ def require():
 
 
 def _label(r: dict) -> str:
-    from .benchcli import label
     return label(r)
 
 
 def _name(r: dict, varied: set[str]) -> str:
-    from .benchcli import opts_text
     o = opts_text(r, varied)   # "-" for raw rows: they carry none of the varied options
     return r["datapath"] + ("" if o == "-" else f" {o}")
 
 
 def _rows(doc: dict, scenarios: tuple[str, ...]) -> list[dict]:
-    from .benchcli import rows_in_order
     return [r for r, _ in rows_in_order(doc, scenarios)]
 
 
@@ -197,7 +194,6 @@ def _prediction(plt, preds: list[dict], doc: dict, path: Path) -> Path | None:
 
 def write_charts(doc: dict, out_dir: str | os.PathLike, predictions: list[dict] | None = None) -> list[Path]:
     """Draw every chart that the document has data for into ``out_dir`` (created); returns the files."""
-    from .benchcli import varied_options
 
     plt = require()
     out = Path(out_dir)

@@ -27,7 +27,9 @@ import time
 from typing import Callable
 
 from . import packet
-from .errors import ConfigError, KernelRefused, LinkError, NotRoot
+from ..errors import ConfigError, KernelRefused, LinkError, NotRoot
+from ._native import ffi, lib
+from .topology import in_netns
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -43,16 +45,11 @@ _RECV_CAP = 256 * 1024   # above any GRO'd frame a veth or tap delivers (64 KiB 
 
 
 def _lib():
-    # Imported on first use so that `import vnetbe.peer` works (for docs, type checks) before the
-    # C extension is built.
-    from ._vnetbe_c import ffi, lib
     return ffi, lib
 
 
 def run_in_netns(netns: str | None, fn: Callable[[], object]) -> object:
     """Call ``fn`` in a short-lived thread that entered ``netns`` (a name or a path under /var/run/netns)."""
-    from .topology import in_netns
-
     return in_netns(os.path.basename(netns) if netns else None, fn)
 
 

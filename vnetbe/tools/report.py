@@ -20,8 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .benchcli import SCENARIOS, THROUGHPUT_SCENARIOS
-from .errors import ConfigError, VnetError
+from ..errors import ConfigError, VnetError
+from .results import SCENARIOS, THROUGHPUT_SCENARIOS, label, opts_text, rows_in_order, varied_options
+from . import benchcli, costs
+from .benchcli import add_bench_arguments
+from .cliutil import load_json, standalone, subcommand
 
 __all__ = ["add_parser", "main", "build", "render_markdown", "render_html", "targets"]
 
@@ -42,7 +45,6 @@ def _result_table(doc: dict, scenarios: tuple[str, ...], head: list[str],
                   cells) -> tuple[list[str], list[list[str]]] | None:
     """One row per result of ``scenarios`` in bench order, ``cells(r, baseline, varied)`` its columns;
     None when the bench ran none of them (the report then leaves the section out)."""
-    from .benchcli import rows_in_order, varied_options
 
     rows = rows_in_order(doc, scenarios)
     if not rows:
@@ -52,7 +54,6 @@ def _result_table(doc: dict, scenarios: tuple[str, ...], head: list[str],
 
 
 def _options(r: dict, varied: set[str]) -> str:
-    from .benchcli import opts_text
     return opts_text(r, varied)   # "-" for raw rows: they carry none of the varied options
 
 
@@ -64,7 +65,6 @@ def _vs_raw(r: dict, b: dict | None, key: str) -> str:
 
 
 def _throughput_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
-    from .benchcli import label
 
     def cells(r, b, varied):
         pp = r["per_packet"]
@@ -79,7 +79,6 @@ def _throughput_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
 
 
 def _rr_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
-    from .benchcli import label
 
     def cells(r, b, varied):
         pp = r["per_packet"]
@@ -95,7 +94,6 @@ def _rr_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
 
 
 def _cpu_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
-    from .benchcli import label, opts_text, rows_in_order, varied_options
 
     rows = rows_in_order(doc, SCENARIOS)
     if not rows:
@@ -118,7 +116,6 @@ def _plain(r: dict) -> bool:
 
 
 def _prediction_table(preds: list[dict]) -> tuple[list[str], list[list[str]]]:
-    from .benchcli import label, varied_options
     varied = varied_options({"results": preds})
     head = ["path", "scenario", "size", "options", "predicted ns", "measured ns", "measured/predicted", "unexplained ns",
             "raw loop ns", "a VMM would add ns"]
@@ -147,7 +144,6 @@ def _verdict_notify(kicks: float, irqs: float, worst_irq: dict) -> str:
 def targets(doc: dict, costs_doc: dict | None, preds: list[dict] | None) -> list[tuple[str, str, str]]:
     """The issue's targets, judged on this run: (target, measured, verdict) with verdict met / missed /
     not measured."""
-    from .benchcli import label
 
     out: list[tuple[str, str, str]] = []
     res, base = doc["results"], doc.get("baseline") or []
@@ -217,7 +213,6 @@ def targets(doc: dict, costs_doc: dict | None, preds: list[dict] | None) -> list
 def build(doc: dict, costs_doc: dict | None, preds: list[dict] | None, charts: list[Path] | None,
           chart_note: str | None, costs_note: str | None = None) -> list[tuple]:
     """The report's blocks."""
-    from . import costs
 
     s = doc["start"]
     blocks: list[tuple] = [("h", 1, "vnetbe report")]
@@ -345,7 +340,6 @@ def render_html(blocks: list[tuple]) -> str:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from .benchcli import add_bench_arguments
 
     p.add_argument("--bench", metavar="FILE", help="a `vnetbe bench --json` document (default: run the bench now)")
     p.add_argument("--costs", metavar="FILE", help="a `vnetbe costs --json` document (default: the one embedded in "
@@ -360,7 +354,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``report`` subcommand on the main CLI's subparsers."""
-    from .cli import subcommand
 
     return subcommand(subparsers, "report", "write a Markdown/HTML report (tables, prediction vs measured, charts) of a bench + costs run",
                       __doc__, _add_arguments)
@@ -368,8 +361,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Run the ``report`` subcommand. Returns the exit status."""
-    from . import benchcli, costs
-    from .cli import load_json
 
     out = Path(args.out)
     try:
@@ -399,7 +390,7 @@ def main(args: argparse.Namespace) -> int:
     preds = costs.predict_bench(doc, costs_doc)
     charts, chart_note = None, None
     try:
-        from .plot import write_charts
+        from .plot import write_charts   # matplotlib is optional (the plot extra)
         charts = write_charts(doc, out, predictions=preds)
     except VnetError as e:
         chart_note = f"No charts: {e}."
@@ -416,7 +407,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _standalone(argv: list[str] | None = None) -> int:
-    from .cli import standalone
 
     return standalone(_add_arguments, "report", __doc__, argv)
 

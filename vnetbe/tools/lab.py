@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping, NamedTuple, Sequence
 
-from .errors import ConfigError, LabError
+from ..errors import ConfigError, LabError
 
 __all__ = [
     "Problem", "LAB_FAILED", "check", "find_kernel", "run", "in_lab", "have_vhost", "add_parser", "main",

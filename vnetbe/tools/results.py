@@ -1,0 +1,86 @@
+"""The bench's vocabulary, shared by the scenarios, the CLI table, the report and the charts, and free
+of the C library: scenario names, frame sizes and their labels, result ordering, option texts, the
+one percentile definition."""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from . import packet
+
+SCENARIOS = ("tx", "rx", "rxsat", "vm2vm", "rr")
+THROUGHPUT_SCENARIOS = SCENARIOS[:-1]
+TSO_LABEL = "64k"
+MIN_SIZE = packet.TAG_HDR_LEN + 4   # a tagged frame whose sequence number is covered by its payload
+MAX_SIZE = 9000 + packet.ETH_HLEN
+
+
+def parse_size(text: str | int) -> int | str:
+    """``"64"`` -> 64, ``"64k"`` (or ``"tso"``) -> ``TSO_LABEL``; ConfigError outside MIN..MAX_SIZE."""
+    t = str(text).strip().lower()
+    if t in ("64k", "64kib", "tso"):
+        return TSO_LABEL
+    try:
+        n = int(t)
+    except ValueError:
+        raise ConfigError(f"frame size {text!r}: give bytes ({MIN_SIZE}..{MAX_SIZE}) or 64k") from None
+    if not MIN_SIZE <= n <= MAX_SIZE:
+        raise ConfigError(f"frame size {n}: choose {MIN_SIZE}..{MAX_SIZE} bytes (MTU 9000), or 64k for TSO")
+    return n
+
+
+def size_label(result: dict | "RunResult") -> str:
+    """"64", "1500", or "64k" for a TSO result (``options["tso"]``)."""
+    return label(result if isinstance(result, dict) else result.as_dict())
+
+
+def supported(scenario: str, size: int | str) -> bool:
+    """False for the combinations no scenario can run: 64k TSO needs the guest as sender."""
+    return not (size == TSO_LABEL and scenario in ("rx", "rxsat", "rr"))
+
+
+def label(r: dict) -> str:
+    """A result's size as shown: bytes, or 64k for TSO super-frames."""
+    return r.get("size_label") or (TSO_LABEL if (r.get("options") or {}).get("tso") else str(r["size"]))
+
+
+def _size_key(r: dict) -> tuple:
+    return (r["size"], label(r))
+
+
+def opts_text(r: dict, varied: set[str]) -> str:
+    o = r.get("options") or {}
+    parts = []
+    if "queue_size" in varied and "queue_size" in o:
+        parts.append(f"q{o['queue_size']}")
+    if "event_idx" in varied and "event_idx" in o:
+        parts.append("eidx" if o["event_idx"] else "no-eidx")
+    if o.get("busyloop_us"):
+        parts.append(f"busy{o['busyloop_us']}")
+    return " ".join(parts) or "-"
+
+
+def varied_options(doc: dict) -> set[str]:
+    out = set()
+    for k in ("queue_size", "event_idx", "busyloop_us"):
+        vals = {(r.get("options") or {}).get(k) for r in doc["results"]}
+        if len(vals) > 1:
+            out.add(k)
+    return out
+
+
+_ORDER = {"raw": 0, "user": 1, "vhost": 2}
+
+
+def rows_in_order(doc: dict, scenarios: tuple[str, ...]) -> list[tuple[dict, dict | None]]:
+    """(result, its baseline or None) for the given scenarios: by scenario, size, then raw/user/vhost."""
+    scen_order = {s: i for i, s in enumerate(doc["start"].get("scenarios") or SCENARIOS)}
+    base = {(b["scenario"], _size_key(b)): b for b in doc.get("baseline") or []}
+    rows = [r for r in list(doc.get("baseline") or []) + list(doc["results"]) if r["scenario"] in scenarios]
+    rows.sort(key=lambda r: (scen_order.get(r["scenario"], 9), _size_key(r), _ORDER.get(r["datapath"], 9)))
+    return [(r, None if r["datapath"] == "raw" else base.get((r["scenario"], _size_key(r)))) for r in rows]
+
+
+def nearest_rank(sorted_xs: list[int], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list: the bench's rr latencies and the wake-up
+    round trips here use this one definition, so the rr target compares like with like."""
+    k = max(0, min(len(sorted_xs) - 1, int(-(-p * len(sorted_xs) // 100)) - 1))
+    return float(sorted_xs[k])
