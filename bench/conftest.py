@@ -1,4 +1,4 @@
-"""pytest-benchmark files sharing ``vnetbe.tools.scenarios`` with ``vnetbe bench``: ``sudo python3 -m pytest bench/``.
+"""pytest-benchmark files sharing ``vnetbe.tools.bench`` with ``vnetbe bench``: ``sudo python3 -m pytest bench/``.
 
 They need root (a namespace, a veth and macvtaps are created, named vnb<tag>*, and removed at the end
 even on failure); without it the run stops at once with one line, it never "passes" by skipping.
@@ -46,7 +46,7 @@ def count() -> int:
 @pytest.fixture(scope="session")
 def bt():
     """One throwaway topology (vnbP<hex>*) for the whole session."""
-    from vnetbe.tools.scenarios import BenchTopology
+    from vnetbe.tools.bench import BenchTopology
 
     with BenchTopology(f"P{secrets.token_hex(2)}") as t:
         yield t
@@ -61,7 +61,7 @@ def same_run() -> dict:
 def record(benchmark, runs: list, baseline: float | None = None) -> dict:
     """Put the scenario's own figures (median of the rounds, as ``vnetbe bench`` summarizes them: the
     per-packet counts are the median run's) into benchmark.extra_info."""
-    from vnetbe.tools.scenarios import summarize
+    from vnetbe.tools.bench import summarize
 
     s = summarize(runs)
     info = {"datapath": s["datapath"], "scenario": s["scenario"], "size": s["size"], "rounds": len(runs),

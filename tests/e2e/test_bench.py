@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vnetbe.tools import benchcli
-from vnetbe.tools.scenarios import SAT_SENDERS
+from vnetbe.tools.bench import SAT_SENDERS
 from vnetbe.errors import ConfigError, SetupError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,7 +3,6 @@ and a link that fails for good stops the device with LinkGone instead of spinnin
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import pytest

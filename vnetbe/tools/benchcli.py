@@ -27,12 +27,12 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError, LabError, NotRoot, SetupError
-from .results import SCENARIOS, THROUGHPUT_SCENARIOS, TSO_LABEL, label, opts_text, parse_size, rows_in_order, supported, varied_options
+from .results import SCENARIOS, THROUGHPUT_SCENARIOS, TSO_LABEL, has_baseline, label, opts_text, parse_size, rows_in_order, supported, varied_options
 from . import costs, lab
 from .. import spec
 from ..datapath import DATAPATHS
 from ..device import MAX_BUSYLOOP_US
-from .scenarios import BenchTopology, has_baseline, summarize
+from .bench import BenchTopology, summarize
 
 HOST_COUNT = 200_000     # frames per run on a real kernel
 LAB_COUNT = 100_000      # in the lab (software emulation is 10-20x slower)
@@ -90,10 +90,6 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 def _list(s: str) -> list[str]:
     return [x.strip() for x in str(s).split(",") if x.strip()]
-
-
-# Every scenario in table order, and those measured in frames per second (rr measures round trips).
-# Here, not in scenarios.py, so that reading saved results needs no C library.
 
 
 def _ints(s: str, what: str, lo: int) -> list[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 from . import packet
 
+# Every scenario in table order, and those measured in frames per second (rr measures round trips).
 SCENARIOS = ("tx", "rx", "rxsat", "vm2vm", "rr")
 THROUGHPUT_SCENARIOS = SCENARIOS[:-1]
 TSO_LABEL = "64k"
@@ -27,8 +28,8 @@ def parse_size(text: str | int) -> int | str:
     return n
 
 
-def size_label(result: dict | "RunResult") -> str:
-    """"64", "1500", or "64k" for a TSO result (``options["tso"]``)."""
+def size_label(result) -> str:
+    """"64", "1500", or "64k" for a TSO result (``options["tso"]``): a result dict or a RunResult."""
     return label(result if isinstance(result, dict) else result.as_dict())
 
 
@@ -84,3 +85,7 @@ def nearest_rank(sorted_xs: list[int], p: float) -> float:
     round trips here use this one definition, so the rr target compares like with like."""
     k = max(0, min(len(sorted_xs) - 1, int(-(-p * len(sorted_xs) // 100)) - 1))
     return float(sorted_xs[k])
+
+
+def has_baseline(scenario: str) -> bool:
+    return scenario in ("tx", "rx", "rxsat", "rr")

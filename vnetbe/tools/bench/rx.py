@@ -1,0 +1,93 @@
+"""RX, peer -> guest, and rxsat (RX under saturating load); baseline ``raw_rx``, one thread read()s
+from the macvtap fd. Functions of ``BenchTopology`` (its methods ``rx``, ``rx_run``, ``rxsat``, ``raw_rx``)."""
+from __future__ import annotations
+
+import time
+
+from ... import spec
+from ...device import VirtioNet
+from ...errors import ConfigError
+from .._native import ffi, lib
+from ..guest import GuestDriver
+from ..results import TSO_LABEL
+from .frames import HDR, RX_IDLE_S, SAT_SENDERS, receive_all
+from .measure import Meter, RunResult, delta, dev_sleeps, dev_threads, ns_link_stats, per_packet, rate, raw_sleeps
+
+
+def rx_run(self, dev: VirtioNet, guest: GuestDriver, size: int, count: int, pace_ns: int = 0,
+           senders: int = 1) -> RunResult:
+    if size == TSO_LABEL:
+        raise ConfigError("rx at 64k: the peer (an AF_PACKET socket) cannot send frames above its MTU")
+    kernel0 = self._kernel_drops(dev.link)
+    dev0, g0 = dev.stats(), guest.stats()
+    meter = Meter("guest", dev_threads({"datapath": dev}), [dev]).start()
+    t0 = time.perf_counter()
+    finish = self._send_async(size, count, pace_ns, senders=senders)
+    got, ooo, _, t_last = receive_all(guest, count, seq_offset=14)
+    sender = finish()
+    cpu = meter.stop()
+    cpu["peer_sender"] = sender.get("cpu_ns", 0)
+    dt = t_last - t0
+    dstats, gstats = delta(dev.stats(), dev0), delta(guest.stats(), g0)
+    kernel = delta(self._kernel_drops(dev.link), kernel0)
+    if "error" in sender:
+        raise sender["error"]
+    pps, gbps = rate(got, size, dt)
+    pp, cpu_pp = per_packet(got, dstats, gstats, cpu,
+                             peer_syscalls=sender.get("syscalls", 0) + sender.get("retries", 0),
+                             sleeps=dev_sleeps(meter))
+    # vhost reports the macvtap's own counters as its drops: those are macvtap_queue here already.
+    drops = {k: v for k, v in dstats.get("drops", {}).items() if not k.startswith("macvtap_")}
+    drops.update(kernel)
+    drops["lost"] = max(sender.get("sent", 0) - got, 0)
+    # Several senders interleave their sequences: out-of-order means nothing then.
+    extra = {"out_of_order": ooo} if senders == 1 else {"senders": senders}
+    return RunResult(dev.datapath_name, "rx" if senders == 1 else "rxsat", size, got, dt, pps, gbps,
+                     offered=sender.get("sent", 0), per_packet=pp, cpu_ns=cpu_pp, drops=drops,
+                     options=self._options(guest.rings[spec.RX_QUEUE][0], guest.event_idx,
+                                           dev.busyloop_us, size, **extra))
+
+def _kernel_drops(self, link) -> dict:
+    """Where the kernel drops frames on their way to a guest: the macvtap's queue, and the veth
+    (the peer's end counts frames its partner's backlog refused as tx_dropped)."""
+    m = link.stats()
+    return {"macvtap_queue": m.rx_dropped + m.tx_dropped,
+            "veth_backlog": ns_link_stats(self.topo, self.topo.peer).get("tx_dropped", 0)}
+
+def rx(self, datapath: str, size: int, count: int, *, queue_size: int = 256, event_idx: bool = True,
+       busyloop_us: int = 0, pace_ns: int = 0, senders: int = 1) -> RunResult:
+    with self.guest(datapath, queue_size=queue_size, event_idx=event_idx, busyloop_us=busyloop_us) as (dev, g):
+        return self.rx_run(dev, g, size, count, pace_ns, senders)
+
+def rxsat(self, datapath: str, size: int, count: int, **opts) -> RunResult:
+    return self.rx(datapath, size, count, senders=SAT_SENDERS, **opts)
+
+def raw_rx(self, size: int, count: int, pace_ns: int = 0, senders: int = 1) -> RunResult:
+    """Baseline: one thread read()s frames straight from the macvtap fd while the peer sends."""
+    if size == TSO_LABEL:
+        raise ConfigError("rx at 64k: the peer (an AF_PACKET socket) cannot send frames above its MTU")
+    self.link.set_vnet_hdr_len(HDR)
+    buf = ffi.new("uint8_t[]", 1 << 17)
+    st = ffi.new("struct vnb_raw_stats *")
+    kernel0 = self._kernel_drops(self.link)
+    meter = Meter("reader", {}).start()
+    finish = self._send_async(size, count, pace_ns, senders=senders)
+    timeout_ms = int(RX_IDLE_S * 1000)
+    n = max(lib.vnb_raw_read_loop_ex(self.link.fd, buf, 1 << 17, count, timeout_ms, st), 0)
+    sender = finish()
+    cpu = meter.stop()
+    cpu["peer_sender"] = sender.get("cpu_ns", 0)
+    if "error" in sender:
+        raise sender["error"]
+    dt = st.elapsed_ns / 1e9
+    if n < count:
+        dt = max(dt - timeout_ms / 1000, 1e-9)   # the loop ended by waiting out its idle timeout
+    pps, gbps = rate(n, size, dt)
+    pp, cpu_pp = per_packet(n, {"syscalls": n + 2 * st.eagain}, {}, cpu,
+                             peer_syscalls=sender.get("syscalls", 0) + sender.get("retries", 0),
+                             sleeps=raw_sleeps(meter))
+    return RunResult("raw", "rx" if senders == 1 else "rxsat", size, n, dt, pps, gbps,
+                     offered=sender.get("sent", 0), per_packet=pp, cpu_ns=cpu_pp,
+                     drops={**delta(self._kernel_drops(self.link), kernel0),
+                            "lost": max(sender.get("sent", 0) - n, 0)},
+                     options={} if senders == 1 else {"senders": senders})
