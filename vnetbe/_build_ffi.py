@@ -26,7 +26,8 @@ _BLOCK = re.compile(r"/\* cffi:begin \*/(.*?)/\* cffi:end \*/", re.S)
 
 
 def headers(src: Path, first: list[str]) -> list[Path]:
-    found = sorted(p.name for p in src.glob("*.h"))
+    """The public headers of src (``*_impl.h`` are internal to its C files), dependencies first."""
+    found = sorted(p.name for p in src.glob("*.h") if not p.name.endswith("_impl.h"))
     return [src / h for h in [h for h in first if h in found] + [h for h in found if h not in first]]
 
 

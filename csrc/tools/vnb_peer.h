@@ -1,7 +1,7 @@
 /* The test/benchmark peer: sequence-tagged frames at line rate over AF_PACKET, and raw tap loops.
  *
  * This is not part of the device: it is the far end that end-to-end tests and benchmarks talk to.
- * The tagged-frame byte layout is defined in vnetbe/packet.py (module docstring) and must stay
+ * The tagged-frame byte layout is defined in vnetbe/tools/packet.py (module docstring) and must stay
  * identical here; tests/unit/test_packet.py compares vnb_peer_fill_tagged with packet.tagged_frame.
  *
  * Return convention: counts are >= 0; a failure before anything was done is -errno.  When an error

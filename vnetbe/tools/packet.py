@@ -9,7 +9,7 @@ Two families live here:
   put a TSO'd segment back together;
 * *sequence-tagged* frames: a private EtherType carrying a sequence number and a flow id, followed by a
   payload that is a pure function of (seq, size), so a receiver can check every byte of every frame at
-  a high rate without remembering what was sent.  ``csrc/vnb_peer.c`` builds and checks the very same
+  a high rate without remembering what was sent.  ``csrc/tools/vnb_tag.c`` builds and checks the very same
   bytes (tests/unit/test_packet.py keeps the two in step).
 
 Tagged frame layout (all multi-byte header fields big-endian, like the rest of the wire)::

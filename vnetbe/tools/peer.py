@@ -6,9 +6,9 @@ in the namespace it was created in, so only its creation happens in a short-live
 entered the namespace; afterwards it is used from any thread.
 
 Single frames go through Python (:meth:`Peer.send`, :meth:`Peer.recv`, :meth:`Peer.capture`);
-sequence-tagged floods go through the C loops in csrc/vnb_peer.c (:meth:`Peer.send_tagged`,
-:meth:`Peer.recv_tagged`), which release the GIL, so a sender and a receiver can run in two Python
-threads at full speed.
+sequence-tagged floods go through the C loops in csrc/tools/vnb_peer_tx.c, vnb_peer_rx.c and
+vnb_peer_ring.c (:meth:`Peer.send_tagged`, :meth:`Peer.recv_tagged`), which release the GIL, so a
+sender and a receiver can run in two Python threads at full speed.
 
 The socket ignores its own outgoing frames (PACKET_IGNORE_OUTGOING): a capture holds only what
 arrived on the interface.  With ``rx_ring=True`` frames are received through a TPACKET_V3 ring (set
