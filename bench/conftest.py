@@ -14,7 +14,9 @@ import secrets
 
 import pytest
 
-HAVE_VHOST = os.path.exists("/dev/vhost-net")
+from vnetbe import VHOST_NET_PATH
+
+HAVE_VHOST = os.path.exists(VHOST_NET_PATH)
 DATAPATHS = ["user"] + (["vhost"] if HAVE_VHOST else [])
 ROUNDS = 5
 

@@ -13,8 +13,10 @@ import os
 
 import pytest
 
+from vnetbe import VHOST_NET_PATH
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-HAVE_VHOST = os.path.exists("/dev/vhost-net")
+HAVE_VHOST = os.path.exists(VHOST_NET_PATH)
 IS_ROOT = os.geteuid() == 0
 _deselected_vhost: list[str] = []
 

@@ -9,12 +9,22 @@
 """
 from __future__ import annotations
 
-from .errors import (ConfigError, GuestFault, KernelRefused, LabError, LinkError, LinkGone, NotRoot,
-                     SetupError, VnetError)
+from .datapath.vhost_ioctl import DEV_PATH as VHOST_NET_PATH
+from .device import VirtioNet
+from .errors import (
+    ConfigError,
+    GuestFault,
+    KernelRefused,
+    LabError,
+    LinkError,
+    LinkGone,
+    NotRoot,
+    SetupError,
+    VnetError,
+)
+from .link import Link, Macvtap, Tap
 from .memory import GuestMemory
 from .queue import QueueConfig, QueueState
-from .device import VirtioNet
-from .link import Link, Macvtap, Tap
 
 __version__ = "0.1.0"
 
@@ -29,7 +39,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "GuestMemory", "VirtioNet", "GuestDriver", "QueueConfig", "QueueState", "Link", "Macvtap", "Tap",
+    "GuestMemory", "VirtioNet", "VHOST_NET_PATH", "GuestDriver", "QueueConfig", "QueueState", "Link", "Macvtap", "Tap",
     "VnetError", "SetupError", "NotRoot", "LinkError", "KernelRefused", "ConfigError", "GuestFault",
     "LinkGone", "LabError",
 ]

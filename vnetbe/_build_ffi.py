@@ -15,7 +15,7 @@ from cffi import FFI
 TOP = Path(__file__).resolve().parent.parent
 DEVICE_SRC = TOP / "csrc" / "device"
 # Headers whose types others use come first; any header not named here follows in name order.
-FIRST = ["vnb_fault.h", "vnb_mem.h", "vnb_ring.h", "vnb_virtq.h", "vnb_net.h"]
+FIRST = ["vnb_fault.h", "vnb_mem.h", "vnb_ring.h", "vnb_virtq.h", "vnb_net.h", "vnb_uapi.h"]
 
 PRELUDE = """
 struct iovec { void *iov_base; size_t iov_len; };

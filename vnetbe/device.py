@@ -14,8 +14,8 @@ from . import spec
 from .datapath import make as make_datapath
 from .errors import ConfigError, GuestFault, LinkGone
 from .faults import fault_from_code
-from .queue import QueueConfig, QueueState
 from .link import tun_offload_from_virtio
+from .queue import QueueConfig, QueueState
 
 
 def _sum_stats(a: dict, b: dict) -> dict:
@@ -88,7 +88,7 @@ class VirtioNet:
     def hdr_len(self) -> int:
         f = self.driver_features
         modern = f & (spec.bit(spec.VIRTIO_F_VERSION_1) | spec.bit(spec.VIRTIO_NET_F_MRG_RXBUF))
-        return spec.NET_HDR_LEN if modern else 10
+        return spec.NET_HDR_LEN if modern else spec.NET_HDR_LEN_LEGACY
 
     def has(self, feature_bit: int) -> bool:
         return bool(self.driver_features & spec.bit(feature_bit))

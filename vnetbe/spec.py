@@ -1,31 +1,34 @@
 """VIRTIO 1.2 constants for the split virtqueue (§2.7) and the network device (§5.1).
 
-Names follow the spec and include/uapi/linux/virtio_*.h so they can be grepped side by side.
+Names are those of the spec and include/uapi/linux/virtio_*.h, and so are the values: they come
+from the kernel's headers through the C extension (csrc/device/vnb_uapi.h), never retyped here.
 """
 from __future__ import annotations
 
+from ._native import ffi, lib
 from .errors import ConfigError
 
-# --- feature bits (§5.1.3, §6) ---
-VIRTIO_NET_F_CSUM = 0
-VIRTIO_NET_F_GUEST_CSUM = 1
-VIRTIO_NET_F_MTU = 3
-VIRTIO_NET_F_MAC = 5
-VIRTIO_NET_F_GUEST_TSO4 = 7
-VIRTIO_NET_F_GUEST_TSO6 = 8
-VIRTIO_NET_F_GUEST_ECN = 9
-VIRTIO_NET_F_GUEST_UFO = 10
-VIRTIO_NET_F_HOST_TSO4 = 11
-VIRTIO_NET_F_HOST_TSO6 = 12
-VIRTIO_NET_F_HOST_ECN = 13
-VIRTIO_NET_F_HOST_UFO = 14
-VIRTIO_NET_F_MRG_RXBUF = 15
-VIRTIO_NET_F_STATUS = 16
-VIRTIO_F_NOTIFY_ON_EMPTY = 24
-VIRTIO_F_ANY_LAYOUT = 27
-VIRTIO_RING_F_INDIRECT_DESC = 28
-VIRTIO_RING_F_EVENT_IDX = 29
-VIRTIO_F_VERSION_1 = 32
+# --- feature bits (§5.1.3, §6): values from the kernel's uapi headers (csrc/device/vnb_uapi.h) ---
+VIRTIO_NET_F_CSUM = lib.VIRTIO_NET_F_CSUM
+VIRTIO_NET_F_GUEST_CSUM = lib.VIRTIO_NET_F_GUEST_CSUM
+VIRTIO_NET_F_MTU = lib.VIRTIO_NET_F_MTU
+VIRTIO_NET_F_MAC = lib.VIRTIO_NET_F_MAC
+VIRTIO_NET_F_GUEST_TSO4 = lib.VIRTIO_NET_F_GUEST_TSO4
+VIRTIO_NET_F_GUEST_TSO6 = lib.VIRTIO_NET_F_GUEST_TSO6
+VIRTIO_NET_F_GUEST_ECN = lib.VIRTIO_NET_F_GUEST_ECN
+VIRTIO_NET_F_GUEST_UFO = lib.VIRTIO_NET_F_GUEST_UFO
+VIRTIO_NET_F_HOST_TSO4 = lib.VIRTIO_NET_F_HOST_TSO4
+VIRTIO_NET_F_HOST_TSO6 = lib.VIRTIO_NET_F_HOST_TSO6
+VIRTIO_NET_F_HOST_ECN = lib.VIRTIO_NET_F_HOST_ECN
+VIRTIO_NET_F_HOST_UFO = lib.VIRTIO_NET_F_HOST_UFO
+VIRTIO_NET_F_MRG_RXBUF = lib.VIRTIO_NET_F_MRG_RXBUF
+VIRTIO_NET_F_STATUS = lib.VIRTIO_NET_F_STATUS
+VIRTIO_NET_F_MQ = lib.VIRTIO_NET_F_MQ
+VIRTIO_F_NOTIFY_ON_EMPTY = lib.VIRTIO_F_NOTIFY_ON_EMPTY
+VIRTIO_F_ANY_LAYOUT = lib.VIRTIO_F_ANY_LAYOUT
+VIRTIO_RING_F_INDIRECT_DESC = lib.VIRTIO_RING_F_INDIRECT_DESC
+VIRTIO_RING_F_EVENT_IDX = lib.VIRTIO_RING_F_EVENT_IDX
+VIRTIO_F_VERSION_1 = lib.VIRTIO_F_VERSION_1
 
 FEATURE_NAMES = {
     VIRTIO_NET_F_CSUM: "CSUM",
@@ -52,49 +55,40 @@ def features_to_names(features: int) -> list[str]:
     return [name for b, name in sorted(FEATURE_NAMES.items()) if features & bit(b)]
 
 
-def names_to_features(names) -> int:
-    rev = {v: k for k, v in FEATURE_NAMES.items()}
-    out = 0
-    for n in names:
-        key = n.upper().removeprefix("VIRTIO_NET_F_").removeprefix("VIRTIO_RING_F_").removeprefix("VIRTIO_F_")
-        if key not in rev:
-            raise ValueError(f"unknown feature {n!r}; known: {', '.join(sorted(rev))}")
-        out |= bit(rev[key])
-    return out
-
-
 # Everything the userspace datapath implements; the vhost path offers the intersection with the kernel's.
 DEVICE_FEATURES = sum(bit(b) for b in FEATURE_NAMES)
 
 # --- device status (§2.1) ---
-ACKNOWLEDGE = 1
-DRIVER = 2
-DRIVER_OK = 4
-FEATURES_OK = 8
-DEVICE_NEEDS_RESET = 64
-FAILED = 128
+ACKNOWLEDGE = lib.VIRTIO_CONFIG_S_ACKNOWLEDGE
+DRIVER = lib.VIRTIO_CONFIG_S_DRIVER
+DRIVER_OK = lib.VIRTIO_CONFIG_S_DRIVER_OK
+FEATURES_OK = lib.VIRTIO_CONFIG_S_FEATURES_OK
+DEVICE_NEEDS_RESET = lib.VIRTIO_CONFIG_S_NEEDS_RESET
+FAILED = lib.VIRTIO_CONFIG_S_FAILED
 
 # --- config space status field (§5.1.4) ---
-VIRTIO_NET_S_LINK_UP = 1
+VIRTIO_NET_S_LINK_UP = lib.VIRTIO_NET_S_LINK_UP
 
 # --- split ring (§2.7) ---
-VRING_DESC_F_NEXT = 1
-VRING_DESC_F_WRITE = 2
-VRING_DESC_F_INDIRECT = 4
-VRING_AVAIL_F_NO_INTERRUPT = 1
-VRING_USED_F_NO_NOTIFY = 1
-MAX_QUEUE_SIZE = 32768
-DESC_SIZE = 16
+VRING_DESC_F_NEXT = lib.VRING_DESC_F_NEXT
+VRING_DESC_F_WRITE = lib.VRING_DESC_F_WRITE
+VRING_DESC_F_INDIRECT = lib.VRING_DESC_F_INDIRECT
+VRING_AVAIL_F_NO_INTERRUPT = lib.VRING_AVAIL_F_NO_INTERRUPT
+VRING_USED_F_NO_NOTIFY = lib.VRING_USED_F_NO_NOTIFY
+MAX_QUEUE_SIZE = lib.VNB_MAX_QUEUE_SIZE
+DESC_SIZE = ffi.sizeof("struct vring_desc")
 
 # --- net header (§5.1.6) ---
-VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
-VIRTIO_NET_HDR_F_DATA_VALID = 2
-VIRTIO_NET_HDR_GSO_NONE = 0
-VIRTIO_NET_HDR_GSO_TCPV4 = 1
-VIRTIO_NET_HDR_GSO_UDP = 3
-VIRTIO_NET_HDR_GSO_TCPV6 = 4
-VIRTIO_NET_HDR_GSO_ECN = 0x80
-NET_HDR_LEN = 12  # with VERSION_1 or MRG_RXBUF the header always carries num_buffers
+VIRTIO_NET_HDR_F_NEEDS_CSUM = lib.VIRTIO_NET_HDR_F_NEEDS_CSUM
+VIRTIO_NET_HDR_F_DATA_VALID = lib.VIRTIO_NET_HDR_F_DATA_VALID
+VIRTIO_NET_HDR_GSO_NONE = lib.VIRTIO_NET_HDR_GSO_NONE
+VIRTIO_NET_HDR_GSO_TCPV4 = lib.VIRTIO_NET_HDR_GSO_TCPV4
+VIRTIO_NET_HDR_GSO_UDP = lib.VIRTIO_NET_HDR_GSO_UDP
+VIRTIO_NET_HDR_GSO_TCPV6 = lib.VIRTIO_NET_HDR_GSO_TCPV6
+VIRTIO_NET_HDR_GSO_ECN = lib.VIRTIO_NET_HDR_GSO_ECN
+NET_HDR_LEN = lib.VNB_NET_HDR_LEN              # with VERSION_1 or MRG_RXBUF: carries num_buffers
+NET_HDR_LEN_LEGACY = lib.VNB_NET_HDR_LEN_LEGACY
+MAX_FRAME = lib.VNB_MAX_FRAME                  # largest frame (a GSO super-frame) either side handles
 
 GSO_TYPES = {"tcpv4": VIRTIO_NET_HDR_GSO_TCPV4, "tcpv6": VIRTIO_NET_HDR_GSO_TCPV6, "udp": VIRTIO_NET_HDR_GSO_UDP}
 
@@ -114,6 +108,13 @@ def avail_ring_size(num: int) -> int:
 def used_ring_size(num: int) -> int:
     # flags, idx, ring[num] of {id, len}, avail_event
     return 2 + 2 + 8 * num + 2
+
+
+def ring_flags(features: int) -> int:
+    """The VNB_F_* flags (csrc/device/vnb_ring.h) the C sides act on, from negotiated feature bits."""
+    return ((lib.VNB_F_EVENT_IDX if features & bit(VIRTIO_RING_F_EVENT_IDX) else 0)
+            | (lib.VNB_F_INDIRECT if features & bit(VIRTIO_RING_F_INDIRECT_DESC) else 0)
+            | (lib.VNB_F_MRG_RXBUF if features & bit(VIRTIO_NET_F_MRG_RXBUF) else 0))
 
 
 def check_queue_size(num: int) -> None:

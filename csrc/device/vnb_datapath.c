@@ -118,7 +118,7 @@ int vnb_dp_set_features(struct vnb_dp *dp, uint32_t flags, uint32_t hdr_len)
     if (hdr_len != VNB_NET_HDR_LEN && hdr_len != VNB_NET_HDR_LEN_LEGACY)
         return -EINVAL;
     /* num_buffers lives in the 12-byte header only (§5.1.6): with the legacy one it would never be written. */
-    if ((flags & VNB_DP_F_MRG_RXBUF) && hdr_len != VNB_NET_HDR_LEN)
+    if ((flags & VNB_F_MRG_RXBUF) && hdr_len != VNB_NET_HDR_LEN)
         return -EINVAL;
     dp->flags = flags;
     dp->hdr_len = hdr_len;
@@ -134,9 +134,7 @@ int vnb_dp_set_queue(struct vnb_dp *dp, int q, uint32_t num, uint64_t desc_gpa, 
         return -EINVAL;
     /* vnb_vq_init zeroes the queue before it checks anything: until it succeeds there is no queue. */
     dp->configured[q] = 0;
-    uint32_t vqf = (dp->flags & VNB_DP_F_EVENT_IDX ? VNB_VQ_F_EVENT_IDX : 0) |
-                   (dp->flags & VNB_DP_F_INDIRECT ? VNB_VQ_F_INDIRECT : 0);
-    int r = vnb_vq_init(&dp->vq[q], &dp->mem, num, desc_gpa, avail_gpa, used_gpa, vqf);
+    int r = vnb_vq_init(&dp->vq[q], &dp->mem, num, desc_gpa, avail_gpa, used_gpa, dp->flags);
     if (r)
         return r;
     vnb_vq_set_base(&dp->vq[q], last_avail_idx, used_idx);
@@ -552,7 +550,7 @@ static int rx_one(struct vnb_dp *dp)
     p->hdr_niov = 0;
     p->hdr_cov = 0;
     hdr_track(dp, c->iov, niov);
-    if (p->placed < p->total && !(dp->flags & VNB_DP_F_MRG_RXBUF)) {
+    if (p->placed < p->total && !(dp->flags & VNB_F_MRG_RXBUF)) {
         /* Without mergeable buffers a frame must fit one chain (vhost discards it likewise). */
         rx_drop_pending(dp, VNB_DROP_RX_NO_BUFFER);
         return RX_OK;

@@ -7,9 +7,6 @@
 #include "vnb_fault.h"
 
 /* cffi:begin */
-#define VNB_DP_F_EVENT_IDX 1
-#define VNB_DP_F_INDIRECT 2
-#define VNB_DP_F_MRG_RXBUF 4
 
 struct vnb_dp_stats {
     uint64_t tx_frames, tx_bytes, rx_frames, rx_bytes;

@@ -1,17 +1,21 @@
-/* Split virtqueue layout (VIRTIO 1.2 §2.7) and the barriers both sides use.
- * Ring memory is shared with the other side, so every load of a field the other side writes is
- * an explicit atomic (never a plain read the compiler could re-read or tear). */
+/* Split virtqueue layout (VIRTIO 1.2 §2.7), from the kernel's own <linux/virtio_ring.h>, and the
+ * barriers both sides use. Ring memory is shared with the other side, so every load of a field the
+ * other side writes is an explicit atomic (never a plain read the compiler could re-read or tear). */
 #ifndef VNB_RING_H
 #define VNB_RING_H
 #include <stdint.h>
+#include <linux/virtio_ring.h>   /* struct vring_desc/avail/used, VRING_*_F_*, vring_need_event */
 
-#define VRING_DESC_F_NEXT 1
-#define VRING_DESC_F_WRITE 2
-#define VRING_DESC_F_INDIRECT 4
-#define VRING_AVAIL_F_NO_INTERRUPT 1
-#define VRING_USED_F_NO_NOTIFY 1
+/* cffi:begin */
 #define VNB_MAX_QUEUE_SIZE 32768
+/* What the C sides act on of the negotiated features, one family for the device's queue, its
+ * datapath and vnetbe's own driver (vnetbe.spec.ring_flags computes it from the feature bits). */
+#define VNB_F_EVENT_IDX 1
+#define VNB_F_INDIRECT 2
+#define VNB_F_MRG_RXBUF 4
+/* cffi:end */
 
+#if 0   /* what cffi is told; the compiler takes <linux/virtio_ring.h>'s, and cffi checks they agree */
 /* cffi:begin */
 struct vring_desc {
     uint64_t addr;
@@ -25,19 +29,7 @@ struct vring_used_elem {
     uint32_t len;
 };
 /* cffi:end */
-
-/* Ring headers; the trailing event fields sit after ring[num] and are reached with the helpers below. */
-struct vring_avail {
-    uint16_t flags;
-    uint16_t idx;
-    uint16_t ring[];
-};
-
-struct vring_used {
-    uint16_t flags;
-    uint16_t idx;
-    struct vring_used_elem ring[];
-};
+#endif
 
 #define vnb_load_acquire(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define vnb_load_relaxed(p) __atomic_load_n((p), __ATOMIC_RELAXED)
@@ -45,20 +37,16 @@ struct vring_used {
 #define vnb_store_relaxed(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 #define vnb_mb() __atomic_thread_fence(__ATOMIC_SEQ_CST)
 
-static inline uint16_t *vring_used_event(struct vring_avail *avail, uint16_t num)
+/* The event fields sit after ring[num] (§2.7.10); the kernel's vring_used_event/vring_avail_event
+ * macros want a struct vring, we have the ring parts and num. */
+static inline uint16_t *vnb_used_event(struct vring_avail *avail, uint16_t num)
 {
     return &avail->ring[num];
 }
 
-static inline uint16_t *vring_avail_event(struct vring_used *used, uint16_t num)
+static inline uint16_t *vnb_avail_event(struct vring_used *used, uint16_t num)
 {
     return (uint16_t *)&used->ring[num];
-}
-
-/* §2.7.10: notify iff event_idx lies in [old, new_idx). Wraps naturally in 16 bits. */
-static inline int vring_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old)
-{
-    return (uint16_t)(new_idx - event_idx - 1) < (uint16_t)(new_idx - old);
 }
 
 static inline uint64_t vring_desc_size(uint32_t num) { return 16ull * num; }

@@ -20,7 +20,7 @@ int vnb_vq_init(struct vnb_vq *vq, const struct vnb_mem *mem, uint32_t num, uint
     /* Alignment per §2.7: descriptors 16, avail 2, used 4. */
     if ((desc_gpa & 15) || (avail_gpa & 1) || (used_gpa & 3))
         return -EINVAL;
-    int ev = (flags & VNB_VQ_F_EVENT_IDX) ? 2 : 0;
+    int ev = (flags & VNB_F_EVENT_IDX) ? 2 : 0;
     vq->desc = vnb_mem_ptr(mem, desc_gpa, vring_desc_size(num));
     vq->avail = vnb_mem_ptr(mem, avail_gpa, vring_avail_size(num) - 2 + ev);
     vq->used = vnb_mem_ptr(mem, used_gpa, vring_used_size(num) - 2 + ev);
@@ -83,7 +83,7 @@ static int chain_add(struct vnb_vq *vq, struct vnb_chain *c, const struct vring_
 
 static int walk_indirect(struct vnb_vq *vq, struct vnb_chain *c, const struct vring_desc *ind)
 {
-    if (!(vq->flags & VNB_VQ_F_INDIRECT))
+    if (!(vq->flags & VNB_F_INDIRECT))
         return vnb_vq_fail(vq, VNB_FAULT_INDIRECT_NOT_NEGOTIATED);
     if (ind->len == 0 || ind->len % sizeof(struct vring_desc) ||
         ind->len / sizeof(struct vring_desc) > VNB_MAX_INDIRECT)
@@ -204,11 +204,11 @@ int vnb_vq_should_notify(struct vnb_vq *vq)
     int valid = vq->signalled_used_valid;
     vq->signalled_used = new_idx;
     vq->signalled_used_valid = 1;
-    if (!(vq->flags & VNB_VQ_F_EVENT_IDX))
+    if (!(vq->flags & VNB_F_EVENT_IDX))
         return !(vnb_load_relaxed(&avail->flags) & VRING_AVAIL_F_NO_INTERRUPT);
     if (!valid)
         return 1;
-    uint16_t event = vnb_load_relaxed(vring_used_event(avail, vq->num));
+    uint16_t event = vnb_load_relaxed(vnb_used_event(avail, vq->num));
     return vring_need_event(event, new_idx, old);
 }
 
@@ -216,7 +216,7 @@ int vnb_vq_should_notify(struct vnb_vq *vq)
  * does that by itself (the driver's new idx runs past it), so there is nothing to write. */
 void vnb_vq_disable_notify(struct vnb_vq *vq)
 {
-    if (vq->flags & VNB_VQ_F_EVENT_IDX)
+    if (vq->flags & VNB_F_EVENT_IDX)
         return;
     struct vring_used *used = vq->used;
     vnb_store_relaxed(&used->flags, (uint16_t)VRING_USED_F_NO_NOTIFY);
@@ -227,8 +227,8 @@ int vnb_vq_enable_notify(struct vnb_vq *vq)
 {
     struct vring_used *used = vq->used;
     struct vring_avail *avail = vq->avail;
-    if (vq->flags & VNB_VQ_F_EVENT_IDX)
-        vnb_store_relaxed(vring_avail_event(used, vq->num), vq->last_avail_idx);
+    if (vq->flags & VNB_F_EVENT_IDX)
+        vnb_store_relaxed(vnb_avail_event(used, vq->num), vq->last_avail_idx);
     else
         vnb_store_relaxed(&used->flags, (uint16_t)0);
     /* Full barrier: the enable must be visible before we re-read avail->idx, pairing with the driver's

@@ -17,8 +17,6 @@
  * with NEXT is refused an indirect table can only end the chain. Zero-length descriptors map to
  * no iovec, so this, not VNB_MAX_IOV, is what bounds the work a guest can make one pop do. */
 #define VNB_MAX_CHAIN_DESC 98304
-#define VNB_VQ_F_EVENT_IDX 1
-#define VNB_VQ_F_INDIRECT 2
 
 struct vnb_vq {
     /* set up by vnb_vq_init: translated once, validated to lie inside guest memory */

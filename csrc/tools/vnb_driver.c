@@ -99,8 +99,8 @@ int vnb_drv_kick_prepare(struct vnb_drv_vq *q)
     vnb_mb();
     uint16_t new_idx = q->avail_idx, old = (uint16_t)(new_idx - q->num_added);
     q->num_added = 0;
-    if (q->flags & VNB_DRV_F_EVENT_IDX)
-        return vring_need_event(vnb_load_relaxed(vring_avail_event(used, q->num)), new_idx, old);
+    if (q->flags & VNB_F_EVENT_IDX)
+        return vring_need_event(vnb_load_relaxed(vnb_avail_event(used, q->num)), new_idx, old);
     return !(vnb_load_relaxed(&used->flags) & VRING_USED_F_NO_NOTIFY);
 }
 
@@ -141,8 +141,8 @@ int vnb_drv_enable_cb(struct vnb_drv_vq *q, uint16_t delay)
 {
     struct vring_avail *avail = q->avail;
     struct vring_used *used = q->used;
-    if (q->flags & VNB_DRV_F_EVENT_IDX)
-        vnb_store_relaxed(vring_used_event(avail, q->num), (uint16_t)(q->last_used_idx + delay));
+    if (q->flags & VNB_F_EVENT_IDX)
+        vnb_store_relaxed(vnb_used_event(avail, q->num), (uint16_t)(q->last_used_idx + delay));
     else
         vnb_store_relaxed(&avail->flags, (uint16_t)0);
     /* Full barrier: used_event/flags must be visible before we re-read used->idx (pairs with the
@@ -155,6 +155,6 @@ void vnb_drv_disable_cb(struct vnb_drv_vq *q)
 {
     struct vring_avail *avail = q->avail;
     /* With EVENT_IDX, a used_event left behind suppresses interrupts by itself. */
-    if (!(q->flags & VNB_DRV_F_EVENT_IDX))
+    if (!(q->flags & VNB_F_EVENT_IDX))
         vnb_store_relaxed(&avail->flags, (uint16_t)VRING_AVAIL_F_NO_INTERRUPT);
 }

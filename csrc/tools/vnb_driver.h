@@ -8,8 +8,6 @@
 #include "vnb_ring.h"
 
 /* cffi:begin */
-#define VNB_DRV_F_EVENT_IDX 1
-#define VNB_DRV_F_INDIRECT 2
 
 struct vnb_seg {
     uint64_t gpa;

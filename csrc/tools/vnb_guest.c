@@ -14,7 +14,7 @@ int vnb_guest_init(struct vnb_guest *g, const struct vnb_mem *mem, uint32_t flag
                    uint64_t rx_buf_gpa, uint32_t rx_buf_size, uint32_t rx_segs,
                    int rx_kick, int rx_call, int tx_kick, int tx_call)
 {
-    uint32_t qflags = flags & (VNB_DRV_F_EVENT_IDX | VNB_DRV_F_INDIRECT);
+    uint32_t qflags = flags & (VNB_F_EVENT_IDX | VNB_F_INDIRECT);
     int r = vnb_drv_vq_init(&g->rxq, mem, num_rx, rx_desc, rx_avail, rx_used, qflags);
     if (r)
         return r;
@@ -189,7 +189,7 @@ static int tx_layout_ok(const struct vnb_guest *g, uint32_t len, uint32_t layout
 {
     if (layout > VNB_TX_INDIRECT || len == 0)
         return -EINVAL;
-    if (layout == VNB_TX_INDIRECT && !(g->flags & VNB_DRV_F_INDIRECT))
+    if (layout == VNB_TX_INDIRECT && !(g->flags & VNB_F_INDIRECT))
         return -EOPNOTSUPP;
     /* Room for the header, the frame and the gaps of the scatter layout. */
     if ((uint64_t)len + 16 + 64 > g->tx_buf_size)
@@ -380,7 +380,7 @@ int64_t vnb_guest_rx(struct vnb_guest *g, uint8_t *out, uint32_t cap, struct vir
     }
     memset(hdr, 0, sizeof(*hdr));
     memcpy(hdr, buf, g->hdr_len);
-    uint32_t nbuf = (g->flags & VNB_GUEST_F_MRG_RXBUF) ? hdr->num_buffers : 1;
+    uint32_t nbuf = (g->flags & VNB_F_MRG_RXBUF) ? hdr->num_buffers : 1;
     uint64_t total = 0;
     int64_t ret = 0;
     for (uint32_t i = 0; i < nbuf; i++) {
@@ -429,7 +429,7 @@ int64_t vnb_guest_rx_count(struct vnb_guest *g, uint64_t count, int timeout_ms, 
         if (r <= 0)
             break;
         const uint8_t *buf = g->rx_buf + (uint64_t)slot * g->rx_buf_size;
-        uint32_t nbuf = (g->flags & VNB_GUEST_F_MRG_RXBUF) ? ((const struct virtio_net_hdr_v1 *)buf)->num_buffers : 1;
+        uint32_t nbuf = (g->flags & VNB_F_MRG_RXBUF) ? ((const struct virtio_net_hdr_v1 *)buf)->num_buffers : 1;
         uint64_t total = len >= g->hdr_len ? len - g->hdr_len : 0;
         if (seq_offset && len >= g->hdr_len + seq_offset + 4) {
             const uint8_t *p = buf + g->hdr_len + seq_offset;

@@ -14,7 +14,6 @@
 #define VNB_TX_INDIRECT 3    /* the scatter layout inside an indirect table */
 #define VNB_GUEST_MAX_SEGS 8
 
-#define VNB_GUEST_F_MRG_RXBUF 4
 
 struct vnb_guest_stats {
     uint64_t tx_frames, tx_bytes, tx_kicks, tx_interrupts, tx_full_waits;
@@ -29,7 +28,7 @@ struct vnb_guest {
     int kick_fd[2];              /* index 0 = RX queue, 1 = TX queue */
     int call_fd[2];
     uint32_t hdr_len;            /* 12 with VERSION_1 or MRG_RXBUF, else 10 */
-    uint32_t flags;              /* VNB_DRV_F_* | VNB_GUEST_F_MRG_RXBUF */
+    uint32_t flags;              /* VNB_F_* (vnb_ring.h) */
     uint8_t *tx_buf;             /* host view of the TX buffer area: one slot per descriptor */
     uint64_t tx_buf_gpa;
     uint32_t tx_buf_size;

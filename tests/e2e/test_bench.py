@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from vnetbe import VHOST_NET_PATH
+
 from vnetbe.tools import benchcli
 from vnetbe.tools.bench import SAT_SENDERS
 from vnetbe.errors import ConfigError, SetupError
@@ -206,9 +208,9 @@ def test_lab_output_is_found_among_other_lines():
         benchcli._find_doc(b"nothing here\n")
 
 
-@pytest.mark.skipif(os.path.exists("/dev/vhost-net"), reason="this host has vhost-net: nothing to refuse")
+@pytest.mark.skipif(os.path.exists(VHOST_NET_PATH), reason="this host has vhost-net: nothing to refuse")
 def test_no_lab_refuses_vhost_in_one_line():
     p = _vnetbe("vnetbe", "bench", "--datapath", "user,vhost", "--no-lab", "--count", "10", timeout=60)
     assert p.returncode == 1
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--no-lab" in lines[0] and "/dev/vhost-net" in lines[0]
+    assert len(lines) == 1 and "--no-lab" in lines[0] and VHOST_NET_PATH in lines[0]

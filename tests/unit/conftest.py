@@ -88,10 +88,10 @@ class Ring:
         self.avail = mem.alloc(6 + 2 * num, 2)
         self.used = mem.alloc(6 + 8 * num, 4)
         self.drv = ffi.new("struct vnb_drv_vq *")
-        dflags = (lib.VNB_DRV_F_EVENT_IDX if event_idx else 0) | (lib.VNB_DRV_F_INDIRECT if indirect else 0)
+        dflags = (lib.VNB_F_EVENT_IDX if event_idx else 0) | (lib.VNB_F_INDIRECT if indirect else 0)
         assert lib.vnb_drv_vq_init(self.drv, mem.table, num, self.desc, self.avail, self.used, dflags) == 0
         self.vq = ffi.new("struct vnb_vq *")
-        vflags = (lib.VNB_VQ_F_EVENT_IDX if event_idx else 0) | (lib.VNB_VQ_F_INDIRECT if indirect else 0)
+        vflags = (lib.VNB_F_EVENT_IDX if event_idx else 0) | (lib.VNB_F_INDIRECT if indirect else 0)
         assert lib.vnb_vq_init(self.vq, mem.table, num, self.desc, self.avail, self.used, vflags) == 0
         self.chain = ffi.new("struct vnb_chain *")
         # Indirect tables live in guest memory until their chain comes back: one slot per token.

@@ -374,10 +374,10 @@ def test_vq_init_checks_the_event_fields_only_when_event_idx_is_negotiated(mem):
     # avail ends exactly at the end of memory without its trailing used_event
     avail = end - (4 + 2 * num)
     assert lib.vnb_vq_init(vq, mem.table, num, 0, avail, 0x1000, 0) == 0
-    assert lib.vnb_vq_init(vq, mem.table, num, 0, avail, 0x1000, lib.VNB_VQ_F_EVENT_IDX) == -errno.EFAULT
+    assert lib.vnb_vq_init(vq, mem.table, num, 0, avail, 0x1000, lib.VNB_F_EVENT_IDX) == -errno.EFAULT
     used = end - (4 + 8 * num)
     assert lib.vnb_vq_init(vq, mem.table, num, 0, 0x1000, used, 0) == 0
-    assert lib.vnb_vq_init(vq, mem.table, num, 0, 0x1000, used, lib.VNB_VQ_F_EVENT_IDX) == -errno.EFAULT
+    assert lib.vnb_vq_init(vq, mem.table, num, 0, 0x1000, used, lib.VNB_F_EVENT_IDX) == -errno.EFAULT
     assert lib.vnb_vq_init(vq, mem.table, num, end - 64, 0x1000, 0x2000, 0) == -errno.EFAULT
 
 
@@ -662,7 +662,7 @@ def test_random_descriptor_tables_never_escape_guest_memory_or_hang(holey, data,
 
     vq = ffi.new("struct vnb_vq *")
     assert lib.vnb_vq_init(vq, mem.table, num, DESC_GPA, AVAIL_GPA, USED_GPA,
-                           lib.VNB_VQ_F_INDIRECT if indirect else 0) == 0
+                           lib.VNB_F_INDIRECT if indirect else 0) == 0
     lib.vnb_vq_set_base(vq, base, base)
     c = ffi.new("struct vnb_chain *")
     ref = RefPop(mem, num, indirect)

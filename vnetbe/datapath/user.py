@@ -12,17 +12,6 @@ _COUNTERS = ["tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "tx_kicks", "rx_k
              "tap_reads", "tap_read_empty", "rx_stalls", "rx_merged", "tx_tap_full", "busy_polls"]
 
 
-def dp_flags(features: int) -> int:
-    flags = 0
-    if features & spec.bit(spec.VIRTIO_RING_F_EVENT_IDX):
-        flags |= lib.VNB_DP_F_EVENT_IDX
-    if features & spec.bit(spec.VIRTIO_RING_F_INDIRECT_DESC):
-        flags |= lib.VNB_DP_F_INDIRECT
-    if features & spec.bit(spec.VIRTIO_NET_F_MRG_RXBUF):
-        flags |= lib.VNB_DP_F_MRG_RXBUF
-    return flags
-
-
 class UserDatapath:
     name = "user"
 
@@ -37,7 +26,7 @@ class UserDatapath:
     def start(self, mem, features, hdr_len, queues, link, err_fd) -> None:
         dp = self._dp
         check(lib.vnb_dp_set_mem(dp, mem.table), "vnb_dp_set_mem")
-        check(lib.vnb_dp_set_features(dp, dp_flags(features), hdr_len), "vnb_dp_set_features")
+        check(lib.vnb_dp_set_features(dp, spec.ring_flags(features), hdr_len), "vnb_dp_set_features")
         for q, cfg in queues.items():
             rc = lib.vnb_dp_set_queue(dp, q, cfg.size, cfg.desc, cfg.avail, cfg.used, cfg.kick_fd,
                                       cfg.call_fd, cfg.last_avail_idx & 0xFFFF, cfg.used_idx & 0xFFFF)

@@ -62,8 +62,7 @@ _OWNER_LOCK = threading.Lock()
 def diagnose(mem, cfg: QueueConfig, q: int, features: int, last_avail_idx: int) -> int:
     """Fault code of the first bad chain from just before vhost's position up to avail->idx,
     found by vnetbe's own validator; VhostFault.code if none of them is bad by our rules."""
-    flags = ((lib.VNB_VQ_F_EVENT_IDX if features & spec.bit(spec.VIRTIO_RING_F_EVENT_IDX) else 0)
-             | (lib.VNB_VQ_F_INDIRECT if features & spec.bit(spec.VIRTIO_RING_F_INDIRECT_DESC) else 0))
+    flags = spec.ring_flags(features)
     vq = ffi.new("struct vnb_vq *")
     chain = ffi.new("struct vnb_chain *")
     if lib.vnb_vq_init(vq, mem.table, cfg.size, cfg.desc, cfg.avail, cfg.used, flags) < 0:

@@ -11,34 +11,26 @@ import fcntl
 import os
 import struct
 
+from .._native import lib
 from ..errors import KernelRefused, SetupError
 
-VHOST_VIRTIO = 0xAF
-_IOC_WRITE, _IOC_READ = 1, 2
+# ioctl numbers and feature bits from the kernel's <linux/vhost.h> (csrc/device/vnb_uapi.h).
+VHOST_GET_FEATURES = lib.VHOST_GET_FEATURES
+VHOST_SET_FEATURES = lib.VHOST_SET_FEATURES
+VHOST_SET_OWNER = lib.VHOST_SET_OWNER
+VHOST_SET_MEM_TABLE = lib.VHOST_SET_MEM_TABLE
+VHOST_SET_VRING_NUM = lib.VHOST_SET_VRING_NUM
+VHOST_SET_VRING_ADDR = lib.VHOST_SET_VRING_ADDR
+VHOST_SET_VRING_BASE = lib.VHOST_SET_VRING_BASE
+VHOST_GET_VRING_BASE = lib.VHOST_GET_VRING_BASE
+VHOST_SET_VRING_KICK = lib.VHOST_SET_VRING_KICK
+VHOST_SET_VRING_CALL = lib.VHOST_SET_VRING_CALL
+VHOST_SET_VRING_ERR = lib.VHOST_SET_VRING_ERR
+VHOST_SET_VRING_BUSYLOOP_TIMEOUT = lib.VHOST_SET_VRING_BUSYLOOP_TIMEOUT
+VHOST_NET_SET_BACKEND = lib.VHOST_NET_SET_BACKEND
 
-
-def _ioc(direction: int, nr: int, size: int) -> int:
-    return (direction << 30) | (size << 16) | (VHOST_VIRTIO << 8) | nr
-
-
-_U64, _STATE, _FILE, _ADDR, _MEM_HDR, _REGION = 8, 8, 8, 40, 8, 32
-VHOST_GET_FEATURES = _ioc(_IOC_READ, 0x00, _U64)
-VHOST_SET_FEATURES = _ioc(_IOC_WRITE, 0x00, _U64)
-VHOST_SET_OWNER = _ioc(0, 0x01, 0)
-VHOST_RESET_OWNER = _ioc(0, 0x02, 0)
-VHOST_SET_MEM_TABLE = _ioc(_IOC_WRITE, 0x03, _MEM_HDR)
-VHOST_SET_VRING_NUM = _ioc(_IOC_WRITE, 0x10, _STATE)
-VHOST_SET_VRING_ADDR = _ioc(_IOC_WRITE, 0x11, _ADDR)
-VHOST_SET_VRING_BASE = _ioc(_IOC_WRITE, 0x12, _STATE)
-VHOST_GET_VRING_BASE = _ioc(_IOC_READ | _IOC_WRITE, 0x12, _STATE)
-VHOST_SET_VRING_KICK = _ioc(_IOC_WRITE, 0x20, _FILE)
-VHOST_SET_VRING_CALL = _ioc(_IOC_WRITE, 0x21, _FILE)
-VHOST_SET_VRING_ERR = _ioc(_IOC_WRITE, 0x22, _FILE)
-VHOST_SET_VRING_BUSYLOOP_TIMEOUT = _ioc(_IOC_WRITE, 0x23, _STATE)
-VHOST_NET_SET_BACKEND = _ioc(_IOC_WRITE, 0x30, _FILE)
-
-VHOST_F_LOG_ALL = 26
-VHOST_NET_F_VIRTIO_NET_HDR = 27   # also VIRTIO_F_ANY_LAYOUT: with it vhost strips offloads from the tap
+VHOST_F_LOG_ALL = lib.VHOST_F_LOG_ALL
+VHOST_NET_F_VIRTIO_NET_HDR = lib.VHOST_NET_F_VIRTIO_NET_HDR   # also ANY_LAYOUT: with it vhost strips offloads
 DEV_PATH = "/dev/vhost-net"
 
 _HINTS = {
@@ -77,10 +69,6 @@ def open_vhost_net() -> int:
 
 def set_owner(fd: int) -> None:
     _call(fd, "VHOST_SET_OWNER", VHOST_SET_OWNER)
-
-
-def reset_owner(fd: int) -> None:
-    _call(fd, "VHOST_RESET_OWNER", VHOST_RESET_OWNER)
 
 
 def get_features(fd: int) -> int:

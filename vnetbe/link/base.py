@@ -19,45 +19,32 @@ from typing import Any, ClassVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .. import spec
+from .._native import lib
 from ..errors import ConfigError, KernelRefused, LinkError, NotRoot, SetupError, VnetError
 
-# --- ioctl numbers (include/uapi/linux/if_tun.h), spelled out from _IOW/_IOR so they can be checked ---
+# --- tun/tap ioctls and flags (include/uapi/linux/if_tun.h), values from the kernel's headers ---
+TUNSETIFF = lib.TUNSETIFF
+TUNSETPERSIST = lib.TUNSETPERSIST
+TUNSETOFFLOAD = lib.TUNSETOFFLOAD
+TUNGETIFF = lib.TUNGETIFF
+TUNGETVNETHDRSZ = lib.TUNGETVNETHDRSZ
+TUNSETVNETHDRSZ = lib.TUNSETVNETHDRSZ
 
-
-def _ioc(direction: int, nr: int, size: int = 4) -> int:
-    return (direction << 30) | (size << 16) | (ord("T") << 8) | nr
-
-
-_IOW, _IOR = 1, 2
-TUNSETIFF = _ioc(_IOW, 202)
-TUNSETPERSIST = _ioc(_IOW, 203)
-TUNSETOFFLOAD = _ioc(_IOW, 208)
-TUNGETIFF = _ioc(_IOR, 210)
-TUNGETVNETHDRSZ = _ioc(_IOR, 215)
-TUNSETVNETHDRSZ = _ioc(_IOW, 216)
-
-IFF_TAP = 0x0002
-IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000
+IFF_TAP = lib.IFF_TAP
+IFF_NO_PI = lib.IFF_NO_PI
+IFF_VNET_HDR = lib.IFF_VNET_HDR
 
 # TUNSETOFFLOAD flags: what the kernel may hand *up* the fd (i.e. what the guest can receive).
-TUN_F_CSUM = 0x01
-TUN_F_TSO4 = 0x02
-TUN_F_TSO6 = 0x04
-TUN_F_TSO_ECN = 0x08
-TUN_F_UFO = 0x10
+TUN_F_CSUM = lib.TUN_F_CSUM
+TUN_F_TSO4 = lib.TUN_F_TSO4
+TUN_F_TSO6 = lib.TUN_F_TSO6
+TUN_F_TSO_ECN = lib.TUN_F_TSO_ECN
+TUN_F_UFO = lib.TUN_F_UFO
 
-# virtio-net feature bits (§5.1.3) that map onto them; duplicated from vnetbe.spec on purpose so the link
-# layer stays importable without the rest of the package.
-_VIRTIO_NET_F_GUEST_CSUM = 1
-_VIRTIO_NET_F_GUEST_TSO4 = 7
-_VIRTIO_NET_F_GUEST_TSO6 = 8
-_VIRTIO_NET_F_GUEST_ECN = 9
-_VIRTIO_NET_F_GUEST_UFO = 10
-
-IFNAMSIZ = 16  # including the NUL: names are at most 15 characters
+IFNAMSIZ = lib.IFNAMSIZ  # including the NUL: names are at most 15 characters
 FD_FLAGS = os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC
-DEFAULT_VNET_HDR_LEN = 12  # VERSION_1 (or MRG_RXBUF) header: always carries num_buffers
+DEFAULT_VNET_HDR_LEN = spec.NET_HDR_LEN
 
 NOT_ROOT_MSG = "not running as root: vnetbe needs CAP_NET_ADMIN to create interfaces; run with sudo"
 
@@ -72,16 +59,16 @@ def tun_offload_from_virtio(acked_features: int) -> int:
     the kernel may pass up the fd. Segmentation offloads without GUEST_CSUM are meaningless (a GSO frame
     always needs a partial checksum), so they are dropped in that case, as the spec requires.
     """
-    if not acked_features & (1 << _VIRTIO_NET_F_GUEST_CSUM):
+    if not acked_features & (1 << spec.VIRTIO_NET_F_GUEST_CSUM):
         return 0
     flags = TUN_F_CSUM
-    if acked_features & (1 << _VIRTIO_NET_F_GUEST_TSO4):
+    if acked_features & (1 << spec.VIRTIO_NET_F_GUEST_TSO4):
         flags |= TUN_F_TSO4
-    if acked_features & (1 << _VIRTIO_NET_F_GUEST_TSO6):
+    if acked_features & (1 << spec.VIRTIO_NET_F_GUEST_TSO6):
         flags |= TUN_F_TSO6
-    if flags & (TUN_F_TSO4 | TUN_F_TSO6) and acked_features & (1 << _VIRTIO_NET_F_GUEST_ECN):
+    if flags & (TUN_F_TSO4 | TUN_F_TSO6) and acked_features & (1 << spec.VIRTIO_NET_F_GUEST_ECN):
         flags |= TUN_F_TSO_ECN
-    if acked_features & (1 << _VIRTIO_NET_F_GUEST_UFO):
+    if acked_features & (1 << spec.VIRTIO_NET_F_GUEST_UFO):
         flags |= TUN_F_UFO
     return flags
 

@@ -16,7 +16,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import ConfigError, KernelRefused, LinkError, NotRoot, SetupError
 from .base import (
-    silence_host_stack,
     DEFAULT_VNET_HDR_LEN,
     FD_FLAGS,
     NOT_ROOT_MSG,
@@ -27,6 +26,7 @@ from .base import (
     map_netlink_error,
     normalize_mac,
     random_mac,
+    silence_host_stack,
 )
 
 MODES = ("vepa", "bridge", "private", "passthru")

@@ -14,7 +14,6 @@ from pyroute2 import IPRoute
 
 from ..errors import KernelRefused, LinkError, NotRoot, SetupError
 from .base import (
-    silence_host_stack,
     DEFAULT_VNET_HDR_LEN,
     FD_FLAGS,
     IFF_NO_PI,
@@ -30,6 +29,7 @@ from .base import (
     link_kind,
     normalize_mac,
     random_mac,
+    silence_host_stack,
 )
 
 TUN_PATH = "/dev/net/tun"

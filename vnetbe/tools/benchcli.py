@@ -26,13 +26,24 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError, LabError, NotRoot, SetupError
-from .results import SCENARIOS, THROUGHPUT_SCENARIOS, TSO_LABEL, has_baseline, label, opts_text, parse_size, rows_in_order, supported, varied_options
-from . import costs, lab
-from .. import spec
+from .. import VHOST_NET_PATH, spec
 from ..datapath import DATAPATHS
 from ..device import MAX_BUSYLOOP_US
+from ..errors import ConfigError, LabError, NotRoot, SetupError
+from . import costs, lab
 from .bench import BenchTopology, summarize
+from .results import (
+    SCENARIOS,
+    THROUGHPUT_SCENARIOS,
+    TSO_LABEL,
+    has_baseline,
+    label,
+    opts_text,
+    parse_size,
+    rows_in_order,
+    supported,
+    varied_options,
+)
 
 HOST_COUNT = 200_000     # frames per run on a real kernel
 LAB_COUNT = 100_000      # in the lab (software emulation is 10-20x slower)
@@ -211,7 +222,7 @@ class _Progress:
 def _start_info(plan: Plan, where: str) -> dict:
     return {"host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "vhost_net": os.path.exists("/dev/vhost-net"), "where": where,
+            "vhost_net": os.path.exists(VHOST_NET_PATH), "where": where,
             "datapaths": plan.datapaths, "scenarios": plan.scenarios,
             "sizes": [str(s) for s in plan.sizes], "count": plan.count, "rr_count": plan.rr_count,
             "tso_count": plan.tso_count,
@@ -226,7 +237,7 @@ def collect(plan: Plan, progress: _Progress | None = None, with_costs: bool = Fa
 
     if os.geteuid() != 0:
         raise NotRoot("not running as root: the benchmark creates a namespace, a veth and macvtaps; run with sudo")
-    if "vhost" in plan.datapaths and not os.path.exists("/dev/vhost-net"):
+    if "vhost" in plan.datapaths and not os.path.exists(VHOST_NET_PATH):
         raise SetupError("/dev/vhost-net is missing on this host (no vhost_net module): drop --no-lab to run the "
                          "bench in the kernel lab, or use --datapath user")
     progress = progress or _Progress("never")
@@ -333,7 +344,7 @@ def bench(args, progress: _Progress | None = None, with_costs: bool = False) -> 
     progress = progress or _Progress(getattr(args, "progress", "auto"))
     with_costs = with_costs or getattr(args, "with_costs", False)
     want_vhost = "vhost" in _list(args.datapath)
-    if want_vhost and not os.path.exists("/dev/vhost-net") and not in_lab():
+    if want_vhost and not os.path.exists(VHOST_NET_PATH) and not in_lab():
         if args.no_lab:
             raise SetupError("/dev/vhost-net is missing on this host and --no-lab forbids the kernel lab: use "
                              "--datapath user, or drop --no-lab")
@@ -361,7 +372,7 @@ def _terminate_cleanly() -> None:
 def run(args) -> int:
     _terminate_cleanly()
     if args.plot:
-        from .plot import require   # matplotlib is optional (the plot extra)
+        from .plot import require  # matplotlib is optional (the plot extra)
         require()   # fail now, not after the bench
     doc = bench(args)
     if args.output:
@@ -373,7 +384,7 @@ def run(args) -> int:
         print(format_table(doc))
     sys.stdout.flush()
     if args.plot:
-        from .plot import write_charts   # optional, as above
+        from .plot import write_charts  # optional, as above
         paths = write_charts(doc, args.plot)
         print(f"charts: {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0

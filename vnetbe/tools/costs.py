@@ -57,9 +57,9 @@ import time
 from typing import Any
 
 from ..errors import ConfigError
-from .results import nearest_rank
 from ._native import check, ffi, lib
 from .cliutil import load_json, standalone, subcommand
+from .results import nearest_rank
 
 __all__ = ["SCHEMA", "DATAPATHS", "measure", "cpu_info", "writev_cost", "memcpy_ns", "predict",
            "format_costs", "format_prediction", "add_parser", "main"]

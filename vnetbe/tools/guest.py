@@ -11,13 +11,12 @@ import os
 import struct
 
 from .. import spec
-from ._native import ffi, lib
 from ..errors import ConfigError, VnetError
 from ..queue import QueueConfig
+from ._native import ffi, lib
 
 LAYOUTS = {"single": 0, "split_hdr": 1, "scatter": 2, "indirect": 3}
 DEFAULT_FEATURES = spec.DEVICE_FEATURES
-MAX_FRAME = 65535
 
 
 class GuestDriver:
@@ -45,11 +44,11 @@ class GuestDriver:
         spec.check_queue_size(ntx)
         spec.check_queue_size(nrx)
         if rx_buf_size is None:
-            rx_buf_size = 2048 if self.mrg_rxbuf else MAX_FRAME + self.hdr_len
+            rx_buf_size = 2048 if self.mrg_rxbuf else spec.MAX_FRAME + self.hdr_len
         if not self.mrg_rxbuf and rx_buf_size < 1514 + self.hdr_len:
             raise ConfigError("without MRG_RXBUF each RX buffer must hold a whole frame (>= 1526 bytes)")
         self.rx_buf_size = rx_buf_size
-        self.tx_buf_size = MAX_FRAME + 16 + 128  # header slot + frame + the scatter layout's gaps
+        self.tx_buf_size = spec.MAX_FRAME + 16 + 128  # header slot + frame + the scatter layout's gaps
 
         rings = {}
         for q, n in ((spec.RX_QUEUE, nrx), (spec.TX_QUEUE, ntx)):
@@ -67,9 +66,7 @@ class GuestDriver:
         for q, (n, d, a, u) in rings.items():
             dev.set_queue(q, QueueConfig(n, d, a, u, self.kick_fd[q], self.call_fd[q]))
 
-        flags = ((lib.VNB_DRV_F_EVENT_IDX if self.event_idx else 0)
-                 | (lib.VNB_DRV_F_INDIRECT if self.indirect else 0)
-                 | (lib.VNB_GUEST_F_MRG_RXBUF if self.mrg_rxbuf else 0))
+        flags = spec.ring_flags(self.features)
         self._g = ffi.new("struct vnb_guest *")
         rc = lib.vnb_guest_init(
             self._g, mem.table, flags, self.hdr_len,
@@ -79,7 +76,7 @@ class GuestDriver:
         if rc < 0:
             self.close()
             raise ConfigError(f"guest driver setup failed ({os.strerror(-rc)}): check queue and buffer sizes")
-        self._rxbuf = ffi.new("uint8_t[]", MAX_FRAME + 1)
+        self._rxbuf = ffi.new("uint8_t[]", spec.MAX_FRAME + 1)
         self._hdr = ffi.new("struct virtio_net_hdr_v1 *")
         # Post RX buffers before DRIVER_OK, as a real driver does: the device may start receiving at once.
         lib.vnb_guest_rx_fill(self._g)
@@ -119,8 +116,8 @@ class GuestDriver:
     def send(self, frame: bytes, *, csum: tuple[int, int] | None = None, gso: tuple[str, int] | None = None,
              layout: str | None = None, timeout: float = 5.0) -> None:
         """Queue one Ethernet frame (no virtio-net header) for transmission."""
-        if not 0 < len(frame) <= MAX_FRAME:
-            raise ConfigError(f"frame of {len(frame)} bytes: must be 1..{MAX_FRAME}")
+        if not 0 < len(frame) <= spec.MAX_FRAME:
+            raise ConfigError(f"frame of {len(frame)} bytes: must be 1..{spec.MAX_FRAME}")
         lay = self.tx_layout if layout is None else self._layout(layout)
         rc = lib.vnb_guest_tx(self._g, frame, len(frame), self._make_hdr(frame, csum, gso), lay,
                               int(timeout * 1000))
@@ -163,7 +160,7 @@ class GuestDriver:
         return None if r is None else r[1]
 
     def receive_with_header(self, timeout: float = 1.0) -> tuple[dict, bytes] | None:
-        n = lib.vnb_guest_rx(self._g, self._rxbuf, MAX_FRAME + 1, self._hdr, int(timeout * 1000))
+        n = lib.vnb_guest_rx(self._g, self._rxbuf, spec.MAX_FRAME + 1, self._hdr, int(timeout * 1000))
         if n == 0:
             self.dev.check()
             return None

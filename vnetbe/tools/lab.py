@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping, NamedTuple, Sequence
 
+from .. import VHOST_NET_PATH
 from ..errors import ConfigError, LabError
 
 __all__ = [
@@ -212,7 +213,7 @@ def in_lab() -> bool:
 def have_vhost() -> bool:
     """True if /dev/vhost-net exists and this process may open it."""
     try:
-        fd = os.open("/dev/vhost-net", os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(VHOST_NET_PATH, os.O_RDWR | os.O_CLOEXEC)
     except OSError:
         return False
     os.close(fd)

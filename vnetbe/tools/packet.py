@@ -36,6 +36,8 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
+from .. import spec
+
 MacLike = Union[str, bytes, bytearray]
 IpLike = Union[str, bytes, ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -52,7 +54,7 @@ RAW_ETHERTYPE = 0x88B6
 TAG_HDR_LEN = 22            # dst, src, type, seq, flow
 TAG_MIN_SIZE = TAG_HDR_LEN
 TAG_MAX_SIZE = 1 << 18      # well past a 64 KiB GSO frame; mirrors VNB_TAG_MAX_SIZE in vnb_peer.h
-MAX_FRAME = 65535 + ETH_HLEN  # the largest frame a GSO send may carry (64 KiB IP datagram)
+MAX_FRAME = spec.MAX_FRAME   # the largest frame the device takes (a GSO super-frame)
 
 BROADCAST = b"\xff" * 6
 
@@ -148,8 +150,8 @@ def raw_frame(size: int, dst: MacLike = BROADCAST, src: MacLike = "02:00:00:00:0
               ethertype: int = RAW_ETHERTYPE, seed: int = 0) -> bytes:
     """A frame of exactly ``size`` bytes (no FCS): Ethernet header then seeded filler.
 
-    Sizes from 14 up to 64 KiB + 14 are accepted: 60..1514 fit a default MTU, up to 9014 a jumbo MTU,
-    larger ones only go out as GSO sends."""
+    Sizes from 14 up to MAX_FRAME (65535) are accepted: 60..1514 fit a default MTU, up to 9014 a
+    jumbo MTU, larger ones only go out as GSO sends."""
     if not ETH_HLEN <= size <= MAX_FRAME:
         raise ValueError(f"frame size {size} outside {ETH_HLEN}..{MAX_FRAME}")
     return eth_header(dst, src, ethertype) + pattern(size - ETH_HLEN, seed)

@@ -26,8 +26,8 @@ import threading
 import time
 from typing import Callable
 
-from . import packet
 from ..errors import ConfigError, KernelRefused, LinkError, NotRoot
+from . import packet
 from ._native import ffi, lib
 from .topology import in_netns
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, VnetError
-from .results import SCENARIOS, THROUGHPUT_SCENARIOS, label, opts_text, rows_in_order, varied_options
 from . import benchcli, costs
 from .benchcli import add_bench_arguments
 from .cliutil import load_json, standalone, subcommand
+from .results import SCENARIOS, THROUGHPUT_SCENARIOS, label, opts_text, rows_in_order, varied_options
 
 __all__ = ["add_parser", "main", "build", "render_markdown", "render_html", "targets"]
 
@@ -390,7 +390,7 @@ def main(args: argparse.Namespace) -> int:
     preds = costs.predict_bench(doc, costs_doc)
     charts, chart_note = None, None
     try:
-        from .plot import write_charts   # matplotlib is optional (the plot extra)
+        from .plot import write_charts  # matplotlib is optional (the plot extra)
         charts = write_charts(doc, out, predictions=preds)
     except VnetError as e:
         chart_note = f"No charts: {e}."

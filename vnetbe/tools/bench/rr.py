@@ -13,7 +13,7 @@ from .. import packet
 from .._native import ffi, lib
 from ..results import TSO_LABEL, nearest_rank
 from .frames import HDR, RR_FLOW, RR_IDLE_S
-from .measure import Meter, RunResult, dev_threads, delta, per_packet, rate
+from .measure import Meter, RunResult, delta, dev_threads, per_packet, rate
 
 
 def _rr_peer(self, size: int, count: int, warmup: int, dst: bytes, timeout: float = 1.0

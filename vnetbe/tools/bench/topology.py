@@ -16,7 +16,10 @@ from ..guest import GuestDriver
 from ..peer import Peer
 from ..results import SCENARIOS, TSO_LABEL, supported
 from ..topology import Topology
-from . import rr as _rr, rx as _rx, tx as _tx, vm2vm as _vm2vm
+from . import rr as _rr
+from . import rx as _rx
+from . import tx as _tx
+from . import vm2vm as _vm2vm
 from .frames import SAT_SENDERS, TSO_MSS, TSO_PAYLOAD
 from .measure import RunResult, add
 
