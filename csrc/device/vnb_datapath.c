@@ -17,6 +17,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+_Static_assert(sizeof(struct vnb_dp_stats) % sizeof(uint64_t) == 0, "vnb_dp_stats is all uint64_t");
+
 #define RXQ 0
 #define TXQ 1
 #define BUDGET 256            /* frames per queue per round, so neither direction starves the other */
@@ -172,9 +174,11 @@ int vnb_dp_tid(struct vnb_dp *dp) { return __atomic_load_n(&dp->tid, __ATOMIC_AC
 
 void vnb_dp_get_stats(struct vnb_dp *dp, struct vnb_dp_stats *out)
 {
-    /* Counters are written by the datapath thread only; aligned 64-bit loads do not tear on the
-     * 64-bit targets we build for, so a reader sees each counter at some recent value. */
-    memcpy(out, &dp->st, sizeof(*out));
+    /* Each counter at some recent value (see stat_add); the set is not a snapshot of one instant. */
+    const uint64_t *src = (const uint64_t *)&dp->st;
+    uint64_t *dst = (uint64_t *)out;
+    for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++)
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
 }
 
 int vnb_dp_get_qstate(struct vnb_dp *dp, int q, struct vnb_dp_qstate *out)
@@ -185,23 +189,30 @@ int vnb_dp_get_qstate(struct vnb_dp *dp, int q, struct vnb_dp_qstate *out)
     out->num = vq->num;
     out->last_avail_idx = vq->last_avail_idx;
     out->used_idx = vq->used_idx;
-    out->broken = vq->broken;
-    out->fault = vq->fault;
+    /* broken and fault may be set by the running thread (vnb_vq_fail): acquire pairs with its release. */
+    out->broken = __atomic_load_n(&vq->broken, __ATOMIC_ACQUIRE);
+    out->fault = __atomic_load_n(&vq->fault, __ATOMIC_RELAXED);
     return 0;
 }
 
 /* ---- helpers running on the datapath thread ---- */
+
+/* Counters have one writer, this thread, and vnb_dp_get_stats reads them from another: relaxed
+ * atomic stores (and loads there) make that race-free in C11 terms, at the cost of a plain move. The
+ * writer's own read of the old value races with nothing (no other thread writes). */
+static inline void stat_add(uint64_t *c, uint64_t n) { __atomic_store_n(c, *c + n, __ATOMIC_RELAXED); }
+static inline void stat_inc(uint64_t *c) { stat_add(c, 1); }
 
 static void interrupt(struct vnb_dp *dp, int q)
 {
     uint64_t one = 1;
     /* An eventfd write fails only on counter overflow, which needs 2^64 interrupts. */
     (void)!write(dp->call_fd[q], &one, sizeof(one));
-    dp->st.syscalls++;
+    stat_inc(&dp->st.syscalls);
     if (q == TXQ)
-        dp->st.tx_interrupts++;
+        stat_inc(&dp->st.tx_interrupts);
     else
-        dp->st.rx_interrupts++;
+        stat_inc(&dp->st.rx_interrupts);
 }
 
 static void flush_and_notify(struct vnb_dp *dp, int q)
@@ -214,12 +225,12 @@ static void flush_and_notify(struct vnb_dp *dp, int q)
 
 static void report_fault(struct vnb_dp *dp, int q, int fault)
 {
-    dp->st.faults[fault < VNB_FAULT_MAX ? fault : 0]++;
+    stat_inc(&dp->st.faults[fault < VNB_FAULT_MAX ? fault : 0]);
     if (dp->err_fd >= 0) {
         uint64_t one = 1;
         /* Same reasoning as interrupt(): an eventfd write cannot fail here. */
         (void)!write(dp->err_fd, &one, sizeof(one));
-        dp->st.syscalls++;
+        stat_inc(&dp->st.syscalls);
     }
 }
 
@@ -236,7 +247,7 @@ static void update_tap(struct vnb_dp *dp)
     struct epoll_event ev = { .events = want, .data.u32 = EV_TAP };
     /* MOD on an fd we registered ourselves cannot fail unless the fd was closed under us. */
     (void)epoll_ctl(dp->epfd, EPOLL_CTL_MOD, dp->tap_fd, &ev);
-    dp->st.syscalls++;
+    stat_inc(&dp->st.syscalls);
     dp->tap_events = want;
 }
 
@@ -252,7 +263,7 @@ static uint64_t drain_eventfd(struct vnb_dp *dp, int fd)
     /* Non-blocking eventfd: EAGAIN just means nothing was pending. */
     if (read(fd, &v, sizeof(v)) != sizeof(v))
         v = 0;
-    dp->st.syscalls++;
+    stat_inc(&dp->st.syscalls);
     return v;
 }
 
@@ -278,12 +289,12 @@ static void link_gone(struct vnb_dp *dp, uint32_t events)
     __atomic_store_n(&dp->link_down, events & (EPOLLERR | EPOLLHUP), __ATOMIC_RELAXED);
     /* DEL of an fd we added cannot fail unless it was closed under us, which is the same end. */
     (void)epoll_ctl(dp->epfd, EPOLL_CTL_DEL, dp->tap_fd, NULL);
-    dp->st.syscalls++;
+    stat_inc(&dp->st.syscalls);
     dp->tap_events = 0;
     if (dp->err_fd >= 0) {
         uint64_t one = 1;
         (void)!write(dp->err_fd, &one, sizeof(one));   /* as interrupt(): cannot fail */
-        dp->st.syscalls++;
+        stat_inc(&dp->st.syscalls);
     }
 }
 
@@ -336,21 +347,21 @@ static int handle_tx(struct vnb_dp *dp)
             return 0;
         }
         if (c->out_len < dp->hdr_len) {
-            dp->st.drops[VNB_DROP_TX_SHORT]++;
+            stat_inc(&dp->st.drops[VNB_DROP_TX_SHORT]);
         } else if (c->out_len > VNB_MAX_FRAME + dp->hdr_len) {
-            dp->st.drops[VNB_DROP_TX_OVERSIZE]++;
+            stat_inc(&dp->st.drops[VNB_DROP_TX_OVERSIZE]);
         } else {
             /* The chain is header + frame in any layout; the tap parses the header itself. One
              * buffer (the usual layout) goes out with write(): writev would first copy the iovec
              * array in from user space for nothing. */
             ssize_t n = c->nout == 1 ? write(dp->tap_fd, c->iov[0].iov_base, c->iov[0].iov_len)
                                      : writev(dp->tap_fd, c->iov, c->nout);
-            dp->st.syscalls++;
-            dp->st.tap_writes++;
+            stat_inc(&dp->st.syscalls);
+            stat_inc(&dp->st.tap_writes);
             if (n < 0 && (errno == EAGAIN || errno == ENOBUFS || errno == ENOMEM)) {
                 /* Like vhost: give the chain back and retry once the tap has room. */
                 vnb_vq_unpop(vq, 1);
-                dp->st.tx_tap_full++;
+                stat_inc(&dp->st.tx_tap_full);
                 if (errno == EAGAIN) {
                     dp->tx_blocked = 1;
                     update_tap(dp);
@@ -361,10 +372,10 @@ static int handle_tx(struct vnb_dp *dp)
                 return 0;
             }
             if (n < 0) {
-                dp->st.drops[errno == EINVAL ? VNB_DROP_TX_TAP_REFUSED : VNB_DROP_TX_TAP_ERROR]++;
+                stat_inc(&dp->st.drops[errno == EINVAL ? VNB_DROP_TX_TAP_REFUSED : VNB_DROP_TX_TAP_ERROR]);
             } else {
-                dp->st.tx_frames++;
-                dp->st.tx_bytes += c->out_len - dp->hdr_len;
+                stat_inc(&dp->st.tx_frames);
+                stat_add(&dp->st.tx_bytes, c->out_len - dp->hdr_len);
             }
         }
         /* TX buffers are only read: the used length is 0 (§5.1.6.2). */
@@ -422,9 +433,9 @@ static void rx_complete(struct vnb_dp *dp)
     for (uint32_t i = 0; i < p->nheads; i++)
         vnb_vq_add_used(vq, p->heads[i], p->lens[i]);
     if (p->nheads > 1)
-        dp->st.rx_merged++;
-    dp->st.rx_frames++;
-    dp->st.rx_bytes += p->total - dp->hdr_len;
+        stat_inc(&dp->st.rx_merged);
+    stat_inc(&dp->st.rx_frames);
+    stat_add(&dp->st.rx_bytes, p->total - dp->hdr_len);
     p->active = 0;
 }
 
@@ -433,7 +444,7 @@ static void rx_drop_pending(struct vnb_dp *dp, int reason)
     /* The held chains are the last ones popped: hand them back untouched, as vhost_discard_vq_desc. */
     vnb_vq_unpop(&dp->vq[RXQ], (uint16_t)dp->pend.nheads);
     dp->pend.active = 0;
-    dp->st.drops[reason]++;
+    stat_inc(&dp->st.drops[reason]);
 }
 
 enum { RX_OK, RX_TAP_EMPTY, RX_NEED_BUFFERS, RX_FAULT, RX_YIELD /* round over mid-frame: resume next round */ };
@@ -523,20 +534,20 @@ static int rx_one(struct vnb_dp *dp)
     c->iov[niov].iov_base = dp->bounce;
     c->iov[niov].iov_len = BOUNCE_LEN;
     ssize_t n = readv(dp->tap_fd, c->iov, niov + 1);
-    dp->st.syscalls++;
-    dp->st.tap_reads++;
+    stat_inc(&dp->st.syscalls);
+    stat_inc(&dp->st.tap_reads);
     if (n < 0) {
         vnb_vq_unpop(&dp->vq[RXQ], 1);
         if (errno == EAGAIN) {
-            dp->st.tap_read_empty++;
+            stat_inc(&dp->st.tap_read_empty);
             return RX_TAP_EMPTY;
         }
-        dp->st.drops[VNB_DROP_RX_TAP_ERROR]++;
+        stat_inc(&dp->st.drops[VNB_DROP_RX_TAP_ERROR]);
         return RX_TAP_EMPTY;
     }
     if ((size_t)n < dp->hdr_len || ((size_t)n > cap && (size_t)n - cap >= BOUNCE_LEN)) {
         vnb_vq_unpop(&dp->vq[RXQ], 1);
-        dp->st.drops[VNB_DROP_RX_TRUNCATED]++;
+        stat_inc(&dp->st.drops[VNB_DROP_RX_TRUNCATED]);
         return RX_OK;
     }
     p->active = 1;
@@ -599,7 +610,7 @@ static int handle_rx(struct vnb_dp *dp)
                 continue;
             }
             /* No buffers: stop watching the tap until the guest posts new ones. */
-            dp->st.rx_stalls++;
+            stat_inc(&dp->st.rx_stalls);
             arm_tap(dp, 0);
             break;
         }
@@ -625,7 +636,7 @@ static int busy_polling(struct vnb_dp *dp, int64_t *deadline)
     if (!*deadline)
         *deadline = now + dp->busyloop_ns;
     if (now < *deadline) {
-        dp->st.busy_polls++;
+        stat_inc(&dp->st.busy_polls);
         return 1;
     }
     *deadline = 0;
@@ -680,24 +691,24 @@ static void *dp_thread(void *arg)
             continue;
         int timeout = !idle || polling ? 0 : dp->tx_retry ? 1 : -1;
         int n = epoll_wait(dp->epfd, evs, 8, timeout);
-        dp->st.syscalls++;
+        stat_inc(&dp->st.syscalls);
         if (n < 0 && errno != EINTR)
             break;
         if (n > 0)
-            dp->st.wakeups++;
+            stat_inc(&dp->st.wakeups);
         int kick_tx = 0, kick_rx = 0, tap_in = 0, tap_out = 0;
         for (int i = 0; i < n; i++) {
             switch (evs[i].data.u32) {
             case EV_STOP:
                 goto out;
             case EV_KICK_TX:
-                dp->st.tx_kicks += drain_eventfd(dp, dp->kick_fd[TXQ]);
-                dp->st.tx_kick_wakeups++;
+                stat_add(&dp->st.tx_kicks, drain_eventfd(dp, dp->kick_fd[TXQ]));
+                stat_inc(&dp->st.tx_kick_wakeups);
                 kick_tx = 1;
                 break;
             case EV_KICK_RX:
-                dp->st.rx_kicks += drain_eventfd(dp, dp->kick_fd[RXQ]);
-                dp->st.rx_kick_wakeups++;
+                stat_add(&dp->st.rx_kicks, drain_eventfd(dp, dp->kick_fd[RXQ]));
+                stat_inc(&dp->st.rx_kick_wakeups);
                 kick_rx = 1;
                 break;
             case EV_TAP:

@@ -46,8 +46,10 @@ void vnb_vq_set_base(struct vnb_vq *vq, uint16_t last_avail_idx, uint16_t used_i
 int vnb_vq_fail(struct vnb_vq *vq, int fault)
 {
     if (!vq->broken) {
-        vq->broken = 1;
-        vq->fault = fault;
+        /* Another thread may read these while the queue runs (vnb_dp_get_qstate): fault first,
+         * then broken with release, so a reader that sees broken sees its fault. */
+        __atomic_store_n(&vq->fault, fault, __ATOMIC_RELAXED);
+        __atomic_store_n(&vq->broken, 1, __ATOMIC_RELEASE);
     }
     vq->faults++;
     return -fault;
