@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import select
-from typing import Any
+import struct
 
 from . import spec
 from .datapath import make as make_datapath
@@ -42,26 +42,19 @@ class VirtioNet:
     """
 
     def __init__(self, mem, link, datapath: str = "user", *, features: int | None = None,
-                 mac: str | None = None, mtu: int | None = None, busyloop_us: int = 0,
-                 vhost_busyloop_us: int | None = None):
+                 mac: str | None = None, mtu: int | None = None, busyloop_us: int = 0):
         self.mem = mem
         self.link = link
         self.datapath_name = datapath
         # Busy polling, on either datapath: after the last work, poll this long before sleeping.
-        # vhost_busyloop_us is its old name, from when only the vhost path had it.
-        self.busyloop_us = busyloop_us if vhost_busyloop_us is None else vhost_busyloop_us
+        self.busyloop_us = busyloop_us
         if not 0 <= self.busyloop_us <= MAX_BUSYLOOP_US:
             raise ConfigError(f"busyloop_us: 0 .. {MAX_BUSYLOOP_US} (10 s)")
         self._datapath = make_datapath(datapath)
         offered = spec.DEVICE_FEATURES if features is None else features
-        kernel_limit = getattr(self._datapath, "supported_features", None)
-        self.device_features = offered & kernel_limit if kernel_limit is not None else offered
-        self.config: dict[str, Any] = {
-            "mac": mac or link.mac,
-            "status": spec.VIRTIO_NET_S_LINK_UP,
-            "max_virtqueue_pairs": 1,
-            "mtu": mtu or link.mtu,
-        }
+        self.device_features = offered & self._datapath.supported_features
+        self.mac = mac or link.mac
+        self.mtu = mtu or link.mtu
         self.driver_features = 0
         self._status = spec.ACKNOWLEDGE | spec.DRIVER
         self.queues: dict[int, QueueConfig] = {}
@@ -82,6 +75,13 @@ class VirtioNet:
     @status.setter
     def status(self, value: int) -> None:
         self._status = value
+
+    # --- config space (§5.1.4) ---
+    def config_space(self) -> bytes:
+        """struct virtio_net_config as the driver reads it: mac[6], status, max_virtqueue_pairs and
+        mtu, little-endian. The link is up until the datapath has lost it."""
+        link_status = 0 if self._datapath.link_down() else spec.VIRTIO_NET_S_LINK_UP
+        return bytes.fromhex(self.mac.replace(":", "")) + struct.pack("<HHH", link_status, 1, self.mtu)
 
     # --- negotiation ---
     @property
@@ -129,9 +129,8 @@ class VirtioNet:
         self.link.set_offload(tun_offload_from_virtio(self.driver_features))
 
     def _datapath_start(self) -> None:
-        dp = self._datapath
-        dp.busyloop_us = self.busyloop_us
-        dp.start(self.mem, self.driver_features, self.hdr_len, self.queues, self.link, self.err_fd)
+        self._datapath.start(self.mem, self.driver_features, self.hdr_len, self.queues, self.link, self.err_fd,
+                             self.busyloop_us)
 
     def stop(self) -> dict[int, QueueState]:
         """Stop the datapath; the rings keep their state (returned, and kept for a later start)."""
@@ -152,7 +151,7 @@ class VirtioNet:
         new = make_datapath(name)
         was_running = self.running
         states = self.stop()
-        self._retired = _sum_stats(self._retired, self._datapath.stats())
+        self._retired = _sum_stats(self._retired, self._datapath.stats().as_dict())
         self._datapath.close()
         self._datapath = new
         self.datapath_name = name
@@ -171,6 +170,22 @@ class VirtioNet:
         for cfg in self.queues.values():
             os.eventfd_write(cfg.kick_fd, 1)
             os.eventfd_write(cfg.call_fd, 1)
+
+    def reset(self) -> None:
+        """Device reset (status 0, §2.1.1): the datapath stops touching the rings, the queues and the
+        negotiated features are forgotten, faults and DEVICE_NEEDS_RESET clear, and a fresh datapath
+        of the same kind waits for the driver to negotiate again. Counters carry on."""
+        self.stop()
+        self._retired = _sum_stats(self._retired, self._datapath.stats().as_dict())
+        self._datapath.close()
+        self._datapath = make_datapath(self.datapath_name)
+        self.queues = {}
+        self.driver_features = 0
+        self._status = 0
+        try:
+            os.eventfd_read(self.err_fd)   # a fault signalled before the reset is history
+        except BlockingIOError:
+            pass
 
     @property
     def datapath(self):
@@ -212,7 +227,9 @@ class VirtioNet:
         return self._failure()
 
     def stats(self) -> dict:
-        cur = self._datapath.stats()
+        """The datapath's counters (DatapathStats, as a dict) summed over every datapath this device
+        has had, with ``datapath`` and ``status``."""
+        cur = self._datapath.stats().as_dict()
         out = _sum_stats(self._retired, cur) if self._retired else cur
         out["datapath"] = self.datapath_name
         out["status"] = self.status

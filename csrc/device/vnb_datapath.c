@@ -371,6 +371,13 @@ static int handle_tx(struct vnb_dp *dp)
                 flush_and_notify(dp, TXQ);
                 return 0;
             }
+            if (n < 0 && errno == EBADFD) {
+                /* The tun's interface is gone (a wake-up keyed EPOLLIN may not have reached us). */
+                vnb_vq_unpop(vq, 1);
+                flush_and_notify(dp, TXQ);
+                link_gone(dp, EPOLLERR);
+                return 0;
+            }
             if (n < 0) {
                 stat_inc(&dp->st.drops[errno == EINVAL ? VNB_DROP_TX_TAP_REFUSED : VNB_DROP_TX_TAP_ERROR]);
             } else {
@@ -538,6 +545,10 @@ static int rx_one(struct vnb_dp *dp)
     stat_inc(&dp->st.tap_reads);
     if (n < 0) {
         vnb_vq_unpop(&dp->vq[RXQ], 1);
+        if (errno == EBADFD) {
+            link_gone(dp, EPOLLERR);   /* as in handle_tx */
+            return RX_TAP_EMPTY;
+        }
         if (errno == EAGAIN) {
             stat_inc(&dp->st.tap_read_empty);
             return RX_TAP_EMPTY;

@@ -4,20 +4,24 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..queue import QueueConfig, QueueState
+from .stats import DatapathStats
 
 
 class Datapath(Protocol):
     name: str
+    supported_features: int   # the feature bits this datapath can serve (the device offers no more)
 
-    def start(self, mem, features: int, hdr_len: int, queues: dict[int, QueueConfig], link, err_fd: int) -> None:
+    def start(self, mem, features: int, hdr_len: int, queues: dict[int, QueueConfig], link, err_fd: int,
+              busyloop_us: int = 0) -> None:
         """Begin servicing the queues from the ring positions in each QueueConfig, moving frames through
-        ``link.fd``; signal ``err_fd`` when a guest fault stops a queue."""
+        ``link.fd``; signal ``err_fd`` when a guest fault stops a queue or the link fails. With
+        ``busyloop_us``, poll that long after the last work before sleeping."""
 
     def stop(self) -> dict[int, QueueState]:
         """Stop servicing; return where each ring stands so another datapath can resume it."""
 
-    def stats(self) -> dict:
-        """Counters (frames, bytes, drops by reason, kicks, interrupts, system calls, wake-ups)."""
+    def stats(self) -> DatapathStats:
+        """Counters since start (kept after stop), with the same keys on every datapath."""
 
     def faults(self) -> dict[int, int]:
         """Queue index -> fault code for queues a guest fault stopped."""

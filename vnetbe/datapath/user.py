@@ -6,11 +6,10 @@ from .._native import check, ffi, lib
 from ..errors import ConfigError
 from ..faults import DROP_REASONS, FAULT_NAMES
 from ..queue import QueueConfig, QueueState
+from .stats import DatapathStats, LinkCounters
 
-_COUNTERS = ["tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "tx_kicks", "rx_kicks", "tx_kick_wakeups",
-             "rx_kick_wakeups", "tx_interrupts", "rx_interrupts", "syscalls", "wakeups", "tap_writes",
-             "tap_reads", "tap_read_empty", "rx_stalls", "rx_merged", "tx_tap_full", "busy_polls"]
-
+# The C counters (struct vnb_dp_stats) by the names DatapathStats gives them.
+_C_COUNTERS = [n for n in DatapathStats.__dataclass_fields__ if n in dir(ffi.new("struct vnb_dp_stats *"))]
 
 class UserDatapath:
     name = "user"
@@ -21,9 +20,12 @@ class UserDatapath:
             raise MemoryError("vnb_dp_new")
         self._mem = None   # keep the GuestMemory alive while the thread uses its mappings
         self._queues: dict[int, QueueConfig] = {}
-        self.busyloop_us = 0   # set before start(): poll this long after the last work before sleeping
+        self._link_counters: LinkCounters | None = None
+        self._final: DatapathStats | None = None
 
-    def start(self, mem, features, hdr_len, queues, link, err_fd) -> None:
+    supported_features = spec.DEVICE_FEATURES   # everything the device model offers
+
+    def start(self, mem, features, hdr_len, queues, link, err_fd, busyloop_us: int = 0) -> None:
         dp = self._dp
         check(lib.vnb_dp_set_mem(dp, mem.table), "vnb_dp_set_mem")
         check(lib.vnb_dp_set_features(dp, spec.ring_flags(features), hdr_len), "vnb_dp_set_features")
@@ -34,13 +36,19 @@ class UserDatapath:
                 raise ConfigError(f"queue {q} rejected by the datapath (errno {-rc}): check its addresses")
         check(lib.vnb_dp_set_tap(dp, link.fd), "vnb_dp_set_tap")
         check(lib.vnb_dp_set_err_fd(dp, err_fd), "vnb_dp_set_err_fd")
-        check(lib.vnb_dp_set_busyloop(dp, self.busyloop_us), "vnb_dp_set_busyloop")
+        check(lib.vnb_dp_set_busyloop(dp, busyloop_us), "vnb_dp_set_busyloop")
+        if self._link_counters is None or self._link_counters.link is not link:
+            self._link_counters = LinkCounters(link)   # C counters run from vnb_dp_new on: so do these
+        self._final = None
         check(lib.vnb_dp_start(dp), "vnb_dp_start (epoll/eventfd/pthread_create)")
         self._mem = mem
         self._queues = dict(queues)
 
     def stop(self) -> dict[int, QueueState]:
+        was_running = lib.vnb_dp_running(self._dp)
         lib.vnb_dp_stop(self._dp)
+        if was_running:
+            self._final = self.stats()   # the link's counters are read while the link is still ours
         return {q: self._qstate(q) for q in self._queues}
 
     def close(self) -> None:
@@ -66,10 +74,17 @@ class UserDatapath:
         tid = lib.vnb_dp_tid(self._dp)
         return [tid] if tid and lib.vnb_dp_running(self._dp) else []
 
-    def stats(self) -> dict:
+    def stats(self) -> DatapathStats:
+        if self._final is not None:
+            return self._final
         st = ffi.new("struct vnb_dp_stats *")
         lib.vnb_dp_get_stats(self._dp, st)
-        out = {k: getattr(st, k) for k in _COUNTERS}
-        out["drops"] = {DROP_REASONS[i]: st.drops[i] for i in range(len(DROP_REASONS))}
-        out["faults"] = {FAULT_NAMES[i]: st.faults[i] for i in range(1, len(FAULT_NAMES)) if st.faults[i]}
+        out = DatapathStats(**{k: getattr(st, k) for k in _C_COUNTERS})
+        out.drops = {DROP_REASONS[i]: st.drops[i] for i in range(len(DROP_REASONS))}
+        out.faults = {FAULT_NAMES[i]: st.faults[i] for i in range(1, len(FAULT_NAMES)) if st.faults[i]}
+        out.link_down = self.link_down()
+        if self._link_counters is not None:
+            d = self._link_counters.delta()
+            out.link_rx_dropped, out.link_tx_dropped = d.rx_dropped, d.tx_dropped
+        out.not_counted = ("worker_cpu_ns",)   # no kernel worker: the thread's CPU is measured by its tid
         return out

@@ -19,8 +19,10 @@ from .. import spec
 from .._native import ffi, lib
 from ..cputime import thread_cpu_ns, voluntary_switches
 from ..errors import ConfigError, KernelRefused, VhostFault
+from ..faults import FAULT_NAMES
 from ..queue import QueueConfig, QueueState
 from . import vhost_ioctl as io
+from .stats import DatapathStats, LinkCounters
 
 # Net features the tap implements whatever vhost says: they live in the header and the config space.
 _TAP_HANDLED = sum(spec.bit(b) for b in (
@@ -28,6 +30,13 @@ _TAP_HANDLED = sum(spec.bit(b) for b in (
     spec.VIRTIO_NET_F_GUEST_TSO4, spec.VIRTIO_NET_F_GUEST_TSO6, spec.VIRTIO_NET_F_HOST_TSO4,
     spec.VIRTIO_NET_F_HOST_TSO6, spec.VIRTIO_NET_F_STATUS))
 _NEVER = spec.bit(io.VHOST_F_LOG_ALL) | spec.bit(io.VHOST_NET_F_VIRTIO_NET_HDR)
+LINK_CHECK_MS = 250   # how often the watcher looks at the tap for an error it was not woken for
+
+# What the kernel's worker does not report: the counts of a userspace thread's own work, and the
+# reasons for drops (vhost drops short or refused frames without saying).
+_NOT_COUNTED = ("tx_kicks", "rx_kicks", "tx_kick_wakeups", "rx_kick_wakeups", "tx_interrupts", "rx_interrupts",
+                "tap_writes", "tap_reads", "tap_read_empty", "rx_stalls", "rx_merged", "tx_tap_full",
+                "busy_polls", "drops")
 
 
 def _vhost_workers() -> dict[int, str]:
@@ -97,7 +106,6 @@ class VhostDatapath:
             os.close(self.fd)
             raise
         self.supported_features = (self.kernel_features | _TAP_HANDLED) & ~_NEVER
-        self.busyloop_us = 0
         self._queues: dict[int, QueueConfig] = {}
         self._err: dict[int, int] = {}
         self._faults: dict[int, int] = {}
@@ -106,13 +114,15 @@ class VhostDatapath:
         self._link = None
         self._mem = None
         self._features = 0
-        self._link0 = None
+        self._link_counters: LinkCounters | None = None
         self._link_down = 0
+        self._final: DatapathStats | None = None
         self._workers0: dict[int, tuple[int, int]] = {}
         self.running = False
 
     # --- start/stop ---
-    def start(self, mem, features: int, hdr_len: int, queues: dict[int, QueueConfig], link, err_fd: int) -> None:
+    def start(self, mem, features: int, hdr_len: int, queues: dict[int, QueueConfig], link, err_fd: int,
+              busyloop_us: int = 0) -> None:
         missing = features & ~self.supported_features
         if missing:
             raise ConfigError("vhost-net here cannot serve features the driver negotiated: "
@@ -131,11 +141,11 @@ class VhostDatapath:
             io.set_vring_call(fd, q, cfg.call_fd)
             self._err[q] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             io.set_vring_err(fd, q, self._err[q])
-            if self.busyloop_us:
-                io.set_vring_busyloop_timeout(fd, q, self.busyloop_us)
+            if busyloop_us:
+                io.set_vring_busyloop_timeout(fd, q, busyloop_us)
         self._mem, self._queues, self._features, self._link = mem, dict(queues), features, link
         self._link_down = 0
-        self._link0 = link.stats()
+        self._link_counters = LinkCounters(link)
         for q in sorted(queues):
             io.net_set_backend(fd, q, link.fd)
         self.running = True
@@ -150,10 +160,11 @@ class VhostDatapath:
         for fd in (self._stop_fd, *by_fd):
             poller.register(fd, select.POLLIN)
         # Events 0: only POLLERR/POLLHUP, which the tap reports for good once its interface is gone
-        # (vhost's worker then fails every frame and says nothing).
+        # (vhost's worker then fails every frame and says nothing). The tun's wake-up on deletion is
+        # keyed EPOLLIN, which does not wake a poller that asked for 0: look again every LINK_CHECK_MS.
         poller.register(self._link.fd, 0)
         while True:
-            ready = dict(poller.poll())
+            ready = dict(poller.poll(LINK_CHECK_MS))
             if self._stop_fd in ready:
                 return
             bits = ready.pop(self._link.fd, 0) & (select.POLLERR | select.POLLHUP)
@@ -213,17 +224,20 @@ class VhostDatapath:
         """This device's vhost worker(s), still alive."""
         return [t for t in self._own_workers if os.path.exists(f"/proc/{t}")]
 
-    def stats(self) -> dict:
+    def stats(self) -> DatapathStats:
         if not self.running:
-            return getattr(self, "_final", {})
-        d = self._link.stats() - self._link0
+            return self._final or DatapathStats(not_counted=_NOT_COUNTED)
+        d = self._link_counters.delta()
         workers = self.threads()
         cpu = sum(thread_cpu_ns(t, t) - self._workers0.get(t, (0, 0))[0] for t in workers)
         wake = sum(voluntary_switches(t, t) - self._workers0.get(t, (0, 0))[1] for t in workers)
+        faults: dict[str, int] = {}
+        for code in self._faults.values():
+            name = FAULT_NAMES[code] if 0 < code < len(FAULT_NAMES) else VhostFault.name
+            faults[name] = faults.get(name, 0) + 1
         # The kernel keeps no per-vring counters: frames come from the macvtap's own counters
         # (guest TX is the macvtap's tx, guest RX its rx), wake-ups from the worker's context switches.
-        return {"tx_frames": d.tx_packets, "tx_bytes": d.tx_bytes, "rx_frames": d.rx_packets - d.rx_dropped,
-                "rx_bytes": d.rx_bytes, "syscalls": 0, "wakeups": wake, "worker_cpu_ns": cpu,
-                "drops": {"macvtap_rx_dropped": d.rx_dropped,
-                                                                  "macvtap_tx_dropped": d.tx_dropped},
-                "faults": {str(q): c for q, c in self._faults.items()}}
+        return DatapathStats(tx_frames=d.tx_packets, tx_bytes=d.tx_bytes, rx_frames=d.rx_packets - d.rx_dropped,
+                             rx_bytes=d.rx_bytes, syscalls=0, wakeups=wake, worker_cpu_ns=cpu,
+                             link_rx_dropped=d.rx_dropped, link_tx_dropped=d.tx_dropped, faults=faults,
+                             link_down=self._link_down, not_counted=_NOT_COUNTED)
