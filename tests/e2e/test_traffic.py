@@ -12,7 +12,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from vnetbe.tools import packet
-from rig import Net
+from helpers.net import Net
 
 pytestmark = pytest.mark.root
 

@@ -9,8 +9,10 @@ import pytest
 from vnetbe import errors, spec
 
 from vnetbe.tools import packet
+from vnetbe.datapath.stats import DatapathStats
 from vnetbe.datapath.vhost import VhostDatapath, _vhost_workers
-from rig import Net
+from vnetbe.faults import DROP_REASONS
+from helpers.net import Net
 from vnetbe.cputime import thread_cpu_ns
 
 pytestmark = pytest.mark.root
@@ -100,3 +102,14 @@ def test_guest_fault_raises_the_same_exception_on_both_datapaths(rig, case, exc)
     while got is not None and not packet.is_tagged(got):
         got = guest.receive(timeout=3.0)
     assert got == f
+
+
+def test_stats_have_the_same_keys_on_every_datapath(rig, datapath):
+    link, peer, peer_mac, mem, dev, guest = rig
+    guest.send(packet.tagged_frame(0, 128, peer_mac, link.mac))
+    guest.drain_tx()
+    st = dev.stats()
+    assert set(st) == set(DatapathStats().as_dict()) | {"datapath", "status"}
+    assert set(st["drops"]) == set(DROP_REASONS)
+    assert set(st["not_counted"]) <= set(st)
+    assert st["tx_frames"] == 1 and st["faults"] == {}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import socket
 
+from vnetbe.link import LinkStats
+
 
 class PairLink:
     name = "pair"
@@ -30,6 +32,10 @@ class PairLink:
 
     def set_offload(self, flags: int) -> None:
         self.offload = flags
+
+    def stats(self) -> LinkStats:
+        """A socketpair keeps no interface counters."""
+        return LinkStats()
 
     def inject(self, frame: bytes, hdr: bytes | None = None) -> None:
         """A frame arriving from the network (the tap would prepend the vnet header)."""

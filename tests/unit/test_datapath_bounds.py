@@ -11,7 +11,9 @@ from vnetbe import errors, spec
 from vnetbe.tools._native import lib
 from vnetbe.memory import GuestMemory
 
-from vnb_unit_helpers import DeviceRig, F_INDIRECT, F_NEXT, pack_desc, wait_for
+from helpers.device import DeviceRig
+from helpers.rings import F_INDIRECT, F_NEXT, pack_desc
+from helpers.wait import wait_for
 
 RX, TX = spec.RX_QUEUE, spec.TX_QUEUE
 QSIZE = 32768

@@ -18,7 +18,9 @@ from vnetbe.tools._native import ffi, lib
 from vnetbe.faults import FAULT_NAMES
 from vnetbe.memory import GuestMemory
 
-from vnb_unit_helpers import wait_for, F_INDIRECT, F_NEXT, F_WRITE, DeviceRig, pack_desc
+from helpers.device import DeviceRig
+from helpers.rings import F_INDIRECT, F_NEXT, F_WRITE, pack_desc
+from helpers.wait import wait_for
 
 MB = 1 << 20
 RX, TX = spec.RX_QUEUE, spec.TX_QUEUE

@@ -5,13 +5,16 @@ import os
 import struct
 import time
 
-from fakelink import PairLink
+from helpers.fakelink import PairLink
 
 from vnetbe import spec
 from vnetbe.cputime import thread_cpu_ns
 from vnetbe.device import VirtioNet
 from vnetbe.memory import GuestMemory
 from vnetbe.queue import QueueConfig
+from vnetbe.tools.guest import GuestDriver
+from helpers.device import DeviceRig
+from helpers.wait import wait_for
 
 
 def _vmm_memory(size: int) -> tuple[GuestMemory, int]:
@@ -55,3 +58,39 @@ def test_vmm_supplied_tx_queue_transmits_from_vmm_memory_and_idle_rx_does_not_sp
         mem.close()
         for fd in (kick, call, memfd):
             os.close(fd)
+
+
+def test_config_space_is_the_specs_virtio_net_config():
+    with GuestMemory(1 << 20) as mem, PairLink() as link, VirtioNet(mem, link, mac="02:11:22:33:44:55",
+                                                                     mtu=9000) as dev:
+        cfg = dev.config_space()
+        # §5.1.4: mac[6], le16 status, le16 max_virtqueue_pairs, le16 mtu.
+        assert cfg == bytes.fromhex("021122334455") + struct.pack("<HHH", spec.VIRTIO_NET_S_LINK_UP, 1, 9000)
+
+
+def test_reset_after_a_guest_fault_gives_a_device_the_next_driver_can_use():
+    rig = DeviceRig(GuestMemory(64 << 20), queue_size=64)
+    try:
+        num, desc, avail, _ = rig.guest.rings[spec.TX_QUEUE]
+        mem = rig.mem
+        mem.write(desc, struct.pack("<QIHH", 1 << 40, 100, 0, 0))      # outside guest memory
+        mem.write(avail + 4, struct.pack("<H", 0))
+        mem.write(avail + 2, struct.pack("<H", 1))
+        os.eventfd_write(rig.guest.kick_fd[spec.TX_QUEUE], 1)
+        assert rig.dev.wait_fault(2.0) is not None
+        assert rig.dev.status & spec.DEVICE_NEEDS_RESET
+        faults_before = rig.dev.stats()["faults"]
+
+        rig.dev.reset()
+        assert rig.dev.status == 0 and not rig.dev.running and rig.dev.queues == {}
+        assert rig.dev.driver_features == 0
+        rig.dev.check()                                          # the fault is history
+        guest = GuestDriver(rig.dev, queue_size=64)              # a new driver negotiates afresh
+        frame = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + b"after-reset" * 5
+        guest.send(frame)
+        assert rig.link.sent(2.0)[12:] == frame
+        assert not rig.dev.status & spec.DEVICE_NEEDS_RESET
+        assert wait_for(lambda: rig.dev.stats()["tx_frames"] >= 1)
+        assert rig.dev.stats()["faults"] == faults_before          # counters carry on across the reset
+    finally:
+        rig.close()
