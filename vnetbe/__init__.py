@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+from .datapath import DATAPATHS
 from .datapath.vhost_ioctl import DEV_PATH as VHOST_NET_PATH
 from .device import VirtioNet
 from .errors import (
@@ -39,7 +40,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "GuestMemory", "VirtioNet", "VHOST_NET_PATH", "GuestDriver", "QueueConfig", "QueueState", "Link", "Macvtap", "Tap",
+    "GuestMemory", "VirtioNet", "DATAPATHS", "VHOST_NET_PATH", "GuestDriver", "QueueConfig", "QueueState", "Link", "Macvtap", "Tap",
     "VnetError", "SetupError", "NotRoot", "LinkError", "KernelRefused", "ConfigError", "GuestFault",
     "LinkGone", "LabError",
 ]

@@ -171,6 +171,11 @@ class VirtioNet:
             os.eventfd_write(cfg.kick_fd, 1)
             os.eventfd_write(cfg.call_fd, 1)
 
+    def on_close(self, fn) -> None:
+        """Call ``fn`` when the device closes, after its datapath stopped: for what a driver bound to
+        it holds that the datapath uses until then (GuestDriver's kick and call eventfds)."""
+        self._on_close.append(fn)
+
     def reset(self) -> None:
         """Device reset (status 0, §2.1.1): the datapath stops touching the rings, the queues and the
         negotiated features are forgotten, faults and DEVICE_NEEDS_RESET clear, and a fresh datapath

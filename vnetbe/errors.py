@@ -65,7 +65,7 @@ class GuestFault(VnetError):
         super().__init__(msg)
 
 
-# One class per C fault (enum vnb_fault, csrc/vnb_fault.h), matched by ``name``: the C enum member
+# One class per C fault (enum vnb_fault, csrc/device/vnb_fault.h), matched by ``name``: the C enum member
 # VNB_FAULT_<NAME> is the class whose name is <name>. vnetbe.faults gives each class its code from the
 # enum and refuses to import if a C fault has no class here, so the two cannot drift apart.
 class DescriptorOutOfBounds(GuestFault):

@@ -1,4 +1,4 @@
-"""The fault and drop vocabularies, with one home: the C enums in csrc/vnb_fault.h.
+"""The fault and drop vocabularies, with one home: the C enums in csrc/device/vnb_fault.h.
 
 Names are the enum members less their prefix, in lower case (VNB_DROP_TX_SHORT -> "tx_short"); the
 GuestFault class of each fault is the one in vnetbe.errors with that name, and gets its code here.

@@ -6,11 +6,6 @@
 #include <errno.h>
 #include <string.h>
 
-int vring_need_event_py(uint16_t event_idx, uint16_t new_idx, uint16_t old)
-{
-    return vring_need_event(event_idx, new_idx, old);
-}
-
 int vnb_vq_init(struct vnb_vq *vq, const struct vnb_mem *mem, uint32_t num, uint64_t desc_gpa,
                 uint64_t avail_gpa, uint64_t used_gpa, uint32_t flags)
 {

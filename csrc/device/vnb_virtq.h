@@ -60,7 +60,6 @@ int vnb_vq_should_notify(struct vnb_vq *vq);
 void vnb_vq_disable_notify(struct vnb_vq *vq);
 int vnb_vq_enable_notify(struct vnb_vq *vq);
 int vnb_vq_fail(struct vnb_vq *vq, int fault);
-int vring_need_event_py(uint16_t event_idx, uint16_t new_idx, uint16_t old);
 /* cffi:end */
 
 /* cffi reads only literals: tie them to what they stand for. */

@@ -158,3 +158,8 @@ void vnb_drv_disable_cb(struct vnb_drv_vq *q)
     if (!(q->flags & VNB_F_EVENT_IDX))
         vnb_store_relaxed(&avail->flags, (uint16_t)VRING_AVAIL_F_NO_INTERRUPT);
 }
+
+int vnb_drv_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old)
+{
+    return vring_need_event(event_idx, new_idx, old);
+}

@@ -42,6 +42,8 @@ int vnb_drv_used_pending(struct vnb_drv_vq *q);
 int vnb_drv_get_used(struct vnb_drv_vq *q, uint32_t *len, uint32_t *token);
 int vnb_drv_enable_cb(struct vnb_drv_vq *q, uint16_t delay);
 void vnb_drv_disable_cb(struct vnb_drv_vq *q);
+/* The kernel's vring_need_event (§2.7.10), which both sides use, callable from the tests. */
+int vnb_drv_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old);
 /* cffi:end */
 
 #endif

@@ -1,4 +1,4 @@
-"""Driver side of the split virtqueue (csrc/vnb_driver.c) against the device side: what the device pops
+"""Driver side of the split virtqueue (csrc/tools/vnb_driver.c) against the device side: what the device pops
 is exactly what the driver added, every head comes back once, and no descriptor is lost or invented,
 whatever the interleaving, index base, chain shape or device completion order."""
 from __future__ import annotations

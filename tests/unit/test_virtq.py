@@ -1,4 +1,4 @@
-"""Device side of the split virtqueue (csrc/vnb_virtq.c), driven by the driver side over real guest
+"""Device side of the split virtqueue (csrc/device/vnb_virtq.c), driven by the driver side over real guest
 memory: index wrap, EVENT_IDX, notification suppression, indirect tables, chains across regions,
 unpop, and every fault the device must raise instead of trusting the ring."""
 from __future__ import annotations
@@ -29,7 +29,7 @@ def need_event_ref(event: int, new: int, old: int) -> bool:
 @settings(max_examples=500, deadline=None)
 @given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
 def test_need_event_matches_the_spec_over_all_16bit_wraps(event, new, old):
-    assert bool(lib.vring_need_event_py(event, new, old)) == need_event_ref(event, new, old)
+    assert bool(lib.vnb_drv_need_event(event, new, old)) == need_event_ref(event, new, old)
 
 
 @settings(max_examples=150, deadline=None)
@@ -38,13 +38,13 @@ def test_need_event_fires_for_exactly_the_indices_that_were_crossed(old, step):
     new = (old + step) & 0xFFFF
     crossed = {(old + k) & 0xFFFF for k in range(step)}
     for ev in list(crossed)[:50] + [(old - 1) & 0xFFFF, new, (new + 1) & 0xFFFF]:
-        assert bool(lib.vring_need_event_py(ev, new, old)) == (ev in crossed)
+        assert bool(lib.vnb_drv_need_event(ev, new, old)) == (ev in crossed)
 
 
 def test_need_event_near_the_wrap_exhaustively():
     # Every event index against windows straddling 0xffff -> 0.
     for old, new in ((0xFFF0, 0x0010), (0xFFFF, 0x0000), (0xFFFE, 0xFFFF), (0x0000, 0x0000), (0x7FFF, 0x8001)):
-        fired = [e for e in range(65536) if lib.vring_need_event_py(e, new, old)]
+        fired = [e for e in range(65536) if lib.vnb_drv_need_event(e, new, old)]
         assert fired == sorted((old + k) & 0xFFFF for k in range((new - old) % 65536))
 
 

@@ -1,4 +1,4 @@
-"""The userspace datapath: vnetbe's C thread (csrc/vnb_datapath.c) servicing the rings."""
+"""The userspace datapath: vnetbe's C thread (csrc/device/vnb_datapath.c) servicing the rings."""
 from __future__ import annotations
 
 from .. import spec

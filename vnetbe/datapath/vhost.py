@@ -5,11 +5,12 @@ SET_FEATURES, SET_MEM_TABLE, per queue VRING_NUM/BASE/ADDR/KICK/CALL/ERR, then N
 Stop: NET_SET_BACKEND(-1), then GET_VRING_BASE.
 
 vhost names no fault on its ERR eventfd, so a watcher thread asks vnetbe's own validator
-(csrc/vnb_virtq.c) which chain broke and why: a guest fault reaches Python as the same GuestFault
+(csrc/device/vnb_virtq.c) which chain broke and why: a guest fault reaches Python as the same GuestFault
 subclass on both datapaths. The watcher then detaches that queue, as the userspace path stops it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import select
 import struct
@@ -128,7 +129,7 @@ class VhostDatapath:
             raise ConfigError("vhost-net here cannot serve features the driver negotiated: "
                               f"{', '.join(spec.features_to_names(missing)) or hex(missing)}")
         if len(mem.regions) > io.max_mem_regions():
-            raise KernelRefused("VHOST_SET_MEM_TABLE", 7, f"{len(mem.regions)} regions exceed max_mem_regions "
+            raise KernelRefused("VHOST_SET_MEM_TABLE", errno.E2BIG, f"{len(mem.regions)} regions exceed max_mem_regions "
                                 f"({io.max_mem_regions()}): merge regions or raise that parameter")
         fd = self.fd
         io.set_features(fd, features & self.kernel_features & ~_NEVER)

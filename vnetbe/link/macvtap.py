@@ -1,6 +1,6 @@
 """macvtap: a macvlan interface on a parent, with a character device /dev/tap<ifindex> for its frames.
 
-Mode facts (measured on 6.1 and 6.18, see DESIGN.md): bridge delivers between macvtaps of one parent;
+Mode facts (measured on 6.1 and 6.18, see docs/macvtap-modes.md): bridge delivers between macvtaps of one parent;
 vepa and private send everything out of the parent and need a hairpin switch on the other side;
 passthru hands the whole parent (and its MAC) to a single macvtap.
 """

@@ -26,8 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .. import VHOST_NET_PATH, spec
-from ..datapath import DATAPATHS
+from .. import DATAPATHS, VHOST_NET_PATH, spec
 from ..device import MAX_BUSYLOOP_US
 from ..errors import ConfigError, LabError, NotRoot, SetupError
 from . import costs, lab

@@ -1,7 +1,7 @@
 """``vnetbe costs``: what exits and mode switches cost on this machine, and what they explain.
 
 A packet through a virtio-net backend pays for crossings more than for work. This module measures
-each kind of crossing here (csrc/vnb_costs.c) and builds a per-packet cost from the counts that
+each kind of crossing here (csrc/tools/vnb_costs.c) and builds a per-packet cost from the counts that
 ``vnetbe bench`` records:
 
 - a **system call** (user -> kernel -> user): ``syscall(SYS_getppid)``, a call that does nothing;
@@ -43,7 +43,7 @@ as one more exit): ``vmm_extra_ns``.
 
     vnetbe costs [--quick] [--json]
     vnetbe costs --from-bench bench.json [--costs costs.json]
-    python3 -m vnetbe.costs ...          # the same without the main CLI
+    python3 -m vnetbe.tools.costs ...          # the same without the main CLI
 """
 from __future__ import annotations
 

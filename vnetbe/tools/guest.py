@@ -1,12 +1,13 @@
 """GuestDriver: vnetbe's own virtio-net front end, for tests and benchmarks.
 
-It does what a guest kernel's virtio_net driver does, in C (csrc/vnb_guest.c) for speed: lays the
+It does what a guest kernel's virtio_net driver does, in C (csrc/tools/vnb_guest.c) for speed: lays the
 queues out in the device's guest memory, negotiates features, posts TX chains and RX buffers, kicks
 only when the device asks, and waits on the call eventfd (the interrupt, since there is no KVM here).
 It talks to the device only through ``VirtioNet``'s public door, exactly as a VMM would.
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 
@@ -59,7 +60,7 @@ class GuestDriver:
         self.rx_buf_gpa = mem.alloc(rx_buf_size * nrx, 64)
 
         self._fds: list[int] = []
-        dev._on_close.append(self.close)   # the device's datapath polls these fds: they die with it
+        dev.on_close(self.close)   # the device's datapath polls these fds: they die with it
         self.kick_fd = {q: self._eventfd() for q in rings}
         self.call_fd = {q: self._eventfd() for q in rings}
         self.rings = rings
@@ -183,7 +184,7 @@ class GuestDriver:
     # --- misc ---
     def _raise(self, err: int, what: str):
         self.dev.check()  # a guest fault explains a stall better than the errno
-        if err == 11:
+        if err == errno.EAGAIN:
             raise VnetError(f"{what}: the device did not consume buffers in time (TX ring full); "
                             "is the datapath running?")
         raise VnetError(f"{what} failed: {os.strerror(err)}")

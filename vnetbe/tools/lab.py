@@ -8,7 +8,7 @@ The project tree stays read-only inside, so build the cffi extension on the host
 
     vnetbe lab --check                       # what is present / missing, with install commands
     vnetbe lab -- python3 -m pytest -m vhost tests/ -q
-    python3 -m vnetbe.lab -- sh -c 'exit 7'  # same, without the main CLI; exits 7
+    python3 -m vnetbe.tools.lab -- sh -c 'exit 7'  # same, without the main CLI; exits 7
     tests/lab/run_in_lab.sh [PYTEST ARGS]    # the test entry: one boot, pytest's exit status
 
 ``run()`` returns the command's exit status; when the lab itself fails (no vng, kernel panic,
@@ -577,4 +577,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(_configure(argparse.ArgumentParser(prog="python3 -m vnetbe.lab")).parse_args()))
+    sys.exit(main(_configure(argparse.ArgumentParser(prog="python3 -m vnetbe.tools.lab")).parse_args()))

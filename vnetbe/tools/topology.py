@@ -27,8 +27,7 @@ from pyroute2.ethtool.ioctl import IoctlEthtool, NoSuchDevice, NotSupportedError
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import ConfigError, KernelRefused, LinkError, NotRoot
-from ..link.base import NOT_ROOT_MSG, check_ifname, find_link, link_kind, map_netlink_error, silence_host_stack
-from ..link.macvtap import Macvtap
+from ..link import NOT_ROOT_MSG, Macvtap, check_ifname, find_link, link_kind, map_netlink_error, silence_host_stack
 
 T = TypeVar("T")
 
