@@ -1,18 +1,24 @@
 """The compiled C side and the one place its status codes become exceptions."""
 from __future__ import annotations
 
-import errno as _errno
+import importlib
 
 from .errors import KernelRefused, SetupError
 
-try:
-    from ._vnetbe_c import ffi, lib  # type: ignore[import-not-found]
-except ImportError as e:  # pragma: no cover - only on a broken install
-    raise SetupError(
-        f"vnetbe's C extension is not built ({e}): install with 'pip install .' from the source tree"
-    ) from None
 
-__all__ = ["ffi", "lib", "check"]
+def load_extension(module: str, what: str):
+    """Import a compiled cffi module of vnetbe; a missing build is a one-line SetupError."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:  # pragma: no cover - only on a broken install
+        raise SetupError(f"vnetbe's {what} is not built ({e}): install with 'pip install .' from the "
+                         "source tree") from None
+
+
+_ext = load_extension("vnetbe._vnetbe_c", "C extension")
+ffi, lib = _ext.ffi, _ext.lib
+
+__all__ = ["ffi", "lib", "check", "load_extension"]
 
 
 def check(ret: int, call: str, hint: str = "") -> int:
@@ -20,7 +26,3 @@ def check(ret: int, call: str, hint: str = "") -> int:
     if ret < 0:
         raise KernelRefused(call, -ret, hint)
     return ret
-
-
-def strerror(code: int) -> str:
-    return _errno.errorcode.get(code, str(code))

@@ -194,7 +194,7 @@ static int tx_layout_ok(const struct vnb_guest *g, uint32_t len, uint32_t layout
     /* Room for the header, the frame and the gaps of the scatter layout. */
     if ((uint64_t)len + 16 + 64 > g->tx_buf_size)
         return -EMSGSIZE;
-    /* A layout needing more descriptors than the ring has can never be sent: without this, tx_make_room
+    /* A layout needing more descriptors than the ring has can never be sent: without this, tx_wait
      * waited for room that cannot appear and the caller saw a misleading "ring full" after the timeout. */
     if (tx_descs_needed(g, layout, len) > g->txq.num)
         return -EINVAL;
@@ -202,13 +202,17 @@ static int tx_layout_ok(const struct vnb_guest *g, uint32_t len, uint32_t layout
 }
 
 /* Wait until `need` TX descriptors are free. Returns 0, or -EAGAIN after timeout_ms without progress. */
-static int tx_make_room(struct vnb_guest *g, uint32_t need, int timeout_ms)
+/* Wait for need_free free TX descriptors, or with need_free 0 until every chain in flight is used.
+ * Returns 0 or -EAGAIN when the device used nothing for timeout_ms. */
+static int tx_wait(struct vnb_guest *g, uint32_t need_free, int timeout_ms)
 {
     vnb_guest_tx_reclaim(g);
-    while (g->txq.num_free < need) {
-        g->st.tx_full_waits++;
-        /* Ask for an interrupt when 3/4 of what is in flight is done (virtqueue_enable_cb_delayed). */
-        uint16_t delay = (uint16_t)(g->tx_pending * 3 / 4);
+    while (need_free ? g->txq.num_free < need_free : g->tx_pending != 0) {
+        /* Room: an interrupt when 3/4 of what is in flight is done (virtqueue_enable_cb_delayed).
+         * Drain: when the last one is. */
+        uint16_t delay = need_free ? (uint16_t)(g->tx_pending * 3 / 4) : (uint16_t)(g->tx_pending - 1);
+        if (need_free)
+            g->st.tx_full_waits++;
         if (!vnb_drv_enable_cb(&g->txq, delay) && !wait_call(g, 1, timeout_ms)) {
             vnb_drv_disable_cb(&g->txq);
             if (vnb_guest_tx_reclaim(g) == 0)
@@ -227,7 +231,7 @@ int vnb_guest_tx(struct vnb_guest *g, const uint8_t *frame, uint32_t len, const 
     int r = tx_layout_ok(g, len, layout);
     if (r)
         return r;
-    r = tx_make_room(g, tx_descs_needed(g, layout, len), timeout_ms);
+    r = tx_wait(g, tx_descs_needed(g, layout, len), timeout_ms);
     if (r)
         return r;
     r = tx_add(g, frame, len, hdr, layout, NULL);
@@ -267,7 +271,7 @@ int64_t vnb_guest_tx_flood(struct vnb_guest *g, const uint8_t *frame, uint32_t l
     const struct tx_dirty dirty = { seq_offset, seq_offset ? 4 : 0 };
     uint64_t sent = 0;
     while (sent < count) {
-        r = tx_make_room(g, need, timeout_ms);
+        r = tx_wait(g, need, timeout_ms);
         if (r) {
             free(staged);
             return sent ? (int64_t)sent : r;
@@ -301,18 +305,7 @@ int64_t vnb_guest_tx_flood(struct vnb_guest *g, const uint8_t *frame, uint32_t l
 /* Wait until the device has used every TX chain in flight. Returns 0 or -EAGAIN. */
 int vnb_guest_tx_drain(struct vnb_guest *g, int timeout_ms)
 {
-    vnb_guest_tx_reclaim(g);
-    while (g->tx_pending) {
-        if (!vnb_drv_enable_cb(&g->txq, (uint16_t)(g->tx_pending - 1)) && !wait_call(g, 1, timeout_ms)) {
-            vnb_drv_disable_cb(&g->txq);
-            if (vnb_guest_tx_reclaim(g) == 0)
-                return -EAGAIN;
-            continue;
-        }
-        vnb_drv_disable_cb(&g->txq);
-        vnb_guest_tx_reclaim(g);
-    }
-    return 0;
+    return tx_wait(g, 0, timeout_ms);
 }
 
 /* Post every free RX descriptor as a buffer; kick if the device asks. Returns buffers posted. */
