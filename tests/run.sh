@@ -1,7 +1,8 @@
 #!/bin/sh
 # The test command (README, .ci/run): installs what the tests need on a fresh machine, then runs
-# every test — unit and end-to-end on this host, and the vhost tests inside the kernel lab (one boot)
-# when this host has no /dev/vhost-net. Extra arguments go to the host's pytest run.
+# every test — unit and end-to-end on this host, a short run of the fuzz targets, and the vhost tests
+# inside the kernel lab (one boot) when this host has no /dev/vhost-net. Extra arguments go to the
+# host's pytest run.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,9 @@ missing=""
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$missing qemu-system-x86"
 ls /lib/modules/*/kernel/drivers/vhost/vhost_net.ko* >/dev/null 2>&1 || missing="$missing linux-image-amd64"
 command -v busybox >/dev/null 2>&1 || missing="$missing busybox-static"
+# The fuzz targets: clang with its sanitizer and libFuzzer runtimes.
+command -v clang-14 >/dev/null 2>&1 || missing="$missing clang-14"
+ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 || missing="$missing libclang-rt-14-dev"
 if [ -n "$missing" ]; then
     echo "tests/run.sh: installing$missing" >&2
     apt-get update -qq
@@ -26,6 +30,9 @@ python3 -m pip install -q --root-user-action=ignore -e '.[test,lab,plot]'
 export PYTHONDONTWRITEBYTECODE=1
 status=0
 python3 -m pytest tests -q -p no:cacheprovider "$@" || status=$?
+
+# A short fuzzing run of each libFuzzer target (csrc/fuzz/run.sh documents long runs).
+sh csrc/fuzz/run.sh "${VNB_FUZZ_SECONDS:-60}" || status=1
 
 if [ ! -e /dev/vhost-net ]; then
     echo "tests/run.sh: no /dev/vhost-net here; running the vhost tests in the kernel lab" >&2

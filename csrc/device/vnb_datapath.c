@@ -5,6 +5,7 @@
 #include "vnb_datapath.h"
 #include "vnb_virtq.h"
 #include "vnb_net.h"
+#include "vnb_sys_impl.h"
 #include "vnb_time.h"
 #include <errno.h>
 #include <pthread.h>
@@ -207,7 +208,7 @@ static void interrupt(struct vnb_dp *dp, int q)
 {
     uint64_t one = 1;
     /* An eventfd write fails only on counter overflow, which needs 2^64 interrupts. */
-    (void)!write(dp->call_fd[q], &one, sizeof(one));
+    (void)!vnb_sys_write(dp->call_fd[q], &one, sizeof(one));
     stat_inc(&dp->st.syscalls);
     if (q == TXQ)
         stat_inc(&dp->st.tx_interrupts);
@@ -229,7 +230,7 @@ static void report_fault(struct vnb_dp *dp, int q, int fault)
     if (dp->err_fd >= 0) {
         uint64_t one = 1;
         /* Same reasoning as interrupt(): an eventfd write cannot fail here. */
-        (void)!write(dp->err_fd, &one, sizeof(one));
+        (void)!vnb_sys_write(dp->err_fd, &one, sizeof(one));
         stat_inc(&dp->st.syscalls);
     }
 }
@@ -246,7 +247,7 @@ static void update_tap(struct vnb_dp *dp)
         return;
     struct epoll_event ev = { .events = want, .data.u32 = EV_TAP };
     /* MOD on an fd we registered ourselves cannot fail unless the fd was closed under us. */
-    (void)epoll_ctl(dp->epfd, EPOLL_CTL_MOD, dp->tap_fd, &ev);
+    (void)vnb_sys_epoll_ctl(dp->epfd, EPOLL_CTL_MOD, dp->tap_fd, &ev);
     stat_inc(&dp->st.syscalls);
     dp->tap_events = want;
 }
@@ -261,7 +262,7 @@ static uint64_t drain_eventfd(struct vnb_dp *dp, int fd)
 {
     uint64_t v = 0;
     /* Non-blocking eventfd: EAGAIN just means nothing was pending. */
-    if (read(fd, &v, sizeof(v)) != sizeof(v))
+    if (vnb_sys_read(fd, &v, sizeof(v)) != sizeof(v))
         v = 0;
     stat_inc(&dp->st.syscalls);
     return v;
@@ -288,12 +289,12 @@ static void link_gone(struct vnb_dp *dp, uint32_t events)
 {
     __atomic_store_n(&dp->link_down, events & (EPOLLERR | EPOLLHUP), __ATOMIC_RELAXED);
     /* DEL of an fd we added cannot fail unless it was closed under us, which is the same end. */
-    (void)epoll_ctl(dp->epfd, EPOLL_CTL_DEL, dp->tap_fd, NULL);
+    (void)vnb_sys_epoll_ctl(dp->epfd, EPOLL_CTL_DEL, dp->tap_fd, NULL);
     stat_inc(&dp->st.syscalls);
     dp->tap_events = 0;
     if (dp->err_fd >= 0) {
         uint64_t one = 1;
-        (void)!write(dp->err_fd, &one, sizeof(one));   /* as interrupt(): cannot fail */
+        (void)!vnb_sys_write(dp->err_fd, &one, sizeof(one));   /* as interrupt(): cannot fail */
         stat_inc(&dp->st.syscalls);
     }
 }
@@ -354,8 +355,8 @@ static int handle_tx(struct vnb_dp *dp)
             /* The chain is header + frame in any layout; the tap parses the header itself. One
              * buffer (the usual layout) goes out with write(): writev would first copy the iovec
              * array in from user space for nothing. */
-            ssize_t n = c->nout == 1 ? write(dp->tap_fd, c->iov[0].iov_base, c->iov[0].iov_len)
-                                     : writev(dp->tap_fd, c->iov, c->nout);
+            ssize_t n = c->nout == 1 ? vnb_sys_write(dp->tap_fd, c->iov[0].iov_base, c->iov[0].iov_len)
+                                     : vnb_sys_writev(dp->tap_fd, c->iov, c->nout);
             stat_inc(&dp->st.syscalls);
             stat_inc(&dp->st.tap_writes);
             if (n < 0 && (errno == EAGAIN || errno == ENOBUFS || errno == ENOMEM)) {
@@ -540,7 +541,7 @@ static int rx_one(struct vnb_dp *dp)
         cap += c->iov[i].iov_len;
     c->iov[niov].iov_base = dp->bounce;
     c->iov[niov].iov_len = BOUNCE_LEN;
-    ssize_t n = readv(dp->tap_fd, c->iov, niov + 1);
+    ssize_t n = vnb_sys_readv(dp->tap_fd, c->iov, niov + 1);
     stat_inc(&dp->st.syscalls);
     stat_inc(&dp->st.tap_reads);
     if (n < 0) {
@@ -760,6 +761,32 @@ static int ep_add(int epfd, int fd, uint32_t events, uint32_t tag)
     struct epoll_event ev = { .events = events, .data.u32 = tag };
     return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) ? -errno : 0;
 }
+
+#ifdef VNB_FUZZ
+/* What vnb_dp_start would set up, without the epoll set, the stop eventfd and the thread. */
+void vnb_dp_fuzz_setup(struct vnb_dp *dp, int epfd)
+{
+    dp->epfd = epfd;
+    dp->tap_events = 0;
+    dp->pend.active = 0;
+    dp->link_down = 0;
+}
+
+/* One round of TX then RX on a configured, not started datapath, as the thread would run it after a
+ * kick or a readable tap: the libFuzzer target's entry, with the system calls stubbed (vnb_sys_impl.h).
+ * Returns the descriptors the two rounds walked. */
+uint64_t vnb_dp_fuzz_round(struct vnb_dp *dp)
+{
+    uint64_t walked = 0;
+    dp->tx_blocked = dp->tx_retry = 0;
+    dp->rx_wants_tap = 1;
+    handle_tx(dp);
+    walked += dp->walked;
+    handle_rx(dp);
+    walked += dp->walked;
+    return walked;
+}
+#endif
 
 int vnb_dp_start(struct vnb_dp *dp)
 {

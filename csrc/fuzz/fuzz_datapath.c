@@ -1,0 +1,254 @@
+/* libFuzzer target: the userspace datapath's TX and RX logic (csrc/device/vnb_datapath.c) with its
+ * system calls behind the seam of vnb_sys_impl.h, driven without a thread: vnb_dp_fuzz_round runs
+ * one TX and one RX round as the thread would. The "tap" is a script from the input: what each write
+ * returns, and the length of each frame a readv delivers. Oracles, beyond ASan/UBSan:
+ *  - every iovec handed to the tap lies inside guest memory (the last one of a readv may be the
+ *    device's bounce buffer);
+ *  - the device (and the "kernel" writing into the iovecs it gave) writes only the two used rings
+ *    and writable buffers of RX chains the reference walker accepts;
+ *  - used->idx in memory equals the device's shadow; every used TX chain was sent or dropped with a
+ *    reason; every frame read was placed, dropped with a reason, or is the one still being placed;
+ *  - a round walks a bounded number of descriptors.
+ *
+ * Input: [0] RX queue size, [1] TX queue size (powers of two up to 64), [2] flags (EVENT_IDX,
+ * INDIRECT, MRG_RXBUF, bit 3: legacy 10-byte header), [3..6] RX and TX ring positions, [7] rounds,
+ * [8] script length S, then S script bytes, then guest memory. */
+#include "vnb_datapath.h"
+#include "vnb_mem.h"
+#include "vnb_net.h"
+#include "vnb_sys_impl.h"
+#include "vnb_virtq.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RSIZE 0x4000u
+static const uint64_t GPA[3] = { 0x0, RSIZE, 0x10000 };   /* A, B adjacent; C after a hole */
+static uint8_t *host[3];
+
+#define CHECK(c, ...) do { if (!(c)) { fprintf(stderr, "fuzz_datapath: " __VA_ARGS__); fputc('\n', stderr); abort(); } } while (0)
+
+#include "ref_ring.h"
+
+enum { TAP_FD = 100, CALL_FD = 101, KICK_FD = 102, ERR_FD = 103, EP_FD = 104 };
+/* RX ring parts, then TX's: both fit the first 8 KiB for queues of up to 64 entries. */
+static const uint64_t DESC[2] = { 0x0000, 0x0400 }, AVAIL[2] = { 0x1000, 0x1100 }, USED[2] = { 0x1400, 0x1800 };
+
+static const uint8_t *script;
+static size_t script_len;
+static uint64_t frames_read, frames_written;
+
+static int script_byte(void)
+{
+    if (!script_len)
+        return -1;
+    script_len--;
+    return *script++;
+}
+
+static int in_guest(const void *p, size_t n)
+{
+    for (int r = 0; r < 3; r++)
+        if ((const uint8_t *)p >= host[r] && (const uint8_t *)p + n <= host[r] + RSIZE)
+            return 1;
+    return 0;
+}
+
+static ssize_t tap_result(size_t n)
+{
+    int b = script_byte();
+    switch (b < 0 ? 0 : b % 8) {
+    case 1: errno = EAGAIN; return -1;
+    case 2: errno = EINVAL; return -1;
+    case 3: errno = EIO; return -1;
+    case 4: errno = ENOBUFS; return -1;
+    case 5: errno = EBADFD; return -1;
+    default: frames_written++; return (ssize_t)n;
+    }
+}
+
+ssize_t vnb_sys_write(int fd, const void *buf, size_t n)
+{
+    if (fd != TAP_FD)
+        return (ssize_t)n;   /* the call and err eventfds */
+    CHECK(in_guest(buf, n), "write() of a buffer outside guest memory");
+    return tap_result(n);
+}
+
+ssize_t vnb_sys_writev(int fd, const struct iovec *iov, int n)
+{
+    CHECK(fd == TAP_FD && n > 0 && n <= VNB_MAX_IOV, "writev(%d, n=%d)", fd, n);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        CHECK(in_guest(iov[i].iov_base, iov[i].iov_len), "writev iovec %d outside guest memory", i);
+        total += iov[i].iov_len;
+    }
+    return tap_result(total);
+}
+
+ssize_t vnb_sys_read(int fd, void *buf, size_t n)
+{
+    errno = EAGAIN;   /* eventfd drains: nothing pending */
+    return -1;
+}
+
+ssize_t vnb_sys_readv(int fd, const struct iovec *iov, int n)
+{
+    CHECK(fd == TAP_FD && n > 0 && n <= VNB_MAX_IOV, "readv(%d, n=%d)", fd, n);
+    for (int i = 0; i < n - 1; i++)
+        CHECK(in_guest(iov[i].iov_base, iov[i].iov_len), "readv iovec %d outside guest memory", i);
+    int hi = script_byte(), lo = script_byte();
+    if (hi < 0 || lo < 0) {
+        errno = EAGAIN;   /* the script is over: the tap is empty */
+        return -1;
+    }
+    if (hi == 0xff) {
+        errno = lo & 1 ? EBADFD : EIO;
+        return -1;
+    }
+    size_t len = (size_t)hi << 8 | (size_t)lo, done = 0;
+    /* The "kernel" fills the iovecs in order: a zero header, then a pattern. */
+    for (int i = 0; i < n && done < len; i++) {
+        size_t k = iov[i].iov_len < len - done ? iov[i].iov_len : len - done;
+        for (size_t j = 0; j < k; j++)
+            ((uint8_t *)iov[i].iov_base)[j] = done + j < VNB_NET_HDR_LEN ? 0 : (uint8_t)(done + j);
+        done += k;
+    }
+    frames_read++;
+    return (ssize_t)done;
+}
+
+int vnb_sys_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+    CHECK(epfd == EP_FD && fd == TAP_FD, "epoll_ctl(%d, %d, %d)", epfd, op, fd);
+    return 0;
+}
+
+/* vnb_datapath.c, built with VNB_FUZZ */
+void vnb_dp_fuzz_setup(struct vnb_dp *dp, int epfd);
+uint64_t vnb_dp_fuzz_round(struct vnb_dp *dp);
+
+/* Bytes the device may change: both used rings, and the writable buffers of the RX chains from the
+ * device's start position up to avail->idx, as the reference walks them (up to the first bad one). */
+static uint8_t *allowed[3];
+
+static void allow(uint64_t gpa, uint64_t len)
+{
+    for (uint64_t k = 0; k < len; k++) {
+        int r = region_of(gpa + k);
+        if (r >= 0)
+            allowed[r][gpa + k - GPA[r]] = 1;
+    }
+}
+
+static void allow_piece(const struct piece *p)
+{
+    for (int r = 0; r < 3; r++)
+        if ((uint8_t *)(uintptr_t)p->hva >= host[r] && (uint8_t *)(uintptr_t)p->hva < host[r] + RSIZE)
+            memset(allowed[r] + ((uint8_t *)(uintptr_t)p->hva - host[r]), 1, p->len);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 9)
+        return 0;
+    static int init;
+    if (!init) {
+        for (int r = 0; r < 3; r++) {
+            host[r] = malloc(RSIZE);
+            allowed[r] = malloc(RSIZE);
+        }
+        init = 1;
+    }
+    uint32_t num[2] = { 1u << (data[0] % 7), 1u << (data[1] % 7) };
+    uint32_t flags = data[2] & (VNB_F_EVENT_IDX | VNB_F_INDIRECT | VNB_F_MRG_RXBUF);
+    uint32_t hdr_len = (data[2] & 8) && !(flags & VNB_F_MRG_RXBUF) ? VNB_NET_HDR_LEN_LEGACY : VNB_NET_HDR_LEN;
+    uint16_t base[2] = { (uint16_t)(data[3] | data[4] << 8), (uint16_t)(data[5] | data[6] << 8) };
+    int rounds = 1 + data[7] % 4;
+    script_len = data[8];
+    data += 9;
+    size -= 9;
+    if (script_len > size)
+        script_len = size;
+    script = data;
+    data += script_len;
+    size -= script_len;
+    for (int r = 0; r < 3; r++) {
+        size_t n = size > RSIZE ? RSIZE : size;
+        memset(host[r], 0, RSIZE);
+        memcpy(host[r], data, n);
+        data += n;
+        size -= n;
+        memset(allowed[r], 0, RSIZE);
+    }
+    frames_read = frames_written = 0;
+
+    struct vnb_mem mem = { 0 };
+    for (int r = 0; r < 3; r++)
+        CHECK(vnb_mem_add_region(&mem, GPA[r], RSIZE, (uint64_t)(uintptr_t)host[r]) == 0, "region");
+    for (int q = 0; q < 2; q++)
+        memcpy(host[0] + USED[q] + 2, &base[q], 2);   /* used->idx where the device starts */
+
+    struct vnb_dp *dp = vnb_dp_new();
+    CHECK(dp, "vnb_dp_new");
+    CHECK(vnb_dp_set_mem(dp, &mem) == 0, "set_mem");
+    CHECK(vnb_dp_set_features(dp, flags, hdr_len) == 0, "set_features");
+    for (int q = 0; q < 2; q++)
+        CHECK(vnb_dp_set_queue(dp, q, num[q], DESC[q], AVAIL[q], USED[q], KICK_FD, CALL_FD, base[q], base[q]) == 0,
+              "set_queue %d", q);
+    CHECK(vnb_dp_set_tap(dp, TAP_FD) == 0 && vnb_dp_set_err_fd(dp, ERR_FD) == 0, "set_tap");
+    vnb_dp_fuzz_setup(dp, EP_FD);
+
+    /* What may change, computed before the device runs (the guest does not touch memory meanwhile). */
+    for (int q = 0; q < 2; q++)
+        allow(USED[q], 6 + 8ull * num[q]);
+    static struct ref_chain c;
+    uint16_t avail_idx;
+    memcpy(&avail_idx, host[0] + AVAIL[0] + 2, 2);
+    for (uint16_t pos = base[0]; (uint16_t)(pos - base[0]) < num[0] && pos != avail_idx; pos++) {
+        if (ref_pop(DESC[0], AVAIL[0], num[0], pos, !!(flags & VNB_F_INDIRECT), &c) != 1)
+            break;
+        for (int i = 0; i < c.nin; i++)
+            allow_piece(&c.in[i]);
+    }
+    static uint8_t before[3][RSIZE];
+    for (int r = 0; r < 3; r++)
+        memcpy(before[r], host[r], RSIZE);
+
+    for (int k = 0; k < rounds; k++) {
+        uint64_t walked = vnb_dp_fuzz_round(dp);
+        CHECK(walked <= 4ull * VNB_MAX_CHAIN_DESC, "a round walked %llu descriptors", (unsigned long long)walked);
+    }
+
+    for (int r = 0; r < 3; r++)
+        for (uint32_t i = 0; i < RSIZE; i++)
+            CHECK(host[r][i] == before[r][i] || allowed[r][i],
+                  "the device wrote guest byte %#llx, neither a used ring nor a popped RX buffer",
+                  (unsigned long long)(GPA[r] + i));
+
+    struct vnb_dp_qstate st[2];
+    struct vnb_dp_stats s;
+    vnb_dp_get_stats(dp, &s);
+    for (int q = 0; q < 2; q++) {
+        CHECK(vnb_dp_get_qstate(dp, q, &st[q]) == 0, "qstate");
+        uint16_t uidx;
+        memcpy(&uidx, host[0] + USED[q] + 2, 2);
+        CHECK(uidx == st[q].used_idx, "queue %d: used->idx %u, shadow %u", q, uidx, st[q].used_idx);
+        CHECK((uint16_t)(st[q].last_avail_idx - st[q].used_idx) <= num[q], "queue %d holds more than the ring", q);
+    }
+    uint64_t tx_used = (uint16_t)(st[1].used_idx - base[1]);
+    uint64_t tx_dropped = s.drops[VNB_DROP_TX_SHORT] + s.drops[VNB_DROP_TX_OVERSIZE] +
+                          s.drops[VNB_DROP_TX_TAP_REFUSED] + s.drops[VNB_DROP_TX_TAP_ERROR];
+    CHECK(st[1].used_idx == st[1].last_avail_idx, "a TX chain popped and not used");
+    CHECK(tx_used == s.tx_frames + tx_dropped, "TX: %llu used, %llu sent + %llu dropped",
+          (unsigned long long)tx_used, (unsigned long long)s.tx_frames, (unsigned long long)tx_dropped);
+    CHECK(s.tx_frames == frames_written, "TX: %llu counted, %llu written",
+          (unsigned long long)s.tx_frames, (unsigned long long)frames_written);
+    uint64_t rx_done = s.rx_frames + s.drops[VNB_DROP_RX_TRUNCATED] + s.drops[VNB_DROP_RX_NO_BUFFER];
+    CHECK(frames_read == rx_done || frames_read == rx_done + 1, "RX: %llu read, %llu placed or dropped",
+          (unsigned long long)frames_read, (unsigned long long)rx_done);
+    vnb_dp_free(dp);
+    return 0;
+}

@@ -1,0 +1,98 @@
+"""Write the seed corpus of the fuzz targets (csrc/fuzz/corpus/): a few well-formed and a few
+hostile rings, so the fuzzer starts from inputs that reach deep into the walk. Run from the top:
+python3 csrc/fuzz/make_seeds.py"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "corpus"
+DESC, AVAIL, USED, BUF, TABLE = 0x0, 0x1000, 0x1400, 0x2000, 0x3000
+NEXT, WRITE, INDIRECT = 1, 2, 4
+RSIZE = 0x4000   # as fuzz_virtq.c
+
+
+def desc(addr, length, flags=0, nxt=0):
+    return struct.pack("<QIHH", addr, length, flags, nxt)
+
+
+def ring_seed(num_log2, flags, descs, heads, avail_idx, extra=()):
+    a = bytearray(RSIZE)
+    for i, d in enumerate(descs):
+        a[DESC + 16 * i:DESC + 16 * i + 16] = d
+    struct.pack_into("<HH", a, AVAIL, 0, avail_idx)
+    for i, h in enumerate(heads):
+        struct.pack_into("<H", a, AVAIL + 4 + 2 * i, h)
+    for gpa, blob in extra:
+        a[gpa:gpa + len(blob)] = blob
+    return bytes([num_log2, flags, 0, 0]) + bytes(a)
+
+
+def virtq_seeds():
+    ev_ind = 1 | 2
+    yield "tx_hdr_and_frame", ring_seed(3, ev_ind, [desc(BUF, 12, NEXT, 1), desc(BUF + 64, 1500)], [0], 1)
+    yield "rx_across_regions", ring_seed(3, ev_ind, [desc(RSIZE - 100, 2048, WRITE)], [0], 1)
+    yield "indirect_table", ring_seed(3, ev_ind, [desc(TABLE, 48, INDIRECT)], [0], 1,
+                                      [(TABLE, desc(BUF, 12, NEXT, 1) + desc(BUF + 64, 100, NEXT, 2)
+                                        + desc(BUF + 512, 256, WRITE))])
+    yield "several_chains", ring_seed(4, 1, [desc(BUF + 100 * i, 60) for i in range(8)], list(range(8)), 8)
+    yield "loop", ring_seed(3, ev_ind, [desc(BUF, 12, NEXT, 1), desc(BUF, 12, NEXT, 0)], [0], 1)
+    yield "indirect_with_next", ring_seed(3, ev_ind, [desc(TABLE, 16, INDIRECT | NEXT, 1), desc(BUF, 60)], [0], 1,
+                                          [(TABLE, desc(BUF, 12))])
+    yield "zero_length_chain", ring_seed(8, ev_ind, [desc(BUF, 0, NEXT, i + 1) for i in range(255)]
+                                         + [desc(TABLE, 16 * 64, INDIRECT)], [0] * 4, 4,
+                                         [(TABLE, b"".join(desc(BUF, 0, NEXT, k + 1) for k in range(63)) + desc(BUF, 0))])
+    yield "writable_then_readable", ring_seed(3, ev_ind, [desc(BUF, 100, WRITE | NEXT, 1), desc(BUF + 200, 60)], [0], 1)
+    yield "nested_indirect", ring_seed(3, ev_ind, [desc(TABLE, 32, INDIRECT)], [0], 1,
+                                       [(TABLE, desc(BUF, 12, NEXT, 1) + desc(TABLE + 64, 16, INDIRECT))])
+    yield "next_out_of_range", ring_seed(3, ev_ind, [desc(BUF, 12, NEXT, 9)], [0], 1)
+    yield "avail_jump", ring_seed(3, ev_ind, [desc(BUF, 60)], [0], 9)
+
+
+# fuzz_datapath.c: RX ring at 0x0/0x1000/0x1400, TX ring at 0x400/0x1100/0x1800.
+RX_DESC, RX_AVAIL, TX_DESC, TX_AVAIL = 0x0, 0x1000, 0x400, 0x1100
+EV, IND, MRG, LEGACY = 1, 2, 4, 8
+
+
+def dp_seed(flags, script, rx=(), tx=(), rx_log2=3, tx_log2=3, rounds=1, extra=()):
+    """rx/tx: descriptors of one-descriptor chains (heads 0..n-1), all made available."""
+    a = bytearray(RSIZE)
+    for base_desc, base_avail, descs in ((RX_DESC, RX_AVAIL, rx), (TX_DESC, TX_AVAIL, tx)):
+        for i, d in enumerate(descs):
+            a[base_desc + 16 * i:base_desc + 16 * i + 16] = d
+            struct.pack_into("<H", a, base_avail + 4 + 2 * i, i)
+        struct.pack_into("<HH", a, base_avail, 0, len(descs))
+    for gpa, blob in extra:
+        a[gpa:gpa + len(blob)] = blob
+    return bytes([rx_log2, tx_log2, flags, 0, 0, 0, 0, rounds - 1, len(script)]) + bytes(script) + bytes(a)
+
+
+def frames(*lengths):
+    return b"".join(struct.pack(">H", n) for n in lengths)
+
+
+def datapath_seeds():
+    tx3 = [desc(BUF + 128 * i, 12 + 60) for i in range(3)]
+    rx4 = [desc(BUF + 2048 * i, 2048, WRITE) for i in range(4)]
+    yield "tx_three_frames", dp_seed(EV | IND, b"\0\0\0", tx=tx3)
+    yield "tx_full_then_room", dp_seed(EV | IND, b"\0\1\0\0", tx=tx3, rounds=2)
+    yield "tx_refused_and_gone", dp_seed(EV, b"\2\3\5", tx=tx3)
+    yield "tx_split_chain", dp_seed(EV | IND, b"\0", extra=[(TX_DESC, desc(BUF, 12, NEXT, 1) + desc(RSIZE - 30, 60))],
+                                     tx=[desc(BUF, 12, NEXT, 1)])
+    yield "rx_three_frames", dp_seed(EV | IND, frames(72, 1514, 60), rx=rx4)
+    yield "rx_mergeable", dp_seed(EV | IND | MRG, frames(1000, 300), rx=[desc(BUF + 256 * i, 256, WRITE) for i in range(8)],
+                                  rounds=2)
+    yield "rx_legacy_header", dp_seed(EV | LEGACY, frames(100), rx=rx4)
+    yield "rx_and_tx", dp_seed(EV | IND | MRG, frames(200) + b"\0\0" + frames(64), rx=rx4, tx=tx3, rounds=3)
+
+
+def main():
+    for target, seeds in (("virtq", virtq_seeds()), ("datapath", datapath_seeds())):
+        d = OUT / target
+        d.mkdir(parents=True, exist_ok=True)
+        for name, blob in seeds:
+            (d / name).write_bytes(blob.rstrip(b"\0"))   # the targets pad guest memory with zeros
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+#!/bin/sh
+# Build and run the libFuzzer targets (clang, -fsanitize=fuzzer,address,undefined), each for SECONDS,
+# starting from the seed corpus in csrc/fuzz/corpus/<target>. Exits non-zero if a target crashes or an
+# oracle fails; the input that did it is left in build/fuzz/<target>/crash-*.
+#
+#   sh csrc/fuzz/run.sh                  # every target, 60 s each (the test command's short run)
+#   sh csrc/fuzz/run.sh 3600 virtq       # a long run of one target
+#   FUZZ_JOBS=2 sh csrc/fuzz/run.sh 600  # libFuzzer -jobs/-workers for long runs
+#
+# New inputs found go to build/fuzz/<target>/corpus (not the tree); merge the interesting ones into
+# the seed corpus with: build/fuzz/<target>/fuzz -merge=1 csrc/fuzz/corpus/<target> build/fuzz/<target>/corpus
+set -eu
+cd "$(dirname "$0")/../.."
+secs=${1:-60}
+[ "$#" -gt 0 ] && shift
+targets=${*:-"virtq datapath"}
+cc=$(command -v clang-14 || command -v clang || true)
+if [ -z "$cc" ]; then
+    echo "csrc/fuzz/run.sh: no clang: apt-get install clang-14 libclang-rt-14-dev" >&2
+    exit 1
+fi
+flags="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE -DVNB_FUZZ"
+status=0
+for t in $targets; do
+    out=build/fuzz/$t
+    mkdir -p "$out/corpus"
+    case $t in
+        virtq) srcs="csrc/device/vnb_virtq.c csrc/device/vnb_mem.c" ;;
+        datapath) srcs="csrc/device/vnb_datapath.c csrc/device/vnb_virtq.c csrc/device/vnb_mem.c" ;;
+        *) echo "csrc/fuzz/run.sh: unknown target $t (virtq, datapath)" >&2; exit 2 ;;
+    esac
+    # shellcheck disable=SC2086
+    "$cc" $flags -Icsrc/device "csrc/fuzz/fuzz_$t.c" $srcs -lpthread -o "$out/fuzz"
+    echo "fuzz $t: ${secs} s from csrc/fuzz/corpus/$t" >&2
+    # shellcheck disable=SC2086
+    if ! (cd "$out" && ./fuzz -max_total_time="$secs" -print_final_stats=1 ${FUZZ_JOBS:+-jobs=$FUZZ_JOBS -workers=$FUZZ_JOBS} \
+            corpus "../../../csrc/fuzz/corpus/$t" 2>fuzz.log); then
+        tail -30 "$out/fuzz.log" >&2
+        echo "fuzz $t: FAILED (input in $out/crash-* or the log above)" >&2
+        status=1
+        continue
+    fi
+    grep -E "DONE|^stat::number_of_executed_units" "$out/fuzz.log" | tail -2 >&2
+done
+exit $status
