@@ -5,7 +5,7 @@ even on failure); without it the run stops at once with one line, it never "pass
 vhost is benchmarked only where /dev/vhost-net exists (in the lab:
 ``vnetbe lab -- python3 -m pytest bench/``); elsewhere the summary says it was left out.
 
-Frames per round: VNETBE_BENCH_COUNT (default 200000; 30000 inside the lab).
+Frames per round: VNETBE_BENCH_COUNT (default ``vnetbe bench``'s HOST_COUNT; LAB_ROUND_COUNT inside the lab).
 """
 from __future__ import annotations
 
@@ -15,17 +15,19 @@ import secrets
 import pytest
 
 from vnetbe import VHOST_NET_PATH
+from vnetbe.tools.benchcli import HOST_COUNT
+from vnetbe.tools.lab import in_lab
 
 HAVE_VHOST = os.path.exists(VHOST_NET_PATH)
 DATAPATHS = ["user"] + (["vhost"] if HAVE_VHOST else [])
 ROUNDS = 5
+LAB_ROUND_COUNT = 30_000   # each of ROUNDS rounds under software emulation: keeps a lab run to minutes
 
 
 def _count() -> int:
     if os.environ.get("VNETBE_BENCH_COUNT"):
         return int(os.environ["VNETBE_BENCH_COUNT"])
-    from vnetbe.tools.lab import in_lab
-    return 30_000 if in_lab() else 200_000
+    return LAB_ROUND_COUNT if in_lab() else HOST_COUNT
 
 
 def pytest_configure(config):

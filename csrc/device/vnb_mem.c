@@ -1,4 +1,7 @@
 #include "vnb_mem.h"
+
+/* cffi reads the literal in struct vnb_mem: tie it to its name. */
+_Static_assert(sizeof(((struct vnb_mem *)0)->r) == VNB_MAX_REGIONS * sizeof(struct vnb_region), "r[]");
 #include <errno.h>
 #include <string.h>
 

@@ -3,6 +3,11 @@
 #include <errno.h>
 #include <string.h>
 
+/* cffi reads the literals in struct vnb_drv_vq: tie them to the largest queue. */
+_Static_assert(sizeof(((struct vnb_drv_vq *)0)->next) == VNB_MAX_QUEUE_SIZE * sizeof(uint16_t), "next[]");
+_Static_assert(sizeof(((struct vnb_drv_vq *)0)->token) == VNB_MAX_QUEUE_SIZE * sizeof(uint32_t), "token[]");
+_Static_assert(sizeof(((struct vnb_drv_vq *)0)->ndesc) == VNB_MAX_QUEUE_SIZE * sizeof(uint16_t), "ndesc[]");
+
 int vnb_drv_vq_init(struct vnb_drv_vq *q, const struct vnb_mem *mem, uint32_t num, uint64_t desc_gpa,
                     uint64_t avail_gpa, uint64_t used_gpa, uint32_t flags)
 {
