@@ -282,8 +282,15 @@ def _opts_label(opts: dict, plan: Plan) -> str:
     return (" " + " ".join(parts)) if parts else ""
 
 
+# The directory holding this vnetbe package: site-packages, or the source tree of an editable install.
+_PKGROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# How the lab starts this same vnetbe. Not `python3 -m vnetbe`: -m puts the current directory first on
+# sys.path, and from a source tree after `pip install .` that finds the tree's unbuilt package.
+_LAB_ENTRY = f"import sys; sys.path.insert(0, {_PKGROOT!r}); from vnetbe.cli import main; sys.exit(main())"
+
+
 def _lab_argv(plan: Plan, with_costs: bool, progress: bool) -> list[str]:
-    argv = [sys.executable, "-m", "vnetbe", "bench", "--no-lab", "--json",
+    argv = [sys.executable, "-c", _LAB_ENTRY, "bench", "--no-lab", "--json",
             "--datapath", ",".join(plan.datapaths), "--scenario", ",".join(plan.scenarios),
             "--sizes", ",".join(str(s) for s in plan.sizes), "--count", str(plan.count),
             "--rr-count", str(plan.rr_count), "--repeat", str(plan.repeat),
@@ -320,8 +327,7 @@ def collect_in_lab(plan: Plan, progress: _Progress, with_costs: bool = False) ->
     if problems:
         raise SetupError(f"no /dev/vhost-net here and the kernel lab cannot start ({problems[0]}); check with "
                          "`vnetbe lab --check`, or run `vnetbe bench --datapath user`")
-    pkgroot = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (pkgroot, os.environ.get("PYTHONPATH", "")) if p)}
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (_PKGROOT, os.environ.get("PYTHONPATH", "")) if p)}
     progress.line(f"no /dev/vhost-net here: running the bench in the kernel lab ({WHERE_LAB}; it boots in ~30-90 s)")
     out = io.BytesIO()
     try:
