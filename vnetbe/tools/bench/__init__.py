@@ -16,9 +16,7 @@ Scenarios (``SCENARIOS``):
   path carries. They share the peer's socket, whose send buffer holds them back (a queued skb is
   charged to its sender until the reader frees it), so the tap's queue stays well filled and little
   or nothing is dropped; what is, the kernel counts (drops ``macvtap_queue``, ``veth_backlog``).
-  (Senders on sockets of their own with huge buffers were tried: they overflow the tap's queue, but
-  burn the CPU the path needs on frames that are dropped, and interrupts per frame came out no
-  lower.) This is where notification suppression shows: kicks and interrupts per frame. Baseline
+  This is where notification suppression shows: kicks and interrupts per frame. Baseline
   ``raw_rx`` with the same senders.
 - ``vm2vm``: guest A floods tagged frames to guest B's MAC through two bridge-mode macvtaps of one
   parent (each guest has its own memory, device and driver); B checks every byte; rate = frames B
