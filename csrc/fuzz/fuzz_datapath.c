@@ -241,7 +241,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t tx_used = (uint16_t)(st[1].used_idx - base[1]);
     uint64_t tx_dropped = s.drops[VNB_DROP_TX_SHORT] + s.drops[VNB_DROP_TX_OVERSIZE] +
                           s.drops[VNB_DROP_TX_TAP_REFUSED] + s.drops[VNB_DROP_TX_TAP_ERROR];
-    CHECK(st[1].used_idx == st[1].last_avail_idx, "a TX chain popped and not used");
+    /* Every TX chain popped is used, but the one a fault stopped the queue on (a writable
+     * descriptor is only seen once the chain is popped): it stays with the device, which needs a reset. */
+    uint16_t held = (uint16_t)(st[1].last_avail_idx - st[1].used_idx);
+    CHECK(held == 0 || (held == 1 && st[1].broken && st[1].fault == VNB_FAULT_TX_WRITABLE),
+          "a TX chain popped and not used (%u held, fault %d)", held, st[1].fault);
     CHECK(tx_used == s.tx_frames + tx_dropped, "TX: %llu used, %llu sent + %llu dropped",
           (unsigned long long)tx_used, (unsigned long long)s.tx_frames, (unsigned long long)tx_dropped);
     CHECK(s.tx_frames == frames_written, "TX: %llu counted, %llu written",

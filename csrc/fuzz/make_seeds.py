@@ -83,6 +83,9 @@ def datapath_seeds():
     yield "rx_mergeable", dp_seed(EV | IND | MRG, frames(1000, 300), rx=[desc(BUF + 256 * i, 256, WRITE) for i in range(8)],
                                   rounds=2)
     yield "rx_legacy_header", dp_seed(EV | LEGACY, frames(100), rx=rx4)
+    # Found by the fuzzer (an oracle that forgot the chain a fault stops the queue on): kept.
+    yield "tx_writable_fault", dp_seed(EV | IND | MRG, b"\0\xc8\0\0\0\x40", tx=[desc(BUF, 72, WRITE | 48)] + tx3[1:],
+                                       rounds=3)
     yield "rx_and_tx", dp_seed(EV | IND | MRG, frames(200) + b"\0\0" + frames(64), rx=rx4, tx=tx3, rounds=3)
 
 
