@@ -9,7 +9,13 @@
 #define MAXP 2048
 
 struct piece { uint64_t hva, len; };
-struct ref_chain { uint16_t head; int nout, nin; struct piece out[MAXP], in[MAXP]; uint64_t out_len, in_len; };
+struct ref_chain {
+    uint16_t head;
+    int nout, nin;
+    struct piece out[MAXP], in[MAXP];
+    uint64_t out_len, in_len;
+    uint64_t ind_gpa, ind_len;   /* the indirect table the chain ends in, if any */
+};
 
 /* ---- the reference: guest-physical reads through the region list, nothing shared with vnb_mem.c ---- */
 
@@ -81,6 +87,8 @@ static int ref_indirect(struct ref_chain *c, const struct rdesc *ind, int negoti
         return VNB_FAULT_INDIRECT_LEN;
     if (ind->addr + ind->len < ind->addr || !ref_inside_one(ind->addr, ind->len))
         return VNB_FAULT_DESC_ADDR;
+    c->ind_gpa = ind->addr;
+    c->ind_len = ind->len;
     uint32_t count = ind->len / 16, i = 0, seen = 0;
     for (;;) {
         struct rdesc d;
