@@ -188,12 +188,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     script = data;
     data += script_len;
     size -= script_len;
+    fill_regions(data, size);
     for (int r = 0; r < 3; r++) {
-        size_t n = size > RSIZE ? RSIZE : size;
-        memset(host[r], 0, RSIZE);
-        memcpy(host[r], data, n);
-        data += n;
-        size -= n;
         memset(allowed[r], 0, RSIZE);
         memset(rx_buffer[r], 0, RSIZE);
     }

@@ -71,15 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint32_t num = 1u << (data[0] % 9);                    /* 1 .. 256 */
     uint32_t flags = data[1] & (VNB_F_EVENT_IDX | VNB_F_INDIRECT);
     uint16_t base = (uint16_t)(data[2] | data[3] << 8);
-    data += 4;
-    size -= 4;
-    for (int r = 0; r < 3; r++) {
-        size_t n = size > RSIZE ? RSIZE : size;
-        memset(host[r], 0, RSIZE);
-        memcpy(host[r], data, n);
-        data += n;
-        size -= n;
-    }
+    fill_regions(data + 4, size - 4);
     struct vnb_mem mem = { 0 };
     for (int r = 0; r < 3; r++)
         CHECK(vnb_mem_add_region(&mem, GPA[r], RSIZE, (uint64_t)(uintptr_t)host[r]) == 0, "region");

@@ -19,6 +19,19 @@ struct ref_chain {
 
 /* ---- the reference: guest-physical reads through the region list, nothing shared with vnb_mem.c ---- */
 
+/* Fill the regions' host buffers from the input, zero-padded; returns the bytes used. */
+static size_t fill_regions(const uint8_t *data, size_t size)
+{
+    size_t used = 0;
+    for (int r = 0; r < 3; r++) {
+        size_t n = size - used > RSIZE ? RSIZE : size - used;
+        memset(host[r], 0, RSIZE);
+        memcpy(host[r], data + used, n);
+        used += n;
+    }
+    return used;
+}
+
 static int region_of(uint64_t gpa)
 {
     for (int r = 0; r < 3; r++)
