@@ -12,7 +12,7 @@ import time
 import pytest
 
 from vnetbe.tools import packet
-from helpers.net import Net
+from vnbtest.net import Net
 
 pytestmark = [pytest.mark.root, pytest.mark.vhost]
 

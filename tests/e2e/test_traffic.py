@@ -12,7 +12,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from vnetbe.tools import packet
-from helpers.net import Net
+from vnbtest.net import Net
 
 pytestmark = pytest.mark.root
 

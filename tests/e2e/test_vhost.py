@@ -12,7 +12,7 @@ from vnetbe.tools import packet
 from vnetbe.datapath.stats import DatapathStats
 from vnetbe.datapath.vhost import VhostDatapath, _vhost_workers
 from vnetbe.faults import DROP_REASONS
-from helpers.net import Net
+from vnbtest.net import Net
 from vnetbe.cputime import thread_cpu_ns
 
 pytestmark = pytest.mark.root

@@ -1,11 +1,11 @@
-"""Fixtures of the unit tests (no root). The helpers themselves are in tests/helpers."""
+"""Fixtures of the unit tests (no root). The helpers themselves are in tests/vnbtest."""
 from __future__ import annotations
 
 import faulthandler
 
 import pytest
 
-from helpers.rings import Ring
+from vnbtest.rings import Ring
 from vnetbe.memory import GuestMemory
 
 

@@ -11,9 +11,9 @@ from vnetbe import errors, spec
 from vnetbe.tools._native import lib
 from vnetbe.memory import GuestMemory
 
-from helpers.device import DeviceRig
-from helpers.rings import F_INDIRECT, F_NEXT, pack_desc
-from helpers.wait import wait_for
+from vnbtest.device import DeviceRig
+from vnbtest.rings import F_INDIRECT, F_NEXT, pack_desc
+from vnbtest.wait import wait_for
 
 RX, TX = spec.RX_QUEUE, spec.TX_QUEUE
 QSIZE = 32768

@@ -17,12 +17,12 @@ from vnetbe.errors import ConfigError, VnetError
 from vnetbe.device import VirtioNet
 from vnetbe.memory import GuestMemory
 from vnetbe.queue import QueueConfig
-from helpers.fakelink import PairLink
+from vnbtest.fakelink import PairLink
 from vnetbe.cputime import voluntary_switches
 
-from helpers.device import DeviceRig
-from helpers.rings import Ring
-from helpers.wait import wait_for
+from vnbtest.device import DeviceRig
+from vnbtest.rings import Ring
+from vnbtest.wait import wait_for
 
 SIZES = [1, 2, 3, 4, 5, 7, 13, 14, 59, 60, 61, 64, 127, 128, 255, 1500, 1514, 1515, 4096, 9000, 9014,
          16384, 32768, 65000, 65535]

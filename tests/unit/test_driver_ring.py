@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from vnetbe.tools._native import ffi, lib
 from vnetbe.memory import GuestMemory
 
-from helpers.rings import Ring, iov_inside
+from vnbtest.rings import Ring, iov_inside
 
 MB = 1 << 20
 MAX_SEGS = 8

@@ -18,9 +18,9 @@ from vnetbe.tools._native import ffi, lib
 from vnetbe.faults import FAULT_NAMES
 from vnetbe.memory import GuestMemory
 
-from helpers.device import DeviceRig
-from helpers.rings import F_INDIRECT, F_NEXT, F_WRITE, pack_desc
-from helpers.wait import wait_for
+from vnbtest.device import DeviceRig
+from vnbtest.rings import F_INDIRECT, F_NEXT, F_WRITE, pack_desc
+from vnbtest.wait import wait_for
 
 MB = 1 << 20
 RX, TX = spec.RX_QUEUE, spec.TX_QUEUE

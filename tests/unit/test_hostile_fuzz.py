@@ -17,8 +17,8 @@ from vnetbe import spec
 from vnetbe.errors import GuestFault
 
 from test_guest_faults import CANARY, LOW_END, MB, QSIZE, RX, TX, Rig
-from helpers.rings import pack_desc
-from helpers.wait import wait_for
+from vnbtest.rings import pack_desc
+from vnbtest.wait import wait_for
 
 TABLES = CANARY + 0x8000          # where hostile indirect tables live (8 of 16 entries each)
 TABLE_ENTRIES = 16

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from helpers.device import DeviceRig
+from vnbtest.device import DeviceRig
 from vnetbe.memory import GuestMemory
 
 CYCLES = 1000

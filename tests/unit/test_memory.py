@@ -13,7 +13,7 @@ from vnetbe.tools._native import ffi, lib
 from vnetbe.errors import ConfigError
 from vnetbe.memory import GuestMemory
 
-from helpers.rings import split_gpa
+from vnbtest.rings import split_gpa
 
 PAGE = mmap.PAGESIZE
 TOP = 2**64

@@ -14,7 +14,7 @@ import pytest
 from vnetbe.tools import packet
 from vnetbe.tools._native import ffi, lib
 
-from helpers.device import DeviceRig
+from vnbtest.device import DeviceRig
 from vnetbe.memory import GuestMemory
 
 HDR = 12

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from vnetbe.tools._native import ffi, lib
 from vnetbe.memory import GuestMemory
 
-from helpers.rings import F_INDIRECT, F_NEXT, F_WRITE, Ring, iov_inside, merge_iov, pack_desc, split_gpa
+from vnbtest.rings import F_INDIRECT, F_NEXT, F_WRITE, Ring, iov_inside, merge_iov, pack_desc, split_gpa
 
 MB = 1 << 20
 

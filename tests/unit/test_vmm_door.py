@@ -5,7 +5,7 @@ import os
 import struct
 import time
 
-from helpers.fakelink import PairLink
+from vnbtest.fakelink import PairLink
 
 from vnetbe import spec
 from vnetbe.cputime import thread_cpu_ns
@@ -13,8 +13,8 @@ from vnetbe.device import VirtioNet
 from vnetbe.memory import GuestMemory
 from vnetbe.queue import QueueConfig
 from vnetbe.tools.guest import GuestDriver
-from helpers.device import DeviceRig
-from helpers.wait import wait_for
+from vnbtest.device import DeviceRig
+from vnbtest.wait import wait_for
 
 
 def _vmm_memory(size: int) -> tuple[GuestMemory, int]:
