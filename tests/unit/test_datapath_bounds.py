@@ -2,13 +2,14 @@
 and a link that fails for good stops the device with LinkGone instead of spinning its thread."""
 from __future__ import annotations
 
+import errno
 import os
 import time
 
 import pytest
 
 from vnetbe import errors, spec
-from vnetbe.tools._native import lib
+from vnetbe.tools._native import ffi, lib
 from vnetbe.memory import GuestMemory
 
 from vnbtest.device import DeviceRig
@@ -101,3 +102,22 @@ def test_a_link_that_hangs_up_stops_the_device_with_link_gone_and_no_spinning(ri
     assert rig.dev.threads()                    # the thread lives and answers a stop
     rig.dev.close()
     assert not rig.dev.threads()
+
+
+def test_a_refused_queue_is_not_left_configured_for_start():
+    # vnb_dp_set_queue zeroes the queue before checking it; a failure must not leave it marked
+    # configured, or a start would run the thread over NULL rings.
+    with GuestMemory(1 * MB) as mem:
+        dp = ffi.gc(lib.vnb_dp_new(), lib.vnb_dp_free)
+        assert lib.vnb_dp_set_mem(dp, mem.table) == 0
+        assert lib.vnb_dp_set_queue(dp, TX, 8, 0x0, 0x1000, 0x2000, -1, -1, 0, 0) == 0
+        assert lib.vnb_dp_set_queue(dp, TX, 8, 1 << 40, 0x1000, 0x2000, -1, -1, 0, 0) < 0
+        assert lib.vnb_dp_set_tap(dp, 0) == 0
+        assert lib.vnb_dp_start(dp) == -errno.EINVAL     # no queue left to run
+        assert not lib.vnb_dp_running(dp)
+
+
+def test_mergeable_buffers_with_the_legacy_header_are_refused():
+    dp = ffi.gc(lib.vnb_dp_new(), lib.vnb_dp_free)
+    assert lib.vnb_dp_set_features(dp, lib.VNB_F_MRG_RXBUF, spec.NET_HDR_LEN_LEGACY) == -errno.EINVAL
+    assert lib.vnb_dp_set_features(dp, lib.VNB_F_MRG_RXBUF, spec.NET_HDR_LEN) == 0
