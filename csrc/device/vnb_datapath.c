@@ -8,12 +8,15 @@
 #include "vnb_sys_impl.h"
 #include "vnb_time.h"
 #include <errno.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -37,7 +40,7 @@ _Static_assert(sizeof(struct vnb_dp_stats) % sizeof(uint64_t) == 0, "vnb_dp_stat
 #define RX_MAX_HEADS 1024
 #define HDR_IOV 12            /* iovecs kept to reach num_buffers in the first buffer (each >= 1 byte) */
 
-enum { EV_STOP = 1, EV_KICK_RX, EV_KICK_TX, EV_TAP };
+enum { EV_STOP = 1, EV_KICK_RX, EV_KICK_TX, EV_TAP, EV_NETLINK };
 
 /* cffi sees literal array sizes in struct vnb_dp_stats: tie them to the enums here. */
 _Static_assert(sizeof(((struct vnb_dp_stats *)0)->drops) == VNB_DROP_MAX * sizeof(uint64_t), "drops[]");
@@ -64,6 +67,7 @@ struct vnb_dp {
     int configured[2];
     int kick_fd[2], call_fd[2];
     int tap_fd, err_fd, stop_fd, epfd;
+    int link_ifindex, nl_fd;   /* the link's interface, watched for RTM_DELLINK (0: not watched) */
     uint32_t flags, hdr_len;
     pthread_t thread;
     int running;
@@ -90,7 +94,7 @@ struct vnb_dp *vnb_dp_new(void)
     struct vnb_dp *dp = calloc(1, sizeof(*dp));
     if (!dp)
         return NULL;
-    dp->tap_fd = dp->err_fd = dp->stop_fd = dp->epfd = -1;
+    dp->tap_fd = dp->err_fd = dp->stop_fd = dp->epfd = dp->nl_fd = -1;
     dp->kick_fd[0] = dp->kick_fd[1] = dp->call_fd[0] = dp->call_fd[1] = -1;
     dp->hdr_len = VNB_NET_HDR_LEN;
     return dp;
@@ -160,6 +164,14 @@ int vnb_dp_set_busyloop(struct vnb_dp *dp, uint32_t usecs)
     if (dp->running)
         return -EBUSY;
     dp->busyloop_ns = (int64_t)usecs * 1000;
+    return 0;
+}
+
+int vnb_dp_set_link_ifindex(struct vnb_dp *dp, int ifindex)
+{
+    if (dp->running)
+        return -EBUSY;
+    dp->link_ifindex = ifindex > 0 ? ifindex : 0;
     return 0;
 }
 
@@ -688,6 +700,42 @@ static void poll_quiet_rings(struct vnb_dp *dp, int *kick_tx, int *kick_rx)
     }
 }
 
+/* A deleted macvtap tells its fd nothing (reads EAGAIN, writes vanish): only rtnetlink says it is gone.
+ * Read what the kernel sent and stop the link on an RTM_DELLINK of ours. */
+static void read_netlink(struct vnb_dp *dp)
+{
+    /* Aligned for struct nlmsghdr, as NLMSG_NEXT expects. */
+    static __thread uint64_t buf[8192 / sizeof(uint64_t)];
+    for (;;) {
+        ssize_t n = recv(dp->nl_fd, buf, sizeof(buf), MSG_DONTWAIT);
+        stat_inc(&dp->st.syscalls);
+        if (n <= 0)
+            return;   /* EAGAIN: drained; ENOBUFS (overrun) would only lose others' messages */
+        int len = (int)n;
+        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+            if (h->nlmsg_type != RTM_DELLINK || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct ifinfomsg)))
+                continue;
+            const struct ifinfomsg *ifi = NLMSG_DATA(h);
+            if (ifi->ifi_index == dp->link_ifindex && !dp->link_down)
+                link_gone(dp, EPOLLHUP);
+        }
+    }
+}
+
+static int open_netlink(void)
+{
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_ROUTE);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_nl a = { .nl_family = AF_NETLINK, .nl_groups = RTMGRP_LINK };
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
 static void *dp_thread(void *arg)
 {
     struct vnb_dp *dp = arg;
@@ -722,6 +770,9 @@ static void *dp_thread(void *arg)
                 stat_add(&dp->st.rx_kicks, drain_eventfd(dp, dp->kick_fd[RXQ]));
                 stat_inc(&dp->st.rx_kick_wakeups);
                 kick_rx = 1;
+                break;
+            case EV_NETLINK:
+                read_netlink(dp);
                 break;
             case EV_TAP:
                 if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
@@ -815,6 +866,15 @@ int vnb_dp_start(struct vnb_dp *dp)
     dp->tap_events = tap_events_wanted(dp);
     if ((r = ep_add(dp->epfd, dp->tap_fd, dp->tap_events, EV_TAP)))
         goto fail;
+    if (dp->link_ifindex) {
+        if ((dp->nl_fd = open_netlink()) < 0) {
+            r = dp->nl_fd;
+            dp->nl_fd = -1;
+            goto fail;
+        }
+        if ((r = ep_add(dp->epfd, dp->nl_fd, EPOLLIN, EV_NETLINK)))
+            goto fail;
+    }
     dp->pend.active = 0;
     dp->tx_retry = 0;
     dp->tx_quiet = dp->rx_quiet = 0;
@@ -832,7 +892,9 @@ fail:
         close(dp->epfd);
     if (dp->stop_fd >= 0)
         close(dp->stop_fd);
-    dp->epfd = dp->stop_fd = -1;
+    if (dp->nl_fd >= 0)
+        close(dp->nl_fd);
+    dp->epfd = dp->stop_fd = dp->nl_fd = -1;
     return r;
 }
 
@@ -846,7 +908,9 @@ int vnb_dp_stop(struct vnb_dp *dp)
     pthread_join(dp->thread, NULL);
     close(dp->epfd);
     close(dp->stop_fd);
-    dp->epfd = dp->stop_fd = -1;
+    if (dp->nl_fd >= 0)
+        close(dp->nl_fd);
+    dp->epfd = dp->stop_fd = dp->nl_fd = -1;
     dp->running = 0;
     return 0;
 }

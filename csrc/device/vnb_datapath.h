@@ -41,6 +41,8 @@ int vnb_dp_set_queue(struct vnb_dp *dp, int q, uint32_t num, uint64_t desc_gpa, 
                      uint64_t used_gpa, int kick_fd, int call_fd, uint16_t last_avail_idx, uint16_t used_idx);
 int vnb_dp_set_tap(struct vnb_dp *dp, int tap_fd);
 int vnb_dp_set_err_fd(struct vnb_dp *dp, int err_fd);
+/* Watch the link's interface (ifindex > 0) for deletion over rtnetlink: a macvtap's fd never says. */
+int vnb_dp_set_link_ifindex(struct vnb_dp *dp, int ifindex);
 /* Busy polling: after the last work, poll for usecs before sleeping (0, the default: sleep at once). */
 int vnb_dp_set_busyloop(struct vnb_dp *dp, uint32_t usecs);
 int vnb_dp_start(struct vnb_dp *dp);

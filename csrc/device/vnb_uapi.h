@@ -5,6 +5,8 @@
 #define VNB_UAPI_H
 #include <net/if.h>
 #include <linux/if_tun.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <linux/vhost.h>
 #include <linux/virtio_config.h>
 #include <linux/virtio_net.h>
@@ -87,6 +89,10 @@
 #define TUN_F_TSO_ECN ...
 #define TUN_F_UFO ...
 #define IFNAMSIZ ...
+/* rtnetlink (a deleted interface) */
+#define NETLINK_ROUTE ...
+#define RTMGRP_LINK ...
+#define RTM_DELLINK ...
 /* cffi:end */
 #endif
 

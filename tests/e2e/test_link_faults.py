@@ -33,17 +33,16 @@ def _cpu(dev) -> int:
     return sum(thread_cpu_ns(t, t) for t in dev.threads())
 
 
-def test_a_deleted_tap_stops_the_device_with_link_gone_and_no_thread_spins(tag, datapath):
-    name = f"vnb{tag}t"
-    with GuestMemory(32 << 20) as mem, Tap.create(name) as link, VirtioNet(mem, link, datapath=datapath) as dev:
+def _deleted_under_a_running_device(mem, link, datapath) -> None:
+    with VirtioNet(mem, link, datapath=datapath) as dev:
         guest = GuestDriver(dev)
         guest.send(FRAME)
         assert dev.wait_fault(0.2) is None
         with IPRoute() as ipr:
-            ipr.link("del", ifname=name)
+            ipr.link("del", ifname=link.name)
         err = dev.wait_fault(2.0)
         assert isinstance(err, errors.LinkGone) and isinstance(err, errors.LinkError), err
-        assert name in str(err)
+        assert link.name in str(err)
         assert dev.status & spec.DEVICE_NEEDS_RESET
         assert dev.config_space()[6:8] == b"\0\0"          # link status: down
         with pytest.raises(errors.LinkGone):
@@ -56,6 +55,18 @@ def test_a_deleted_tap_stops_the_device_with_link_gone_and_no_thread_spins(tag, 
         st = dev.stats()                                    # counters stay readable with the link gone
         assert st["link_down"] and st["tx_frames"] >= 0
     assert not dev.threads()
+
+
+def test_a_deleted_tap_stops_the_device_with_link_gone_and_no_thread_spins(tag, datapath):
+    # The tun's fd turns to POLLERR and EBADFD.
+    with GuestMemory(32 << 20) as mem, Tap.create(f"vnb{tag}t") as link:
+        _deleted_under_a_running_device(mem, link, datapath)
+
+
+def test_a_deleted_macvtap_stops_the_device_with_link_gone_and_no_thread_spins(tag, datapath):
+    # A macvtap's fd says nothing (reads EAGAIN, writes vanish): rtnetlink's RTM_DELLINK does.
+    with GuestMemory(32 << 20) as mem, Topology(tag, mtu=1500) as topo:
+        _deleted_under_a_running_device(mem, topo.macvtap("bridge"), datapath)
 
 
 def _counts() -> tuple[int, int, int]:

@@ -36,6 +36,7 @@ class UserDatapath:
                 raise ConfigError(f"queue {q} rejected by the datapath (errno {-rc}): check its addresses")
         check(lib.vnb_dp_set_tap(dp, link.fd), "vnb_dp_set_tap")
         check(lib.vnb_dp_set_err_fd(dp, err_fd), "vnb_dp_set_err_fd")
+        check(lib.vnb_dp_set_link_ifindex(dp, link.ifindex), "vnb_dp_set_link_ifindex")
         check(lib.vnb_dp_set_busyloop(dp, busyloop_us), "vnb_dp_set_busyloop")
         if self._link_counters is None or self._link_counters.link is not link:
             self._link_counters = LinkCounters(link)   # C counters run from vnb_dp_new on: so do these

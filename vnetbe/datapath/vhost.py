@@ -21,6 +21,7 @@ from .._native import ffi, lib
 from ..cputime import thread_cpu_ns, voluntary_switches
 from ..errors import ConfigError, KernelRefused, VhostFault
 from ..faults import FAULT_NAMES
+from ..link.watch import LinkWatch
 from ..queue import QueueConfig, QueueState
 from . import vhost_ioctl as io
 from .stats import DatapathStats, LinkCounters
@@ -117,6 +118,7 @@ class VhostDatapath:
         self._features = 0
         self._link_counters: LinkCounters | None = None
         self._link_down = 0
+        self._link_watch: LinkWatch | None = None
         self._final: DatapathStats | None = None
         self._workers0: dict[int, tuple[int, int]] = {}
         self.running = False
@@ -152,6 +154,7 @@ class VhostDatapath:
         self.running = True
         self._workers0 = {t: (thread_cpu_ns(t, t), voluntary_switches(t, t)) for t in self.threads()}
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._link_watch = LinkWatch(link.ifindex) if link.ifindex > 0 else None
         self._watcher = threading.Thread(target=self._watch, args=(err_fd,), name="vnetbe-vhost-err", daemon=True)
         self._watcher.start()
 
@@ -164,11 +167,17 @@ class VhostDatapath:
         # (vhost's worker then fails every frame and says nothing). The tun's wake-up on deletion is
         # keyed EPOLLIN, which does not wake a poller that asked for 0: look again every LINK_CHECK_MS.
         poller.register(self._link.fd, 0)
+        # A macvtap's fd says nothing at all when its interface goes: rtnetlink does.
+        watch = self._link_watch
+        if watch is not None:
+            poller.register(watch.fileno(), select.POLLIN)
         while True:
             ready = dict(poller.poll(LINK_CHECK_MS))
             if self._stop_fd in ready:
                 return
             bits = ready.pop(self._link.fd, 0) & (select.POLLERR | select.POLLHUP)
+            if watch is not None and ready.pop(watch.fileno(), 0) and watch.deleted():
+                bits |= select.POLLHUP
             if bits and not self._link_down:
                 self._link_down = bits
                 poller.unregister(self._link.fd)
@@ -204,6 +213,9 @@ class VhostDatapath:
         self._final = self.stats()
         for efd in list(self._err.values()) + [self._stop_fd]:
             os.close(efd)
+        if self._link_watch is not None:
+            self._link_watch.close()
+            self._link_watch = None
         self._err, self._stop_fd, self._watcher = {}, -1, None
         self.running = False
         return states
