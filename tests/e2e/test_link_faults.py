@@ -4,6 +4,9 @@ cleans up), and a thousand device lifetimes that must leave nothing behind."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -17,7 +20,7 @@ from vnetbe.memory import GuestMemory
 from vnetbe.tools import packet
 from vnetbe.tools.guest import GuestDriver
 from vnetbe.tools.peer import Peer
-from vnetbe.tools.topology import Topology
+from vnetbe.tools.topology import Topology, cleanup_stale
 
 pytestmark = pytest.mark.root
 
@@ -106,3 +109,50 @@ def test_a_thousand_device_cycles_with_traffic_leave_no_fd_thread_or_mapping(tag
         finally:
             peer.close()
 
+
+
+def test_a_run_killed_with_sigkill_leaves_only_vnb_objects_that_cleanup_removes(tag):
+    """A process killed with -9 in the middle of a run cannot remove its topology; what it leaves is
+    named vnb<tag>*, and `vnetbe cleanup --prefix` removes exactly that and says so."""
+    prefix = f"vnb{tag}"
+    script = (
+        "import sys, time\n"
+        "from vnetbe.tools.topology import Topology\n"
+        f"t = Topology({tag!r}, mtu=1500)\n"
+        "t.macvtap('bridge')\n"
+        "print('ready', t.netns, flush=True)\n"
+        "time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()
+        assert line.startswith("ready"), line
+        netns = line.split()[1]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        child.stdout.close()
+    try:
+        _killed_run_cleaned_up(prefix, netns)
+    finally:
+        cleanup_stale(prefix)   # whatever this test failed to remove, it must not leave behind
+
+
+def _killed_run_cleaned_up(prefix: str, netns: str) -> None:
+    left = _vnb_objects(prefix)
+    assert netns in left and any(n != netns for n in left), left   # the namespace and the interfaces
+    out = subprocess.run([sys.executable, "-m", "vnetbe.cli", "cleanup", "--prefix", prefix],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    # It names what it deleted; the rest (the veth's other end, the macvtap on it) went with that.
+    assert f"removed {netns}" in out.stdout, out.stdout
+    assert _vnb_objects(prefix) == set(), out.stdout
+    again = subprocess.run([sys.executable, "-m", "vnetbe.cli", "cleanup", "--prefix", prefix],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "nothing named" in again.stdout
+
+
+def _vnb_objects(prefix: str) -> set[str]:
+    names = {n for n in os.listdir("/var/run/netns") if n.startswith(prefix)} if os.path.isdir("/var/run/netns") else set()
+    with IPRoute() as ipr:
+        names |= {m.get_attr("IFLA_IFNAME") for m in ipr.get_links() if m.get_attr("IFLA_IFNAME").startswith(prefix)}
+    return names
