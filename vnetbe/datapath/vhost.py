@@ -32,8 +32,6 @@ _TAP_HANDLED = sum(spec.bit(b) for b in (
     spec.VIRTIO_NET_F_GUEST_TSO4, spec.VIRTIO_NET_F_GUEST_TSO6, spec.VIRTIO_NET_F_HOST_TSO4,
     spec.VIRTIO_NET_F_HOST_TSO6, spec.VIRTIO_NET_F_STATUS))
 _NEVER = spec.bit(io.VHOST_F_LOG_ALL) | spec.bit(io.VHOST_NET_F_VIRTIO_NET_HDR)
-LINK_CHECK_MS = 250   # how often the watcher looks at the tap for an error it was not woken for
-
 # What the kernel's worker does not report: the counts of a userspace thread's own work, and the
 # reasons for drops (vhost drops short or refused frames without saying).
 _NOT_COUNTED = ("tx_kicks", "rx_kicks", "tx_kick_wakeups", "rx_kick_wakeups", "tx_interrupts", "rx_interrupts",
@@ -163,16 +161,16 @@ class VhostDatapath:
         poller = select.poll()
         for fd in (self._stop_fd, *by_fd):
             poller.register(fd, select.POLLIN)
-        # Events 0: only POLLERR/POLLHUP, which the tap reports for good once its interface is gone
+        # Events 0: only POLLERR/POLLHUP, which a tap reports for good once its interface is gone
         # (vhost's worker then fails every frame and says nothing). The tun's wake-up on deletion is
-        # keyed EPOLLIN, which does not wake a poller that asked for 0: look again every LINK_CHECK_MS.
+        # keyed EPOLLIN and does not wake this poller, and a macvtap's fd says nothing at all: the
+        # RTM_DELLINK on rtnetlink is what wakes it, for both.
         poller.register(self._link.fd, 0)
-        # A macvtap's fd says nothing at all when its interface goes: rtnetlink does.
         watch = self._link_watch
         if watch is not None:
             poller.register(watch.fileno(), select.POLLIN)
         while True:
-            ready = dict(poller.poll(LINK_CHECK_MS))
+            ready = dict(poller.poll())
             if self._stop_fd in ready:
                 return
             bits = ready.pop(self._link.fd, 0) & (select.POLLERR | select.POLLHUP)
