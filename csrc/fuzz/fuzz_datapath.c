@@ -132,17 +132,8 @@ uint64_t vnb_dp_fuzz_round(struct vnb_dp *dp);
 
 /* Bytes the device may change: both used rings, and the writable buffers of the RX chains from the
  * device's start position up to avail->idx, as the reference walks them (up to the first bad one). */
-static uint8_t *allowed[3];
+static uint8_t allowed[3][RSIZE];
 static uint8_t *rx_buffer[3];   /* the RX buffers alone: a guest may post one over a ring of its own */
-
-static void allow(uint64_t gpa, uint64_t len)
-{
-    for (uint64_t k = 0; k < len; k++) {
-        int r = region_of(gpa + k);
-        if (r >= 0)
-            allowed[r][gpa + k - GPA[r]] = 1;
-    }
-}
 
 static void mark(uint8_t map[3][RSIZE], uint64_t gpa, uint64_t len)
 {
@@ -170,7 +161,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!init) {
         for (int r = 0; r < 3; r++) {
             host[r] = malloc(RSIZE);
-            allowed[r] = malloc(RSIZE);
             rx_buffer[r] = malloc(RSIZE);
         }
         init = 1;
@@ -213,7 +203,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* What may change, computed before the device runs (the guest does not touch memory meanwhile). */
     for (int q = 0; q < 2; q++)
-        allow(USED[q], 6 + 8ull * num[q]);
+        mark(allowed, USED[q], 6 + 8ull * num[q]);
     /* The rings and the indirect tables of the chains on offer: a guest that posts an RX buffer over
      * one of them rewrites its own rings as frames land, and the reference, walked once here, would
      * not follow. Such inputs are skipped (the hostile-ring property tests cover self-overwriting). */
