@@ -20,12 +20,14 @@ from .errors import (
     LinkError,
     LinkGone,
     NotRoot,
+    ProtocolError,
     SetupError,
     VnetError,
 )
 from .link import Link, Macvtap, Tap
 from .memory import GuestMemory
 from .queue import QueueConfig, QueueState
+from .vhost_user import VhostUserServer
 
 __version__ = "0.1.0"
 
@@ -42,5 +44,5 @@ def __getattr__(name: str):
 __all__ = [
     "GuestMemory", "VirtioNet", "DATAPATHS", "VHOST_NET_PATH", "GuestDriver", "QueueConfig", "QueueState", "Link", "Macvtap", "Tap",
     "VnetError", "SetupError", "NotRoot", "LinkError", "KernelRefused", "ConfigError", "GuestFault",
-    "LinkGone", "LabError",
+    "LinkGone", "LabError", "ProtocolError", "VhostUserServer",
 ]

@@ -36,6 +36,7 @@ MAX_BUSYLOOP_US = 10_000_000   # busy polling longer than 10 s is a mistake, not
 class VirtioNet:
     """A virtio-net device over ``link`` using guest memory ``mem``.
 
+    ``mem`` may be None when the memory arrives later (``set_memory``, as a vhost-user front end sends it).
     Lifecycle follows the spec's status bits: the driver reads ``device_features``, calls
     ``set_driver_features`` (FEATURES_OK), ``set_queue`` for RX (0) and TX (1), then ``start``
     (DRIVER_OK). A guest fault stops its queue and sets DEVICE_NEEDS_RESET; ``check()`` raises it.
@@ -109,13 +110,30 @@ class VirtioNet:
         if index not in (spec.RX_QUEUE, spec.TX_QUEUE):
             raise ConfigError(f"queue index {index}: this device has RX (0) and TX (1)")
         cfg = cfg or QueueConfig(**kw)
+        if self.mem is None:
+            raise ConfigError("set_queue() before the guest memory is known: call set_memory() first")
         cfg.validate(self.mem, self.has(spec.VIRTIO_RING_F_EVENT_IDX))
         self.queues[index] = cfg
+
+    def remove_queue(self, index: int) -> None:
+        """Forget queue ``index`` (a front end stopped that ring); only while the device is stopped."""
+        if self.running:
+            raise ConfigError("queues can only be removed while the device is stopped")
+        self.queues.pop(index, None)
+
+    def set_memory(self, mem) -> None:
+        """The guest memory the queues live in (a vhost-user front end sends it after the device
+        exists, and may replace it); only while the device is stopped."""
+        if self.running:
+            raise ConfigError("guest memory can only change while the device is stopped")
+        self.mem = mem
 
     # --- running ---
     def start(self) -> None:
         if not self.status & spec.FEATURES_OK:
             raise ConfigError("start() before set_driver_features(): negotiate features first")
+        if self.mem is None:
+            raise ConfigError("start() without guest memory: call set_memory() first")
         if not self.queues:
             raise ConfigError("start() with no queues: call set_queue for RX (0) and/or TX (1)")
         self._configure_link()

@@ -131,3 +131,12 @@ class VhostFault(GuestFault):
 
 class LinkGone(LinkError):
     """The link failed under a running device (its interface was deleted): the datapath stopped."""
+
+
+class ProtocolError(VnetError):
+    """A vhost-user front end sent a message this back end refuses: names the message and the field.
+    The connection is closed; the server goes on serving."""
+
+    def __init__(self, message: str, field: str, detail: str):
+        self.message, self.field, self.detail = message, field, detail
+        super().__init__(f"vhost-user {message}: bad {field}: {detail}")

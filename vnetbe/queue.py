@@ -23,6 +23,13 @@ class QueueConfig:
     used_idx: int = 0
 
     def validate(self, mem, event_idx: bool) -> None:
+        self.check_addresses(mem, event_idx)
+        for name in ("kick_fd", "call_fd"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"queue needs a {name}")
+
+    def check_addresses(self, mem, event_idx: bool) -> None:
+        """Size a power of two, parts aligned, each part inside one memory region."""
         spec.check_queue_size(self.size)
         if self.desc % 16 or self.avail % 2 or self.used % 4:
             raise ConfigError(
@@ -39,9 +46,6 @@ class QueueConfig:
             except ConfigError:
                 raise ConfigError(
                     f"{what} at {gpa:#x} (+{size:#x}) is not inside one guest memory region") from None
-        for name in ("kick_fd", "call_fd"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"queue needs a {name}")
 
 
 @dataclass

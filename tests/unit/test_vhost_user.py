@@ -1,0 +1,363 @@
+"""vnetbe's vhost-user server without root: frames cross it byte for byte, every refused message is
+named and closes only its connection, and no connection, however it ends, leaves an fd, a thread or a
+mapping behind. (The real front ends, DPDK's virtio-user and a Linux guest under QEMU, are in e2e.)"""
+from __future__ import annotations
+
+import array
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from vnbtest.fakelink import PairLink
+from vnbtest.vhost_user import (
+    FrontendRig,
+    ServerRig,
+    closed_by_peer,
+    counts,
+    raw_client,
+)
+from vnbtest.wait import wait_for
+
+from vnetbe.errors import ProtocolError
+from vnetbe.vhost_user import Session
+from vnetbe.vhost_user import protocol as P
+from vnetbe.vhost_user.protocol import MemRegion, Request
+
+ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
+MAPS_NOISE = 8
+
+
+def _frame(n: int, seed: int = 0) -> bytes:
+    return ETH + bytes((i * 7 + seed) & 0xFF for i in range(n - len(ETH)))
+
+
+@pytest.fixture
+def rig():
+    r = ServerRig()
+    yield r
+    r.close()
+
+
+def test_frames_cross_the_vhost_user_server_byte_for_byte_both_ways(rig):
+    fr = FrontendRig(rig.path)
+    try:
+        assert rig.server.wait_connected(2)
+        for i, n in enumerate((60, 61, 128, 1000, 1514)):
+            f = _frame(n, i)
+            fr.guest.send(f)
+            assert rig.link.sent(2.0)[12:] == f
+            rig.link.inject(f)
+            assert fr.guest.receive(timeout=2.0) == f
+        dev = rig.server.stats()["device"]
+        assert (dev["tx_frames"], dev["rx_frames"]) == (5, 5)
+    finally:
+        fr.close()
+
+
+def test_ring_position_survives_get_vring_base_and_restart(rig):
+    """GET_VRING_BASE stops a ring and returns last_avail_idx without resetting it; the ring started
+    again from there goes on where it stopped (the used index is taken from guest memory)."""
+    fr = FrontendRig(rig.path)
+    try:
+        for i in range(3):
+            fr.guest.send(_frame(64, i))
+            assert rig.link.sent(2.0)[12:] == _frame(64, i)
+        fr.guest.drain_tx()
+        base = fr.fe.get_vring_base(1)
+        assert base == 3
+        cfg = fr.fe.queues[1]
+        cfg.last_avail_idx = base
+        fr.fe.start_ring(1, cfg)
+        fr.guest.send(_frame(64, 9))
+        assert rig.link.sent(2.0)[12:] == _frame(64, 9)
+    finally:
+        fr.close()
+
+
+def test_a_second_front_end_is_refused_while_one_is_connected(rig):
+    fr = FrontendRig(rig.path)
+    try:
+        extra = raw_client(rig.path)
+        assert closed_by_peer(extra)
+        extra.close()
+        fr.guest.send(_frame(64))
+        assert rig.link.sent(2.0)[12:] == _frame(64)
+        assert rig.server.stats()["refused_connections"] == 1
+    finally:
+        fr.close()
+
+
+# --- hostile messages: each one is refused by name and field, only its connection closes ---
+def _memfd(size: int = 1 << 20) -> int:
+    fd = os.memfd_create("vnb-test", os.MFD_CLOEXEC)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def _hdr(req, size, flags=P.VERSION):
+    return P.HEADER.pack(int(req), flags, size)
+
+
+def _owner():
+    return P.request(Request.SET_OWNER)
+
+
+def _table(*regions):
+    return P.request(Request.SET_MEM_TABLE, P.mem_table_payload([MemRegion(*r) for r in regions]))
+
+
+_M = 1 << 20
+HOSTILE = [
+    # (what, bytes after SET_OWNER (or the whole stream), fds to send with the last message, field named)
+    ("wrong version", _hdr(Request.GET_FEATURES, 0, flags=2), 0, "flags"),
+    ("reply bit on a request", _hdr(Request.GET_FEATURES, 0, flags=P.VERSION | P.FLAG_REPLY), 0, "flags"),
+    ("undefined flag bits", _hdr(Request.GET_FEATURES, 0, flags=P.VERSION | 0x100), 0, "flags"),
+    ("size beyond any request", _hdr(Request.SET_MEM_TABLE, 1 << 30), 0, "size"),
+    ("size not matching the type", _hdr(Request.SET_FEATURES, 4) + b"\0" * 4, 0, "size"),
+    ("unknown request", _hdr(999, 0), 0, "request"),
+    ("migration refused", P.request(Request.SET_LOG_BASE, b"\0" * 16), 0, "request"),
+    ("not offered request", P.request(Request.GET_CONFIG, b"\0" * 12), 0, "request"),
+    ("before SET_OWNER", P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 256)), 0, "order"),
+    ("fd with a message that takes none", _owner() + P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 256)),
+     1, "fds"),
+    ("kick without its fd", _owner() + P.request(Request.SET_VRING_KICK, P.U64.pack(0)), 0, "fds"),
+    ("kick in polling mode", _owner() + P.request(Request.SET_VRING_KICK, P.U64.pack(P.VRING_NOFD_MASK)), 0, "payload"),
+    ("kick payload junk bits", _owner() + P.request(Request.SET_VRING_KICK, P.U64.pack(1 << 20)), 1, "payload"),
+    ("ring index out of range", _owner() + P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(2, 256)), 0, "index"),
+    ("ring size not a power of two", _owner() + P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 100)), 0, "num"),
+    ("ring size too big", _owner() + P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 65536)), 0, "num"),
+    ("base beyond 16 bits", _owner() + P.request(Request.SET_VRING_BASE, P.VRING_STATE.pack(0, 1 << 16)), 0, "num"),
+    ("enable neither 0 nor 1", _owner() + P.request(Request.SET_VRING_ENABLE, P.VRING_STATE.pack(0, 2)), 0, "num"),
+    ("features not offered", _owner() + P.request(Request.SET_FEATURES, P.U64.pack(1 << 63)), 0, "features"),
+    ("protocol features not offered", P.request(Request.SET_PROTOCOL_FEATURES, P.U64.pack(1 << 40)), 0, "features"),
+    ("ring addresses before the table", _owner() + P.request(Request.SET_VRING_ADDR, P.VRING_ADDR.pack(0, 0, 0, 0, 0, 0)),
+     0, "order"),
+    ("table announcing more regions than sent",
+     _owner() + P.request(Request.SET_MEM_TABLE, P.MEM_HDR.pack(3, 0) + P.MEM_REGION.pack(0, _M, 0, 0)), 1, "nregions"),
+    ("empty table", _owner() + P.request(Request.SET_MEM_TABLE, P.MEM_HDR.pack(0, 0)), 0, "nregions"),
+    ("region fds missing", _owner() + _table((0, _M, 1 << 40, 0), (_M, _M, (1 << 40) + _M, 0)), 1, "fds"),
+    ("empty region", _owner() + _table((0, 0, 1 << 40, 0)), 1, "memory_size"),
+    ("region wrapping around", _owner() + _table(((1 << 64) - 4096, 8192, 1 << 40, 0)), 1, "guest_phys_addr"),
+    ("region user address wrapping", _owner() + _table((0, _M, (1 << 64) - 4096, 0)), 1, "userspace_addr"),
+    ("unaligned mmap offset", _owner() + _table((0, _M, 1 << 40, 12)), 1, "mmap_offset"),
+    ("regions overlapping in guest memory", _owner() + _table((0, _M, 1 << 40, 0), (_M // 2, _M, 1 << 41, 0)), 2,
+     "guest_phys_addr"),
+    ("regions overlapping in user addresses", _owner() + _table((0, _M, 1 << 40, 0), (4 * _M, _M, (1 << 40) + 4096, 0)),
+     2, "userspace_addr"),
+    ("region beyond its fd", _owner() + _table((0, 4 * _M, 1 << 40, 0)), 1, "memory_size"),
+    ("region offset beyond its fd", _owner() + _table((0, _M, 1 << 40, _M)), 1, "memory_size"),
+    ("add region without the slots feature", _owner() + P.request(Request.ADD_MEM_REG,
+     P.mem_single_payload(MemRegion(0, _M, 1 << 40, 0))), 1, "order"),
+]
+
+
+@pytest.mark.parametrize("what,data,nfds,field", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_a_hostile_message_is_named_closes_its_connection_and_the_server_serves_on(rig, what, data, nfds, field):
+    fr = FrontendRig(rig.path)     # first use: what stays loaded afterwards
+    fr.close()
+    wait_for(lambda: not rig.server.stats()["connected"], 2.0)
+    before = counts()
+    fds = [_memfd() for _ in range(nfds)]
+    s = raw_client(rig.path)
+    try:
+        if data.startswith(_owner()) and len(data) > P.HEADER_SIZE:
+            s.sendall(_owner())      # the fds ride on the first byte of a sendmsg: the hostile message's
+            data = data[P.HEADER_SIZE:]
+        s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else [])
+        assert closed_by_peer(s), f"{what}: the server kept the connection open"
+    finally:
+        s.close()
+        for fd in fds:
+            os.close(fd)
+    wait_for(lambda: not rig.server.stats()["connected"], 2.0)
+    refusal = rig.refusals()[-1]
+    assert f"bad {field}:" in refusal, refusal
+    assert rig.server.stats()["refused_messages"] == 1
+    after = counts()
+    assert after[0] == before[0] and after[1] == before[1], f"fds/threads {before} -> {after}"
+    assert after[2] <= before[2] + MAPS_NOISE
+    fr = FrontendRig(rig.path)
+    try:
+        fr.guest.send(_frame(64))
+        assert rig.link.sent(2.0)[12:] == _frame(64)
+    finally:
+        fr.close()
+
+
+def test_ring_addresses_outside_every_region_are_refused_with_the_ring_named(rig):
+    with FrontendRigNoStart(rig.path) as fr:
+        fr.fe.send_raw_addr(0, desc=fr.mem.hva(0) + (64 << 20))
+    assert "bad desc:" in rig.refusals()[-1]
+
+
+class FrontendRigNoStart(FrontendRig):
+    """A front end that sent the table but no ring, to send ring messages of its own."""
+
+    def __init__(self, path):
+        super().__init__(path, start=False)
+        fe = self.fe
+        regions = fe.memory_regions()
+        fe.send(Request.SET_MEM_TABLE, P.mem_table_payload([r for r, _ in regions]), [fd for _, fd in regions])
+        fe.send(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 64))
+
+        def send_raw_addr(q, desc):
+            try:
+                fe.send(Request.SET_VRING_ADDR, P.VRING_ADDR.pack(q, 0, desc, fe.mem.hva(0), fe.mem.hva(0), 0))
+            except Exception:
+                pass
+        fe.send_raw_addr = send_raw_addr
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --- a front end killed in the middle of its traffic ---
+KILLED_FRONTEND = r"""
+import sys, os
+sys.path.insert(0, sys.argv[2])
+from vnbtest.vhost_user import FrontendRig
+fr = FrontendRig(sys.argv[1])
+frame = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + bytes(50)
+os.write(1, b"up\n")
+while True:
+    fr.guest.flood(frame, 1000)
+"""
+
+
+def test_a_front_end_killed_mid_traffic_leaves_no_fd_thread_or_mapping(rig):
+    fr = FrontendRig(rig.path)
+    fr.close()
+    wait_for(lambda: not rig.server.stats()["connected"], 2.0)
+    before = counts()
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_FRONTEND, rig.path, tests_dir], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"up\n"
+        wait_for(lambda: rig.link.sent(0.5) is not None, 5.0)
+        assert rig.server.stats()["device"]["tx_frames"] > 0
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    wait_for(lambda: not rig.server.stats()["connected"], 5.0)
+    while rig.link.sent(0.05) is not None:
+        pass
+    after = counts()
+    assert after[0] == before[0] and after[1] == before[1], f"fds/threads {before} -> {after}"
+    assert after[2] <= before[2] + MAPS_NOISE
+    assert [k for k, _ in rig.events].count("disconnected") == 2
+    fr = FrontendRig(rig.path)
+    try:
+        fr.guest.send(_frame(64))
+        assert rig.link.sent(2.0)[12:] == _frame(64)
+    finally:
+        fr.close()
+
+
+# --- property: any sequence of messages, valid or mutated, gives a reply or a ProtocolError ---
+_REQS = [r for r in Request]
+
+
+@st.composite
+def _messages(draw):
+    req = draw(st.sampled_from(_REQS + [0, 41, 0xFFFFFFFF]))
+    kind = draw(st.sampled_from(["u64", "state", "addr", "table", "single", "random"]))
+    if kind == "u64":
+        payload = P.U64.pack(draw(st.integers(0, (1 << 64) - 1) | st.integers(0, 0x1FF)))
+    elif kind == "state":
+        payload = P.VRING_STATE.pack(draw(st.integers(0, 3)), draw(st.sampled_from([0, 1, 2, 64, 100, 256, 1 << 16])))
+    elif kind == "addr":
+        base = 1 << 40
+        payload = P.VRING_ADDR.pack(draw(st.integers(0, 2)), draw(st.integers(0, 2)),
+                                    *(base + draw(st.integers(-8192, 1 << 21)) for _ in range(3)), 0)
+    elif kind == "table":
+        n = draw(st.integers(0, 3))
+        payload = P.MEM_HDR.pack(draw(st.integers(0, 9)), 0) + b"".join(
+            P.MEM_REGION.pack(draw(st.sampled_from([0, 4096, _M, (1 << 64) - 4096])),
+                              draw(st.sampled_from([0, 4096, _M, 2 * _M])),
+                              (1 << 40) + i * 4 * _M, draw(st.sampled_from([0, 12, 4096, _M]))) for i in range(n))
+    elif kind == "single":
+        payload = P.mem_single_payload(MemRegion(draw(st.sampled_from([0, _M])), draw(st.sampled_from([0, _M])),
+                                                 1 << 41, 0))
+    else:
+        payload = draw(st.binary(max_size=64))
+    flags = draw(st.sampled_from([P.VERSION, P.VERSION | P.FLAG_NEED_REPLY, 0, P.VERSION | P.FLAG_REPLY]))
+    nfds = draw(st.integers(0, 3))
+    return req, flags, payload, nfds
+
+
+def _valid_prefix():
+    """SET_OWNER, features and a real memory table, so mutated ring messages reach the deep checks."""
+    return [(Request.SET_OWNER, P.VERSION, b"", 0), (Request.GET_FEATURES, P.VERSION, b"", 0),
+            (Request.SET_PROTOCOL_FEATURES, P.VERSION, P.U64.pack(P.PROTOCOL_FEATURES), 0),
+            (Request.SET_FEATURES, P.VERSION, P.U64.pack(1 << 32), 0),
+            (Request.SET_MEM_TABLE, P.VERSION, P.mem_table_payload([MemRegion(0, 2 * _M, 1 << 40, 0)]), 1),
+            (Request.SET_VRING_NUM, P.VERSION, P.VRING_STATE.pack(1, 64), 0),
+            (Request.SET_VRING_ADDR, P.VERSION, P.VRING_ADDR.pack(1, 0, 1 << 40, (1 << 40) + 8192,
+                                                                  (1 << 40) + 4096, 0), 0),
+            (Request.SET_VRING_CALL, P.VERSION, P.U64.pack(1), 1),
+            (Request.SET_VRING_KICK, P.VERSION, P.U64.pack(1), 1)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prefix=st.integers(0, 9), seq=st.lists(_messages(), max_size=12))
+def test_any_message_sequence_gives_replies_or_a_protocol_error_and_leaks_nothing(prefix, seq):
+    before = counts()
+    link = PairLink()
+    session = Session(link, "user")
+    try:
+        for req, flags, payload, nfds in _valid_prefix()[:prefix] + seq:
+            fds = [_memfd(2 * _M) if req in (Request.SET_MEM_TABLE, Request.ADD_MEM_REG) else
+                   os.eventfd(0, os.EFD_CLOEXEC) for _ in range(nfds)]
+            try:
+                request, flags, _ = P.parse_header(P.HEADER.pack(int(req), flags, len(payload)))
+                msg = P.parse(request, flags, payload, nfds)
+            except ProtocolError:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            try:
+                out = session.handle(msg, fds)
+            except ProtocolError:
+                break              # the server closes the connection here
+            if out is not None:
+                code, rflags, size = P.HEADER.unpack_from(out)
+                assert code == msg.request and rflags & P.FLAG_REPLY and size == len(out) - P.HEADER_SIZE
+    finally:
+        session.close()
+        link.close()
+    after = counts()
+    assert after[0] == before[0] and after[1] == before[1], f"fds/threads {before} -> {after}"
+    assert after[2] <= before[2] + MAPS_NOISE
+
+
+def test_header_parser_refuses_short_headers():
+    with pytest.raises(ProtocolError, match="bad length"):
+        P.parse_header(b"\0" * 11)
+
+
+def test_memory_fd_shrunk_below_a_region_is_refused_before_mapping():
+    link = PairLink()
+    session = Session(link, "user")
+    try:
+        session.handle(P.parse(Request.SET_OWNER, P.VERSION, b"", 0), [])
+        fd = _memfd(4096)
+        msg = P.parse(Request.SET_MEM_TABLE, P.VERSION, P.mem_table_payload([MemRegion(0, _M, 1 << 40, 0)]), 1)
+        with pytest.raises(ProtocolError, match="past the end of its fd"):
+            session.handle(msg, [fd])
+        with pytest.raises(OSError):
+            os.fstat(fd)           # the session closed the fd it was given
+    finally:
+        session.close()
+        link.close()

@@ -1,0 +1,165 @@
+"""VhostUserFrontend: vnetbe's own vhost-user front end, what a VMM does on its side of the socket.
+
+It has the device door GuestDriver drives (``mem``, ``device_features``, ``set_driver_features``,
+``set_queue``, ``start``, ``check``, ``on_close``), so ``GuestDriver(VhostUserFrontend(path, mem))``
+runs vnetbe's guest driver against any vhost-user back end: vnetbe's own server, or another. Every
+request asks for an ack (REPLY_ACK), so when ``start`` returns the back end has the rings.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+
+from .. import spec
+from ..errors import ConfigError, VnetError
+from ..vhost_user import channel
+from ..vhost_user import protocol as P
+from ..vhost_user.protocol import MemRegion, Request
+
+_PROTO = 1 << P.VHOST_USER_F_PROTOCOL_FEATURES
+
+
+class VhostUserFrontend:
+    def __init__(self, path: str, mem, *, timeout: float = 5.0, connect_timeout: float = 5.0):
+        self.path, self.mem, self.timeout = path, mem, timeout
+        self.sock = self._connect(path, connect_timeout)
+        self._on_close: list = []
+        self.queues: dict = {}
+        self.err_fd: dict[int, int] = {}
+        self.driver_features = 0
+        self.closed = False
+        try:
+            offered = self._get_u64(Request.GET_FEATURES)
+            self.protocol = offered & _PROTO
+            self.protocol_features = 0
+            if self.protocol:
+                self.protocol_features = self._get_u64(Request.GET_PROTOCOL_FEATURES) & (
+                    1 << P.ProtocolFeature.REPLY_ACK | 1 << P.ProtocolFeature.MQ)
+                self.send(Request.SET_PROTOCOL_FEATURES, P.U64.pack(self.protocol_features))
+            self.send(Request.SET_OWNER)
+            self.device_features = offered & ~_PROTO
+        except BaseException:
+            self.sock.close()
+            raise
+
+    @staticmethod
+    def _connect(path: str, timeout: float) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                s.connect(path)
+                return s
+            except OSError as e:
+                s.close()
+                if time.monotonic() > deadline:
+                    raise VnetError(f"cannot connect to the vhost-user back end at {path}: {e.strerror}") from None
+                time.sleep(0.05)
+
+    # --- messages ---
+    @property
+    def acks(self) -> bool:
+        return bool(self.protocol_features & (1 << P.ProtocolFeature.REPLY_ACK))
+
+    def send(self, req: Request, payload: bytes = b"", fds: list[int] | None = None) -> None:
+        """One request; with REPLY_ACK, wait for its ack and raise if the back end refused it."""
+        channel.send_message(self.sock, P.request(req, payload, need_reply=self.acks), fds)
+        if self.acks:
+            if self._reply(req) != 0:
+                raise VnetError(f"the back end refused {req.name}")
+
+    def _get_u64(self, req: Request) -> int:
+        channel.send_message(self.sock, P.request(req))
+        return self._reply(req)
+
+    def _reply(self, req: Request) -> int:
+        r, _, _ = select.select([self.sock], [], [], self.timeout)
+        if not r:
+            raise VnetError(f"the back end did not answer {req.name} within {self.timeout:.0f} s")
+        head = self.sock.recv(P.HEADER_SIZE, socket.MSG_WAITALL)
+        if len(head) < P.HEADER_SIZE:
+            raise VnetError(f"the back end closed the connection after {req.name}")
+        code, flags, size = P.HEADER.unpack(head)
+        body = self.sock.recv(size, socket.MSG_WAITALL) if size else b""
+        if code != req or not flags & P.FLAG_REPLY or len(body) != size:
+            raise VnetError(f"bad reply to {req.name}: request {code}, flags {flags:#x}, {len(body)} bytes")
+        if size == P.VRING_STATE.size and req == Request.GET_VRING_BASE:
+            return P.VRING_STATE.unpack(body)[1]
+        if size == P.U64.size:
+            return P.U64.unpack(body)[0]
+        raise VnetError(f"bad reply to {req.name}: {size} bytes")
+
+    # --- the device door GuestDriver uses ---
+    @property
+    def hdr_len(self) -> int:
+        modern = self.driver_features & (spec.bit(spec.VIRTIO_F_VERSION_1) | spec.bit(spec.VIRTIO_NET_F_MRG_RXBUF))
+        return spec.NET_HDR_LEN if modern else spec.NET_HDR_LEN_LEGACY
+
+    def set_driver_features(self, features: int) -> int:
+        extra = features & ~self.device_features
+        if extra:
+            raise ConfigError(f"the back end does not offer {', '.join(spec.features_to_names(extra)) or hex(extra)}")
+        self.send(Request.SET_FEATURES, P.U64.pack(features | self.protocol))
+        self.driver_features = features
+        return features
+
+    def set_queue(self, index: int, cfg) -> None:
+        self.queues[index] = cfg
+
+    def on_close(self, fn) -> None:
+        self._on_close.append(fn)
+
+    def memory_regions(self) -> list[tuple[MemRegion, int]]:
+        # The front end's user addresses are where this process mapped each region.
+        return [(MemRegion(r.gpa, r.size, r.hva, r.offset), r.fd) for r in self.mem.regions]
+
+    def start(self) -> None:
+        regions = self.memory_regions()
+        self.send(Request.SET_MEM_TABLE, P.mem_table_payload([r for r, _ in regions]), [fd for _, fd in regions])
+        for q, cfg in sorted(self.queues.items()):
+            self.start_ring(q, cfg)
+
+    def start_ring(self, q: int, cfg) -> None:
+        self.send(Request.SET_VRING_NUM, P.VRING_STATE.pack(q, cfg.size))
+        self.send(Request.SET_VRING_BASE, P.VRING_STATE.pack(q, cfg.last_avail_idx))
+        self.send(Request.SET_VRING_ADDR, P.VRING_ADDR.pack(q, 0, self.mem.hva(cfg.desc), self.mem.hva(cfg.used),
+                                                            self.mem.hva(cfg.avail), 0))
+        if q not in self.err_fd:
+            self.err_fd[q] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.send(Request.SET_VRING_ERR, P.U64.pack(q), [self.err_fd[q]])
+        self.send(Request.SET_VRING_CALL, P.U64.pack(q), [cfg.call_fd])
+        self.send(Request.SET_VRING_KICK, P.U64.pack(q), [cfg.kick_fd])
+        if self.protocol:
+            self.send(Request.SET_VRING_ENABLE, P.VRING_STATE.pack(q, 1))
+
+    def get_vring_base(self, q: int) -> int:
+        """Stop ring ``q``; its last_avail_idx."""
+        channel.send_message(self.sock, P.request(Request.GET_VRING_BASE, P.VRING_STATE.pack(q, 0)))
+        return self._reply(Request.GET_VRING_BASE)
+
+    def check(self) -> None:
+        """Raise if the back end signalled a ring's ERR eventfd (it stopped that ring)."""
+        for q, fd in self.err_fd.items():
+            try:
+                os.eventfd_read(fd)
+            except BlockingIOError:
+                continue
+            raise VnetError(f"the back end stopped ring {q} and signalled its error eventfd")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.sock.close()
+        for fd in self.err_fd.values():
+            os.close(fd)
+        for fn in reversed(self._on_close):
+            fn()
+        self.closed = True
+
+    def __enter__(self) -> "VhostUserFrontend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

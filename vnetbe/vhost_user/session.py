@@ -1,0 +1,434 @@
+"""One vhost-user connection's back end: the state a front end builds with its messages (features,
+memory table, rings) and the VirtioNet device it drives.
+
+No sockets here: ``handle`` takes a parsed Message and the fds that came with it and returns the reply
+bytes (or None). The session owns every fd it was given and every mapping it made, and ``close``
+releases all of them, whatever state the front end left it in.
+
+A ring is serviced once it is *ready*: its size, addresses and kick fd are known, the memory table and
+the features are set, and it is enabled (rings start disabled when VHOST_USER_F_PROTOCOL_FEATURES was
+negotiated). Any change to a serviced ring, or to the memory, first stops the device, which keeps the
+ring positions, and starts it again over the rings that are ready afterwards.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import struct
+from dataclasses import dataclass
+
+from .. import spec
+from ..device import VirtioNet
+from ..errors import ConfigError, ProtocolError, VnetError
+from ..memory import GuestMemory
+from ..queue import QueueConfig
+from . import protocol as P
+from .protocol import MemRegion, Message, Request
+
+log = logging.getLogger("vnetbe.vhost_user")
+
+NUM_QUEUES = 2          # one queue pair: RX (0) and TX (1)
+QUEUE_PAIRS = 1
+
+# What a front end may ask before SET_OWNER: the negotiation QEMU does before it claims the device.
+_BEFORE_OWNER = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.SET_PROTOCOL_FEATURES,
+                           Request.GET_QUEUE_NUM, Request.GET_MAX_MEM_SLOTS, Request.SET_OWNER})
+
+
+@dataclass
+class Vring:
+    num: int = 0
+    last_avail_idx: int = 0
+    used_idx: int | None = None       # None: read it from the used ring when the ring starts
+    addr: P.VringAddr | None = None
+    kick_fd: int = -1
+    call_fd: int = -1
+    err_fd: int = -1
+    enabled: bool | None = None       # None: not said; then enabled unless protocol features were acked
+    started: bool = False             # SET_VRING_KICK starts a ring, GET_VRING_BASE stops it
+
+
+class Session:
+    """The back end for one front end. ``link`` and ``datapath`` as for VirtioNet; ``mtu`` and ``mac``
+    override the link's in the device's config."""
+
+    def __init__(self, link, datapath: str = "user", *, busyloop_us: int = 0, mac: str | None = None):
+        self.link = link
+        self.dev = VirtioNet(None, link, datapath, busyloop_us=busyloop_us, mac=mac)
+        self.features_acked: int | None = None
+        self.protocol_acked = 0
+        self.owner = False
+        self.rings = [Vring() for _ in range(NUM_QUEUES)]
+        self.regions: list[tuple[MemRegion, int]] = []    # with the fd each came with (ours to close)
+        self.mem: GuestMemory | None = None
+        self._own_fds: set[int] = set()                  # eventfds made for rings given no call fd
+        self._old_regions: list[tuple[MemRegion, int]] = []
+        self.messages = 0
+        self.closed = False
+
+    # --- the door ---
+    @property
+    def offered_features(self) -> int:
+        return self.dev.device_features | spec.bit(P.VHOST_USER_F_PROTOCOL_FEATURES)
+
+    def handle(self, msg: Message, fds: list[int]) -> bytes | None:
+        """Apply one message. Its fds become the session's (kept or closed) whatever happens; a refused
+        message raises ProtocolError. Returns the reply to send, if any."""
+        self.messages += 1
+        taken: list[int] = []
+        try:
+            if not self.owner and msg.request not in _BEFORE_OWNER:
+                raise ProtocolError(msg.name, "order", "sent before SET_OWNER")
+            out = getattr(self, "_" + msg.request.name.lower())(msg, fds, taken)
+        except ConfigError as e:   # a device-level refusal of what the message asked
+            raise ProtocolError(msg.name, "payload", str(e)) from None
+        finally:
+            for fd in fds:
+                if fd not in taken:
+                    os.close(fd)
+        if out is None and msg.need_reply and self.protocol_acked & (1 << P.ProtocolFeature.REPLY_ACK):
+            out = P.reply_u64(msg.request, 0)
+        return out
+
+    # --- negotiation ---
+    def _get_features(self, msg, fds, taken):
+        return P.reply_u64(msg.request, self.offered_features)
+
+    def _set_features(self, msg, fds, taken):
+        value = msg.payload
+        extra = value & ~self.offered_features
+        if extra:
+            raise ProtocolError(msg.name, "features", f"bits {extra:#x} were not offered")
+        virtio = value & ~spec.bit(P.VHOST_USER_F_PROTOCOL_FEATURES)
+        if self.dev.running and virtio != self.dev.driver_features:
+            raise ProtocolError(msg.name, "features", "changed while rings are running")
+        self.features_acked = value
+        if not self.dev.running:
+            self.dev.set_driver_features(virtio)
+        self._apply()
+
+    def _get_protocol_features(self, msg, fds, taken):
+        return P.reply_u64(msg.request, P.PROTOCOL_FEATURES)
+
+    def _set_protocol_features(self, msg, fds, taken):
+        extra = msg.payload & ~P.PROTOCOL_FEATURES
+        if extra:
+            raise ProtocolError(msg.name, "features", f"protocol feature bits {extra:#x} were not offered")
+        self.protocol_acked = msg.payload
+
+    def _get_queue_num(self, msg, fds, taken):
+        return P.reply_u64(msg.request, QUEUE_PAIRS)
+
+    def _get_max_mem_slots(self, msg, fds, taken):
+        return P.reply_u64(msg.request, P.MAX_MEM_SLOTS)
+
+    def _set_owner(self, msg, fds, taken):
+        self.owner = True
+
+    def _reset_owner(self, msg, fds, taken):
+        self.reset()
+
+    def _reset_device(self, msg, fds, taken):
+        self.reset()
+
+    def _net_set_mtu(self, msg, fds, taken):
+        if not self.protocol_acked & (1 << P.ProtocolFeature.NET_MTU):
+            raise ProtocolError(msg.name, "order", "NET_MTU protocol feature not negotiated")
+        if not 68 <= msg.payload <= 65535:
+            raise ProtocolError(msg.name, "mtu", f"{msg.payload} is outside 68..65535")
+        if msg.payload > self.link.mtu:
+            log.warning("front end set MTU %d, above link %s's %d: larger frames will be dropped",
+                        msg.payload, self.link.name, self.link.mtu)
+        self.dev.mtu = msg.payload
+
+    # --- memory ---
+    def _set_mem_table(self, msg, fds, taken):
+        regions = list(zip(msg.payload, fds))
+        self._check_fds(msg.name, regions)
+        self._replace_memory(msg.name, regions)
+        taken.extend(fds)
+        for old_region, old_fd in self._old_regions:
+            os.close(old_fd)
+
+    def _add_mem_reg(self, msg, fds, taken):
+        if not self.protocol_acked & (1 << P.ProtocolFeature.CONFIGURE_MEM_SLOTS):
+            raise ProtocolError(msg.name, "order", "CONFIGURE_MEM_SLOTS protocol feature not negotiated")
+        if len(self.regions) >= P.MAX_MEM_SLOTS:
+            raise ProtocolError(msg.name, "slots", f"all {P.MAX_MEM_SLOTS} memory slots are in use")
+        new = (msg.payload, fds[0])
+        self._check_fds(msg.name, [new])
+        P.check_no_overlap(msg.name, [r for r, _ in self.regions] + [msg.payload])
+        self._replace_memory(msg.name, self.regions + [new])
+        taken.append(fds[0])
+
+    def _rem_mem_reg(self, msg, fds, taken):
+        if not self.protocol_acked & (1 << P.ProtocolFeature.CONFIGURE_MEM_SLOTS):
+            raise ProtocolError(msg.name, "order", "CONFIGURE_MEM_SLOTS protocol feature not negotiated")
+        r = msg.payload
+        keep = [(x, fd) for x, fd in self.regions
+                if (x.guest_phys_addr, x.memory_size, x.userspace_addr) != (r.guest_phys_addr, r.memory_size,
+                                                                            r.userspace_addr)]
+        if len(keep) == len(self.regions):
+            raise ProtocolError(msg.name, "region", f"no region at guest address {r.guest_phys_addr:#x} "
+                                                    f"of size {r.memory_size:#x}")
+        self._replace_memory(msg.name, keep)
+        for _, old_fd in self._old_regions:
+            os.close(old_fd)
+
+    @staticmethod
+    def _check_fds(name: str, regions) -> None:
+        """Each region must lie inside its fd: mapping past a file's end would fault (SIGBUS) on the
+        first access from the datapath."""
+        for r, fd in regions:
+            try:
+                st = os.fstat(fd)
+            except OSError as e:
+                raise ProtocolError(name, "fd", f"region at {r.guest_phys_addr:#x}: fstat failed ({e.strerror})") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise ProtocolError(name, "fd", f"region at {r.guest_phys_addr:#x}: the fd is not a memory file "
+                                                "(memfd, tmpfs or hugetlbfs)")
+            if r.mmap_offset + r.memory_size > st.st_size:
+                raise ProtocolError(name, "memory_size", f"region at {r.guest_phys_addr:#x}: offset "
+                                    f"{r.mmap_offset:#x} + size {r.memory_size:#x} is past the end of its fd "
+                                    f"({st.st_size:#x} bytes)")
+
+    def _replace_memory(self, name: str, regions) -> None:
+        """Map the new table, then stop the device and swap it in: the old mappings go only after no
+        datapath uses them. Sets _old_regions to the entries the new table dropped (their fds to close)."""
+        try:
+            mem = GuestMemory.from_fds([(r.guest_phys_addr, r.memory_size, fd, r.mmap_offset) for r, fd in regions])
+        except VnetError as e:
+            raise ProtocolError(name, "regions", str(e)) from None
+        self._stop_device()
+        old_mem, kept = self.mem, {fd for _, fd in regions}
+        self._old_regions = [(r, fd) for r, fd in self.regions if fd not in kept]
+        self.mem, self.regions = mem, list(regions)
+        self.dev.set_memory(mem)
+        if old_mem is not None:
+            old_mem.close()
+        self._apply()
+
+    def uaddr_to_gpa(self, uaddr: int, size: int) -> int | None:
+        """A front-end user address (ring addresses come as those) to a guest-physical one."""
+        for r, _ in self.regions:
+            if r.userspace_addr <= uaddr and uaddr + size <= r.uaddr_end:
+                return r.guest_phys_addr + (uaddr - r.userspace_addr)
+        return None
+
+    # --- rings ---
+    def _ring(self, name: str, index: int) -> Vring:
+        if not 0 <= index < NUM_QUEUES:
+            raise ProtocolError(name, "index", f"ring {index}; this device has rings 0 (RX) and 1 (TX)")
+        return self.rings[index]
+
+    def _set_vring_num(self, msg, fds, taken):
+        index, num = msg.payload
+        ring = self._ring(msg.name, index)
+        if num < 1 or num > spec.MAX_QUEUE_SIZE or num & (num - 1):
+            raise ProtocolError(msg.name, "num", f"{num} is not a power of two between 1 and {spec.MAX_QUEUE_SIZE}")
+        self._quiesce(index)
+        ring.num = num
+        self._apply()
+
+    def _set_vring_base(self, msg, fds, taken):
+        index, num = msg.payload
+        ring = self._ring(msg.name, index)
+        if num > 0xFFFF:
+            raise ProtocolError(msg.name, "num", f"{num:#x}: a split ring's index is 16 bits")
+        self._quiesce(index)
+        ring.last_avail_idx, ring.used_idx = num, None
+        self._apply()
+
+    def _get_vring_base(self, msg, fds, taken):
+        index, _ = msg.payload
+        ring = self._ring(msg.name, index)
+        self._quiesce(index)
+        ring.started = False
+        self._apply()
+        return P.reply_vring_state(msg.request, index, ring.last_avail_idx)
+
+    def _set_vring_addr(self, msg, fds, taken):
+        a: P.VringAddr = msg.payload
+        ring = self._ring(msg.name, a.index)
+        if a.flags & ~P.VRING_F_LOG:
+            raise ProtocolError(msg.name, "flags", f"undefined bits {a.flags & ~P.VRING_F_LOG:#x}")
+        if a.flags & P.VRING_F_LOG:
+            raise ProtocolError(msg.name, "flags", "used-ring logging (migration) is not supported")
+        if self.mem is None:
+            raise ProtocolError(msg.name, "order", "ring addresses before SET_MEM_TABLE")
+        self._quiesce(a.index)
+        ring.addr, ring.used_idx = a, None
+        if ring.num:
+            self._queue_config(msg.name, a.index)   # refuse bad addresses now, with this message's name
+        self._apply()
+
+    def _set_vring_kick(self, msg, fds, taken):
+        index = msg.payload & P.VRING_IDX_MASK
+        ring = self._ring(msg.name, index)
+        if msg.payload & P.VRING_NOFD_MASK:
+            raise ProtocolError(msg.name, "payload", "no kick fd: polling rings without notification is "
+                                                     "not supported by this back end")
+        self._quiesce(index)
+        self._swap_fd(ring, "kick_fd", fds[0], taken)
+        ring.started = True
+        self._apply()
+
+    def _set_vring_call(self, msg, fds, taken):
+        index = msg.payload & P.VRING_IDX_MASK
+        ring = self._ring(msg.name, index)
+        self._quiesce(index)
+        if msg.payload & P.VRING_NOFD_MASK:
+            # No interrupts wanted: the datapath still signals something, an eventfd nobody reads.
+            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._own_fds.add(fd)
+            self._swap_fd(ring, "call_fd", fd, [fd])
+        else:
+            self._swap_fd(ring, "call_fd", fds[0], taken)
+        self._apply()
+
+    def _set_vring_err(self, msg, fds, taken):
+        index = msg.payload & P.VRING_IDX_MASK
+        ring = self._ring(msg.name, index)
+        self._swap_fd(ring, "err_fd", fds[0] if fds else -1, taken)
+
+    def _set_vring_enable(self, msg, fds, taken):
+        index, num = msg.payload
+        ring = self._ring(msg.name, index)
+        if num not in (0, 1):
+            raise ProtocolError(msg.name, "num", f"{num}; enable is 0 or 1")
+        self._quiesce(index)
+        ring.enabled = bool(num)
+        self._apply()
+
+    def _swap_fd(self, ring: Vring, field: str, fd: int, taken: list[int]) -> None:
+        old = getattr(ring, field)
+        setattr(ring, field, fd)
+        if fd >= 0:
+            taken.append(fd)
+        if old >= 0:
+            self._own_fds.discard(old)
+            os.close(old)
+
+    # --- servicing ---
+    def _enabled(self, ring: Vring) -> bool:
+        if ring.enabled is not None:
+            return ring.enabled
+        acked = self.features_acked or 0
+        return not acked & spec.bit(P.VHOST_USER_F_PROTOCOL_FEATURES)
+
+    def _ready(self, index: int) -> bool:
+        ring = self.rings[index]
+        return (ring.started and ring.num > 0 and ring.addr is not None and ring.kick_fd >= 0
+                and ring.call_fd >= 0 and self.mem is not None and self.features_acked is not None
+                and self._enabled(ring))
+
+    def _queue_config(self, name: str, index: int) -> QueueConfig:
+        ring = self.rings[index]
+        a = ring.addr
+        event_idx = bool(self.dev.driver_features & spec.bit(spec.VIRTIO_RING_F_EVENT_IDX))
+        extra = 2 if event_idx or self.features_acked is None else 0
+        parts = {}
+        for what, uaddr, size in (("desc", a.desc, spec.desc_table_size(ring.num)),
+                                  ("avail", a.avail, spec.avail_ring_size(ring.num) - 2 + extra),
+                                  ("used", a.used, spec.used_ring_size(ring.num) - 2 + extra)):
+            gpa = self.uaddr_to_gpa(uaddr, size)
+            if gpa is None:
+                raise ProtocolError(name, what, f"ring {index}: {uaddr:#x} (+{size:#x}) is not inside one "
+                                                "memory region")
+            parts[what] = gpa
+        cfg = QueueConfig(ring.num, parts["desc"], parts["avail"], parts["used"], ring.kick_fd, ring.call_fd,
+                          ring.last_avail_idx, 0)
+        try:
+            cfg.check_addresses(self.mem, event_idx)
+        except ConfigError as e:
+            raise ProtocolError(name, "addresses", f"ring {index}: {e}") from None
+        return cfg
+
+    def _stop_device(self) -> None:
+        """Stop the datapath and keep each serviced ring's position for its next start."""
+        if not self.dev.running:
+            return
+        self.dev.stop()
+        for q, cfg in self.dev.queues.items():
+            self.rings[q].last_avail_idx = cfg.last_avail_idx & 0xFFFF
+            self.rings[q].used_idx = cfg.used_idx & 0xFFFF
+
+    def _quiesce(self, index: int) -> None:
+        if index in self.dev.queues:
+            self._stop_device()
+
+    def _apply(self) -> None:
+        """Run the device over exactly the rings that are ready (stopping it first if that set changed)."""
+        ready = [q for q in range(NUM_QUEUES) if self._ready(q)]
+        if self.dev.running:
+            if set(ready) == set(self.dev.queues):
+                return
+            self._stop_device()
+        for q in range(NUM_QUEUES):
+            self.dev.remove_queue(q)
+        if not ready:
+            return
+        for q in ready:
+            cfg = self._queue_config("ring start", q)
+            ring = self.rings[q]
+            # The used index is the ring's in guest memory (a front end that reconnects, or was handed
+            # a ring by another back end, never tells it): read it when the ring starts fresh.
+            cfg.used_idx = ring.used_idx if ring.used_idx is not None else struct.unpack(
+                "<H", self.mem.read(cfg.used + 2, 2))[0]
+            self.dev.set_queue(q, cfg)
+        self.dev.start()
+
+    # --- faults, reset, lifetime ---
+    def signal_faults(self) -> list[str]:
+        """After the device's err_fd fired: one line per stopped ring (or the lost link), and the ring's
+        ERR eventfd written so the front end hears it too."""
+        failure = self.dev.wait_fault(0)
+        if failure is None:
+            return []
+        lines = [str(failure)]
+        queue = getattr(failure, "queue", None)
+        for q in ([queue] if queue is not None else range(NUM_QUEUES)):
+            if 0 <= q < NUM_QUEUES and self.rings[q].err_fd >= 0:
+                os.eventfd_write(self.rings[q].err_fd, 1)
+        return lines
+
+    def reset(self) -> None:
+        """RESET_OWNER / RESET_DEVICE: forget everything the front end set, keep the connection."""
+        self._stop_device()
+        self.dev.reset()
+        self._release()
+        self.features_acked = None
+        self.protocol_acked = 0
+        self.owner = False
+        self.rings = [Vring() for _ in range(NUM_QUEUES)]
+
+    def _release(self) -> None:
+        for ring in self.rings:
+            for field in ("kick_fd", "call_fd", "err_fd"):
+                fd = getattr(ring, field)
+                if fd >= 0:
+                    os.close(fd)
+                    setattr(ring, field, -1)
+        self._own_fds.clear()
+        if self.mem is not None:
+            self.dev.set_memory(None)
+            self.mem.close()
+            self.mem = None
+        for _, fd in self.regions:
+            os.close(fd)
+        self.regions = []
+
+    def stats(self) -> dict:
+        return self.dev.stats()
+
+    def close(self) -> None:
+        """Stop the device and release every fd and mapping, in that order."""
+        if self.closed:
+            return
+        try:
+            self.dev.close()
+        finally:
+            self.dev.mem = None
+            self._release()
+            self.closed = True
