@@ -19,6 +19,14 @@ command -v busybox >/dev/null 2>&1 || missing="$missing busybox-static"
 # The fuzz targets: clang with its sanitizer and libFuzzer runtimes.
 command -v clang-14 >/dev/null 2>&1 || missing="$missing clang-14"
 ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 || missing="$missing libclang-rt-14-dev"
+# vhost-user front ends nobody here wrote: DPDK's testpmd (virtio-user PMD); the Linux guest's tools.
+command -v dpdk-testpmd >/dev/null 2>&1 || missing="$missing dpdk-dev"
+for pmd in net-virtio net-vhost net-tap mempool-ring; do
+    so="librte_$(echo $pmd | tr - _).so"
+    ls /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/$so.2* >/dev/null 2>&1 || missing="$missing librte-$pmd""23"
+done
+command -v ping >/dev/null 2>&1 || missing="$missing iputils-ping"
+command -v ethtool >/dev/null 2>&1 || missing="$missing ethtool"
 if [ -n "$missing" ]; then
     echo "tests/run.sh: installing$missing" >&2
     apt-get update -qq

@@ -80,7 +80,7 @@ def test_the_device_library_imports_nothing_from_the_tooling():
 
 
 def test_only_the_cli_imports_the_subcommands():
-    subcommands = {"vnetbe.tools.benchcli", "vnetbe.tools.costs", "vnetbe.tools.report", "vnetbe.tools.lab",
+    subcommands = {"vnetbe.tools.benchcli", "vnetbe.tools.serve", "vnetbe.tools.costs", "vnetbe.tools.report", "vnetbe.tools.lab",
                    "vnetbe.tools.cleanup"}
     for m, (top, _) in GRAPH.items():
         if m in subcommands or m == "vnetbe.cli":

@@ -345,6 +345,17 @@ class Link:
     def set_up(self) -> None:
         self._set("bring up", state="up")
 
+    def set_master(self, bridge: str) -> None:
+        """Enslave the interface to an existing Linux bridge (libvirt's <interface type='bridge'>)."""
+        check_ifname(bridge)
+        with IPRoute() as ipr:
+            msg = find_link(ipr, bridge)
+        if msg is None:
+            raise LinkError(f"bridge {bridge} does not exist: create it first (ip link add {bridge} type bridge)")
+        if link_kind(msg) != "bridge":
+            raise LinkError(f"{bridge} is a {link_kind(msg) or 'physical device'}, not a bridge: name a Linux bridge")
+        self._set(f"enslave to {bridge}", master=msg["index"])
+
     def stats(self) -> LinkStats:
         """Interface counters as the kernel keeps them (see LinkStats for the direction trap)."""
         self._check_open()

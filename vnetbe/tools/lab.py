@@ -285,7 +285,7 @@ def _shell_safe(what: str, value: str) -> str:
     return value
 
 
-def _vng_command(vng: str, kernel: Path, state: Path, memory: str, cpus: int) -> list[str]:
+def _vng_command(vng: str, kernel: Path, state: Path, memory: str, cpus: int, qemu_opts: str = "") -> list[str]:
     console = state / "console.log"
     cmd = [
         vng, "--run", _shell_safe("kernel path", str(kernel)),
@@ -295,7 +295,7 @@ def _vng_command(vng: str, kernel: Path, state: Path, memory: str, cpus: int) ->
         # The kernel console: vng sends ttyS0 to /dev/null unless --verbose, which would mix it into
         # the command's stderr. A virtio console (hvc0) into a file keeps panics and OOM reports.
         f"--qemu-opts=-device virtio-serial-pci,id=vnbcon -chardev file,id=vnbconlog,path={console}"
-        " -device virtconsole,chardev=vnbconlog,bus=vnbcon.0",
+        " -device virtconsole,chardev=vnbconlog,bus=vnbcon.0" + (f" {qemu_opts}" if qemu_opts else ""),
         "--append", "console=hvc0", "--append", "loglevel=5",
         "--exec", f"/bin/sh {state}/enter.sh",
     ]
@@ -445,6 +445,7 @@ def run(
     boot_timeout: float = 300.0,
     stdout: IO[Any] | None = None,
     stderr: IO[Any] | None = None,
+    qemu_opts: str = "",
 ) -> int:
     """Boot the lab, load vhost_net, macvtap and tun, run `cmd` as root there and return its exit status.
 
@@ -453,6 +454,7 @@ def run(
     binary streams); its stdin is empty. Raises LabError when the lab cannot give an exit status:
     vng, QEMU or busybox missing, vng or QEMU failing, a kernel panic, a module that does not
     load, no boot within `boot_timeout` s, or `timeout` s elapsed (the boot counts too).
+    `qemu_opts` adds QEMU options (devices: a vhost-user NIC, its memory backend).
     Called inside the lab, runs `cmd` directly instead of nesting a VM.
     """
     if not cmd:
@@ -485,7 +487,7 @@ def run(
         err_r, err_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                _vng_command(vng, image, state, memory, cpus), cwd=state, stdin=subprocess.DEVNULL,
+                _vng_command(vng, image, state, memory, cpus, qemu_opts), cwd=state, stdin=subprocess.DEVNULL,
                 stdout=out_w, stderr=err_w, start_new_session=True,
             )
         except OSError as e:

@@ -230,6 +230,13 @@ class VhostUserServer:
             time.sleep(0.01)
         return False
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for start()'s thread to end (after stop()); True once it has."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def stop(self) -> None:
         if not self._stop.is_set():
             self._stop.set()

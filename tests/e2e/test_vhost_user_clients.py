@@ -1,0 +1,138 @@
+"""``vnetbe serve`` driven by front ends nobody here wrote: DPDK's testpmd (virtio-user PMD) moving
+frames both ways through a macvtap to the peer, counted at both ends; and the CLI's own promises
+(one line when a front end connects, counters on SIGUSR1, a clean exit on SIGTERM)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vnbtest import dpdk
+from vnbtest.wait import wait_for
+from vnetbe.tools.peer import Peer
+from vnetbe.tools.topology import Topology
+
+pytestmark = pytest.mark.root
+
+RING = 256          # virtio-user's default queue size: frames testpmd queued that the device may not have taken
+
+
+class Serve:
+    """``vnetbe serve`` in a subprocess; its stdout lines collected."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "vnetbe", "serve", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+
+    def wait_line(self, needle: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if needle in line:
+                return line
+        raise AssertionError(f"vnetbe serve never said {needle!r}; said {self.lines}; "
+                             f"stderr {self.proc.stderr.read() if self.proc.poll() is not None else ''}")
+
+    def stats(self) -> dict:
+        self.proc.send_signal(signal.SIGUSR1)
+        return json.loads(self.wait_line('{"stats"'))["stats"]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rest, err = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rest, err = self.proc.communicate()
+        self.lines += rest.splitlines(keepends=True)
+        self.stderr = err
+        return self.proc.returncode
+
+
+def _link_counter(netns: str, ifname: str, key: str) -> int:
+    out = subprocess.run(["ip", "-n", netns, "-s", "-j", "link", "show", ifname], capture_output=True, text=True,
+                         check=True).stdout
+    rx = json.loads(out)[0]["stats64"]["rx"]
+    return rx[key]
+
+
+@pytest.fixture
+def topo():
+    t = Topology("vd")
+    yield t
+    t.close()
+
+
+def test_testpmd_txonly_frames_reach_the_peer_through_vnetbe_serve(topo, tmp_path):
+    sock = str(tmp_path / "vu.sock")
+    serve = Serve("--socket", sock, "--parent", topo.parent, "--mode", "bridge", "--name", "vnbvdm0")
+    pmd = None
+    try:
+        serve.wait_line("listening on")
+        before = _link_counter(topo.netns, topo.peer, "packets")
+        pmd = dpdk.Testpmd(dpdk.command(f"net_virtio_user0,path={sock},queues=1", "txonly", prefix="vnbtx"))
+        serve.wait_line("connected: front end pid")
+        assert wait_for(lambda: serve.stats()["device"]["tx_frames"] > 100_000, 20.0)
+        _, pmd_tx = pmd.stop()
+        serve.wait_line("disconnected")
+        st = serve.stats()
+        assert not st["connected"]
+    finally:
+        if pmd is not None:
+            pmd.kill()
+        rc = serve.stop()
+    gone = [line for line in serve.lines if "disconnected" in line][0]
+    dev_tx = int(gone.split(" tx ")[1].split()[0])
+    arrived = _link_counter(topo.netns, topo.peer, "packets") - before
+    # Every frame the device took arrived at the peer (a veth does not drop at this rate), and the
+    # device took what testpmd queued, less what was still in the ring when testpmd stopped.
+    assert pmd_tx - RING <= dev_tx <= pmd_tx, (pmd_tx, dev_tx)
+    assert dev_tx <= arrived <= dev_tx + 16, (dev_tx, arrived)
+    assert rc == 0 and not os.path.exists(sock), serve.stderr
+
+
+def test_frames_from_the_peer_reach_testpmd_rxonly_through_vnetbe_serve(topo, tmp_path):
+    sock = str(tmp_path / "vu.sock")
+    mac = "02:00:00:78:00:05"
+    serve = Serve("--socket", sock, "--parent", topo.parent, "--mode", "bridge", "--name", "vnbvdm0", "--mac", mac)
+    pmd = None
+    peer = Peer(topo.peer, topo.netns)
+    count = 20_000
+    try:
+        serve.wait_line("listening on")
+        pmd = dpdk.Testpmd(dpdk.command(f"net_virtio_user0,path={sock},queues=1,mac={mac}", "rxonly",
+                                        prefix="vnbrx"))
+        serve.wait_line("connected: front end pid")
+        assert wait_for(lambda: serve.stats()["device"]["status"] & 4, 10.0)   # DRIVER_OK: rings running
+        time.sleep(0.5)
+        sent = 0
+        for i in range(count // 1000):
+            sent += peer.send_tagged(1000, 128, dst=mac, first_seq=i * 1000, pace_ns=2000)["sent"]
+        assert wait_for(lambda: serve.stats()["device"]["rx_frames"] >= sent, 10.0)
+        dev = serve.stats()["device"]
+        pmd_rx, _ = pmd.stop()
+    finally:
+        if pmd is not None:
+            pmd.kill()
+        peer.close()
+        serve.stop()
+    assert sent == count
+    assert dev["rx_frames"] == sent, dev            # every frame the peer sent reached the ring
+    assert pmd_rx == dev["rx_frames"], (pmd_rx, dev["rx_frames"])   # and testpmd received each of them
+
+
+def test_serve_says_what_is_wrong_in_one_line():
+    r = subprocess.run([sys.executable, "-m", "vnetbe", "serve", "--socket", "/tmp/vnb-none.sock", "--parent",
+                        "vnb-nosuch0"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "vnb-nosuch0 does not exist" in r.stderr, r.stderr

@@ -1,0 +1,72 @@
+"""DPDK's testpmd as a vhost-user front end (its virtio-user PMD), a client nobody here wrote.
+
+Runs without hugepages or PCI: memfd memory (``--no-huge``) that the back end maps. testpmd busy-polls,
+so its forwarding lcore is pinned to one CPU. Its statistics are read from what it prints on SIGINT.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+
+PMD_DIRS = sorted(glob.glob("/usr/lib/x86_64-linux-gnu/dpdk/pmds-*"))
+INSTALL = ("apt-get install dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-net-tap23 "
+           "librte-mempool-ring23 (tests/run.sh does)")
+
+
+def testpmd() -> str:
+    path = shutil.which("dpdk-testpmd")
+    if path is None or not PMD_DIRS:
+        raise RuntimeError(f"dpdk-testpmd or its PMDs are missing: {INSTALL}")
+    return path
+
+
+def pmd(name: str) -> str:
+    found = sorted(glob.glob(os.path.join(PMD_DIRS[-1], f"librte_{name}.so*")), key=len)
+    if not found:
+        raise RuntimeError(f"DPDK driver librte_{name} is missing in {PMD_DIRS[-1]}: {INSTALL}")
+    return found[0]
+
+
+def command(vdev: str, mode: str, *, pmds=("net_virtio",), prefix: str = "vnb", lcores: str = "0@0,1@1",
+            extra: tuple[str, ...] = ()) -> list[str]:
+    cmd = [testpmd(), "--no-huge", "-m", "512", "--no-pci", "--file-prefix", prefix, "--lcores", lcores,
+           "-d", pmd("mempool_ring")]
+    for p in pmds:
+        cmd += ["-d", pmd(p)]
+    cmd += [f"--vdev={vdev}", "--log-level=5", "--", "--total-num-mbufs=16384", f"--forward-mode={mode}",
+            "--stats-period", "1", "-a", *extra]
+    return cmd
+
+
+_STAT = re.compile(r"Forward statistics for port 0.*?RX-packets:\s*(\d+).*?TX-packets:\s*(\d+)", re.S)
+
+
+class Testpmd:
+    def __init__(self, cmd: list[str]):
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.output = ""
+
+    def stop(self, timeout: float = 20.0) -> tuple[int, int]:
+        """SIGINT, then its final (RX-packets, TX-packets) of port 0."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.output, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.output, _ = self.proc.communicate()
+        found = _STAT.findall(self.output)
+        if not found:
+            raise AssertionError("testpmd printed no port statistics:\n" + self.output[-3000:])
+        rx, tx = found[-1]
+        return int(rx), int(tx)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.communicate()
