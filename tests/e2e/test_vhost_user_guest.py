@@ -1,13 +1,18 @@
 """A real Linux guest's virtio_net driver on vnetbe: QEMU boots the stock kernel with a vhost-user NIC
 served by ``vnetbe serve`` (user datapath, a bridge-mode macvtap), and the guest pings the peer and
 moves 50 MB each way over TCP at MTU 9000 with TSO and checksum offload on, checked by sha256 at both
-ends."""
+ends. And a QEMU started with ``reconnect=1`` is served again by a new ``vnetbe serve`` after the
+first was killed with -9: the guest's link drops, comes back, and the peer answers again."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -40,8 +45,8 @@ def test_a_linux_guest_pings_and_moves_50_mb_each_way_through_vnetbe_serve(tmp_p
         assert peer.stdout.readline().strip() == "listening"
         out = tmp_path / "guest.out"
         with open(out, "w") as f:
-            rc = lab.run([sys.executable, "-c", LG.GUEST_SCRIPT, LG.GUEST_IP, LG.PEER_IP, str(LG.PORT),
-                          str(LG.DATA_BYTES), "9000"], memory=LG.MEMORY, qemu_opts=LG.qemu_opts(sock),
+            rc = lab.run([sys.executable, "-c", LG.GUEST_SCRIPT, LG.GUEST_IP, LG.PEER_IP, "9000", str(LG.PORT),
+                          str(LG.DATA_BYTES)], memory=LG.MEMORY, qemu_opts=LG.qemu_opts(sock),
                          timeout=600, stdout=f, stderr=f)
         guest = _guest_result(out.read_text())
         assert rc == 0, out.read_text()[-3000:]
@@ -67,3 +72,67 @@ def test_a_linux_guest_pings_and_moves_50_mb_each_way_through_vnetbe_serve(tmp_p
     assert gone, serve.lines            # QEMU's exit ended the connection, and vnetbe noticed
     print(f"guest -> peer {LG.DATA_BYTES * 8 / guest['sent_s'] / 1e6:.0f} Mbit/s, "
           f"peer -> guest {LG.DATA_BYTES * 8 / guest['recv_s'] / 1e6:.0f} Mbit/s")
+
+
+class _Watch(io.TextIOBase):
+    """The lab's output, to a file, with an event set once ``marker`` was printed."""
+
+    def __init__(self, path, marker: str):
+        self.f, self.marker, self.seen, self.text = open(path, "w"), marker, threading.Event(), ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.f.write(s)
+        self.f.flush()
+        self.text += s
+        if self.marker in self.text:
+            self.seen.set()
+        return len(s)
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+def test_a_qemu_with_reconnect_is_served_again_by_a_restarted_server_after_kill_9(tmp_path):
+    topo = Topology("vr", mtu=1500)
+    sock = str(tmp_path / "vu.sock")
+    macvtap = "vnbvrm0"
+    serves: list[Serve] = []
+    watch = _Watch(tmp_path / "guest.out", "PHASE1")
+    result: dict = {}
+    try:
+        subprocess.run(["ip", "link", "add", "link", topo.parent, "name", macvtap, "address", LG.GUEST_MAC, "type",
+                        "macvtap", "mode", "bridge"], check=True)
+        subprocess.run(["ip", "link", "set", macvtap, "up"], check=True)
+        for cmd in (["addr", "add", f"{LG.PEER_IP}/24", "dev", topo.peer], ["link", "set", topo.peer, "up"]):
+            subprocess.run(["ip", "-n", topo.netns, *cmd], check=True)
+        serves.append(Serve("--socket", sock, "--macvtap", macvtap))
+        serves[0].wait_line("listening on")
+
+        def guest():
+            result["rc"] = lab.run([sys.executable, "-c", LG.RECONNECT_SCRIPT, LG.GUEST_IP, LG.PEER_IP, "1500"],
+                                   memory=LG.MEMORY, qemu_opts=LG.qemu_opts(sock, mtu=1500, reconnect=1),
+                                   timeout=600, stdout=watch, stderr=watch)
+        th = threading.Thread(target=guest)
+        th.start()
+        assert watch.seen.wait(300), watch.text[-3000:]
+        os.kill(serves[0].proc.pid, signal.SIGKILL)
+        serves[0].stop()
+        serves.append(Serve("--socket", sock, "--macvtap", macvtap))
+        serves[1].wait_line("listening on")
+        serves[1].wait_line("connected: front end pid", timeout=120)
+        th.join(400)
+        assert not th.is_alive()
+    finally:
+        for s in serves:
+            s.stop()
+        watch.close()
+        topo.close()
+    assert result.get("rc") == 0, watch.text[-3000:]
+    guest = _guest_result(watch.text)
+    assert guest["ping_before"] and guest["carrier_lost"] and guest["carrier_back"], guest
+    assert guest["ping_after"], guest
+    print(f"traffic resumed {guest['resumed_s']:.1f} s after the back end was killed")

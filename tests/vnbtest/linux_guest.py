@@ -34,9 +34,10 @@ def data(seed: int, n: int = DATA_BYTES) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-GUEST_SCRIPT = r'''
+# The guest's side: argv ip, peer, mtu, then the body's own. Finds the virtio_net interface, sets it up.
+PRELUDE = r'''
 import glob, hashlib, json, os, random, socket, subprocess, sys, time
-ip, peer, port, n, mtu = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+ip, peer, mtu = sys.argv[1], sys.argv[2], int(sys.argv[3])
 out = {}
 subprocess.run(["modprobe", "virtio_net"], check=False)
 ifname = None
@@ -57,7 +58,11 @@ sh("ip", "link", "set", "lo", "up")
 k = sh("ethtool", "-k", ifname)
 out["offloads"] = {l.split(":")[0].strip(): l.split(":")[1].split()[0] for l in k.splitlines()[1:] if ":" in l}
 out["mtu"] = int(open(f"/sys/class/net/{ifname}/mtu").read())
-t = time.monotonic()
+'''
+
+# ... then ping, and n bytes each way over TCP with the peer on port (argv 4, 5).
+GUEST_SCRIPT = PRELUDE + r'''
+port, n = int(sys.argv[4]), int(sys.argv[5])
 r = subprocess.run(["ping", "-c", "3", "-W", "5", peer], capture_output=True, text=True)
 out["ping_rc"], out["ping_tail"] = r.returncode, r.stdout.strip().splitlines()[-1:]
 def conn():
@@ -100,3 +105,32 @@ c, _ = ls.accept(); c.sendall(payload); c.close()
 out["sent_sha"] = hashlib.sha256(payload).hexdigest()
 print("PEER " + json.dumps(out), flush=True)
 '''
+
+
+# ... then: ping until it answers, say PHASE1 (the host then kills the back end and starts a new one),
+# wait for the carrier to drop (QEMU's link goes down with its back end) and to come back, and ping
+# until the peer answers again through the new back end.
+RECONNECT_SCRIPT = PRELUDE + r"""
+def ping_until(deadline):
+    while time.monotonic() < deadline:
+        if subprocess.run(["ping", "-c", "1", "-W", "1", peer], capture_output=True).returncode == 0:
+            return True
+    return False
+def carrier_until(value, deadline):
+    while time.monotonic() < deadline:
+        try:
+            if open(f"/sys/class/net/{ifname}/carrier").read().strip() == value:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+out["ping_before"] = ping_until(time.monotonic() + 30)
+print("PHASE1", flush=True)
+t0 = time.monotonic()
+out["carrier_lost"] = carrier_until("0", t0 + 60)
+out["carrier_back"] = carrier_until("1", time.monotonic() + 90)
+out["ping_after"] = ping_until(time.monotonic() + 60)
+out["resumed_s"] = time.monotonic() - t0
+print("GUEST " + json.dumps(out), flush=True)
+"""

@@ -22,7 +22,9 @@ _PROTO = 1 << P.VHOST_USER_F_PROTOCOL_FEATURES
 
 
 class VhostUserFrontend:
-    def __init__(self, path: str, mem, *, timeout: float = 5.0, connect_timeout: float = 5.0):
+    def __init__(self, path: str, mem, *, timeout: float = 5.0, connect_timeout: float = 5.0, slots: bool = False):
+        """``slots``: send the memory one region at a time (ADD_MEM_REG, CONFIGURE_MEM_SLOTS), as QEMU
+        does when the back end offers it, instead of one SET_MEM_TABLE."""
         self.path, self.mem, self.timeout = path, mem, timeout
         self.sock = self._connect(path, connect_timeout)
         self._on_close: list = []
@@ -35,8 +37,10 @@ class VhostUserFrontend:
             self.protocol = offered & _PROTO
             self.protocol_features = 0
             if self.protocol:
-                self.protocol_features = self._get_u64(Request.GET_PROTOCOL_FEATURES) & (
-                    1 << P.ProtocolFeature.REPLY_ACK | 1 << P.ProtocolFeature.MQ)
+                want = 1 << P.ProtocolFeature.REPLY_ACK | 1 << P.ProtocolFeature.MQ
+                if slots:
+                    want |= 1 << P.ProtocolFeature.CONFIGURE_MEM_SLOTS
+                self.protocol_features = self._get_u64(Request.GET_PROTOCOL_FEATURES) & want
                 self.send(Request.SET_PROTOCOL_FEATURES, P.U64.pack(self.protocol_features))
             self.send(Request.SET_OWNER)
             self.device_features = offered & ~_PROTO
@@ -115,9 +119,18 @@ class VhostUserFrontend:
         # The front end's user addresses are where this process mapped each region.
         return [(MemRegion(r.gpa, r.size, r.hva, r.offset), r.fd) for r in self.mem.regions]
 
+    @property
+    def slots(self) -> bool:
+        return bool(self.protocol_features & (1 << P.ProtocolFeature.CONFIGURE_MEM_SLOTS))
+
     def start(self) -> None:
         regions = self.memory_regions()
-        self.send(Request.SET_MEM_TABLE, P.mem_table_payload([r for r, _ in regions]), [fd for _, fd in regions])
+        if self.slots:
+            self.max_slots = self._get_u64(Request.GET_MAX_MEM_SLOTS)
+            for r, fd in regions:
+                self.send(Request.ADD_MEM_REG, P.mem_single_payload(r), [fd])
+        else:
+            self.send(Request.SET_MEM_TABLE, P.mem_table_payload([r for r, _ in regions]), [fd for _, fd in regions])
         for q, cfg in sorted(self.queues.items()):
             self.start_ring(q, cfg)
 
@@ -133,6 +146,14 @@ class VhostUserFrontend:
         self.send(Request.SET_VRING_KICK, P.U64.pack(q), [cfg.kick_fd])
         if self.protocol:
             self.send(Request.SET_VRING_ENABLE, P.VRING_STATE.pack(q, 1))
+
+    def remove_region(self, gpa: int) -> None:
+        """REM_MEM_REG of the region at ``gpa`` (memory unplugged)."""
+        for r, _ in self.memory_regions():
+            if r.guest_phys_addr == gpa:
+                self.send(Request.REM_MEM_REG, P.mem_single_payload(r))
+                return
+        raise ConfigError(f"no region at {gpa:#x}")
 
     def get_vring_base(self, q: int) -> int:
         """Stop ring ``q``; its last_avail_idx."""

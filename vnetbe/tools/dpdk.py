@@ -2,6 +2,7 @@
 
 Runs without hugepages or PCI: memfd memory (``--no-huge``) that the back end maps. testpmd busy-polls,
 so its forwarding lcore is pinned to one CPU. Its statistics are read from what it prints on SIGINT.
+The tests and ``vnetbe bench --frontend testpmd`` use it.
 """
 from __future__ import annotations
 
@@ -11,23 +12,27 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
+import time
+
+from ..errors import SetupError
 
 PMD_DIRS = sorted(glob.glob("/usr/lib/x86_64-linux-gnu/dpdk/pmds-*"))
-INSTALL = ("apt-get install dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-net-tap23 "
-           "librte-mempool-ring23 (tests/run.sh does)")
+INSTALL = ("install it: apt-get install dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-net-tap23 "
+           "librte-mempool-ring23")
 
 
 def testpmd() -> str:
     path = shutil.which("dpdk-testpmd")
     if path is None or not PMD_DIRS:
-        raise RuntimeError(f"dpdk-testpmd or its PMDs are missing: {INSTALL}")
+        raise SetupError(f"DPDK's dpdk-testpmd or its drivers are missing: {INSTALL}")
     return path
 
 
 def pmd(name: str) -> str:
     found = sorted(glob.glob(os.path.join(PMD_DIRS[-1], f"librte_{name}.so*")), key=len)
     if not found:
-        raise RuntimeError(f"DPDK driver librte_{name} is missing in {PMD_DIRS[-1]}: {INSTALL}")
+        raise SetupError(f"DPDK driver librte_{name} is missing in {PMD_DIRS[-1]}: {INSTALL}")
     return found[0]
 
 
@@ -49,24 +54,54 @@ class Testpmd:
     def __init__(self, cmd: list[str]):
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        self.output = ""
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self._lines)
+
+    def wait_forwarding(self, timeout: float = 30.0) -> None:
+        """Until testpmd says it forwards (frames before that may be counted as nobody's)."""
+        deadline = time.monotonic() + timeout
+        while "packet forwarding - ports=" not in self.output:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = " | ".join(self.output.strip().splitlines()[-3:])
+                raise SetupError(f"testpmd did not start forwarding (exit {self.proc.poll()}): {tail}")
+            time.sleep(0.05)
+        if "packet forwarding - ports=0 " in self.output:
+            raise SetupError("testpmd found no port to forward on: "
+                             + " | ".join(ln for ln in self.output.splitlines() if "fail" in ln.lower())[:300])
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def stop(self, timeout: float = 20.0) -> tuple[int, int]:
         """SIGINT, then its final (RX-packets, TX-packets) of port 0."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
         try:
-            self.output, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.output, _ = self.proc.communicate()
+            self.proc.wait()
+        self._reader.join(5)
         found = _STAT.findall(self.output)
         if not found:
-            raise AssertionError("testpmd printed no port statistics:\n" + self.output[-3000:])
+            tail = " | ".join(self.output.strip().splitlines()[-3:])
+            raise SetupError(f"testpmd printed no port statistics (exit {self.proc.returncode}): {tail}")
         rx, tx = found[-1]
         return int(rx), int(tx)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.communicate()
+            self.proc.wait()
+        self._reader.join(5)
+        self.proc.stdout.close()

@@ -1,0 +1,20 @@
+"""testpmd (DPDK virtio-user) at 64 B through each back end in one session: ``vnetbe serve`` on each
+datapath here, DPDK's own vhost-user back end forwarding to a tap, and testpmd on /dev/vhost-net where
+it exists (``vnetbe lab -- python3 -m pytest bench/test_bench_testpmd.py``). ``extra_info`` holds the
+document ``vnetbe bench --frontend testpmd`` prints (rates of frames that arrived, offered, lost).
+Targets (issue 10): vnetbe user >= 1.0 x dpdk-vhost; vnetbe vhost >= 0.98 x kernel."""
+from __future__ import annotations
+
+from conftest import DATAPATHS
+
+from vnetbe.tools.bench import testpmd
+
+
+def test_testpmd_through_each_backend(benchmark):
+    backends = ["vnetbe-" + d for d in DATAPATHS] + ["dpdk-vhost", "kernel"]
+    doc = benchmark.pedantic(lambda: testpmd.run(backends, seconds=3.0, repeat=3, tag="P"), rounds=1, iterations=1)
+    benchmark.extra_info.update({"testpmd": doc})
+    print("\n" + testpmd.format_table(doc))
+    for row in doc["rows"]:
+        assert row["offered"] == row["delivered"] + row["lost"]
+        assert row["delivered"] > 0, row

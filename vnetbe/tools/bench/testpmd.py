@@ -1,0 +1,256 @@
+"""``vnetbe bench --frontend testpmd``: the same front end (DPDK's testpmd on virtio-user) against the same
+peer through each back end, in one run.
+
+Back ends, each given its own tap on one bridge whose other port is the veth to the peer's namespace:
+- ``vnetbe-user`` / ``vnetbe-vhost``: ``vnetbe serve --tap ... --bridge ...`` on that datapath;
+- ``dpdk-vhost``: DPDK's own vhost-user back end forwarding to a tap (a second testpmd, ``net_vhost`` +
+  ``net_tap`` in io mode), the peer vnetbe is compared with;
+- ``kernel``: testpmd on /dev/vhost-net directly (virtio-user's vhost-kernel back end), where it exists.
+
+txonly: testpmd sends for ``seconds``; the rate is what *arrived* at the peer's interface in the timed
+window; offered is what testpmd put in the ring, lost is offered less what arrived. rxonly: the peer
+sends tagged 64-byte frames as fast as its socket takes them; the rate is what testpmd received over the
+sender's time; lost is sent less received. CPU is the back end's: its process (or, for the kernel, the
+vhost worker), per delivered frame. testpmd's lcores are pinned to CPU 1, a DPDK back end's to CPU 0.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from ...datapath.vhost_ioctl import DEV_PATH
+from ...errors import SetupError
+from .. import dpdk
+from ..peer import Peer
+from ..topology import Bridge, Topology
+
+BACKENDS = ("vnetbe-user", "vnetbe-vhost", "dpdk-vhost", "kernel")
+FRONTEND_LCORES = "0@1,1@1"
+BACKEND_LCORES = "0@0,1@0"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def available(backends) -> tuple[list[str], list[str]]:
+    """(backends that can run here, notes on those left out)."""
+    ok, notes = [], []
+    for b in backends:
+        if b in ("vnetbe-vhost", "kernel") and not os.path.exists(DEV_PATH):
+            notes.append(f"{b}: left out, no {DEV_PATH} here (run it in the lab: vnetbe lab -- vnetbe bench "
+                         "--frontend testpmd)")
+        else:
+            ok.append(b)
+    return ok, notes
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError):
+        return 0.0
+
+
+def _vhost_worker_cpu(pid: int) -> float:
+    """CPU of the vhost worker(s) /dev/vhost-net made for ``pid`` (kernel threads vhost-<pid>, or the
+    process's own threads on 6.4+)."""
+    total = 0.0
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/comm") as f:
+                    if f.read().strip() == f"vhost-{pid}":
+                        total += _cpu_s(int(p))
+            except OSError:
+                continue
+    return total
+
+
+def _rx_packets(netns: str, ifname: str) -> int:
+    out = subprocess.run(["ip", "-n", netns, "-s", "-j", "link", "show", ifname], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out)[0]["stats64"]["rx"]["packets"]
+
+
+def _wait_link(name: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(f"/sys/class/net/{name}"):
+            return
+        time.sleep(0.05)
+    raise SetupError(f"the back end's tap {name} did not appear within {timeout:.0f} s")
+
+
+def _wait_path(path: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise SetupError(f"the back end's socket {path} did not appear within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+class _Backend:
+    """One back end up, its tap on the bridge; ``vdev`` is what the front end testpmd is given."""
+
+    def __init__(self, kind: str, tag: str, sock: str, bridge: Bridge, mac: str):
+        self.kind, self.proc, self.pmd, self.cpu_pid = kind, None, None, None
+        tap = f"vnb{tag}t{BACKENDS.index(kind)}"
+        self.vdev = f"net_virtio_user0,path={sock},queues=1,mac={mac}"
+        if kind.startswith("vnetbe-"):
+            self.proc = subprocess.Popen([sys.executable, "-m", "vnetbe", "serve", "--socket", sock, "--tap", tap,
+                                          "--bridge", bridge.name, "--datapath", kind.split("-")[1]],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            line = self.proc.stdout.readline()
+            if "listening" not in line:
+                raise SetupError(f"vnetbe serve did not start: {line.strip() or self.proc.stderr.read().strip()}")
+            self.cpu_pid = self.proc.pid
+        elif kind == "dpdk-vhost":
+            cmd = dpdk.command(f"net_vhost0,iface={sock},queues=1", "io", pmds=("net_vhost", "net_tap"),
+                               prefix=f"vnb{tag}be", lcores=BACKEND_LCORES)
+            cmd.insert(cmd.index("--"), f"--vdev=net_tap0,iface={tap}")
+            self.pmd = dpdk.Testpmd(cmd)
+            self.pmd.wait_forwarding()
+            _wait_link(tap)
+            _wait_path(sock)
+            bridge.add_port(tap)
+            self.cpu_pid = self.pmd.pid
+        else:
+            self.vdev = f"net_virtio_user0,path={DEV_PATH},queues=1,iface={tap},mac={mac}"
+        self.tap, self.bridge = tap, bridge
+
+    def after_frontend_started(self, frontend: dpdk.Testpmd) -> None:
+        if self.kind == "kernel":   # virtio-user made the tap itself: put it on the bridge
+            _wait_link(self.tap)
+            self.bridge.add_port(self.tap)
+            self.cpu_pid = frontend.pid
+
+    def cpu(self) -> float:
+        if self.cpu_pid is None:
+            return 0.0
+        return _vhost_worker_cpu(self.cpu_pid) if self.kind == "kernel" else _cpu_s(self.cpu_pid)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+        if self.pmd is not None:
+            try:
+                self.pmd.stop()
+            except SetupError:
+                self.pmd.kill()
+
+
+def _one(kind: str, mode: str, topo: Topology, bridge: Bridge, peer: Peer, seconds: float, tag: str,
+         sockdir: str) -> dict:
+    sock = os.path.join(sockdir, f"{kind}.sock")
+    mac = "02:00:00:00:7e:01"
+    be = _Backend(kind, tag, sock, bridge, mac)
+    fe = None
+    try:
+        rx_before = _rx_packets(topo.netns, topo.peer)
+        fe = dpdk.Testpmd(dpdk.command(be.vdev, "txonly" if mode == "tx" else "rxonly", prefix=f"vnb{tag}fe",
+                                       lcores=FRONTEND_LCORES))
+        be.after_frontend_started(fe)
+        fe.wait_forwarding()
+        time.sleep(1.0)                                   # rings negotiated, first frames through
+        if mode == "tx":
+            rx0, cpu0, t0 = _rx_packets(topo.netns, topo.peer), be.cpu(), time.monotonic()
+            time.sleep(seconds)
+            rx1, cpu1, t1 = _rx_packets(topo.netns, topo.peer), be.cpu(), time.monotonic()
+            _, offered = fe.stop()
+            fe = None
+            time.sleep(0.3)
+            delivered_total = _rx_packets(topo.netns, topo.peer) - rx_before
+            window = rx1 - rx0
+            out = {"pps": window / (t1 - t0), "window_frames": window, "offered": offered,
+                   "delivered": delivered_total, "cpu_ns_per_frame": (cpu1 - cpu0) * 1e9 / window if window else None}
+        else:
+            cpu0 = be.cpu()
+            sent, t0 = 0, time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                sent += peer.send_tagged(20_000, 64, dst=mac, first_seq=sent)["sent"]
+            elapsed = time.monotonic() - t0
+            cpu1 = be.cpu()
+            time.sleep(0.5)
+            received, _ = fe.stop()
+            fe = None
+            out = {"pps": received / elapsed, "offered": sent, "delivered": received,
+                   "cpu_ns_per_frame": (cpu1 - cpu0) * 1e9 / received if received else None}
+        out["lost"] = out["offered"] - out["delivered"]
+        return out
+    finally:
+        if fe is not None:
+            fe.kill()
+        be.close()
+
+
+def run(backends=BACKENDS, modes=("tx", "rx"), seconds: float = 5.0, repeat: int = 3, tag: str = "T",
+        progress=lambda msg: None) -> dict:
+    """Every back end, every mode, ``repeat`` times, interleaved (a slow spell of the machine hits all
+    of them alike). Medians, ranges and ratios to ``dpdk-vhost`` in ``rows``."""
+    dpdk.testpmd()
+    chosen, notes = available(backends)
+    topo = Topology(tag, mtu=1500)
+    bridge = None
+    sockdir = f"/tmp/vnb{tag}-testpmd"
+    os.makedirs(sockdir, exist_ok=True)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    try:
+        bridge = Bridge(f"vnb{tag}br")
+        bridge.add_port(topo.parent)
+        peer = Peer(topo.peer, topo.netns)
+        try:
+            for r in range(repeat):
+                for mode in modes:
+                    for kind in chosen:
+                        progress(f"testpmd {mode} via {kind}, run {r + 1}/{repeat}")
+                        runs.setdefault((mode, kind), []).append(_one(kind, mode, topo, bridge, peer, seconds, tag,
+                                                                      sockdir))
+        finally:
+            peer.close()
+    finally:
+        if bridge is not None:
+            bridge.close()
+        topo.close()
+        for f in os.listdir(sockdir):
+            os.unlink(os.path.join(sockdir, f))
+        os.rmdir(sockdir)
+    rows = []
+    for (mode, kind), rs in runs.items():
+        pps = [x["pps"] for x in rs]
+        cpu = [x["cpu_ns_per_frame"] for x in rs if x["cpu_ns_per_frame"] is not None]
+        rows.append({"mode": mode, "backend": kind, "pps_median": statistics.median(pps), "pps_min": min(pps),
+                     "pps_max": max(pps), "offered": sum(x["offered"] for x in rs),
+                     "delivered": sum(x["delivered"] for x in rs), "lost": sum(x["lost"] for x in rs),
+                     "cpu_ns_per_frame": statistics.median(cpu) if cpu else None, "runs": rs})
+    for row in rows:
+        ref = next((x for x in rows if x["mode"] == row["mode"] and x["backend"] == "dpdk-vhost"), None)
+        row["vs_dpdk"] = row["pps_median"] / ref["pps_median"] if ref and ref["pps_median"] else None
+        # Within noise: the two ranges overlap.
+        row["within_noise_of_dpdk"] = bool(ref) and not (row["pps_min"] > ref["pps_max"] or row["pps_max"] < ref["pps_min"])
+    return {"frontend": "testpmd", "seconds": seconds, "repeat": repeat, "size": 64, "rows": rows, "notes": notes}
+
+
+def format_table(doc: dict) -> str:
+    lines = [f"testpmd (virtio-user) through each back end, 64 B, {doc['repeat']} x {doc['seconds']:g} s, "
+             "rates are frames that arrived (tx: at the peer, rx: at testpmd)",
+             f"{'mode':<5}{'back end':<14}{'kpps median':>12}{'range':>18}{'vs dpdk':>9}{'offered':>12}"
+             f"{'lost':>10}{'cpu ns/f':>10}"]
+    for r in sorted(doc["rows"], key=lambda x: (x["mode"], BACKENDS.index(x["backend"]))):
+        vs = f"{r['vs_dpdk']:.2f}{'~' if r['within_noise_of_dpdk'] and r['backend'] != 'dpdk-vhost' else ''}" \
+            if r["vs_dpdk"] is not None else "-"
+        cpu = f"{r['cpu_ns_per_frame']:.0f}" if r["cpu_ns_per_frame"] is not None else "-"
+        rng = f"[{r['pps_min'] / 1e3:.1f}..{r['pps_max'] / 1e3:.1f}]"
+        lines.append(f"{r['mode']:<5}{r['backend']:<14}{r['pps_median'] / 1e3:>12.1f}{rng:>18}"
+                     f"{vs:>9}{r['offered']:>12}{r['lost']:>10}{cpu:>10}")
+    lines.append("~ : the ranges overlap, the difference is within this run's noise")
+    lines += doc["notes"]
+    return "\n".join(lines)
