@@ -1,6 +1,7 @@
 #!/bin/sh
 # Build and run the libFuzzer targets (clang, -fsanitize=fuzzer,address,undefined), each for SECONDS,
-# starting from the seed corpus in csrc/fuzz/corpus/<target>. Exits non-zero if a target crashes or an
+# starting from the seed corpus in csrc/fuzz/corpus/<target>. vhost_user is the vhost-user message
+# parser and session (Python, libFuzzer through atheris: fuzz_vhost_user.py). Exits non-zero if a target crashes or an
 # oracle fails; the input that did it is left in build/fuzz/<target>/crash-*.
 #
 #   sh csrc/fuzz/run.sh                  # every target, 60 s each (the test command's short run)
@@ -13,7 +14,7 @@ set -eu
 cd "$(dirname "$0")/../.."
 secs=${1:-60}
 [ "$#" -gt 0 ] && shift
-targets=${*:-"virtq datapath"}
+targets=${*:-"virtq datapath vhost_user"}
 cc=$(command -v clang-14 || command -v clang || true)
 if [ -z "$cc" ]; then
     echo "csrc/fuzz/run.sh: no clang: apt-get install clang-14 libclang-rt-14-dev" >&2
@@ -24,10 +25,22 @@ status=0
 for t in $targets; do
     out=build/fuzz/$t
     mkdir -p "$out/corpus"
+    if [ "$t" = vhost_user ]; then
+        echo "fuzz $t: ${secs} s from csrc/fuzz/corpus/$t" >&2
+        if ! python3 csrc/fuzz/fuzz_vhost_user.py -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=4096 \
+                -artifact_prefix="$out/" "$out/corpus" csrc/fuzz/corpus/$t 2>"$out/fuzz.log"; then
+            tail -30 "$out/fuzz.log" >&2
+            echo "fuzz $t: FAILED (input in $out/crash-* or the log above)" >&2
+            status=1
+        else
+            grep -E "DONE|^stat::number_of_executed_units" "$out/fuzz.log" | tail -2 >&2
+        fi
+        continue
+    fi
     case $t in
         virtq) srcs="csrc/device/vnb_virtq.c csrc/device/vnb_mem.c" ;;
         datapath) srcs="csrc/device/vnb_datapath.c csrc/device/vnb_virtq.c csrc/device/vnb_mem.c" ;;
-        *) echo "csrc/fuzz/run.sh: unknown target $t (virtq, datapath)" >&2; exit 2 ;;
+        *) echo "csrc/fuzz/run.sh: unknown target $t (virtq, datapath, vhost_user)" >&2; exit 2 ;;
     esac
     # shellcheck disable=SC2086
     "$cc" $flags -Icsrc/device "csrc/fuzz/fuzz_$t.c" $srcs -lpthread -o "$out/fuzz"

@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from test_vhost_user_clients import Serve
-from vnbtest import linux_guest as LG
+from vnetbe.tools import linux_guest as LG
 from vnetbe.tools import lab
 from vnetbe.tools.topology import Topology
 

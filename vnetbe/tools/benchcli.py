@@ -31,6 +31,7 @@ from ..device import MAX_BUSYLOOP_US
 from ..errors import ConfigError, LabError, NotRoot, SetupError
 from . import costs, lab
 from .bench import BenchTopology, summarize
+from .bench import guest_tcp as guest_tcp_bench
 from .bench import testpmd as testpmd_bench
 from .results import (
     SCENARIOS,
@@ -62,10 +63,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout instead of the table")
     p.add_argument("--output", metavar="FILE", help="also write the JSON document to FILE")
     p.add_argument("--plot", metavar="DIR", help="write PNG charts to DIR (needs: pip install 'vnetbe[plot]')")
-    p.add_argument("--frontend", choices=("guest", "testpmd"), default="guest",
-                   help="who drives the device: vnetbe's own guest driver (default), or DPDK's testpmd over "
+    p.add_argument("--frontend", choices=("guest", "testpmd", "qemu"), default="guest",
+                   help="who drives the device: vnetbe's own guest driver (default); DPDK's testpmd over "
                         "vhost-user through vnetbe serve, DPDK's own vhost back end and, with /dev/vhost-net, "
-                        "the kernel directly (--seconds per run, --repeat runs)")
+                        "the kernel directly (--seconds per run, --repeat runs); or a Linux guest under QEMU "
+                        "moving TCP through vnetbe serve and through QEMU's own tap back end (--repeat rounds)")
     p.add_argument("--seconds", type=float, default=5.0, help="with --frontend testpmd: seconds per run (default 5)")
     p.set_defaults(func=run)
     return p
@@ -391,10 +393,22 @@ def _run_testpmd(args) -> int:
     return 0
 
 
+def _run_qemu(args) -> int:
+    progress = _Progress(getattr(args, "progress", "auto"))
+    doc = guest_tcp_bench.run(lab.run, rounds=args.repeat, tag=args.tag[:4], progress=progress)
+    progress.done()
+    if args.output:
+        write_json(doc, args.output)
+    print(json.dumps(doc, indent=2) if args.json else guest_tcp_bench.format_table(doc), flush=True)
+    return 0
+
+
 def run(args) -> int:
     _terminate_cleanly()
     if args.frontend == "testpmd":
         return _run_testpmd(args)
+    if args.frontend == "qemu":
+        return _run_qemu(args)
     if args.plot:
         from .plot import require  # matplotlib is optional (the plot extra)
         require()   # fail now, not after the bench

@@ -63,7 +63,6 @@ class Session:
         self.regions: list[tuple[MemRegion, int]] = []    # with the fd each came with (ours to close)
         self.mem: GuestMemory | None = None
         self._own_fds: set[int] = set()                  # eventfds made for rings given no call fd
-        self._old_regions: list[tuple[MemRegion, int]] = []
         self.messages = 0
         self.closed = False
 
@@ -146,10 +145,7 @@ class Session:
     def _set_mem_table(self, msg, fds, taken):
         regions = list(zip(msg.payload, fds))
         self._check_fds(msg.name, regions)
-        self._replace_memory(msg.name, regions)
-        taken.extend(fds)
-        for old_region, old_fd in self._old_regions:
-            os.close(old_fd)
+        self._replace_memory(msg.name, regions, fds, taken)
 
     def _add_mem_reg(self, msg, fds, taken):
         if not self.protocol_acked & (1 << P.ProtocolFeature.CONFIGURE_MEM_SLOTS):
@@ -159,8 +155,7 @@ class Session:
         new = (msg.payload, fds[0])
         self._check_fds(msg.name, [new])
         P.check_no_overlap(msg.name, [r for r, _ in self.regions] + [msg.payload])
-        self._replace_memory(msg.name, self.regions + [new])
-        taken.append(fds[0])
+        self._replace_memory(msg.name, self.regions + [new], fds, taken)
 
     def _rem_mem_reg(self, msg, fds, taken):
         if not self.protocol_acked & (1 << P.ProtocolFeature.CONFIGURE_MEM_SLOTS):
@@ -172,9 +167,7 @@ class Session:
         if len(keep) == len(self.regions):
             raise ProtocolError(msg.name, "region", f"no region at guest address {r.guest_phys_addr:#x} "
                                                     f"of size {r.memory_size:#x}")
-        self._replace_memory(msg.name, keep)
-        for _, old_fd in self._old_regions:
-            os.close(old_fd)
+        self._replace_memory(msg.name, keep, [], taken)
 
     @staticmethod
     def _check_fds(name: str, regions) -> None:
@@ -193,20 +186,24 @@ class Session:
                                     f"{r.mmap_offset:#x} + size {r.memory_size:#x} is past the end of its fd "
                                     f"({st.st_size:#x} bytes)")
 
-    def _replace_memory(self, name: str, regions) -> None:
+    def _replace_memory(self, name: str, regions, new_fds: list[int], taken: list[int]) -> None:
         """Map the new table, then stop the device and swap it in: the old mappings go only after no
-        datapath uses them. Sets _old_regions to the entries the new table dropped (their fds to close)."""
+        datapath uses them. From the swap on, ``new_fds`` are the session's and the fds of regions the
+        new table dropped are closed, whether or not the device then starts again."""
         try:
             mem = GuestMemory.from_fds([(r.guest_phys_addr, r.memory_size, fd, r.mmap_offset) for r, fd in regions])
         except VnetError as e:
             raise ProtocolError(name, "regions", str(e)) from None
         self._stop_device()
         old_mem, kept = self.mem, {fd for _, fd in regions}
-        self._old_regions = [(r, fd) for r, fd in self.regions if fd not in kept]
+        dropped = [fd for _, fd in self.regions if fd not in kept]
         self.mem, self.regions = mem, list(regions)
+        taken.extend(new_fds)
         self.dev.set_memory(mem)
         if old_mem is not None:
             old_mem.close()
+        for fd in dropped:
+            os.close(fd)
         self._apply()
 
     def uaddr_to_gpa(self, uaddr: int, size: int) -> int | None:

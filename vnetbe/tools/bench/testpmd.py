@@ -129,9 +129,13 @@ class _Backend:
             self.cpu_pid = frontend.pid
 
     def cpu(self) -> float:
+        """The back end's CPU: its process, plus the vhost worker /dev/vhost-net made for it (a kernel
+        thread before 6.4, so not in the process's own times); for ``kernel``, that worker alone."""
         if self.cpu_pid is None:
             return 0.0
-        return _vhost_worker_cpu(self.cpu_pid) if self.kind == "kernel" else _cpu_s(self.cpu_pid)
+        if self.kind == "kernel":
+            return _vhost_worker_cpu(self.cpu_pid)
+        return _cpu_s(self.cpu_pid) + (_vhost_worker_cpu(self.cpu_pid) if self.kind == "vnetbe-vhost" else 0.0)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -1,6 +1,7 @@
 """A real Linux guest on vnetbe: QEMU (software emulation, via the kernel lab) boots the stock kernel
 with a virtio-net-pci NIC whose back end is ``vnetbe serve`` over vhost-user. The guest's own
-virtio_net driver is the test of vnetbe's device.
+virtio_net driver is the test of vnetbe's device (tests/e2e/test_vhost_user_guest.py) and the load of
+the guest TCP bench (bench/guest_tcp.py).
 
 Inside the guest, GUEST_SCRIPT finds the virtio_net interface, gives it an address and MTU, reports
 its offloads, pings the peer and moves DATA_BYTES each way over TCP; PEER_SCRIPT is the far end in the
@@ -8,6 +9,9 @@ topology's namespace. Both print one JSON line; sha256 of what each side sent an
 by the test.
 """
 from __future__ import annotations
+
+import json
+import random
 
 GUEST_IP = "10.78.0.2"
 PEER_IP = "10.78.0.1"
@@ -30,7 +34,6 @@ def qemu_opts(sock: str, mtu: int = 9000, reconnect: int = 0) -> str:
 
 
 def data(seed: int, n: int = DATA_BYTES) -> bytes:
-    import random
     return random.Random(seed).randbytes(n)
 
 
@@ -86,23 +89,31 @@ out["recv_s"] = time.monotonic() - t0; out["recv_bytes"] = got; out["recv_sha"] 
 print("GUEST " + json.dumps(out), flush=True)
 '''
 
+# The peer, in the topology's namespace: argv ip, port, n, rounds. Each round: receive a stream and
+# answer its sha256, then send n bytes of seed 2 + 100 * round. The first round's figures are also
+# under the plain keys.
 PEER_SCRIPT = r'''
 import hashlib, json, random, socket, sys
 ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); ls.bind((ip, port)); ls.listen(1)
 print("listening", flush=True)
-out = {}
-c, _ = ls.accept(); h = hashlib.sha256(); got = 0
-while True:
-    b = c.recv(1 << 20)
-    if not b:
-        break
-    h.update(b); got += len(b)
-out["recv_bytes"], out["recv_sha"] = got, h.hexdigest()
-c.sendall(out["recv_sha"].encode() + b"\n"); c.close()
-payload = random.Random(2).randbytes(n)
-c, _ = ls.accept(); c.sendall(payload); c.close()
-out["sent_sha"] = hashlib.sha256(payload).hexdigest()
+out = {"rounds": []}
+for r in range(rounds):
+    one = {}
+    c, _ = ls.accept(); h = hashlib.sha256(); got = 0
+    while True:
+        b = c.recv(1 << 20)
+        if not b:
+            break
+        h.update(b); got += len(b)
+    one["recv_bytes"], one["recv_sha"] = got, h.hexdigest()
+    c.sendall(one["recv_sha"].encode() + b"\n"); c.close()
+    payload = random.Random(2 + 100 * r).randbytes(n)
+    c, _ = ls.accept(); c.sendall(payload); c.close()
+    one["sent_sha"] = hashlib.sha256(payload).hexdigest()
+    out["rounds"].append(one)
+out.update(out["rounds"][0])
 print("PEER " + json.dumps(out), flush=True)
 '''
 
@@ -134,3 +145,47 @@ out["ping_after"] = ping_until(time.monotonic() + 60)
 out["resumed_s"] = time.monotonic() - t0
 print("GUEST " + json.dumps(out), flush=True)
 """
+
+
+# ... then ``rounds`` transfers each way with the peer on port (argv 4, 5, 6): the guest sends seed
+# 1 + 100 * round and receives the peer's; times and sha256 per round.
+BENCH_SCRIPT = PRELUDE + r"""
+port, n, rounds = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+def conn():
+    for _ in range(300):
+        try:
+            return socket.create_connection((peer, port), timeout=120)
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("peer not listening")
+out["rounds"] = []
+for r in range(rounds):
+    one = {}
+    payload = random.Random(1 + 100 * r).randbytes(n)
+    s = conn(); t0 = time.monotonic(); s.sendall(payload); s.shutdown(socket.SHUT_WR)
+    one["peer_got_sha"] = s.makefile().read().strip(); one["sent_s"] = time.monotonic() - t0; s.close()
+    one["sent_sha"] = hashlib.sha256(payload).hexdigest()
+    s = conn(); h = hashlib.sha256(); got = 0; t0 = time.monotonic()
+    while True:
+        b = s.recv(1 << 20)
+        if not b:
+            break
+        h.update(b); got += len(b)
+    one["recv_s"] = time.monotonic() - t0; one["recv_bytes"] = got; one["recv_sha"] = h.hexdigest(); s.close()
+    out["rounds"].append(one)
+print("GUEST " + json.dumps(out), flush=True)
+"""
+
+
+def tap_qemu_opts(ifname: str, mtu: int = 1500) -> str:
+    """QEMU's own userspace virtio-net back end on an existing tap, the same NIC and memory otherwise."""
+    return (f"-object memory-backend-memfd,id=vnbmem,size={MEMORY},share=on -numa node,memdev=vnbmem "
+            f"-netdev tap,id=vnbnet,ifname={ifname},script=no,downscript=no,vhost=off "
+            f"-device virtio-net-pci,netdev=vnbnet,mac={GUEST_MAC},vectors=0,host_mtu={mtu}")
+
+
+def guest_result(out: str) -> dict:
+    lines = [line for line in out.splitlines() if line.startswith("GUEST ")]
+    if not lines:
+        raise ValueError("the guest printed no result: " + " | ".join(out.strip().splitlines()[-5:]))
+    return json.loads(lines[-1][len("GUEST "):])
