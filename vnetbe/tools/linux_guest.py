@@ -69,12 +69,14 @@ port, n = int(sys.argv[4]), int(sys.argv[5])
 r = subprocess.run(["ping", "-c", "3", "-W", "5", peer], capture_output=True, text=True)
 out["ping_rc"], out["ping_tail"] = r.returncode, r.stdout.strip().splitlines()[-1:]
 def conn():
-    for _ in range(100):
+    deadline = time.monotonic() + 60
+    while True:
         try:
-            return socket.create_connection((peer, port), timeout=60)
+            return socket.create_connection((peer, port), timeout=10)
         except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("peer not listening")
             time.sleep(0.1)
-    raise SystemExit("peer not listening")
 payload = random.Random(1).randbytes(n)
 s = conn(); t0 = time.monotonic(); s.sendall(payload); s.shutdown(socket.SHUT_WR)
 out["peer_got_sha"] = s.makefile().read().strip(); out["sent_s"] = time.monotonic() - t0; s.close()
@@ -152,12 +154,15 @@ print("GUEST " + json.dumps(out), flush=True)
 BENCH_SCRIPT = PRELUDE + r"""
 port, n, rounds = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 def conn():
-    for _ in range(300):
+    deadline = time.monotonic() + 60
+    while True:
         try:
-            return socket.create_connection((peer, port), timeout=120)
-        except OSError:
+            return socket.create_connection((peer, port), timeout=10)
+        except OSError as e:
+            if time.monotonic() > deadline:
+                print("GUEST " + json.dumps({**out, "error": f"cannot reach the peer: {e}"}), flush=True)
+                raise SystemExit(4)
             time.sleep(0.1)
-    raise SystemExit("peer not listening")
 out["rounds"] = []
 for r in range(rounds):
     one = {}

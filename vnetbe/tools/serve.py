@@ -43,7 +43,8 @@ def add_arguments(p):
     link.add_argument("--tap", metavar="NAME", help="create a tap NAME, or attach it if it exists")
     link.add_argument("--libvirt", metavar="FILE", help="one libvirt <interface> element")
     p.add_argument("--mode", choices=MODES, default="bridge", help="macvtap mode with --parent (default bridge)")
-    p.add_argument("--mac", help="MAC of the link created (give the guest the same one)")
+    p.add_argument("--mac", help="the guest's MAC: a macvtap created gets it (give the guest the same one); a tap "
+                   "gets it with the first octet fe, as libvirt does")
     p.add_argument("--name", help="name of the macvtap --parent creates (default vnb-srv<pid>)")
     p.add_argument("--bridge", metavar="BR", help="with --tap: enslave the tap to this bridge")
     p.add_argument("--mtu", type=int, help="MTU of the link created")
@@ -88,8 +89,11 @@ def _make_link(args):
         return Macvtap.create(name, args.parent, mode=args.mode, mac=args.mac, mtu=args.mtu), notes
     if args.bridge and not args.tap:
         raise ConfigError("--bridge goes with --tap NAME")
+    # The tap's own MAC must not be the guest's: a bridge keeps its ports' MACs as local entries and
+    # would deliver the guest's frames to itself. libvirt's rule: the guest's MAC with the first octet fe.
+    tap_mac = "fe" + args.mac[2:] if args.mac else random_mac()
     try:
-        tap = Tap.create(args.tap, mac=args.mac or random_mac(), mtu=args.mtu)
+        tap = Tap.create(args.tap, mac=tap_mac, mtu=args.mtu)
     except SetupError as e:
         if "already in use" not in str(e):
             raise
