@@ -134,6 +134,39 @@ def test_frames_from_the_peer_reach_testpmd_rxonly_through_vnetbe_serve(topo, tm
     assert pmd_rx == dev["rx_frames"], (pmd_rx, dev["rx_frames"])   # and testpmd received each of them
 
 
+def test_serve_in_client_mode_connects_to_a_listening_testpmd_and_again_after_it_restarts(topo, tmp_path):
+    """--client: the front end listens (virtio-user server=1, as Cloud Hypervisor can), vnetbe connects,
+    and connects again to the next front end on the same path."""
+    sock = str(tmp_path / "vu.sock")
+    serve = Serve("--socket", sock, "--client", "--parent", topo.parent, "--mode", "bridge", "--name", "vnbvdm0")
+    pmds = []
+    try:
+        serve.wait_line("connecting to")
+        for run in range(2):
+            before = _link_counter(topo.netns, topo.peer, "packets")
+            pmds.append(dpdk.Testpmd(dpdk.command(f"net_virtio_user0,path={sock},queues=1,server=1", "txonly",
+                                                  prefix=f"vnbcl{run}")))
+            serve.wait_line("connected: front end pid", timeout=30)
+            assert wait_for(lambda: _link_counter(topo.netns, topo.peer, "packets") - before > 10_000, 30.0)
+            pmds[-1].stop()
+            serve.wait_line("disconnected")
+    finally:
+        for p in pmds:
+            p.kill()
+        rc = serve.stop()
+    assert rc == 0, serve.stderr
+
+
+@pytest.mark.skipif(os.path.exists("/dev/vhost-net"), reason="this host has /dev/vhost-net: nothing to refuse")
+def test_serve_on_vhost_without_vhost_net_says_so_in_one_line_with_the_lab(topo, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "vnetbe", "serve", "--socket", str(tmp_path / "s"), "--parent",
+                        topo.parent, "--name", "vnbvdm0", "--datapath", "vhost"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "/dev/vhost-net does not exist" in r.stderr and "vnetbe lab" in r.stderr
+    assert not os.path.exists("/sys/class/net/vnbvdm0")      # the macvtap it made is gone again
+
+
 def test_serve_says_what_is_wrong_in_one_line():
     r = subprocess.run([sys.executable, "-m", "vnetbe", "serve", "--socket", "/tmp/vnb-none.sock", "--parent",
                         "vnb-nosuch0"], capture_output=True, text=True, timeout=30)

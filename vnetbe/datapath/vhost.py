@@ -146,11 +146,15 @@ class VhostDatapath:
                 io.set_vring_busyloop_timeout(fd, q, busyloop_us)
         self._mem, self._queues, self._features, self._link = mem, dict(queues), features, link
         self._link_down = 0
-        self._link_counters = LinkCounters(link)
+        # Counters run from the first start on, across stops and starts (a vhost-user front end stops
+        # and restarts rings one at a time), as the userspace datapath's do.
+        if self._link_counters is None or self._link_counters.link is not link:
+            self._link_counters = LinkCounters(link)
         for q in sorted(queues):
             io.net_set_backend(fd, q, link.fd)
         self.running = True
-        self._workers0 = {t: (thread_cpu_ns(t, t), voluntary_switches(t, t)) for t in self.threads()}
+        if not self._workers0:
+            self._workers0 = {t: (thread_cpu_ns(t, t), voluntary_switches(t, t)) for t in self.threads()}
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._link_watch = LinkWatch(link.ifindex) if link.ifindex > 0 else None
         self._watcher = threading.Thread(target=self._watch, args=(err_fd,), name="vnetbe-vhost-err", daemon=True)
