@@ -176,6 +176,20 @@ HOSTILE = [
 ]
 
 
+def _assert_nothing_left_and_next_is_served(rig, before) -> None:
+    """The process has the fds and threads it had before the connection (mappings within noise), and
+    a new front end is served."""
+    after = counts()
+    assert after[0] == before[0] and after[1] == before[1], f"fds/threads {before} -> {after}"
+    assert after[2] <= before[2] + MAPS_NOISE
+    fr = FrontendRig(rig.path)
+    try:
+        fr.guest.send(_frame(64))
+        assert rig.link.sent(2.0)[12:] == _frame(64)
+    finally:
+        fr.close()
+
+
 @pytest.mark.parametrize("what,data,nfds,field", HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_a_hostile_message_is_named_closes_its_connection_and_the_server_serves_on(rig, what, data, nfds, field):
     fr = FrontendRig(rig.path)     # first use: what stays loaded afterwards
@@ -198,15 +212,7 @@ def test_a_hostile_message_is_named_closes_its_connection_and_the_server_serves_
     refusal = rig.refusals()[-1]
     assert f"bad {field}:" in refusal, refusal
     assert rig.server.stats()["refused_messages"] == 1
-    after = counts()
-    assert after[0] == before[0] and after[1] == before[1], f"fds/threads {before} -> {after}"
-    assert after[2] <= before[2] + MAPS_NOISE
-    fr = FrontendRig(rig.path)
-    try:
-        fr.guest.send(_frame(64))
-        assert rig.link.sent(2.0)[12:] == _frame(64)
-    finally:
-        fr.close()
+    _assert_nothing_left_and_next_is_served(rig, before)
 
 
 def test_ring_addresses_outside_every_region_are_refused_with_the_ring_named(rig):
@@ -274,16 +280,8 @@ def test_a_front_end_killed_mid_traffic_leaves_no_fd_thread_or_mapping(rig):
     wait_for(lambda: not rig.server.stats()["connected"], 5.0)
     while rig.link.sent(0.05) is not None:
         pass
-    after = counts()
-    assert after[0] == before[0] and after[1] == before[1], f"fds/threads {before} -> {after}"
-    assert after[2] <= before[2] + MAPS_NOISE
     assert [k for k, _ in rig.events].count("disconnected") == 2
-    fr = FrontendRig(rig.path)
-    try:
-        fr.guest.send(_frame(64))
-        assert rig.link.sent(2.0)[12:] == _frame(64)
-    finally:
-        fr.close()
+    _assert_nothing_left_and_next_is_served(rig, before)
 
 
 # --- property: any sequence of messages, valid or mutated, gives a reply or a ProtocolError ---

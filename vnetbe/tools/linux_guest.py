@@ -63,34 +63,6 @@ out["offloads"] = {l.split(":")[0].strip(): l.split(":")[1].split()[0] for l in 
 out["mtu"] = int(open(f"/sys/class/net/{ifname}/mtu").read())
 '''
 
-# ... then ping, and n bytes each way over TCP with the peer on port (argv 4, 5).
-GUEST_SCRIPT = PRELUDE + r'''
-port, n = int(sys.argv[4]), int(sys.argv[5])
-r = subprocess.run(["ping", "-c", "3", "-W", "5", peer], capture_output=True, text=True)
-out["ping_rc"], out["ping_tail"] = r.returncode, r.stdout.strip().splitlines()[-1:]
-def conn():
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return socket.create_connection((peer, port), timeout=10)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("peer not listening")
-            time.sleep(0.1)
-payload = random.Random(1).randbytes(n)
-s = conn(); t0 = time.monotonic(); s.sendall(payload); s.shutdown(socket.SHUT_WR)
-out["peer_got_sha"] = s.makefile().read().strip(); out["sent_s"] = time.monotonic() - t0; s.close()
-out["sent_sha"] = hashlib.sha256(payload).hexdigest()
-s = conn(); h = hashlib.sha256(); got = 0; t0 = time.monotonic()
-while True:
-    b = s.recv(1 << 20)
-    if not b:
-        break
-    h.update(b); got += len(b)
-out["recv_s"] = time.monotonic() - t0; out["recv_bytes"] = got; out["recv_sha"] = h.hexdigest(); s.close()
-print("GUEST " + json.dumps(out), flush=True)
-'''
-
 # The peer, in the topology's namespace: argv ip, port, n, rounds. Each round: receive a stream and
 # answer its sha256, then send n bytes of seed 2 + 100 * round. The first round's figures are also
 # under the plain keys.
@@ -149,10 +121,12 @@ print("GUEST " + json.dumps(out), flush=True)
 """
 
 
-# ... then ``rounds`` transfers each way with the peer on port (argv 4, 5, 6): the guest sends seed
-# 1 + 100 * round and receives the peer's; times and sha256 per round.
-BENCH_SCRIPT = PRELUDE + r"""
-port, n, rounds = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+# ... then ``rounds`` transfers each way with the peer on port (argv 4, 5, 6; rounds 1 if not given):
+# the guest sends seed 1 + 100 * round and receives the peer's; times and sha256 per round, the first
+# round's also under the plain keys.
+TRANSFERS = r"""
+port, n = int(sys.argv[4]), int(sys.argv[5])
+rounds = int(sys.argv[6]) if len(sys.argv) > 6 else 1
 def conn():
     deadline = time.monotonic() + 60
     while True:
@@ -178,8 +152,16 @@ for r in range(rounds):
         h.update(b); got += len(b)
     one["recv_s"] = time.monotonic() - t0; one["recv_bytes"] = got; one["recv_sha"] = h.hexdigest(); s.close()
     out["rounds"].append(one)
+out.update(out["rounds"][0])
 print("GUEST " + json.dumps(out), flush=True)
 """
+BENCH_SCRIPT = PRELUDE + TRANSFERS
+
+# ... ping first (the e2e test): argv ip, peer, mtu, port, n.
+GUEST_SCRIPT = PRELUDE + r"""
+r = subprocess.run(["ping", "-c", "3", "-W", "5", peer], capture_output=True, text=True)
+out["ping_rc"], out["ping_tail"] = r.returncode, r.stdout.strip().splitlines()[-1:]
+""" + TRANSFERS
 
 
 def tap_qemu_opts(ifname: str, mtu: int = 1500) -> str:
