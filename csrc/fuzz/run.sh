@@ -22,19 +22,25 @@ if [ -z "$cc" ]; then
 fi
 flags="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE -DVNB_FUZZ"
 status=0
+# report TARGET OK: the closing figures of a run, or its log tail and where the failing input is.
+report() {
+    if [ "$2" = 0 ]; then
+        grep -E "DONE|^stat::number_of_executed_units" "build/fuzz/$1/fuzz.log" | tail -2 >&2
+    else
+        tail -30 "build/fuzz/$1/fuzz.log" >&2
+        echo "fuzz $1: FAILED (input in build/fuzz/$1/crash-* or the log above)" >&2
+        status=1
+    fi
+}
 for t in $targets; do
     out=build/fuzz/$t
     mkdir -p "$out/corpus"
     if [ "$t" = vhost_user ]; then
         echo "fuzz $t: ${secs} s from csrc/fuzz/corpus/$t" >&2
-        if ! python3 csrc/fuzz/fuzz_vhost_user.py -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=4096 \
-                -artifact_prefix="$out/" "$out/corpus" csrc/fuzz/corpus/$t 2>"$out/fuzz.log"; then
-            tail -30 "$out/fuzz.log" >&2
-            echo "fuzz $t: FAILED (input in $out/crash-* or the log above)" >&2
-            status=1
-        else
-            grep -E "DONE|^stat::number_of_executed_units" "$out/fuzz.log" | tail -2 >&2
-        fi
+        rc=0
+        python3 csrc/fuzz/fuzz_vhost_user.py -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=4096 \
+            -artifact_prefix="$out/" "$out/corpus" csrc/fuzz/corpus/$t 2>"$out/fuzz.log" || rc=$?
+        report "$t" "$rc"
         continue
     fi
     case $t in
@@ -46,13 +52,9 @@ for t in $targets; do
     "$cc" $flags -Icsrc/device "csrc/fuzz/fuzz_$t.c" $srcs -lpthread -o "$out/fuzz"
     echo "fuzz $t: ${secs} s from csrc/fuzz/corpus/$t" >&2
     # shellcheck disable=SC2086
-    if ! (cd "$out" && ./fuzz -max_total_time="$secs" -print_final_stats=1 ${FUZZ_JOBS:+-jobs=$FUZZ_JOBS -workers=$FUZZ_JOBS} \
-            corpus "../../../csrc/fuzz/corpus/$t" 2>fuzz.log); then
-        tail -30 "$out/fuzz.log" >&2
-        echo "fuzz $t: FAILED (input in $out/crash-* or the log above)" >&2
-        status=1
-        continue
-    fi
-    grep -E "DONE|^stat::number_of_executed_units" "$out/fuzz.log" | tail -2 >&2
+    rc=0
+    (cd "$out" && ./fuzz -max_total_time="$secs" -print_final_stats=1 ${FUZZ_JOBS:+-jobs=$FUZZ_JOBS -workers=$FUZZ_JOBS} \
+        corpus "../../../csrc/fuzz/corpus/$t" 2>fuzz.log) || rc=$?
+    report "$t" "$rc"
 done
 exit $status

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from vnbtest.wait import wait_for
+from vnetbe import spec
 from vnetbe.tools import dpdk
 from vnetbe.tools.peer import Peer
 from vnetbe.tools.topology import Topology
@@ -116,7 +117,7 @@ def test_frames_from_the_peer_reach_testpmd_rxonly_through_vnetbe_serve(topo, tm
         pmd = dpdk.Testpmd(dpdk.command(f"net_virtio_user0,path={sock},queues=1,mac={mac}", "rxonly",
                                         prefix="vnbrx"))
         serve.wait_line("connected: front end pid")
-        assert wait_for(lambda: serve.stats()["device"]["status"] & 4, 10.0)   # DRIVER_OK: rings running
+        assert wait_for(lambda: serve.stats()["device"]["status"] & spec.DRIVER_OK, 10.0)   # rings running
         pmd.wait_forwarding()
         sent = 0
         for i in range(count // 1000):

@@ -109,7 +109,6 @@ def _make_link(args):
 
 
 def main(args) -> int:
-    args.datapath = args.datapath if args.datapath else None
     link, notes = _make_link(args)
     datapath = args.datapath or "user"
     try:

@@ -102,11 +102,6 @@ class ProtocolFeature(enum.IntEnum):
 PROTOCOL_FEATURES = sum(1 << b for b in (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK,
                                           ProtocolFeature.NET_MTU, ProtocolFeature.CONFIGURE_MEM_SLOTS))
 
-# Requests whose reply the spec makes mandatory; every other one is answered only under REPLY_ACK.
-REPLIES = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE,
-                     Request.GET_QUEUE_NUM, Request.GET_MAX_MEM_SLOTS})
-
-
 # --- payloads ---
 U64 = struct.Struct("<Q")
 VRING_STATE = struct.Struct("<II")        # index, num

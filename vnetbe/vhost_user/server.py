@@ -109,7 +109,7 @@ class VhostUserServer:
         """Serve until stop() (or close()); one front end at a time."""
         self.on_event("listening", f"{'connecting to' if self.client else 'listening on'} {self.path} "
                                    f"({self.datapath} datapath, link {self.link.name}, mac {self.mac or self.link.mac})")
-        while not self._stopped():
+        while not self._stop.is_set():
             conn = self._next_connection()
             if conn is None:
                 continue
@@ -117,9 +117,6 @@ class VhostUserServer:
                 self._serve(conn)
             finally:
                 self._end_connection()
-
-    def _stopped(self) -> bool:
-        return self._stop.is_set()
 
     def _next_connection(self) -> socket.socket | None:
         if self.client:
