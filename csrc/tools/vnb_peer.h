@@ -106,6 +106,11 @@ int64_t vnb_raw_write_loop_ex(int fd, const uint8_t *buf, uint32_t len, uint64_t
                               struct vnb_raw_stats *st);
 int64_t vnb_raw_read_loop_ex(int fd, uint8_t *buf, uint32_t cap, uint64_t count, int timeout_ms,
                              struct vnb_raw_stats *st);
+/* As vnb_raw_write_loop_ex, each write a fresh tagged frame first_seq + n of `size` bytes after
+ * hdr_len bytes of vnet header (buf: hdr_len + size bytes, the header filled in by the caller). */
+int64_t vnb_raw_write_tagged_ex(int fd, uint8_t *buf, uint32_t hdr_len, const uint8_t *dst_mac,
+                                const uint8_t *src_mac, uint32_t size, uint32_t first_seq, uint64_t count,
+                                struct vnb_raw_stats *st);
 /* Request/response, all in C so that the figure is the path's and not an interpreter's. */
 struct vnb_rr_stats {
     uint64_t done;          /* round trips completed (client) / requests answered (responder) */

@@ -30,6 +30,8 @@ from .. import DATAPATHS, VHOST_NET_PATH, spec
 from ..device import MAX_BUSYLOOP_US
 from ..errors import ConfigError, LabError, NotRoot, SetupError
 from . import costs, lab
+from .bench.pinning import ROLES, parse_pin
+from .noise import ALPHA, NOISE_MARK, cv, mark, min_separable_repeats
 from .bench import BenchTopology, summarize
 from .bench import guest_tcp as guest_tcp_bench
 from .bench import testpmd as testpmd_bench
@@ -37,8 +39,11 @@ from .results import (
     SCENARIOS,
     THROUGHPUT_SCENARIOS,
     TSO_LABEL,
+    comparison_for,
+    comparisons,
     has_baseline,
     label,
+    loss_text,
     opts_text,
     parse_size,
     rows_in_order,
@@ -52,6 +57,7 @@ HOST_RR = 5_000          # round trips per rr run
 LAB_RR = 1_000
 TSO_DIV = 20            # a 64k TSO super-frame is ~45 segments: runs of 64k move count / TSO_DIV of them
 LAB_TIMEOUT_S = 3 * 3600
+LAB_MAX_CV = 0.10        # --max-cv auto in the lab: its runs spread far more than a host's
 WHERE_HOST = "host"
 WHERE_LAB = "lab (software-emulated)"
 
@@ -95,6 +101,16 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--busyloop-us", default="0",
                    help="busy polling in µs, or a comma list (default 0): vhost VHOST_SET_VRING_BUSYLOOP_TIMEOUT; "
                         "user: the datapath thread polls that long before it sleeps")
+    p.add_argument("--pin", default="auto",
+                   help="thread placement: auto (with 2+ CPUs: the datapath thread or vhost worker, and the raw "
+                        "loops, on the last CPU; the guest and the peer on the first), off, or e.g. "
+                        "device=1,guest=0,peer=0; recorded in the JSON (default auto)")
+    p.add_argument("--max-cv", default="auto",
+                   help="spread bound in percent (coefficient of variation of pps over the runs): a configuration "
+                        "above it gets more runs, up to --max-repeat; the table names those still above "
+                        "(default auto: 10 in the kernel lab, off on a host)")
+    p.add_argument("--max-repeat", type=int, default=None,
+                   help="most runs per configuration while the spread is above --max-cv (default 2 x --repeat)")
     p.add_argument("--no-baseline", action="store_true", help="skip the raw loops")
     p.add_argument("--with-costs", action="store_true",
                    help="also measure `vnetbe costs --quick` where the bench runs and embed it as \"costs\"")
@@ -138,6 +154,10 @@ class Plan:
     baseline: bool
     tag: str
     skipped: list = field(default_factory=list)
+    pin: dict | None = None
+    pin_text: str = "auto"
+    max_cv: float | None = None      # a fraction, not percent
+    max_repeat: int = 0
 
     @property
     def tso_count(self) -> int:
@@ -197,8 +217,25 @@ def make_plan(args, lab: bool | None = None) -> Plan:
     busyloop = _ints(args.busyloop_us, "--busyloop-us", 0)
     if max(busyloop) > MAX_BUSYLOOP_US:   # here, not after the topology is up or the lab has booted
         raise ConfigError(f"--busyloop-us {args.busyloop_us!r}: every value must be <= {MAX_BUSYLOOP_US} (10 s)")
+    pin_text = getattr(args, "pin", "auto")
+    mcv = str(getattr(args, "max_cv", "auto")).strip().lower()
+    if mcv == "auto":
+        max_cv = LAB_MAX_CV if lab else None
+    elif mcv in ("off", "none", "0"):
+        max_cv = None
+    else:
+        try:
+            max_cv = float(mcv) / 100
+        except ValueError:
+            raise ConfigError(f"--max-cv {mcv!r}: a percentage, auto or off") from None
+        if max_cv <= 0:
+            raise ConfigError("--max-cv must be above 0 (or off)")
+    max_repeat = getattr(args, "max_repeat", None) or 2 * args.repeat
+    if max_repeat < args.repeat:
+        raise ConfigError(f"--max-repeat {max_repeat} is below --repeat {args.repeat}")
     plan = Plan(datapaths, scenarios, sizes, count, rr, args.repeat, queue_sizes, list(dict.fromkeys(eidx or [True])),
-                busyloop, not args.no_baseline, args.tag)
+                busyloop, not args.no_baseline, args.tag, pin=parse_pin(pin_text), pin_text=pin_text,
+                max_cv=max_cv, max_repeat=max_repeat)
     plan.skipped = [{"scenario": s, "size": z, "why": "the peer (an AF_PACKET socket) cannot send frames above "
                      "its MTU: 64k runs as tx and vm2vm only"}
                     for s in scenarios for z in sizes if not supported(s, z)]
@@ -234,7 +271,8 @@ def _start_info(plan: Plan, where: str) -> dict:
             "sizes": [str(s) for s in plan.sizes], "count": plan.count, "rr_count": plan.rr_count,
             "tso_count": plan.tso_count,
             "repeat": plan.repeat, "queue_sizes": plan.queue_sizes, "event_idx": plan.event_idx,
-            "busyloop_us": plan.busyloop_us, "baseline": plan.baseline}
+            "busyloop_us": plan.busyloop_us, "baseline": plan.baseline,
+            "pin": plan.pin, "max_cv": plan.max_cv, "max_repeat": plan.max_repeat}
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -251,7 +289,7 @@ def collect(plan: Plan, progress: _Progress | None = None, with_costs: bool = Fa
     where = WHERE_LAB if in_lab() else WHERE_HOST
     t_start = time.monotonic()
     results, baseline = [], []
-    with BenchTopology(plan.tag) as bt:
+    with BenchTopology(plan.tag, pin=plan.pin) as bt:
         for scen in plan.scenarios:
             for size in plan.sizes:
                 if not supported(scen, size):
@@ -266,9 +304,20 @@ def collect(plan: Plan, progress: _Progress | None = None, with_costs: bool = Fa
                     for k, (dp, opts) in enumerate(configs):
                         progress(f"{scen} {size}: {dp}{_opts_label(opts, plan)} run {i + 1}/{plan.repeat}")
                         runs[k].append(bt.run(scen, dp, size, n, **opts))
+                # Spread above the bound: one more run of every configuration still above it, in turn.
+                for i in range(plan.repeat, plan.max_repeat if plan.max_cv else plan.repeat):
+                    wide = [k for k, rs in enumerate(runs) if (cv([r.pps for r in rs]) or 0) > plan.max_cv]
+                    if not wide:
+                        break
+                    for k in wide:
+                        dp, opts = configs[k]
+                        progress(f"{scen} {size}: {dp}{_opts_label(opts, plan)} run {i + 1} (spread above bound)")
+                        runs[k].append(bt.run(scen, dp, size, n, **opts))
                 for (dp, _), rs in zip(configs, runs):
                     (baseline if dp == "raw" else results).append(summarize(rs))
     progress.done()
+    if bt.pin_failed:
+        plan.pin = {**(plan.pin or {}), "not_pinned": sorted(set(bt.pin_failed))}
     doc = {"start": _start_info(plan, where), "results": results, "baseline": baseline,
            "skipped": [{**s, "size": str(s["size"])} for s in plan.skipped],
            "end": {"seconds": round(time.monotonic() - t_start, 1)}}
@@ -305,6 +354,8 @@ def _lab_argv(plan: Plan, with_costs: bool, progress: bool) -> list[str]:
             "--queue-size", ",".join(map(str, plan.queue_sizes)),
             "--event-idx", ",".join("on" if e else "off" for e in plan.event_idx),
             "--busyloop-us", ",".join(map(str, plan.busyloop_us)), "--tag", plan.tag,
+            "--pin", plan.pin_text, "--max-cv", "off" if plan.max_cv is None else str(plan.max_cv * 100),
+            "--max-repeat", str(plan.max_repeat),
             "--progress", "always" if progress else "never"]
     if not plan.baseline:
         argv.append("--no-baseline")
@@ -449,20 +500,35 @@ def format_table(doc: dict) -> str:
     ocol = bool(varied) or any((r.get("options") or {}).get("busyloop_us") for r in doc["results"])
 
     thr = rows_in_order(doc, THROUGHPUT_SCENARIOS)
+    comps = comparisons(doc)
     if thr:
         head = (f"{'path':6} {'scen':5} {'size':>5} " + (f"{'options':14} " if ocol else "")
-                + f"{'kpps':>8} {'[min..max]':>15} {'Gbit/s':>7} {'vs raw':>6} {'sys/pkt':>7} {'kick/pkt':>8} "
-                  f"{'irq/pkt':>8} {'wake/pkt':>8} {'cpu ns/pkt':>10}")
+                + f"{'kpps':>8} {'[min..max]':>15} {'cv%':>4} {'Gbit/s':>7} {'vs raw':>6} {'vs user':>7} {'lost%':>6} "
+                  f"{'sys/pkt':>7} {'kick/pkt':>8} {'irq/pkt':>8} {'wake/pkt':>8} {'cpu ns/pkt':>10}")
         lines += ["", head]
         for r, b in thr:
             pp = r["per_packet"]
-            ratio = "1.00" if r["datapath"] == "raw" else (f"{r['pps'] / b['pps']:.2f}" if b and b["pps"] else "-")
+
+            def vs(ref: str) -> str:
+                c = comparison_for(comps, r, ref)
+                return f"{c['ratio']:.2f}{mark(c)}" if c and c["ratio"] is not None else "-"
+            ratio = "1.00" if r["datapath"] == "raw" else vs("raw")
+            vs_user = vs("user") if r["datapath"] not in ("raw", "user") else ""
             mm = f"[{r['pps_min'] / 1e3:.0f}..{r['pps_max'] / 1e3:.0f}]"
+            cvp = f"{100 * r['pps_cv']:.0f}" if r.get("pps_cv") is not None else "-"
+            lost = f"{100 * (1 - r['frames'] / r['offered']):.2f}" if r.get("offered") else "-"
             lines.append(f"{r['datapath']:6} {r['scenario']:5} {label(r):>5} "
                          + (f"{opts_text(r, varied):14} " if ocol else "")
-                         + f"{r['pps'] / 1e3:8.1f} {mm:>15} {r['gbps']:7.3f} {ratio:>6} {pp.get('syscalls', 0):7.3f} "
-                           f"{pp.get('kicks', 0):8.4f} {pp.get('interrupts', 0):8.4f} {pp.get('wakeups', 0):8.4f} "
-                           f"{pp.get('cpu_ns', 0):10.0f}")
+                         + f"{r['pps'] / 1e3:8.1f} {mm:>15} {cvp:>4} {r['gbps']:7.3f} {ratio:>6} {vs_user:>7} {lost:>6} "
+                           f"{pp.get('syscalls', 0):7.3f} {pp.get('kicks', 0):8.4f} {pp.get('interrupts', 0):8.4f} "
+                           f"{pp.get('wakeups', 0):8.4f} {pp.get('cpu_ns', 0):10.0f}")
+        lossy = [(r, loss_text(r)) for r, _ in thr if loss_text(r)]
+        lines += ["", "frames offered -> delivered (the median run), and where the others went:"]
+        if not lossy:
+            lines.append("  every frame offered arrived, in every row")
+        for r, why in lossy:
+            o = f" {opts_text(r, varied)}" if ocol and r["datapath"] != "raw" else ""
+            lines.append(f"  {r['datapath']:6} {r['scenario']:5} {label(r):>5}{o}: {r['offered']} -> {r['frames']}; {why}")
     rr = rows_in_order(doc, ("rr",))
     if rr:
         lines += ["", f"request/response ({s.get('rr_count', '?')} round trips x {s['repeat']} runs; counts per round trip)",
@@ -486,6 +552,21 @@ def format_table(doc: dict) -> str:
             o = f" {opts_text(r, varied)}" if ocol and r["datapath"] != "raw" else ""
             lines.append(f"  {r['datapath']:6} {r['scenario']:5} {label(r):>5}{o}: {parts} = {sum(cpu.values()):.0f}")
     notes = []
+    if thr:
+        notes.append("kpps and Gbit/s count frames delivered at the far end, first frame sent to last one "
+                     "received; lost% = 1 - delivered/offered")
+        notes.append(f"{NOISE_MARK} after a ratio: not separated from its reference (ranges overlap, or exact "
+                     f"Mann-Whitney p >= {ALPHA} over the runs; fewer than {min_separable_repeats()} runs a side "
+                     "can never separate)")
+        bound = s.get("max_cv")
+        wide = [f"{r['datapath']} {r['scenario']} {label(r)}" for r, _ in thr
+                if bound and (r.get("pps_cv") or 0) > bound]
+        if wide:
+            notes.append(f"spread above the bound (cv > {100 * bound:.0f}% after {s.get('max_repeat')} runs): "
+                         + ", ".join(wide))
+        if s.get("pin"):
+            notes.append("pinned: " + ", ".join(f"{k} on cpu {v}" for k, v in s["pin"].items() if k in ROLES)
+                         + "".join(f"; not pinned: {x}" for x in s["pin"].get("not_pinned", [])))
     if any(label(r) == "64k" for r, _ in allrows):
         notes.append(f"64k: TSO super-frames of 65535 B (gso tcpv4, mss 1448), {s.get('tso_count', '?')} per run; "
                      "kpps counts super-frames, Gbit/s their TCP payload")

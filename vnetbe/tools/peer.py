@@ -65,6 +65,7 @@ def _stats_dict(st, extra: dict | None = None) -> dict:
         "first_seq", "last_seq", "max_seq", "seen_any", "tp_packets", "tp_drops", "tp_freeze_q_cnt")}
     el = max(0, int(st.t_last_ns) - int(st.t_first_ns)) / 1e9
     d["elapsed_s"] = el
+    d["t_first_ns"], d["t_last_ns"] = int(st.t_first_ns), int(st.t_last_ns)
     # first->last spans received-1 intervals; with one frame there is no rate to speak of.
     d["pps"] = (d["received"] - 1) / el if el > 0 and d["received"] > 1 else 0.0
     d["gbps"] = d["bytes"] * 8 * (d["received"] - 1) / max(d["received"], 1) / el / 1e9 if el > 0 else 0.0

@@ -24,7 +24,18 @@ from ..errors import ConfigError, VnetError
 from . import benchcli, costs
 from .benchcli import add_bench_arguments
 from .cliutil import load_json, standalone, subcommand
-from .results import SCENARIOS, THROUGHPUT_SCENARIOS, label, opts_text, rows_in_order, varied_options
+from .noise import ALPHA, NOISE_MARK, mark
+from .results import (
+    SCENARIOS,
+    THROUGHPUT_SCENARIOS,
+    comparison_for,
+    comparisons,
+    label,
+    loss_text,
+    opts_text,
+    rows_in_order,
+    varied_options,
+)
 
 __all__ = ["add_parser", "main", "build", "render_markdown", "render_html", "targets"]
 
@@ -65,16 +76,27 @@ def _vs_raw(r: dict, b: dict | None, key: str) -> str:
 
 
 def _throughput_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
+    comps = comparisons(doc)
+
+    def vs(r: dict, ref: str) -> str:
+        if r["datapath"] == ref:
+            return "1.00"
+        c = comparison_for(comps, r, ref)
+        return f"{c['ratio']:.2f}{mark(c)}" if c and c["ratio"] is not None else "-"
 
     def cells(r, b, varied):
         pp = r["per_packet"]
+        cvp = f"{100 * r['pps_cv']:.0f}" if r.get("pps_cv") is not None else "-"
         return [r["datapath"], r["scenario"], label(r), _options(r, varied),
-                f"{r['pps'] / 1e3:.1f}", f"{r['pps_min'] / 1e3:.0f}..{r['pps_max'] / 1e3:.0f}", f"{r['gbps']:.3f}",
-                _vs_raw(r, b, "pps"), f"{pp.get('syscalls', 0):.3f}", f"{pp.get('kicks', 0):.4f}",
+                f"{r['pps'] / 1e3:.1f}", f"{r['pps_min'] / 1e3:.0f}..{r['pps_max'] / 1e3:.0f}", cvp, f"{r['gbps']:.3f}",
+                vs(r, "raw"), vs(r, "user") if r["datapath"] not in ("raw", "user") else "",
+                f"{r.get('offered', 0)}", f"{r.get('frames', 0)}", loss_text(r) or "none",
+                f"{pp.get('syscalls', 0):.3f}", f"{pp.get('kicks', 0):.4f}",
                 f"{pp.get('interrupts', 0):.4f}", f"{pp.get('wakeups', 0):.4f}", f"{pp.get('cpu_ns', 0):.0f}"]
 
     return _result_table(doc, THROUGHPUT_SCENARIOS,
-                         ["path", "scenario", "size", "options", "kpps (median)", "min..max", "Gbit/s", "vs raw",
+                         ["path", "scenario", "size", "options", "kpps delivered (median)", "min..max", "cv %", "Gbit/s",
+                          "vs raw", "vs user", "offered", "delivered", "not delivered, by reason",
                           "syscalls", "kicks", "interrupts", "wake-ups", "CPU ns"], cells)
 
 
@@ -160,8 +182,11 @@ def targets(doc: dict, costs_doc: dict | None, preds: list[dict] | None) -> list
     u, b = find([r for r in res if _plain(r)], "user", "tx", 64), find(base, "raw", "tx", 64)
     if u and b and b["pps"]:
         ratio = u["pps"] / b["pps"]
-        out.append(("user TX at 64 B >= 90% of the raw write loop", f"{ratio:.0%} ({u['pps'] / 1e3:.0f} vs "
-                    f"{b['pps'] / 1e3:.0f} kpps)", "met" if ratio >= 0.9 else "missed"))
+        c = comparison_for(comparisons(doc), u, "raw")
+        noise = "" if c and c["separated"] else " (user and raw not separated: within noise)"
+        out.append(("user TX at 64 B >= 90% of the raw write loop (delivered frames)",
+                    f"{ratio:.0%} ({u['pps'] / 1e3:.0f} vs {b['pps'] / 1e3:.0f} kpps)",
+                    ("met" if ratio >= 0.9 else "missed") + noise))
     else:
         out.append(("user TX at 64 B >= 90% of the raw write loop", "-", "not measured (needs tx at 64 with baseline)"))
 
@@ -236,9 +261,14 @@ def build(doc: dict, costs_doc: dict | None, preds: list[dict] | None, charts: l
     t = _throughput_table(doc)
     if t:
         blocks += [("h", 2, "Throughput"),
-                   ("p", "Per-packet counts are per frame the device moved (64k: per TSO super-frame, whose Gbit/s "
-                         "counts TCP payload). CPU ns sums every thread involved: datapath thread or vhost worker, "
-                         "guest, and for rx the peer's sender."),
+                   ("p", "Rates count frames delivered at the far end (the peer for tx, the guest for rx), from "
+                         "the first frame sent to the last one received; every frame offered is delivered or "
+                         "listed as not delivered by reason (unaccounted: what no counter explains). Per-packet "
+                         "counts are per frame delivered (64k: per TSO super-frame, whose Gbit/s counts TCP "
+                         "payload). CPU ns sums every thread involved: datapath thread or vhost worker, guest, and "
+                         "the peer's sender (rx) or receiver (tx). "
+                         f"{NOISE_MARK} after a ratio: not separated from its reference (ranges overlap, or exact "
+                         f"Mann-Whitney p >= {ALPHA} over the runs)."),
                    ("table", *t)]
     t = _rr_table(doc)
     if t:

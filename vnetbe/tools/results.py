@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from . import packet
+from .noise import compare
 
 # Every scenario in table order, and those measured in frames per second (rr measures round trips).
 SCENARIOS = ("tx", "rx", "rxsat", "vm2vm", "rr")
@@ -89,3 +90,47 @@ def nearest_rank(sorted_xs: list[int], p: float) -> float:
 
 def has_baseline(scenario: str) -> bool:
     return scenario in ("tx", "rx", "rxsat", "rr")
+
+
+# Which pairs a table compares: (path, reference). Each device path against the raw loop of its
+# scenario and size, and vhost against user with the same options.
+PAIRS = (("user", "raw"), ("vhost", "raw"), ("vhost", "user"))
+
+
+def _variant(r: dict) -> tuple:
+    o = r.get("options") or {}
+    return tuple(o.get(k) for k in ("queue_size", "event_idx", "busyloop_us"))
+
+
+def comparisons(doc: dict) -> list[dict]:
+    """Every pair of PAIRS the document holds, compared over the repeats' pps (rr: p50 latency is
+    not compared here): ratio of medians, overlap, exact p, separated (see vnetbe.tools.noise)."""
+    rows = list(doc.get("baseline") or []) + list(doc.get("results") or [])
+    out = []
+    for r in rows:
+        if r["scenario"] not in THROUGHPUT_SCENARIOS or "pps_runs" not in r:
+            continue
+        for a, b in PAIRS:
+            if r["datapath"] != a:
+                continue
+            for ref in rows:
+                if (ref["datapath"] == b and ref["scenario"] == r["scenario"] and _size_key(ref) == _size_key(r)
+                        and (b == "raw" or _variant(ref) == _variant(r)) and "pps_runs" in ref):
+                    c = compare(r["pps_runs"], ref["pps_runs"])
+                    out.append({"scenario": r["scenario"], "size": label(r), "path": a, "reference": b,
+                                "options": r.get("options") or {}, **c})
+    return out
+
+
+def comparison_for(comps: list[dict], r: dict, reference: str) -> dict | None:
+    for c in comps:
+        if (c["path"] == r["datapath"] and c["reference"] == reference and c["scenario"] == r["scenario"]
+                and c["size"] == label(r) and _variant({"options": c["options"]}) == _variant(r)):
+            return c
+    return None
+
+
+def loss_text(r: dict) -> str:
+    """Where the frames that did not arrive went, by reason: "" when every one arrived."""
+    d = r.get("drops") or {}
+    return ", ".join(f"{k} {v}" for k, v in d.items() if v)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 from ...cputime import current_tid, thread_cpu_ns, voluntary_switches
 from ...device import VirtioNet
+from ..noise import cv
 from ..results import size_label
 from ..topology import Topology
 
@@ -168,6 +169,7 @@ def summarize(runs: list[RunResult]) -> dict:
         "datapath": mid.datapath, "scenario": mid.scenario, "size": mid.size, "size_label": size_label(mid),
         "pps": statistics.median(pps), "gbps": statistics.median([r.gbps for r in runs]),
         "pps_min": min(pps), "pps_max": max(pps), "runs": len(runs),
+        "pps_runs": pps, "pps_cv": cv(pps),
         "frames": mid.frames, "offered": mid.offered,
         "per_packet": mid.per_packet, "cpu_ns_per_packet": mid.cpu_ns, "drops": mid.drops,
         "options": mid.options,

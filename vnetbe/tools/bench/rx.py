@@ -10,15 +10,17 @@ from ...errors import ConfigError
 from .._native import ffi, lib
 from ..guest import GuestDriver
 from ..results import TSO_LABEL
+from .delivery import RX_KERNEL, account, kernel_counters, kernel_drops
 from .frames import HDR, RX_IDLE_S, SAT_SENDERS, receive_all
-from .measure import Meter, RunResult, delta, dev_sleeps, dev_threads, ns_link_stats, per_packet, rate, raw_sleeps
+from .pinning import pinned
+from .measure import Meter, RunResult, delta, dev_sleeps, dev_threads, per_packet, rate, raw_sleeps
 
 
 def rx_run(self, dev: VirtioNet, guest: GuestDriver, size: int, count: int, pace_ns: int = 0,
            senders: int = 1) -> RunResult:
     if size == TSO_LABEL:
         raise ConfigError("rx at 64k: the peer (an AF_PACKET socket) cannot send frames above its MTU")
-    kernel0 = self._kernel_drops(dev.link)
+    kernel0 = kernel_counters(self, dev.link)
     dev0, g0 = dev.stats(), guest.stats()
     meter = Meter("guest", dev_threads({"datapath": dev}), [dev]).start()
     t0 = time.perf_counter()
@@ -29,30 +31,22 @@ def rx_run(self, dev: VirtioNet, guest: GuestDriver, size: int, count: int, pace
     cpu["peer_sender"] = sender.get("cpu_ns", 0)
     dt = t_last - t0
     dstats, gstats = delta(dev.stats(), dev0), delta(guest.stats(), g0)
-    kernel = delta(self._kernel_drops(dev.link), kernel0)
+    kernel = kernel_drops(kernel0, kernel_counters(self, dev.link), RX_KERNEL)
     if "error" in sender:
         raise sender["error"]
     pps, gbps = rate(got, size, dt)
     pp, cpu_pp = per_packet(got, dstats, gstats, cpu,
                              peer_syscalls=sender.get("syscalls", 0) + sender.get("retries", 0),
                              sleeps=dev_sleeps(meter))
-    # vhost reports the macvtap's own counters as its drops: those are macvtap_queue here already.
-    drops = {k: v for k, v in dstats.get("drops", {}).items() if not k.startswith("macvtap_")}
-    drops.update(kernel)
-    drops["lost"] = max(sender.get("sent", 0) - got, 0)
+    drops, foreign = account(count, got, {**dstats.get("drops", {}), "not_sent": count - sender.get("sent", 0)}, kernel)
     # Several senders interleave their sequences: out-of-order means nothing then.
     extra = {"out_of_order": ooo} if senders == 1 else {"senders": senders}
+    if foreign:
+        extra["foreign_drops"] = foreign
     return RunResult(dev.datapath_name, "rx" if senders == 1 else "rxsat", size, got, dt, pps, gbps,
-                     offered=sender.get("sent", 0), per_packet=pp, cpu_ns=cpu_pp, drops=drops,
+                     offered=count, per_packet=pp, cpu_ns=cpu_pp, drops=drops,
                      options=self._options(guest.rings[spec.RX_QUEUE][0], guest.event_idx,
                                            dev.busyloop_us, size, **extra))
-
-def _kernel_drops(self, link) -> dict:
-    """Where the kernel drops frames on their way to a guest: the macvtap's queue, and the veth
-    (the peer's end counts frames its partner's backlog refused as tx_dropped)."""
-    m = link.stats()
-    return {"macvtap_queue": m.rx_dropped + m.tx_dropped,
-            "veth_backlog": ns_link_stats(self.topo, self.topo.peer).get("tx_dropped", 0)}
 
 def rx(self, datapath: str, size: int, count: int, *, queue_size: int = 256, event_idx: bool = True,
        busyloop_us: int = 0, pace_ns: int = 0, senders: int = 1) -> RunResult:
@@ -69,11 +63,12 @@ def raw_rx(self, size: int, count: int, pace_ns: int = 0, senders: int = 1) -> R
     self.link.set_vnet_hdr_len(HDR)
     buf = ffi.new("uint8_t[]", 1 << 17)
     st = ffi.new("struct vnb_raw_stats *")
-    kernel0 = self._kernel_drops(self.link)
+    kernel0 = kernel_counters(self, self.link)
     meter = Meter("reader", {}).start()
     finish = self._send_async(size, count, pace_ns, senders=senders)
     timeout_ms = int(RX_IDLE_S * 1000)
-    n = max(lib.vnb_raw_read_loop_ex(self.link.fd, buf, 1 << 17, count, timeout_ms, st), 0)
+    with pinned(self.cpu("device")):   # the loop stands where the device would
+        n = max(lib.vnb_raw_read_loop_ex(self.link.fd, buf, 1 << 17, count, timeout_ms, st), 0)
     sender = finish()
     cpu = meter.stop()
     cpu["peer_sender"] = sender.get("cpu_ns", 0)
@@ -86,8 +81,12 @@ def raw_rx(self, size: int, count: int, pace_ns: int = 0, senders: int = 1) -> R
     pp, cpu_pp = per_packet(n, {"syscalls": n + 2 * st.eagain}, {}, cpu,
                              peer_syscalls=sender.get("syscalls", 0) + sender.get("retries", 0),
                              sleeps=raw_sleeps(meter))
+    drops, foreign = account(count, n, {"not_sent": count - sender.get("sent", 0)},
+                             kernel_drops(kernel0, kernel_counters(self, self.link), RX_KERNEL))
+    opts = {} if senders == 1 else {"senders": senders}
+    if self.pin:
+        opts["pin"] = dict(self.pin)
+    if foreign:
+        opts["foreign_drops"] = foreign
     return RunResult("raw", "rx" if senders == 1 else "rxsat", size, n, dt, pps, gbps,
-                     offered=sender.get("sent", 0), per_packet=pp, cpu_ns=cpu_pp,
-                     drops={**delta(self._kernel_drops(self.link), kernel0),
-                            "lost": max(sender.get("sent", 0) - n, 0)},
-                     options={} if senders == 1 else {"senders": senders})
+                     offered=count, per_packet=pp, cpu_ns=cpu_pp, drops=drops, options=opts)

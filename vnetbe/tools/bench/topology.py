@@ -22,6 +22,7 @@ from . import tx as _tx
 from . import vm2vm as _vm2vm
 from .frames import SAT_SENDERS, TSO_MSS, TSO_PAYLOAD
 from .measure import RunResult, add
+from .pinning import pin_tids, pinned
 
 
 class BenchTopology:
@@ -30,9 +31,11 @@ class BenchTopology:
     ``link`` (vnb<tag>m0) carries tx, rx and rr; ``link_b`` (vnb<tag>m1, made on first use) is the
     second guest's macvtap in vm2vm."""
 
-    def __init__(self, tag: str = "B", mtu: int = 9000, mode: str = "bridge"):
+    def __init__(self, tag: str = "B", mtu: int = 9000, mode: str = "bridge", pin: dict | None = None):
         self.topo = Topology(tag, mtu=mtu)
         self.mode = mode
+        self.pin = pin or {}          # role -> cpu (pinning.py); empty: the scheduler places threads
+        self.pin_failed: list[str] = []
         self._link_b = None
         try:
             self.link = self.topo.macvtap(mode)
@@ -63,7 +66,7 @@ class BenchTopology:
 
     # The scenarios, one module each; their functions take the topology as ``self``.
     tx, tx_run, raw_tx = _tx.tx, _tx.tx_run, _tx.raw_tx
-    rx, rx_run, rxsat, raw_rx, _kernel_drops = _rx.rx, _rx.rx_run, _rx.rxsat, _rx.raw_rx, _rx._kernel_drops
+    rx, rx_run, rxsat, raw_rx = _rx.rx, _rx.rx_run, _rx.rxsat, _rx.raw_rx
     vm2vm = _vm2vm.vm2vm
     rr, raw_rr = _rr.rr, _rr.raw_rr
     _rr_peer, _latency, _rr_measure, _rr_result = _rr._rr_peer, staticmethod(_rr._latency), _rr._rr_measure, _rr._rr_result
@@ -88,14 +91,22 @@ class BenchTopology:
     @contextmanager
     def guest(self, datapath: str, *, link=None, queue_size: int = 256, event_idx: bool = True,
               busyloop_us: int = 0) -> Iterator[tuple[VirtioNet, GuestDriver]]:
-        """A started device on ``link`` (default ``self.link``) with its GuestDriver; closed after."""
+        """A started device on ``link`` (default ``self.link``) with its GuestDriver; closed after. With
+        a placement the device's threads and the calling (guest) thread are pinned meanwhile."""
         mem, dev = self.device(datapath, link=link, busyloop_us=busyloop_us)
         with mem, dev:
-            yield dev, GuestDriver(dev, queue_size=queue_size, features=self._features(event_idx))
+            g = GuestDriver(dev, queue_size=queue_size, features=self._features(event_idx))
+            self.pin_failed += pin_tids(dev.threads(), self.cpu("device"))
+            with pinned(self.cpu("guest")):
+                yield dev, g
 
-    @staticmethod
-    def _options(queue_size: int, event_idx: bool, busyloop_us: int, size, **extra) -> dict:
+    def cpu(self, role: str) -> int | None:
+        return self.pin.get(role)
+
+    def _options(self, queue_size: int, event_idx: bool, busyloop_us: int, size, **extra) -> dict:
         o = {"queue_size": queue_size, "event_idx": event_idx, "busyloop_us": busyloop_us}
+        if self.pin:
+            o["pin"] = dict(self.pin)
         if size == TSO_LABEL:
             o.update({"tso": True, "gso": "tcpv4", "mss": TSO_MSS, "payload": TSO_PAYLOAD})
         o.update(extra)
@@ -113,8 +124,10 @@ class BenchTopology:
             c0 = time.thread_time_ns()
             first = k * share
             try:
-                parts[k].update(self.peer.send_tagged(max(min(share, count - first), 0), size, dst or self.link.mac,
-                                                      self.peer_mac, pace_ns=pace_ns, first_seq=first))
+                with pinned(self.cpu("peer")):
+                    parts[k].update(self.peer.send_tagged(max(min(share, count - first), 0), size,
+                                                          dst or self.link.mac, self.peer_mac, pace_ns=pace_ns,
+                                                          first_seq=first))
             except Exception as e:  # reported by the caller
                 parts[k]["error"] = e
             finally:

@@ -1,65 +1,120 @@
-"""TX, guest -> peer: the guest floods frames; baseline ``raw_tx``, one thread write()s them to the
-macvtap fd. Functions of ``BenchTopology`` (its methods ``tx``, ``tx_run``, ``raw_tx``)."""
+"""TX, guest -> peer: the guest floods sequence-tagged frames, the peer receives and checks every one;
+baseline ``raw_tx``, one thread write()s the same frames (built fresh each, as the guest does) straight
+to the macvtap fd towards the same receiver. Rates count frames *delivered* at the peer, from the
+first frame sent to the last one received. Functions of ``BenchTopology`` (``tx``, ``tx_run``, ``raw_tx``)."""
 from __future__ import annotations
 
 import time
 
 from ... import spec
 from ...device import VirtioNet
+from .. import packet
 from .._native import ffi, lib
 from ..guest import GuestDriver
 from ..results import TSO_LABEL
-from .frames import HDR, flood_guest, guest_frame, tso_hdr
+from .delivery import TX_KERNEL, PeerReceiver, account, kernel_counters, kernel_drops
+from .frames import HDR, TSO_PAYLOAD, flood_guest, guest_frame, tso_hdr
+from .pinning import pinned
 from .measure import Meter, RunResult, delta, dev_sleeps, dev_threads, ns_link_stats, per_packet, rate, raw_sleeps
 
+# A super-frame's TCP payload is what reaches the peer whether the kernel hands it over whole (GSO
+# through the veth) or segmented: each segment repeats the Ethernet, IPv4 and TCP headers.
+_TSO_HDRS = packet.ETH_HLEN + 20 + 20
 
-def tx_run(self, dev: VirtioNet, guest: GuestDriver, size: int | str, count: int, *,
-           count_delivered: bool = True) -> RunResult:
-    """One TX run on an already started device (bench/ reuses one device over rounds).
-    ``count_delivered=False`` skips reading the peer's counters afterwards (a netlink round trip
-    and a 50 ms wait for the veth's backlog): ``frames`` is then what the device consumed."""
-    frame, flood, nbytes, bits = guest_frame(size, self.peer_mac, dev.link.mac, dict(seq_offset=14))
-    before = ns_link_stats(self.topo, self.topo.peer) if count_delivered else {}
+
+class _Arrivals:
+    """Where TX frames are counted at the peer: tagged frames by the PeerReceiver (every byte
+    checked, the time of the last one known); 64k super-frames, which are TCP and not tagged, from
+    the peer veth's byte counter converted to super-frames (the window then ends when the device
+    has consumed the last one, plus a 50 ms wait for the veth's backlog)."""
+
+    def __init__(self, bt, link, size, count: int):
+        self.bt, self.link, self.tso = bt, link, size == TSO_LABEL
+        self.k0 = kernel_counters(bt, link)
+        if self.tso:
+            self.s0 = ns_link_stats(bt.topo, bt.topo.peer)
+        else:
+            self.rx = PeerReceiver(bt.peer, count, cpu=bt.cpu("peer"))
+
+    def finish(self, offered: int, t0_ns: int, named: dict) -> tuple[int, float, dict, dict, int]:
+        """(delivered, seconds, drops, foreign drops, receiver CPU ns)."""
+        if self.tso:
+            t_end = time.monotonic_ns()
+            time.sleep(0.05)   # let the veth's backlog reach the peer before reading its counters
+            d = delta(ns_link_stats(self.bt.topo, self.bt.topo.peer), self.s0)
+            delivered = (d.get("rx_bytes", 0) - d.get("rx_packets", 0) * _TSO_HDRS) // TSO_PAYLOAD
+            cpu, extra = 0, {}
+        else:
+            r = self.rx.finish()
+            delivered = r["received"] - r["bad"] - r["duplicates"]
+            t_end = r["t_last_ns"] if r["seen_any"] else time.monotonic_ns()
+            cpu, extra = r["cpu_ns"], {"damaged": r["bad"], "peer_socket": r["tp_drops"]}
+        k = kernel_drops(self.k0, kernel_counters(self.bt, self.link), TX_KERNEL)
+        drops, foreign = account(offered, delivered, {**named, **extra}, k)
+        return delivered, max(t_end - t0_ns, 1) / 1e9, drops, foreign, cpu
+
+
+def tx_run(self, dev: VirtioNet, guest: GuestDriver, size: int | str, count: int) -> RunResult:
+    """One TX run on an already started device (bench/ reuses one device over rounds)."""
+    frame, flood, nbytes, bits = guest_frame(size, self.peer_mac, dev.link.mac, dict(tagged=True))
+    arrivals = _Arrivals(self, dev.link, size, count)
     dev0, g0 = dev.stats(), guest.stats()
     meter = Meter("guest", dev_threads({"datapath": dev}), [dev]).start()
-    t0 = time.perf_counter()
+    t0 = time.monotonic_ns()
     sent = flood_guest(guest, frame, count, **flood)
     guest.drain_tx()
-    dt = time.perf_counter() - t0
+    t_consumed = time.monotonic_ns() - t0
     cpu = meter.stop()
     dstats, gstats = delta(dev.stats(), dev0), delta(guest.stats(), g0)
-    if count_delivered:
-        time.sleep(0.05)   # let the veth's backlog reach the peer before reading its counters
-        after = ns_link_stats(self.topo, self.topo.peer)
-        delivered = after.get("rx_packets", 0) - before.get("rx_packets", 0)
-    else:
-        delivered = sent
-    pps, gbps = rate(sent, nbytes, dt, bits)
-    pp, cpu_pp = per_packet(sent, dstats, gstats, cpu, sleeps=dev_sleeps(meter))
-    return RunResult(dev.datapath_name, "tx", nbytes, delivered, dt, pps, gbps, offered=sent, per_packet=pp,
-                     cpu_ns=cpu_pp, drops=dstats.get("drops", {}),
-                     options=self._options(guest.rings[spec.TX_QUEUE][0], guest.event_idx, dev.busyloop_us, size))
+    delivered, dt, drops, foreign, rx_cpu = arrivals.finish(count, t0, {**dstats.get("drops", {}),
+                                                                        "not_taken": count - sent})
+    cpu["peer_receiver"] = rx_cpu
+    pps, gbps = rate(delivered, nbytes, dt, bits)
+    pp, cpu_pp = per_packet(delivered, dstats, gstats, cpu, sleeps=dev_sleeps(meter))
+    return RunResult(dev.datapath_name, "tx", nbytes, delivered, dt, pps, gbps, offered=count, per_packet=pp,
+                     cpu_ns=cpu_pp, drops=drops,
+                     options=self._options(guest.rings[spec.TX_QUEUE][0], guest.event_idx, dev.busyloop_us, size,
+                                           consumed_pps=round(sent * 1e9 / max(t_consumed, 1)),
+                                           **({"foreign_drops": foreign} if foreign else {})))
+
 
 def tx(self, datapath: str, size: int | str, count: int, *, queue_size: int = 256, event_idx: bool = True,
        busyloop_us: int = 0) -> RunResult:
     with self.guest(datapath, queue_size=queue_size, event_idx=event_idx, busyloop_us=busyloop_us) as (dev, g):
         return self.tx_run(dev, g, size, count)
 
+
 def raw_tx(self, size: int | str, count: int) -> RunResult:
-    """Baseline: one thread write()s the same frames straight to the macvtap fd (a zero vnet
-    header; for 64k the TSO header, so the kernel segments exactly as for the device)."""
+    """Baseline: one thread write()s the frames straight to the macvtap fd (a zero vnet header; for
+    64k the TSO header, so the kernel segments exactly as for the device), each tagged frame built
+    fresh before its write as the device's guest builds it, towards the same receiver."""
     self.link.set_vnet_hdr_len(HDR)
     self.link.set_offload(0)
     frame, flood, nbytes, bits = guest_frame(size, self.peer_mac, self.link.mac, {})
-    buf = (tso_hdr(flood["csum"]) if "csum" in flood else bytes(HDR)) + frame
     st = ffi.new("struct vnb_raw_stats *")
+    arrivals = _Arrivals(self, self.link, size, count)
     meter = Meter("writer", {}).start()
-    n = lib.vnb_raw_write_loop_ex(self.link.fd, buf, len(buf), count, st)
-    cpu = meter.stop()
+    with pinned(self.cpu("device")):   # the loop stands where the device would
+        t0 = time.monotonic_ns()
+        if size == TSO_LABEL:
+            buf = tso_hdr(flood["csum"]) + frame
+            n = lib.vnb_raw_write_loop_ex(self.link.fd, buf, len(buf), count, st)
+        else:
+            buf = ffi.new("uint8_t[]", HDR + nbytes)
+            n = lib.vnb_raw_write_tagged_ex(self.link.fd, buf, HDR, packet.mac(self.peer_mac),
+                                            packet.mac(self.link.mac), nbytes, 0, count, st)
+        cpu = meter.stop()
     n = max(n, 0)
-    dt = st.elapsed_ns / 1e9
-    pps, gbps = rate(n, nbytes, dt, bits)
+    delivered, dt, drops, foreign, rx_cpu = arrivals.finish(count, t0, {"not_taken": count - n})
+    cpu["peer_receiver"] = rx_cpu
+    pps, gbps = rate(delivered, nbytes, dt, bits)
     # Every EAGAIN costs the failed write() and a poll().
-    pp, cpu_pp = per_packet(n, {"syscalls": n + 2 * st.eagain}, {}, cpu, sleeps=raw_sleeps(meter))
-    return RunResult("raw", "tx", nbytes, n, dt, pps, gbps, offered=count, per_packet=pp, cpu_ns=cpu_pp,
-                     options={"tso": True} if size == TSO_LABEL else {})
+    pp, cpu_pp = per_packet(delivered, {"syscalls": n + 2 * st.eagain}, {}, cpu, sleeps=raw_sleeps(meter))
+    opts = {"tso": True} if size == TSO_LABEL else {}
+    if self.pin:
+        opts["pin"] = dict(self.pin)
+    opts["consumed_pps"] = round(n * 1e9 / max(st.elapsed_ns, 1))
+    if foreign:
+        opts["foreign_drops"] = foreign
+    return RunResult("raw", "tx", nbytes, delivered, dt, pps, gbps, offered=count, per_packet=pp, cpu_ns=cpu_pp,
+                     drops=drops, options=opts)

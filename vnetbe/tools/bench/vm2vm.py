@@ -6,7 +6,9 @@ import threading
 import time
 
 from ..results import TSO_LABEL
+from .delivery import account
 from .frames import flood_guest, guest_frame, receive_all
+from .pinning import pinned
 from .measure import Meter, RunResult, add, delta, dev_threads, per_packet, rate
 
 
@@ -27,8 +29,9 @@ def vm2vm(self, datapath: str, size: int | str, count: int, *, queue_size: int =
             ready.set()
             try:
                 # A super-frame is TCP, not a tagged frame: count it, check nothing.
-                out["got"], out["ooo"], out["bad"], out["t_last"] = receive_all(
-                    gb, count, seq_offset=0 if tso else 14, verify=not tso)
+                with pinned(self.cpu("guest")):
+                    out["got"], out["ooo"], out["bad"], out["t_last"] = receive_all(
+                        gb, count, seq_offset=0 if tso else 14, verify=not tso)
             except Exception as e:  # reported by the caller
                 out["error"] = e
             finally:
@@ -51,15 +54,15 @@ def vm2vm(self, datapath: str, size: int | str, count: int, *, queue_size: int =
             raise out["error"]
         s1 = [d.stats() for d in (dev_a, dev_b)] + [g.stats() for g in (ga, gb)]
         la, lb = self.link.stats() - links0[0], link_b.stats() - links0[1]
-    got = out["got"]
+    got = out["got"] - out["bad"]
     dt = out["t_last"] - t0
     dstats = add(delta(s1[0], s0[0]), delta(s1[1], s0[1]))
     gstats = add(delta(s1[2], s0[2]), delta(s1[3], s0[3]))
     pps, gbps = rate(got, nbytes, dt, bits)
     pp, cpu_pp = per_packet(got, dstats, gstats, cpu)
-    drops = dict(dstats.get("drops", {}))
-    drops.update({"macvtap_queue": la.tx_dropped + lb.rx_dropped, "lost": max(sent - got, 0),
-                  "bad": out["bad"]})
-    return RunResult(datapath, "vm2vm", nbytes, got, dt, pps, gbps, offered=sent, per_packet=pp, cpu_ns=cpu_pp,
+    drops, foreign = account(count, got, {**dstats.get("drops", {}), "not_taken": count - sent, "damaged": out["bad"]},
+                             {"macvtap_tx_queue": la.tx_dropped, "macvtap_rx_queue": lb.rx_dropped})
+    return RunResult(datapath, "vm2vm", nbytes, got, dt, pps, gbps, offered=count, per_packet=pp, cpu_ns=cpu_pp,
                      drops=drops, options=self._options(queue_size, ga.event_idx, busyloop_us, size,
-                                                        out_of_order=out["ooo"]))
+                                                        out_of_order=out["ooo"],
+                                                        **({"foreign_drops": foreign} if foreign else {})))
