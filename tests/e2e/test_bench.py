@@ -67,8 +67,10 @@ def test_json_has_the_documented_shape(bench_run):
                 "per_packet", "offered", "frames", "drops"} <= set(r)
         assert PP_KEYS <= set(r["per_packet"])
         assert r["pps_runs"] == [r["pps"]] and isinstance(r["size"], int)
-    assert s["pin"] == {"device": 1, "guest": 0, "peer": 0}     # --pin auto on this 2-CPU machine
-    assert all(r["options"]["pin"] == s["pin"] for r in doc["results"] if r["scenario"] != "rr")
+    # --pin auto on this 2-CPU machine: tx pinned, the rest left to the scheduler, and each result says so.
+    assert s["pin"] == {"device": 1, "guest": 0, "peer": 0} and s["pin_scenarios"] == ["tx"]
+    for r in doc["results"] + doc["baseline"]:
+        assert (r["options"].get("pin") == s["pin"]) == (r["scenario"] == "tx"), r
     assert all(r["datapath"] == "user" for r in doc["results"])
     assert {(b["scenario"], b["size_label"]) for b in doc["baseline"]} == {("tx", "64"), ("tx", "64k"), ("rx", "64"),
                                                                           ("rxsat", "64"), ("rr", "64")}

@@ -30,12 +30,13 @@ def _ordered(s: dict) -> bool:
 def test_syscall_plausible(measured):
     s = measured["results"]["syscall"]
     assert _ordered(s["ns"]) and _ordered(s["wall_ns"])
-    assert 10 <= s["ns"]["median"] <= 100 * US
+    # Measured here 90..180 ns (2 vCPUs under KVM, with and without a bench beside it).
+    assert 30 <= s["ns"]["median"] <= 2 * US
 
 
 def test_eventfd_signal_plausible(measured):
     s = measured["results"]["eventfd_signal"]["ns"]
-    assert _ordered(s) and 10 <= s["median"] <= 100 * US
+    assert _ordered(s) and 50 <= s["median"] <= 5 * US   # measured 150..320 ns
 
 
 @pytest.mark.parametrize("key", ["wakeup_poll", "wakeup_epoll"])
@@ -45,7 +46,8 @@ def test_wakeups_plausible(measured, key):
         assert _ordered(w[k]), k
     # A wake-up crosses into the kernel at least twice: it cannot beat a system call by much, and
     # even a loaded machine answers within 100 ms at the median.
-    assert 100 <= w["rtt_p50_ns"]["median"] <= 100 * MS
+    # Measured here: round trip p50 8..36 µs (the high end with a bench running beside it).
+    assert 1 * US <= w["rtt_p50_ns"]["median"] <= 1 * MS
     assert w["rtt_p99_ns"]["median"] >= w["rtt_p50_ns"]["median"]
     assert w["one_way_ns"]["median"] == pytest.approx(w["rtt_p50_ns"]["median"] / 2, rel=0.01, abs=1)
     assert w["round_trips"] >= 1000
@@ -53,7 +55,7 @@ def test_wakeups_plausible(measured, key):
 
 def test_context_switch_plausible(measured):
     c = measured["results"]["context_switch"]
-    assert _ordered(c["ns"]) and 50 <= c["ns"]["median"] <= 100 * MS
+    assert _ordered(c["ns"]) and 200 <= c["ns"]["median"] <= 50 * US   # measured 1.3..2.6 µs
     assert c["pinned"] is True
 
 
@@ -76,7 +78,8 @@ def test_vm_exit_reports_hypervisor(measured):
         assert host["hypervisor_vendor"] is None
         assert measured["units"]["vm_exit_ns"] is None
     if vm["ns"] is not None:                       # x86: CPUID ran
-        assert _ordered(vm["ns"]) and vm["ns"]["median"] <= 1 * MS
+        # CPUID: an exit to KVM measured 1.5..3.6 µs; bare metal, a few dozen ns.
+        assert _ordered(vm["ns"]) and (500 if host["hypervisor"] else 5) <= vm["ns"]["median"] <= 50 * US
 
 
 def test_cpu_info_matches_measure(measured):
@@ -90,7 +93,7 @@ def test_memcpy_plausible(measured):
     assert set(m) == {"64", "1500", "65536"}
     for size, c in m.items():
         assert _ordered(c["ns"]) and _ordered(c["ns_per_kib"])
-        assert 0.1 <= c["ns_per_kib"]["median"] <= 100 * US
+        assert 1 <= c["ns_per_kib"]["median"] <= 200   # measured 10..22 ns per KiB in cache
     # A bigger copy takes longer (per copy, not per KiB).
     assert m["64"]["ns"]["median"] < m["65536"]["ns"]["median"]
 
@@ -235,7 +238,9 @@ BENCH = {
                  "per_packet": {"syscalls": 1.5, "datapath_syscalls": 1.25, "kicks": 0.25, "interrupts": 0.125,
                                 "wakeups": 0.25, "cpu_ns": 2000.0}}],
     "baseline": [{"datapath": "raw", "scenario": "tx", "size": 64, "pps": 2e5,
-                  "per_packet": {"syscalls": 1.0, "kicks": 0, "interrupts": 0, "wakeups": 0, "cpu_ns": 1500.0}}],
+                  "per_packet": {"syscalls": 1.0, "kicks": 0, "interrupts": 0, "wakeups": 0, "cpu_ns": 1500.0}},
+                 {"datapath": "raw", "scenario": "tx", "size": 1500, "pps": 1.5e5,
+                  "per_packet": {"syscalls": 1.0, "kicks": 0, "interrupts": 0, "wakeups": 0, "cpu_ns": 1800.0}}],
 }
 
 
@@ -255,28 +260,47 @@ def files(tmp_path, measured):
     return bench, saved
 
 
-def test_from_bench_json(files, capsys):
+def _stack(p: dict) -> list[float]:
+    return [r["ns"] for r in p["rows"] if r["term"] == "frame stack"]
+
+
+def test_from_bench_json_predicts_out_of_sample(files, capsys):
     bench, saved = files
     assert _cli(["--json", "--from-bench", str(bench), "--costs", str(saved)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"costs", "predictions"}
-    raw, user = out["predictions"]
-    assert (raw["datapath"], user["datapath"]) == ("raw", "user")
-    # The raw loop's 1500 ns less its crossings and copy (104 ns) is the frame's stack work, which the
-    # device pays too: 1029 ns of crossings and one copy + 1396 ns of stack.
-    assert raw["calibration"] and raw["predicted_ns"] == raw["measured_ns"] == 1500.0
-    assert [r["ns"] for r in raw["rows"] if r["term"] == "frame stack"] == [1500.0 - 104.0]
-    assert user["predicted_ns"] == 1029.0 + 1396.0 and user["measured_ns"] == 2000.0
-    assert user["crossings_ns"] == 1029.0 - 4.0 and user["baseline_ns"] == 1500.0
-    assert raw["vmm_extra_ns"] == 0.0
+    got = {(p["datapath"], p["size"]): p for p in out["predictions"]}
+    raw64, raw1500, user = got[("raw", 64)], got[("raw", 1500)], got[("user", 64)]
+    copy64, copy1500 = (costs.memcpy_ns(n, COSTS["units"]["memcpy_ns"]) for n in (64, 1500))
+    # The raw loop at 1500 B spends 1800 ns: less its syscall and its 1500-byte copy, the frame's
+    # stack work. That term, and never the 64-byte raw loop's own CPU, prices the 64-byte predictions.
+    stack1500 = 1800.0 - 100.0 - copy1500
+    assert _stack(raw64) == _stack(user) == [pytest.approx(stack1500)]
+    assert raw64["calibrated_on"] == {"scenario": "tx", "size": 1500} and not raw64["in_sample"]
+    assert raw64["predicted_ns"] == pytest.approx(100.0 + copy64 + stack1500)
+    assert raw64["predicted_ns"] != raw64["measured_ns"]           # a real prediction, not a restatement
+    assert raw64["error"] == pytest.approx(raw64["predicted_ns"] / 1500.0 - 1)
+    assert _stack(raw1500) == [pytest.approx(1500.0 - 100.0 - copy64)]   # and the other way round
+    assert user["baseline_ns"] == 1500.0 and user["measured_ns"] == 2000.0
+    assert sum(r["share"] for r in user["rows"]) == pytest.approx(1.0)
+    errs = costs.out_of_sample_errors(out["predictions"])
+    assert errs["n"] == 3 and abs(errs["worst"]) == max(abs(p["error"]) for p in out["predictions"])
+    assert raw64["vmm_extra_ns"] == 0.0
+
+
+def test_one_size_cannot_be_predicted_out_of_sample_and_says_so():
+    doc = {"results": BENCH["results"], "baseline": BENCH["baseline"][:1]}
+    preds = costs.predict_bench(doc, COSTS)
+    assert all(p["in_sample"] for p in preds)
+    assert costs.out_of_sample_errors(preds)["n"] == 0
 
 
 def test_from_bench_text(files, capsys):
     bench, saved = files
     assert _cli(["--from-bench", str(bench), "--costs", str(saved)]) == 0
     out = capsys.readouterr().out
-    assert "user tx 64 B: predicted 2425 ns/pkt, measured 2000 ns/pkt" in out
-    assert "raw tx 64 B (calibrates the frame stack term" in out
+    assert "user tx 64 B (frame stack from the raw loop at 1500 B: out of sample): predicted" in out
+    assert "measured 2000 ns/pkt (error " in out
     assert "the device adds 500 ns/pkt" in out
     assert "what the terms mean" in out
 
@@ -286,7 +310,7 @@ def test_from_bench_measures_when_no_costs_given(tmp_path, capsys):
     bench.write_text(json.dumps(BENCH))
     assert _cli(["--quick", "--json", "--from-bench", str(bench)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["costs"]["schema"] == costs.SCHEMA and len(out["predictions"]) == 2
+    assert out["costs"]["schema"] == costs.SCHEMA and len(out["predictions"]) == 3
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, files):
@@ -309,9 +333,9 @@ def test_standalone_entry(tmp_path, files, capsys):
     assert json.loads(capsys.readouterr().out)["schema"] == costs.SCHEMA
 
 
-def test_predict_bench_prices_only_what_the_model_covers_and_calibrates_per_scenario_and_size():
-    # vm2vm and rr chain several paths: they are left out, not an error. Each raw loop calibrates only
-    # its own scenario and size; a result without a raw loop of its kind is priced on crossings only.
+def test_predict_bench_prices_only_what_the_model_covers_and_calibrates_per_scenario():
+    # vm2vm and rr chain several paths: they are left out, not an error. A raw loop calibrates only its
+    # own scenario; a result with no raw loop of its scenario is priced on crossings only.
     pp = {"syscalls": 1.0, "kicks": 0, "interrupts": 0, "wakeups": 0, "cpu_ns": 1000.0}
     doc = {"results": [dict(datapath="user", scenario=sc, size=sz, per_packet=pp)
                        for sc, sz in (("tx", 64), ("rxsat", 64), ("tx", 1500), ("vm2vm", 64), ("rr", 64))],
@@ -321,10 +345,11 @@ def test_predict_bench_prices_only_what_the_model_covers_and_calibrates_per_scen
     got = {(p["datapath"], p["scenario"], p["size"]): p for p in preds}
     assert set(got) == {("raw", "tx", 64), ("raw", "rxsat", 64), ("user", "tx", 64), ("user", "rxsat", 64),
                         ("user", "tx", 1500)}
-    stack = {k: [r["ns"] for r in p["rows"] if r["term"] == "frame stack"] for k, p in got.items()}
+    stack = {k: _stack(p) for k, p in got.items()}
     assert stack[("raw", "rxsat", 64)] == [0.0]          # measured below the crossings: never negative
-    assert stack[("user", "tx", 64)] == stack[("raw", "tx", 64)] and stack[("user", "tx", 64)][0] > 0
-    assert stack[("user", "tx", 1500)] == [] and got[("user", "tx", 1500)]["model"] == "crossings + copies"
+    # tx 1500 has the 64-byte raw loop to calibrate on: out of sample. tx 64 has only itself: in sample.
+    assert not got[("user", "tx", 1500)]["in_sample"] and stack[("user", "tx", 1500)][0] > 0
+    assert got[("user", "tx", 64)]["in_sample"] and got[("raw", "tx", 64)]["in_sample"]
 
 
 def test_predict_prices_the_sleeps_that_happened_not_every_signal():

@@ -102,9 +102,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="busy polling in µs, or a comma list (default 0): vhost VHOST_SET_VRING_BUSYLOOP_TIMEOUT; "
                         "user: the datapath thread polls that long before it sleeps")
     p.add_argument("--pin", default="auto",
-                   help="thread placement: auto (with 2+ CPUs: the datapath thread or vhost worker, and the raw "
-                        "loops, on the last CPU; the guest and the peer on the first), off, or e.g. "
-                        "device=1,guest=0,peer=0; recorded in the JSON (default auto)")
+                   help="thread placement: the datapath thread or vhost worker (and the raw loops) on the last CPU, "
+                        "the guest and the peer on the first. auto: tx only, where it was measured to help (with "
+                        "2+ CPUs); on: every scenario; off; or e.g. device=1,guest=0,peer=0 (every scenario). "
+                        "Recorded in the JSON (default auto)")
     p.add_argument("--max-cv", default="auto",
                    help="spread bound in percent (coefficient of variation of pps over the runs): a configuration "
                         "above it gets more runs, up to --max-repeat; the table names those still above "
@@ -155,6 +156,7 @@ class Plan:
     tag: str
     skipped: list = field(default_factory=list)
     pin: dict | None = None
+    pin_scenarios: tuple = ()
     pin_text: str = "auto"
     max_cv: float | None = None      # a fraction, not percent
     max_repeat: int = 0
@@ -234,8 +236,8 @@ def make_plan(args, lab: bool | None = None) -> Plan:
     if max_repeat < args.repeat:
         raise ConfigError(f"--max-repeat {max_repeat} is below --repeat {args.repeat}")
     plan = Plan(datapaths, scenarios, sizes, count, rr, args.repeat, queue_sizes, list(dict.fromkeys(eidx or [True])),
-                busyloop, not args.no_baseline, args.tag, pin=parse_pin(pin_text), pin_text=pin_text,
-                max_cv=max_cv, max_repeat=max_repeat)
+                busyloop, not args.no_baseline, args.tag, pin_text=pin_text, max_cv=max_cv, max_repeat=max_repeat)
+    plan.pin, plan.pin_scenarios = parse_pin(pin_text, scenarios)
     plan.skipped = [{"scenario": s, "size": z, "why": "the peer (an AF_PACKET socket) cannot send frames above "
                      "its MTU: 64k runs as tx and vm2vm only"}
                     for s in scenarios for z in sizes if not supported(s, z)]
@@ -272,7 +274,8 @@ def _start_info(plan: Plan, where: str) -> dict:
             "tso_count": plan.tso_count,
             "repeat": plan.repeat, "queue_sizes": plan.queue_sizes, "event_idx": plan.event_idx,
             "busyloop_us": plan.busyloop_us, "baseline": plan.baseline,
-            "pin": plan.pin, "max_cv": plan.max_cv, "max_repeat": plan.max_repeat}
+            "pin": plan.pin, "pin_scenarios": list(plan.pin_scenarios), "max_cv": plan.max_cv,
+            "max_repeat": plan.max_repeat}
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -289,8 +292,9 @@ def collect(plan: Plan, progress: _Progress | None = None, with_costs: bool = Fa
     where = WHERE_LAB if in_lab() else WHERE_HOST
     t_start = time.monotonic()
     results, baseline = [], []
-    with BenchTopology(plan.tag, pin=plan.pin) as bt:
+    with BenchTopology(plan.tag) as bt:
         for scen in plan.scenarios:
+            bt.pin = plan.pin if scen in plan.pin_scenarios else {}
             for size in plan.sizes:
                 if not supported(scen, size):
                     continue
@@ -565,7 +569,8 @@ def format_table(doc: dict) -> str:
             notes.append(f"spread above the bound (cv > {100 * bound:.0f}% after {s.get('max_repeat')} runs): "
                          + ", ".join(wide))
         if s.get("pin"):
-            notes.append("pinned: " + ", ".join(f"{k} on cpu {v}" for k, v in s["pin"].items() if k in ROLES)
+            notes.append(f"pinned ({', '.join(s.get('pin_scenarios') or [])}): "
+                         + ", ".join(f"{k} on cpu {v}" for k, v in s["pin"].items() if k in ROLES)
                          + "".join(f"; not pinned: {x}" for x in s["pin"].get("not_pinned", [])))
     if any(label(r) == "64k" for r, _ in allrows):
         notes.append(f"64k: TSO super-frames of 65535 B (gso tcpv4, mss 1448), {s.get('tso_count', '?')} per run; "
