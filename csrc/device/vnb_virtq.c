@@ -233,3 +233,48 @@ int vnb_vq_enable_notify(struct vnb_vq *vq)
     vnb_mb();
     return vnb_load_acquire(&avail->idx) != vq->last_avail_idx;
 }
+
+/* num_buffers of the virtio-net header at the start of the buffer that descriptor id names; 1 when
+ * the guest's descriptor no longer names readable memory (it may rewrite it after the fact: the
+ * count is then wrong, never unsafe). */
+static uint16_t header_num_buffers(const struct vnb_vq *vq, uint32_t id)
+{
+    if (id >= vq->num)
+        return 1;
+    const struct vring_desc *d = (const struct vring_desc *)vq->desc + id;
+    uint64_t addr = vnb_load_relaxed(&d->addr);
+    if (vnb_load_relaxed(&d->flags) & VRING_DESC_F_INDIRECT) {
+        const struct vring_desc *t = vnb_mem_ptr(vq->mem, addr, sizeof(*t));
+        if (!t)
+            return 1;
+        addr = vnb_load_relaxed(&t->addr);
+    }
+    const uint8_t *h = vnb_mem_ptr(vq->mem, addr, 12);
+    if (!h)
+        return 1;
+    /* Byte loads: the header has no alignment, and the guest shares the page. */
+    uint16_t nb = (uint16_t)(vnb_load_relaxed(&h[10]) | vnb_load_relaxed(&h[11]) << 8);
+    return nb ? nb : 1;
+}
+
+void vnb_vq_tally_used(const struct vnb_vq *vq, uint32_t hdr_len, struct vnb_used_tally *t)
+{
+    const struct vring_used *used = vq->used;
+    /* Acquire pairs with the other side's release of used->idx: the entries below it are written. */
+    uint16_t idx = vnb_load_acquire(&used->idx);
+    for (uint16_t i = t->seen_idx; i != idx; i++) {
+        const struct vring_used_elem *e = &used->ring[i & (vq->num - 1)];
+        uint32_t id = vnb_load_relaxed(&e->id), len = vnb_load_relaxed(&e->len);
+        t->entries++;
+        t->bytes += len;
+        if (t->skip) {
+            t->skip--;
+            continue;
+        }
+        t->frames++;
+        t->bytes -= len < hdr_len ? len : hdr_len;
+        if (vq->flags & VNB_F_MRG_RXBUF)
+            t->skip = header_num_buffers(vq, id) - 1u;
+    }
+    t->seen_idx = idx;
+}

@@ -60,6 +60,19 @@ int vnb_vq_should_notify(struct vnb_vq *vq);
 void vnb_vq_disable_notify(struct vnb_vq *vq);
 int vnb_vq_enable_notify(struct vnb_vq *vq);
 int vnb_vq_fail(struct vnb_vq *vq, int fault);
+
+/* What another device side (the kernel's vhost worker) has put on a used ring, counted from the
+ * outside: zero it, set seen_idx to used->idx at the start, then call vnb_vq_tally_used often enough
+ * that fewer than 65536 entries pass between two calls (the index is 16 bits). */
+struct vnb_used_tally {
+    uint64_t entries;      /* used entries */
+    uint64_t frames;       /* one per entry; with MRG_RXBUF one per header (its num_buffers entries) */
+    uint64_t bytes;        /* used lengths less one hdr_len per frame */
+    uint32_t skip;         /* entries of the current merged frame still to come */
+    uint16_t seen_idx;     /* used->idx as of the last call */
+    uint16_t pad;
+};
+void vnb_vq_tally_used(const struct vnb_vq *vq, uint32_t hdr_len, struct vnb_used_tally *t);
 /* cffi:end */
 
 /* cffi reads only literals: tie them to what they stand for. */
