@@ -14,13 +14,10 @@ import secrets
 
 import pytest
 
-from vnetbe import VHOST_NET_PATH
+from benchutil import HAVE_VHOST
 from vnetbe.tools.benchcli import HOST_COUNT
 from vnetbe.tools.lab import in_lab
 
-HAVE_VHOST = os.path.exists(VHOST_NET_PATH)
-DATAPATHS = ["user"] + (["vhost"] if HAVE_VHOST else [])
-ROUNDS = 5
 LAB_ROUND_COUNT = 30_000   # each of ROUNDS rounds under software emulation: keeps a lab run to minutes
 
 
@@ -60,34 +57,3 @@ def bt():
 def same_run() -> dict:
     """pps of the baselines measured in this session, by (scenario, size): the ratios' denominators."""
     return {}
-
-
-def record(benchmark, runs: list, baseline: float | None = None) -> dict:
-    """Put the scenario's own figures (median of the rounds, as ``vnetbe bench`` summarizes them: the
-    per-packet counts are the median run's) into benchmark.extra_info."""
-    from vnetbe.tools.bench import summarize
-
-    s = summarize(runs)
-    info = {"datapath": s["datapath"], "scenario": s["scenario"], "size": s["size"], "rounds": len(runs),
-            "pps": round(s["pps"]), "pps_min": round(s["pps_min"]), "pps_max": round(s["pps_max"]),
-            "gbps": round(s["gbps"], 3), "per_packet": {k: round(v, 4) for k, v in sorted(s["per_packet"].items())}}
-    if s["scenario"] == "rr":
-        info["p50_us"] = round(s["p50_us"], 1)
-        info["p99_us"] = round(s["p99_us"], 1)
-    if baseline:
-        info["ratio_vs_raw"] = round(s["pps"] / baseline, 3)
-    benchmark.extra_info.update(info)
-    return info
-
-
-def run_rounds(benchmark, scenario: str, size: int, one_round, *, warmup: bool = True,
-               baseline: float | None = None) -> tuple[dict, list]:
-    """Time ``one_round`` ROUNDS times in the group "<scenario> <size> B" and record its figures.
-
-    With ``warmup`` one more round runs first and is left out of the figures. Returns the recorded
-    info and every round's result, the warm-up's included (first)."""
-    runs = []
-    benchmark.group = f"{scenario} {size} B"
-    benchmark.pedantic(lambda: runs.append(one_round()), rounds=ROUNDS, iterations=1, warmup_rounds=int(warmup))
-    # --benchmark-disable runs the round once: then there is no warm-up to leave out.
-    return record(benchmark, runs[1:] if warmup and len(runs) > 1 else runs, baseline), runs

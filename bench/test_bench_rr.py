@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import DATAPATHS, run_rounds
+from benchutil import DATAPATHS, run_rounds
 
 SIZE = 64
 

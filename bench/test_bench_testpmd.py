@@ -5,7 +5,7 @@ document ``vnetbe bench --frontend testpmd`` prints (rates of frames that arrive
 Targets (issue 10): vnetbe user >= 1.0 x dpdk-vhost; vnetbe vhost >= 0.98 x kernel."""
 from __future__ import annotations
 
-from conftest import DATAPATHS
+from benchutil import DATAPATHS
 
 from vnetbe.tools.bench import testpmd
 

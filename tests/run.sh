@@ -39,11 +39,18 @@ export PYTHONDONTWRITEBYTECODE=1
 status=0
 python3 -m pytest tests -q -p no:cacheprovider "$@" || status=$?
 
+# The benchmarks, briefly (one round each, short counts): they assert delivery and accounting.
+VNETBE_BENCH_COUNT="${VNETBE_BENCH_COUNT:-20000}" python3 -m pytest bench -q -p no:cacheprovider \
+    --benchmark-disable || status=$?
+
 # A short fuzzing run of each libFuzzer target (csrc/fuzz/run.sh documents long runs).
 sh csrc/fuzz/run.sh "${VNB_FUZZ_SECONDS:-60}" || status=1
 
 if [ ! -e /dev/vhost-net ]; then
     echo "tests/run.sh: no /dev/vhost-net here; running the vhost tests in the kernel lab" >&2
     sh tests/lab/run_in_lab.sh -m vhost tests -q || status=$?
+    echo "tests/run.sh: and the frame benchmarks on both datapaths, in the kernel lab" >&2
+    sh tests/lab/run_in_lab.sh -q --benchmark-disable bench/test_bench_tx.py bench/test_bench_rx.py \
+        bench/test_bench_vm2vm.py bench/test_bench_rr.py || status=$?
 fi
 exit $status

@@ -247,10 +247,11 @@ int vnb_guest_tx(struct vnb_guest *g, const uint8_t *frame, uint32_t len, const 
  * `batch` frames (like xmit_more). If seq_offset is nonzero, a 32-bit big-endian counter is written
  * there in each copy so the receiver can check order; with `tagged`, each frame is instead rebuilt as
  * the sequence-tagged frame of that number (vnb_peer.h: addresses and flow from the template) so the
- * peer can check every byte. Returns frames sent or -errno. */
+ * peer can check every byte. Numbers start at first_seq. Returns frames sent or -errno. */
 int64_t vnb_guest_tx_flood(struct vnb_guest *g, const uint8_t *frame, uint32_t len,
                            const struct virtio_net_hdr_v1 *hdr, uint64_t count, uint32_t layout,
-                           uint32_t batch, uint32_t seq_offset, uint32_t tagged, int timeout_ms)
+                           uint32_t batch, uint32_t seq_offset, uint32_t tagged, uint32_t first_seq,
+                           int timeout_ms)
 {
     int r = tx_layout_ok(g, len, layout);
     if (r)
@@ -279,9 +280,9 @@ int64_t vnb_guest_tx_flood(struct vnb_guest *g, const uint8_t *frame, uint32_t l
         uint32_t k = 0;
         while (k < batch && sent < count && g->txq.num_free >= need) {
             if (tagged) {
-                vnb_peer_fill_tagged(local, frame, frame + 6, flow, (uint32_t)sent, len);
+                vnb_peer_fill_tagged(local, frame, frame + 6, flow, first_seq + (uint32_t)sent, len);
             } else if (seq_offset) {
-                uint32_t s = (uint32_t)sent;
+                uint32_t s = first_seq + (uint32_t)sent;
                 local[seq_offset] = s >> 24;
                 local[seq_offset + 1] = s >> 16;
                 local[seq_offset + 2] = s >> 8;

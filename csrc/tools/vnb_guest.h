@@ -52,7 +52,8 @@ int vnb_guest_tx(struct vnb_guest *g, const uint8_t *frame, uint32_t len, const 
                  uint32_t layout, int timeout_ms);
 int64_t vnb_guest_tx_flood(struct vnb_guest *g, const uint8_t *frame, uint32_t len,
                            const struct virtio_net_hdr_v1 *hdr, uint64_t count, uint32_t layout,
-                           uint32_t batch, uint32_t seq_offset, uint32_t tagged, int timeout_ms);
+                           uint32_t batch, uint32_t seq_offset, uint32_t tagged, uint32_t first_seq,
+                           int timeout_ms);
 int vnb_guest_tx_reclaim(struct vnb_guest *g);
 int vnb_guest_tx_drain(struct vnb_guest *g, int timeout_ms);
 int vnb_guest_rx_fill(struct vnb_guest *g);

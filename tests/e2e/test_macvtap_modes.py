@@ -68,7 +68,8 @@ SIZE = {"unicast": 96, "broadcast": 128, "to_parent": 100, "from_parent": 104, "
         "from_peer": 116, "peer_broadcast": 120}
 
 ARRIVE_S = 10.0   # upper bound for frames that must arrive (returns as soon as they did; vhost under TCG is slow)
-QUIET_S = 0.4     # how long "must not arrive" (and "no duplicate") checks listen
+QUIET_S = 0.4     # how long "must not arrive" (and "no duplicate") checks listen at least
+QUIET_FACTOR = 4  # ... and at least this many times as long as the frames that must arrive took
 PACKET_HOST = 0   # sll_pkttype: the frame is addressed to this interface's own stack
 SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23
@@ -91,10 +92,13 @@ def _ours(frame: bytes, flow: int) -> bool:
 
 
 def _collect(recv: Callable[[float], bytes | None], flow: int, expect: int) -> list[bytes]:
-    """Frames of ``flow`` from ``recv``: wait (up to ARRIVE_S) for ``expect`` of them, then listen QUIET_S more
-    so that a duplicate or a stray frame is caught too. Frames of other flows are dropped."""
+    """Frames of ``flow`` from ``recv``: wait (up to ARRIVE_S) for ``expect`` of them, then listen more
+    so that a duplicate or a stray frame is caught too: QUIET_S, or QUIET_FACTOR times as long as
+    the expected frames took to come if that is longer (the lab's emulated kernel is ~10x slower, and
+    a frame that must not arrive would be as late as those that must). Frames of other flows are dropped."""
     got: list[bytes] = []
-    deadline = time.monotonic() + ARRIVE_S
+    t0 = time.monotonic()
+    deadline = t0 + ARRIVE_S
     while len(got) < expect:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -104,7 +108,8 @@ def _collect(recv: Callable[[float], bytes | None], flow: int, expect: int) -> l
             break
         if _ours(f, flow):
             got.append(f)
-    quiet_until = time.monotonic() + QUIET_S
+    took = time.monotonic() - t0
+    quiet_until = time.monotonic() + max(QUIET_S, QUIET_FACTOR * took)
     while (left := quiet_until - time.monotonic()) > 0:
         f = recv(left)
         if f is None:

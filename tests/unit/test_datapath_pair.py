@@ -411,8 +411,9 @@ def test_tx_flood_loses_nothing_and_keeps_order(make_rig, features):
     assert not any(s["drops"].values()) and s["faults"] == {}
     assert 0 < s["tx_kicks"] <= g["tx_kicks"]
     if features & spec.bit(spec.VIRTIO_RING_F_EVENT_IDX):
-        assert g["tx_kicks"] < N_FLOOD // 10, g
-        assert s["tx_interrupts"] < N_FLOOD // 10, s
+        # The target: at most one kick and one interrupt per 32 frames of a saturating flood.
+        assert g["tx_kicks"] <= N_FLOOD // 32, g
+        assert s["tx_interrupts"] <= N_FLOOD // 32, s
 
 
 @pytest.mark.parametrize("layout", ["single", "split_hdr", "scatter", "indirect"])

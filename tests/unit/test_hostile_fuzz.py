@@ -18,7 +18,7 @@ from vnetbe.errors import GuestFault
 
 from test_guest_faults import CANARY, LOW_END, MB, QSIZE, RX, TX, Rig
 from vnbtest.rings import pack_desc
-from vnbtest.wait import wait_for
+from vnbtest.wait import thread_sleeping, wait_for
 
 TABLES = CANARY + 0x8000          # where hostile indirect tables live (8 of 16 entries each)
 TABLE_ENTRIES = 16
@@ -107,7 +107,16 @@ def _run_hostile(shapes, tables, frames, settle) -> list[int]:
 @given(shapes=st.fixed_dictionaries({RX: queue_shape, TX: queue_shape}), tables=st.lists(table, max_size=8),
        frames=st.lists(st.integers(14, 9000), max_size=4))
 def test_no_hostile_ring_crashes_hangs_or_writes_where_it_was_not_pointed(shapes, tables, frames):
-    _run_hostile(shapes, tables, frames, lambda rig: time.sleep(0.03))
+    _run_hostile(shapes, tables, frames, _settled)
+
+
+def _settled(rig) -> None:
+    """Until the device has read both kicks and gone back to sleep: then it has walked every chain
+    the rings offered and placed (or dropped) every frame it could, whatever the shapes were."""
+    def done() -> bool:
+        s = rig.dev.stats()
+        return s["tx_kicks"] >= 1 and s["rx_kicks"] >= 1 and thread_sleeping(rig.dev.threads()[0])
+    assert wait_for(done), rig.dev.stats()
 
 
 def test_the_write_check_sees_a_device_write_into_the_canary_region():

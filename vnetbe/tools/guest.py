@@ -127,14 +127,14 @@ class GuestDriver:
 
     def flood(self, frame: bytes, count: int, *, batch: int = 64, seq_offset: int = 0, tagged: bool = False,
               layout: str | None = None, timeout: float = 5.0, csum: tuple[int, int] | None = None,
-              gso: tuple[str, int] | None = None) -> int:
+              gso: tuple[str, int] | None = None, first_seq: int = 0) -> int:
         """Send ``count`` copies as fast as the ring allows: numbered at ``seq_offset``, or with
-        ``tagged`` rebuilt as sequence-tagged frames 0..count-1 (packet.tagged_frame) from the
-        template's addresses, so the peer can check every byte."""
+        ``tagged`` rebuilt as sequence-tagged frames first_seq..first_seq+count-1 (packet.tagged_frame)
+        from the template's addresses, so the peer can check every byte."""
         lay = self.tx_layout if layout is None else self._layout(layout)
         hdr = self._make_hdr(frame, csum, gso)
         n = lib.vnb_guest_tx_flood(self._g, frame, len(frame), hdr, count, lay, batch, seq_offset, int(tagged),
-                                   int(timeout * 1000))
+                                   first_seq & 0xFFFFFFFF, int(timeout * 1000))
         if n < 0:
             self._raise(-n, "flood")
         return n
