@@ -14,6 +14,7 @@ from .datapath.vhost_ioctl import DEV_PATH as VHOST_NET_PATH
 from .device import VirtioNet
 from .errors import (
     ConfigError,
+    DatapathStalled,
     GuestFault,
     KernelRefused,
     LabError,
@@ -44,5 +45,5 @@ def __getattr__(name: str):
 __all__ = [
     "GuestMemory", "VirtioNet", "DATAPATHS", "VHOST_NET_PATH", "GuestDriver", "QueueConfig", "QueueState", "Link", "Macvtap", "Tap",
     "VnetError", "SetupError", "NotRoot", "LinkError", "KernelRefused", "ConfigError", "GuestFault",
-    "LinkGone", "LabError", "ProtocolError", "VhostUserServer",
+    "LinkGone", "DatapathStalled", "LabError", "ProtocolError", "VhostUserServer",
 ]

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import select
 import struct
+import time
 
 from . import spec
 from .datapath import make as make_datapath
-from .errors import ConfigError, GuestFault, LinkGone
+from .errors import ConfigError, DatapathStalled, GuestFault, LinkGone
 from .faults import fault_from_code
 from .link import tun_offload_from_virtio
 from .queue import QueueConfig, QueueState
@@ -31,6 +32,7 @@ def _sum_stats(a: dict, b: dict) -> dict:
 
 
 
+STALL_POLL_S = 0.25           # wait_fault looks for a stalled datapath this often
 MAX_BUSYLOOP_US = 10_000_000   # busy polling longer than 10 s is a mistake, not a setting
 
 class VirtioNet:
@@ -227,7 +229,13 @@ class VirtioNet:
         if err is not None:
             raise err
 
-    def _failure(self) -> LinkGone | GuestFault | None:
+    def _failure(self) -> LinkGone | GuestFault | DatapathStalled | None:
+        stalled = self._datapath.stalled_for()
+        if stalled is not None:
+            tids = ", ".join(map(str, self._datapath.threads())) or "?"
+            return DatapathStalled(f"the {self.datapath_name} datapath thread (tid {tids}) has not run its loop "
+                                   f"for {stalled:.1f} s while the device runs (it wakes at least once a second "
+                                   "when idle): it is stuck; close the device")
         bits = self._datapath.link_down()
         if bits:
             how = " and ".join(n for n, b in (("error", select.POLLERR), ("hang-up", select.POLLHUP)) if bits & b)
@@ -238,16 +246,22 @@ class VirtioNet:
             return fault_from_code(code, q)
         return None
 
-    def wait_fault(self, timeout: float) -> LinkGone | GuestFault | None:
-        """Wait up to ``timeout`` s for a datapath to report a guest fault or a lost link; return it
-        (not raised)."""
-        r, _, _ = select.select([self.err_fd], [], [], timeout)
-        if r:
-            try:
-                os.eventfd_read(self.err_fd)
-            except BlockingIOError:
-                pass
-        return self._failure()
+    def wait_fault(self, timeout: float) -> LinkGone | GuestFault | DatapathStalled | None:
+        """Wait up to ``timeout`` s for a datapath to report a guest fault or a lost link, or for its
+        thread to stall; return it (not raised)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            # A stall signals nothing: look again every STALL_POLL_S.
+            left = deadline - time.monotonic()
+            r, _, _ = select.select([self.err_fd], [], [], max(min(left, STALL_POLL_S), 0))
+            if r:
+                try:
+                    os.eventfd_read(self.err_fd)
+                except BlockingIOError:
+                    pass
+            err = self._failure()
+            if err is not None or left <= 0:
+                return err
 
     def stats(self) -> dict:
         """The datapath's counters (DatapathStats, as a dict) summed over every datapath this device

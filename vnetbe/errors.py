@@ -133,6 +133,11 @@ class LinkGone(LinkError):
     """The link failed under a running device (its interface was deleted): the datapath stopped."""
 
 
+class DatapathStalled(VnetError):
+    """The datapath's thread stopped passing through its loop while it should be running: stuck (a
+    debugger, a starved CPU, a bug), not idle, since an idle thread still wakes once a heartbeat."""
+
+
 class ProtocolError(VnetError):
     """A vhost-user front end sent a message this back end refuses: names the message and the field.
     The connection is closed; the server goes on serving."""

@@ -8,6 +8,8 @@
 #include "vnb_sys_impl.h"
 #include "vnb_time.h"
 #include <errno.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <pthread.h>
@@ -16,6 +18,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -72,6 +75,7 @@ struct vnb_dp {
     pthread_t thread;
     int running;
     int tid;
+    int64_t beat_ns;           /* vnb_dp_heartbeat: written by the thread, read by any */
     int rx_wants_tap;          /* RX has buffers: wake on EPOLLIN */
     int tx_blocked;            /* the tap's send buffer is full (EAGAIN): wake on EPOLLOUT */
     uint32_t tap_events;       /* what epoll watches on the tap now */
@@ -184,6 +188,9 @@ int vnb_dp_set_err_fd(struct vnb_dp *dp, int err_fd)
 int vnb_dp_running(struct vnb_dp *dp) { return dp->running; }
 uint32_t vnb_dp_link_down(struct vnb_dp *dp) { return __atomic_load_n(&dp->link_down, __ATOMIC_RELAXED); }
 int vnb_dp_tid(struct vnb_dp *dp) { return __atomic_load_n(&dp->tid, __ATOMIC_ACQUIRE); }
+
+/* Relaxed: a clock reading that stands alone, ordered with nothing else. */
+int64_t vnb_dp_heartbeat(struct vnb_dp *dp) { return __atomic_load_n(&dp->beat_ns, __ATOMIC_RELAXED); }
 
 void vnb_dp_get_stats(struct vnb_dp *dp, struct vnb_dp_stats *out)
 {
@@ -702,6 +709,18 @@ static void poll_quiet_rings(struct vnb_dp *dp, int *kick_tx, int *kick_rx)
 
 /* A deleted macvtap tells its fd nothing (reads EAGAIN, writes vanish): only rtnetlink says it is gone.
  * Read what the kernel sent and stop the link on an RTM_DELLINK of ours. */
+/* Whether the link's interface still exists, in whatever namespace it now lives: a deleted macvtap
+ * answers TUNGETIFF with ENOLINK, a deleted tap with EBADFD. An RTM_DELLINK alone does not say it (a
+ * move to another namespace is announced the same way), and after such a move no message here will. */
+static int link_alive(struct vnb_dp *dp)
+{
+    struct ifreq ifr;
+    stat_inc(&dp->st.syscalls);
+    if (ioctl(dp->tap_fd, TUNGETIFF, &ifr) == 0)
+        return 1;
+    return errno != ENOLINK && errno != EBADFD;
+}
+
 static void read_netlink(struct vnb_dp *dp)
 {
     /* Aligned for struct nlmsghdr, as NLMSG_NEXT expects. */
@@ -716,7 +735,7 @@ static void read_netlink(struct vnb_dp *dp)
             if (h->nlmsg_type != RTM_DELLINK || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct ifinfomsg)))
                 continue;
             const struct ifinfomsg *ifi = NLMSG_DATA(h);
-            if (ifi->ifi_index == dp->link_ifindex && !dp->link_down)
+            if (ifi->ifi_index == dp->link_ifindex && !dp->link_down && !link_alive(dp))
                 link_gone(dp, EPOLLHUP);
         }
     }
@@ -743,13 +762,23 @@ static void *dp_thread(void *arg)
     struct epoll_event evs[8];
     int tx_more = 1, rx_more = 1;   /* look at both rings once at start: a hand-over may leave work */
     int64_t busy_deadline = 0;
+    int64_t alive_checked = vnb_now_ns();
     for (;;) {
+        int64_t now = vnb_now_ns();
+        __atomic_store_n(&dp->beat_ns, now, __ATOMIC_RELAXED);
+        /* Once a heartbeat: a link moved to another namespace and deleted there sends nothing here. */
+        if (dp->link_ifindex && !dp->link_down && now - alive_checked >= VNB_DP_HEARTBEAT_MS * 1000000LL) {
+            alive_checked = now;
+            if (!link_alive(dp))
+                link_gone(dp, EPOLLHUP);
+        }
         int idle = !tx_more && !rx_more;
         /* A tap short of memory is retried after 1 ms, not polled: polling would only spin on ENOBUFS. */
         int polling = idle && !dp->tx_retry && busy_polling(dp, &busy_deadline);
         if (idle && !polling && arm_notify(dp, &tx_more, &rx_more))
             continue;
-        int timeout = !idle || polling ? 0 : dp->tx_retry ? 1 : -1;
+        /* Idle, the thread still wakes once a heartbeat, so that a stuck one can be told from an idle one. */
+        int timeout = !idle || polling ? 0 : dp->tx_retry ? 1 : VNB_DP_HEARTBEAT_MS;
         int n = epoll_wait(dp->epfd, evs, 8, timeout);
         stat_inc(&dp->st.syscalls);
         if (n < 0 && errno != EINTR)
@@ -880,6 +909,7 @@ int vnb_dp_start(struct vnb_dp *dp)
     dp->tx_quiet = dp->rx_quiet = 0;
     dp->link_down = 0;
     dp->tid = 0;
+    __atomic_store_n(&dp->beat_ns, vnb_now_ns(), __ATOMIC_RELAXED);
     if ((r = -pthread_create(&dp->thread, NULL, dp_thread, dp)))
         goto fail;
     /* Wait for the thread to publish its tid, so CPU accounting can start the moment we return. */

@@ -51,6 +51,11 @@ int vnb_dp_running(struct vnb_dp *dp);
 /* Nonzero (the EPOLLERR/EPOLLHUP bits) once the tap failed for good; the datapath then moves nothing. */
 uint32_t vnb_dp_link_down(struct vnb_dp *dp);
 int vnb_dp_tid(struct vnb_dp *dp);
+/* The thread passes through its loop at least this often while it runs, idle or not. */
+#define VNB_DP_HEARTBEAT_MS 1000
+/* CLOCK_MONOTONIC ns of the thread's last pass through its loop (set at start, before the thread
+ * runs): a running datapath whose heartbeat is much older than VNB_DP_HEARTBEAT_MS is stuck. */
+int64_t vnb_dp_heartbeat(struct vnb_dp *dp);
 void vnb_dp_get_stats(struct vnb_dp *dp, struct vnb_dp_stats *out);
 int vnb_dp_get_qstate(struct vnb_dp *dp, int q, struct vnb_dp_qstate *out);
 /* cffi:end */

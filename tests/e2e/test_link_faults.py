@@ -16,11 +16,12 @@ from vnetbe import errors, spec
 from vnetbe.cputime import thread_cpu_ns
 from vnetbe.device import VirtioNet
 from vnetbe.link import Tap
+from vnetbe.link.base import silence_host_stack
 from vnetbe.memory import GuestMemory
 from vnetbe.tools import packet
 from vnetbe.tools.guest import GuestDriver
 from vnetbe.tools.peer import Peer
-from vnetbe.tools.topology import Topology, cleanup_stale
+from vnetbe.tools.topology import Namespace, Topology, cleanup_stale
 
 pytestmark = pytest.mark.root
 
@@ -70,6 +71,71 @@ def test_a_deleted_macvtap_stops_the_device_with_link_gone_and_no_thread_spins(t
     # A macvtap's fd says nothing (reads EAGAIN, writes vanish): rtnetlink's RTM_DELLINK does.
     with GuestMemory(32 << 20) as mem, Topology(tag, mtu=1500) as topo:
         _deleted_under_a_running_device(mem, topo.macvtap("bridge"), datapath)
+
+
+def _echo_both_ways(guest, peer, link, peer_mac, k: int) -> None:
+    out = packet.tagged_frame(k, 80, peer_mac, link.mac)
+    guest.send(out)
+    assert peer.recv(timeout=5.0) == out
+    back = packet.tagged_frame(k, 80, link.mac, peer_mac)
+    peer.send(back)
+    assert guest.receive(timeout=5.0) == back
+
+
+def _set_link(topo, link, **kw) -> None:
+    with IPRoute() as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname=link.name)[0], **kw)
+
+
+def test_a_macvtap_set_down_is_not_lost_and_carries_traffic_once_up_again(tag, datapath):
+    """Down is a state, not a loss: the device keeps running (no LinkGone), its thread does not spin
+    while frames have nowhere to go, and traffic resumes both ways when the link is up again."""
+    with GuestMemory(32 << 20) as mem, Topology(tag, mtu=1500) as topo:
+        link = topo.macvtap("bridge")
+        with Peer(topo.peer, topo.netns) as peer, VirtioNet(mem, link, datapath=datapath) as dev:
+            with topo.ns.ipr() as ipr:
+                peer_mac = ipr.link("get", ifname=topo.peer)[0].get_attr("IFLA_ADDRESS")
+            guest = GuestDriver(dev)
+            _echo_both_ways(guest, peer, link, peer_mac, 0)
+            _set_link(topo, link, state="down")
+            c0 = _cpu(dev)
+            for _ in range(20):
+                guest.send(FRAME)
+            assert dev.wait_fault(IDLE_S) is None
+            assert _cpu(dev) - c0 < IDLE_CPU_NS
+            _set_link(topo, link, state="up")
+            peer.flush()
+            _echo_both_ways(guest, peer, link, peer_mac, 1)
+            dev.check()
+
+
+def test_a_macvtap_moved_to_another_namespace_is_not_taken_for_deleted(tag, datapath):
+    """Moving an interface out of a namespace is announced there as RTM_DELLINK, like a deletion, but
+    with IFLA_NEW_NETNSID: the macvtap lives on in the other namespace and its fd keeps working, so
+    the device must keep running and moving frames."""
+    with GuestMemory(32 << 20) as mem, Topology(tag, mtu=1500) as topo:
+        link = topo.macvtap("bridge")
+        other = f"vnb{tag}-mv"
+        with Peer(topo.peer, topo.netns) as peer, VirtioNet(mem, link, datapath=datapath) as dev, \
+                Namespace(other) as away:
+            with topo.ns.ipr() as ipr:
+                peer_mac = ipr.link("get", ifname=topo.peer)[0].get_attr("IFLA_ADDRESS")
+            guest = GuestDriver(dev)
+            _echo_both_ways(guest, peer, link, peer_mac, 0)
+            _set_link(topo, link, net_ns_fd=other)
+            assert dev.wait_fault(1.0) is None, "a move was taken for a deletion"
+            # A move takes the interface down and gives it that namespace's IPv6 defaults: silence
+            # the host's own IPv6 chatter there again (silence_host_stack), then bring it up.
+            away.run(silence_host_stack, link.name)
+            with away.ipr() as ns:
+                ns.link("set", index=ns.link_lookup(ifname=link.name)[0], state="up")
+            peer.flush()
+            _echo_both_ways(guest, peer, link, peer_mac, 1)
+            dev.check()
+            with away.ipr() as ns:   # then deleted there: that is a loss, and it is seen
+                ns.link("del", index=ns.link_lookup(ifname=link.name)[0])
+            err = dev.wait_fault(2.0)
+            assert isinstance(err, errors.LinkGone), err
 
 
 def _counts() -> tuple[int, int, int]:

@@ -33,5 +33,10 @@ class Datapath(Protocol):
     def threads(self) -> list[int]:
         """Thread ids doing the work (for CPU accounting)."""
 
+    def stalled_for(self) -> float | None:
+        """Seconds since the worker last showed it runs, when that is longer than it can be idle
+        without showing it (STALL_S); None when it is fine, not running, or cannot be observed (the
+        kernel's vhost worker)."""
+
     def close(self) -> None:
         """Stop if running and release what the datapath holds (threads, fds)."""

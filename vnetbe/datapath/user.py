@@ -1,12 +1,18 @@
 """The userspace datapath: vnetbe's C thread (csrc/device/vnb_datapath.c) servicing the rings."""
 from __future__ import annotations
 
+import time
+
 from .. import spec
 from .._native import check, ffi, lib
 from ..errors import ConfigError
 from ..faults import DROP_REASONS, FAULT_NAMES
 from ..queue import QueueConfig, QueueState
 from .stats import DatapathStats, LinkCounters
+
+# A running thread passes through its loop at least once a heartbeat (VNB_DP_HEARTBEAT_MS, idle or
+# not; a pass is bounded by its budgets): three missed beats mean it is stuck, not idle.
+STALL_S = 3 * lib.VNB_DP_HEARTBEAT_MS / 1000
 
 # The C counters (struct vnb_dp_stats) by the names DatapathStats gives them.
 _C_COUNTERS = [n for n in DatapathStats.__dataclass_fields__ if n in dir(ffi.new("struct vnb_dp_stats *"))]
@@ -74,6 +80,12 @@ class UserDatapath:
     def threads(self) -> list[int]:
         tid = lib.vnb_dp_tid(self._dp)
         return [tid] if tid and lib.vnb_dp_running(self._dp) else []
+
+    def stalled_for(self) -> float | None:
+        if not lib.vnb_dp_running(self._dp):
+            return None
+        age = (time.monotonic_ns() - lib.vnb_dp_heartbeat(self._dp)) / 1e9
+        return age if age > STALL_S else None
 
     def stats(self) -> DatapathStats:
         if self._final is not None:

@@ -15,13 +15,14 @@ import os
 import select
 import struct
 import threading
+import time
 
 from .. import spec
 from .._native import ffi, lib
 from ..cputime import thread_cpu_ns, voluntary_switches
 from ..errors import ConfigError, KernelRefused, VhostFault
 from ..faults import FAULT_NAMES
-from ..link.watch import LinkWatch
+from ..link.watch import LinkWatch, link_alive
 from ..queue import QueueConfig, QueueState
 from . import vhost_ioctl as io
 from .stats import DatapathStats, LinkCounters
@@ -206,6 +207,7 @@ class VhostDatapath:
         watch = self._link_watch
         if watch is not None:
             poller.register(watch.fileno(), select.POLLIN)
+        alive_checked = time.monotonic()
         while True:
             # The RX count is read off the used ring's 16-bit index: sampling every TALLY_MS keeps
             # fewer than 65536 entries between two samples up to 3 million frames/s per queue.
@@ -214,8 +216,14 @@ class VhostDatapath:
             if self._stop_fd in ready:
                 return
             bits = ready.pop(self._link.fd, 0) & (select.POLLERR | select.POLLHUP)
-            if watch is not None and ready.pop(watch.fileno(), 0) and watch.deleted():
+            if watch is not None and ready.pop(watch.fileno(), 0) and watch.deleted() and not link_alive(self._link.fd):
                 bits |= select.POLLHUP
+            # Once a heartbeat: a link moved to another namespace and deleted there sends nothing here.
+            now = time.monotonic()
+            if watch is not None and now - alive_checked >= lib.VNB_DP_HEARTBEAT_MS / 1000:
+                alive_checked = now
+                if not link_alive(self._link.fd):
+                    bits |= select.POLLHUP
             if bits and not self._link_down:
                 self._link_down = bits
                 poller.unregister(self._link.fd)
@@ -272,6 +280,9 @@ class VhostDatapath:
 
     def link_down(self) -> int:
         return self._link_down
+
+    def stalled_for(self) -> float | None:
+        return None   # the kernel's worker shows no heartbeat; its stalls are the kernel's to report
 
     def threads(self) -> list[int]:
         """This device's vhost worker(s), still alive."""

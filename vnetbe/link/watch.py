@@ -1,7 +1,10 @@
 """Hearing that an interface was deleted. A macvtap's fd says nothing when its interface goes (reads
-give EAGAIN, writes vanish), so a datapath that must notice listens on rtnetlink for RTM_DELLINK."""
+give EAGAIN, writes vanish), so a datapath that must notice listens on rtnetlink for RTM_DELLINK
+and then asks the fd (``link_alive``): a move to another namespace is announced the same way."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import socket
 import struct
 
@@ -9,6 +12,17 @@ from .._native import lib
 
 _NLMSGHDR = struct.Struct("=IHHII")     # len, type, flags, seq, pid
 _IFINFOMSG = struct.Struct("=BxHiII")   # family, type, index, flags, change
+
+
+def link_alive(fd: int) -> bool:
+    """Whether the interface of a tap or macvtap fd still exists, in whatever namespace it now lives:
+    a deleted macvtap answers TUNGETIFF with ENOLINK, a deleted tap with EBADFD. An RTM_DELLINK alone
+    does not say it: a move to another namespace is announced the same way."""
+    try:
+        fcntl.ioctl(fd, lib.TUNGETIFF, bytearray(40))   # struct ifreq
+    except OSError as e:
+        return e.errno not in (errno.ENOLINK, errno.EBADFD)
+    return True
 
 
 class LinkWatch:
@@ -28,7 +42,8 @@ class LinkWatch:
         return self.sock.fileno()
 
     def deleted(self) -> bool:
-        """Read what is pending; True if it says our interface was deleted."""
+        """Read what is pending; True if it announces our interface gone (deleted, or moved to another
+        namespace: ask ``link_alive`` which)."""
         gone = False
         while True:
             try:
