@@ -20,7 +20,7 @@ def default_placement() -> dict[str, int] | None:
     return {"device": cpus[-1], "guest": cpus[0], "peer": cpus[0]}
 
 
-# Where "auto" pins, as measured on a 2-vCPU host (100000 frames x 5 runs, user path; docs/bench.md):
+# Where "auto" pins, as measured on a 2-vCPU host (100000 frames x 5 runs, user path; docs/datapaths.md):
 # TX 64 B user/raw 0.94 with cv 2 % pinned, 0.77 with cv 13 % unpinned. RX pinned puts the guest on
 # the CPU of the flooding peer sender: user/raw 0.76 pinned against 0.87 unpinned, so RX is left free.
 AUTO_SCENARIOS = ("tx",)
