@@ -37,11 +37,17 @@ python3 -m pip install -q --root-user-action=ignore -e '.[test,lab,plot]'
 
 export PYTHONDONTWRITEBYTECODE=1
 status=0
-python3 -m pytest tests -q -p no:cacheprovider "$@" || status=$?
+python3 -m pytest tests -q -p no:cacheprovider -m "not slow" "$@" || status=$?
+
+# The long runs (10^7 frames each way, a million-frame order check): a step of their own.
+python3 -m pytest tests -q -p no:cacheprovider -m slow || status=$?
 
 # The benchmarks, briefly (one round each, short counts): they assert delivery and accounting.
 VNETBE_BENCH_COUNT="${VNETBE_BENCH_COUNT:-20000}" python3 -m pytest bench -q -p no:cacheprovider \
     --benchmark-disable || status=$?
+
+# The unit tests again over an ASan + UBSan build of the C extensions (in a copy of the tree).
+sh tests/asan.sh || status=$?
 
 # A short fuzzing run of each libFuzzer target (csrc/fuzz/run.sh documents long runs).
 sh csrc/fuzz/run.sh "${VNB_FUZZ_SECONDS:-60}" || status=1
