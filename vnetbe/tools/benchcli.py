@@ -489,6 +489,14 @@ def write_json(doc: dict, path: str) -> None:
 # ------------------------------------------------------------------------------------------- table
 
 
+def _runs_text(doc: dict) -> str:
+    """"5", or "5-10" when a spread bound gave some configurations more runs."""
+    s = doc["start"]
+    most = max([r.get("runs", s["repeat"]) for r in list(doc["results"]) + list(doc.get("baseline") or [])]
+               or [s["repeat"]])
+    return str(s["repeat"]) if most <= s["repeat"] else f"{s['repeat']}-{most}"
+
+
 def format_table(doc: dict) -> str:
     s = doc["start"]
     varied = varied_options(doc)
@@ -500,7 +508,7 @@ def format_table(doc: dict) -> str:
         fixed.append(f"EVENT_IDX {'on' if r0['event_idx'] else 'off'}")
     where = s.get("where", WHERE_HOST)
     lines = [f"vnetbe bench on {s['host']} ({where}; kernel {s['kernel']}, {s['cpus']} cpus), "
-             f"{s['count']} frames x {s['repeat']} runs, median [min..max]" + (f"; {', '.join(fixed)}" if fixed else "")]
+             f"{s['count']} frames x {_runs_text(doc)} runs, median [min..max]" + (f"; {', '.join(fixed)}" if fixed else "")]
     ocol = bool(varied) or any((r.get("options") or {}).get("busyloop_us") for r in doc["results"])
 
     thr = rows_in_order(doc, THROUGHPUT_SCENARIOS)

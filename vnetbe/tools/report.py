@@ -161,7 +161,7 @@ def _frac(x: float) -> str:
 def _verdict_notify(kicks: float, irqs: float, worst_irq: dict) -> str:
     if kicks <= 1 / 32 and irqs <= 1 / 32:
         return "met"
-    if irqs > 1 / 32 and worst_irq["scenario"] == "rx" and not (worst_irq.get("drops") or {}).get("lost"):
+    if irqs > 1 / 32 and worst_irq["scenario"] == "rx" and not any((worst_irq.get("drops") or {}).values()):
         # The target speaks of saturating load: a guest that lost nothing kept up with the peer and
         # went to sleep between bursts, so every wake-up needed an interrupt.
         return "missed (that rx run was not saturated: nothing was lost; --scenario rxsat saturates it)"

@@ -8,14 +8,16 @@ same run as its baseline.
 
 Scenarios (``SCENARIOS``):
 
-- ``tx``: the guest floods frames to the peer; rate = frames the guest queued / time until the device
-  consumed them all. Baseline ``raw_tx``: one thread write()s the same frames to the macvtap fd.
+- ``tx``: the guest floods tagged frames to the peer, which checks every byte; rate = frames delivered
+  at the peer / time from the first sent to the last received (what the device consumed is
+  ``options.consumed_pps``). Baseline ``raw_tx``: one thread write()s the same frames, each built
+  fresh, to the macvtap fd, towards the same receiver.
 - ``rx``: the peer floods tagged frames to the guest; rate = frames the guest got / time to the last
   one. Baseline ``raw_rx``: one thread read()s them from the macvtap fd.
 - ``rxsat``: ``rx`` under saturating load: more peer threads than CPUs send at once, more than the
   path carries. They share the peer's socket, whose send buffer holds them back (a queued skb is
   charged to its sender until the reader frees it), so the tap's queue stays well filled and little
-  or nothing is dropped; what is, the kernel counts (drops ``macvtap_queue``, ``veth_backlog``).
+  or nothing is dropped; what is, the kernel counts (drops ``macvtap_rx_queue``, ``veth_from_peer``).
   This is where notification suppression shows: kicks and interrupts per frame. Baseline
   ``raw_rx`` with the same senders.
 - ``vm2vm``: guest A floods tagged frames to guest B's MAC through two bridge-mode macvtaps of one
@@ -25,6 +27,9 @@ Scenarios (``SCENARIOS``):
   reply, the peer receives that; ``count`` round trips, one at a time. Reports p50/p99 latency in µs;
   the rate is round trips per second and the per-packet counts are per round trip. Baseline
   ``raw_rr``: the same with a thread answering straight on the macvtap fd.
+
+Every throughput result accounts for every frame offered: delivered, or in ``drops`` by reason, with
+``unaccounted`` for what no counter explains (``delivery.py``). ``pinning.py`` places the threads.
 
 Sizes are Ethernet frame bytes without FCS (26 .. 9014 on the default MTU 9000), or ``"64k"``: one
 65535-byte TCP/IPv4 frame sent with TSO (``gso=("tcpv4", 1448)``, checksum offload): pps counts
