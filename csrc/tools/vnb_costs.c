@@ -5,6 +5,7 @@
  * CLOCK_THREAD_CPUTIME_ID for the CPU a thread used (the same sum_exec_runtime that
  * /proc/.../schedstat reports, so it compares with the benchmark's per-thread CPU). */
 #include "vnb_costs.h"
+#include "vnb_peer.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -436,6 +437,30 @@ int vnb_cost_memcpy(uint32_t size, uint64_t iters, struct vnb_cost_run *st)
     free(src);
     free(dst);
     return 0;
+}
+
+int vnb_cost_tag(uint32_t size, uint64_t iters, int check, struct vnb_cost_run *st)
+{
+    static const uint8_t dst[6] = { 2, 0, 0, 0, 0, 2 }, src[6] = { 2, 0, 0, 0, 0, 1 };
+    if (size < VNB_TAG_HDR_LEN || size > VNB_TAG_MAX_SIZE)
+        return -EINVAL;
+    uint8_t *f = malloc(size);
+    if (!f)
+        return -ENOMEM;
+    vnb_peer_fill_tagged(f, dst, src, 0, 0, size);
+    uint32_t seq = 0, flow = 0;
+    int bad = 0;
+    run_begin(st);
+    for (uint64_t i = 0; i < iters; i++) {
+        if (check)
+            bad |= vnb_peer_check_tagged(f, size, &seq, &flow) != 1;
+        else
+            vnb_peer_fill_tagged(f, dst, src, 0, (uint32_t)i, size);
+        __asm__ __volatile__("" ::: "memory");
+    }
+    run_end(st, iters);
+    free(f);
+    return bad ? -EILSEQ : 0;
 }
 
 /* ---- writev of one frame ---- */

@@ -65,6 +65,9 @@ int vnb_cost_cpuid(uint32_t leaf, uint64_t iters, struct vnb_cost_run *st);
 
 /* `iters` memcpy()s of `size` bytes between two buffers that stay in cache (after one warm-up copy). */
 int vnb_cost_memcpy(uint32_t size, uint64_t iters, struct vnb_cost_run *st);
+/* `iters` sequence-tagged frames of `size` bytes built (check 0: vnb_peer_fill_tagged, what the bench's
+ * senders do per frame) or verified (check 1: vnb_peer_check_tagged, what its receivers do). */
+int vnb_cost_tag(uint32_t size, uint64_t iters, int check, struct vnb_cost_run *st);
 
 /* `iters` writev()s of [hdr_len zero bytes][a frame_len-byte Ethernet frame, ethertype 0x88B5,
  * locally administered MACs] to fd: a macvtap/tap fd (hdr_len = its vnet header size) or any file.

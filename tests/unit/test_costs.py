@@ -131,7 +131,7 @@ def test_json_shape_is_stable(measured):
     assert doc["options"]["quick"] is True and doc["options"]["repeats"] >= 5
     r = doc["results"]
     assert set(r) == {"syscall", "eventfd_signal", "wakeup_poll", "wakeup_epoll", "context_switch", "vm_exit",
-                      "memcpy"}
+                      "memcpy", "tag"}
     for k in ("syscall", "eventfd_signal", "context_switch"):
         assert set(r[k]["ns"]) == STAT and set(r[k]["wall_ns"]) == STAT
     for k in ("wakeup_poll", "wakeup_epoll"):
@@ -139,7 +139,8 @@ def test_json_shape_is_stable(measured):
     assert {"vm_exit", "hypervisor_vendor", "ns", "wall_ns", "leaf", "iterations"} <= set(r["vm_exit"])
     for c in r["memcpy"].values():
         assert set(c) == {"ns", "wall_ns", "ns_per_kib"}
-    assert set(doc["units"]) == {"syscall_ns", "wakeup_ns", "interrupt_ns", "vm_exit_ns", "memcpy_ns"}
+    assert set(doc["units"]) == {"syscall_ns", "wakeup_ns", "interrupt_ns", "vm_exit_ns", "memcpy_ns", "tag_fill_ns",
+                                 "tag_check_ns"}
     assert set(doc["units"]["memcpy_ns"]) == {"64", "1500", "65536"}
 
 
@@ -173,17 +174,17 @@ def _rows(p: dict) -> dict:
     pytest.param("user", 64, "tx",
                  {"syscalls": 1.5, "kicks": 0.25, "interrupts": 0.125, "wakeups": 0.25, "cpu_ns": 2000.0},
                  {"frame syscall": (1.0, 100.0, 100.0), "other syscalls": (0.5, 100.0, 50.0),
-                  "wake-ups": (0.25, 2000.0, 500.0), "interrupts": (0.125, 3000.0, 375.0), "copies": (1.0, 4.0, 4.0)},
+                  "wake-ups": (0.25, 2000.0, 500.0), "interrupts": (0.125, 3000.0, 375.0), "copies": (2.0, 4.0, 8.0)},
                  {"kick exits": 1250.0, "interrupt injections": 625.0},
-                 {"predicted_ns": 1029.0, "measured_ns": 2000.0, "ratio": 2000.0 / 1029.0, "unexplained_ns": 971.0,
+                 {"predicted_ns": 1033.0, "measured_ns": 2000.0, "ratio": 2000.0 / 1033.0, "unexplained_ns": 967.0,
                   "vmm_extra_ns": 1875.0},
                  id="user_exact"),
     pytest.param("vhost", 1500, "rx",
                  {"syscalls": 0.5, "kicks": 0.5, "interrupts": 0.25, "wakeups": 0.5, "cpu_ns": 4000.0},
                  {"syscalls": (0.5, 100.0, 50.0), "wake-ups": (0.5, 2000.0, 1000.0),
-                  "interrupts": (0.25, 3000.0, 750.0), "copies": (1.0, 60.0, 60.0)},
+                  "interrupts": (0.25, 3000.0, 750.0), "copies": (2.0, 60.0, 120.0)},
                  {"kick exits": 0.5 * 5000, "interrupt injections": 0.25 * 5000},
-                 {"predicted_ns": 1860.0, "vmm_extra_ns": 0.5 * 5000 + 0.25 * 5000},
+                 {"predicted_ns": 1920.0, "vmm_extra_ns": 0.5 * 5000 + 0.25 * 5000},
                  id="vhost_has_no_frame_syscall"),
 ])
 def test_predict(datapath, size, scenario, pp, terms, vmm, totals):
@@ -272,15 +273,16 @@ def test_from_bench_json_predicts_out_of_sample(files, capsys):
     got = {(p["datapath"], p["size"]): p for p in out["predictions"]}
     raw64, raw1500, user = got[("raw", 64)], got[("raw", 1500)], got[("user", 64)]
     copy64, copy1500 = (costs.memcpy_ns(n, COSTS["units"]["memcpy_ns"]) for n in (64, 1500))
-    # The raw loop at 1500 B spends 1800 ns: less its syscall and its 1500-byte copy, the frame's
-    # stack work. That term, and never the 64-byte raw loop's own CPU, prices the 64-byte predictions.
-    stack1500 = 1800.0 - 100.0 - copy1500
+    # The raw loop at 1500 B spends 1800 ns: less its syscall and its two 1500-byte copies (the
+    # device's side and the peer's), the frame's stack work. That term, and never the 64-byte raw
+    # loop's own CPU, prices the 64-byte predictions.
+    stack1500 = 1800.0 - 100.0 - 2 * copy1500
     assert _stack(raw64) == _stack(user) == [pytest.approx(stack1500)]
     assert raw64["calibrated_on"] == {"scenario": "tx", "size": 1500} and not raw64["in_sample"]
-    assert raw64["predicted_ns"] == pytest.approx(100.0 + copy64 + stack1500)
+    assert raw64["predicted_ns"] == pytest.approx(100.0 + 2 * copy64 + stack1500)
     assert raw64["predicted_ns"] != raw64["measured_ns"]           # a real prediction, not a restatement
     assert raw64["error"] == pytest.approx(raw64["predicted_ns"] / 1500.0 - 1)
-    assert _stack(raw1500) == [pytest.approx(1500.0 - 100.0 - copy64)]   # and the other way round
+    assert _stack(raw1500) == [pytest.approx(1500.0 - 100.0 - 2 * copy64)]   # and the other way round
     assert user["baseline_ns"] == 1500.0 and user["measured_ns"] == 2000.0
     assert sum(r["share"] for r in user["rows"]) == pytest.approx(1.0)
     errs = costs.out_of_sample_errors(out["predictions"])
@@ -362,3 +364,25 @@ def test_predict_prices_the_sleeps_that_happened_not_every_signal():
     old = {r["term"]: r for r in costs.predict({k: v for k, v in pp.items() if "sleeps" not in k}, COSTS,
                                               "user")["rows"]}
     assert old["wake-ups"]["count"] == 1.0 and old["interrupts"]["count"] == 1.0   # older bench JSON
+
+
+def test_the_bench_s_own_payload_work_is_priced_by_size_when_measured():
+    """Every tagged frame is built fresh and, for tx, checked byte for byte at the peer: work that grows
+    with the frame and that the size-independent stack term cannot carry. Priced from the tag loops."""
+    units = dict(COSTS["units"], tag_fill_ns={"64": 10.0, "1500": 200.0}, tag_check_ns={"64": 20.0, "1500": 400.0})
+    pp = {"syscalls": 1.0, "cpu_ns": 1000.0}
+    tx = {r["term"]: r for r in costs.predict(pp, {"units": units}, "user", size=1500, scenario="tx")["rows"]}
+    rx = {r["term"]: r for r in costs.predict(pp, {"units": units}, "user", size=64, scenario="rx")["rows"]}
+    assert tx["peer payload"]["ns"] == 600.0        # built and checked
+    assert rx["peer payload"]["ns"] == 10.0         # built by the peer's sender; the guest counts in place
+    old = {r["term"] for r in costs.predict(pp, COSTS, "user", size=64, scenario="tx")["rows"]}
+    assert "peer payload" not in old                # costs measured before the tag loops: no such term
+
+
+def test_tag_loops_are_measured_and_grow_with_the_frame(measured):
+    t = measured["results"]["tag"]
+    assert set(t) == {"64", "1500", "9014"}
+    for k in ("fill_ns", "check_ns"):
+        assert all(_ordered(t[s][k]) for s in t)
+        assert t["64"][k]["median"] < t["9014"][k]["median"]
+    assert measured["units"]["tag_fill_ns"]["1500"] == t["1500"]["fill_ns"]["median"]

@@ -13,6 +13,8 @@ each kind of crossing here (csrc/tools/vnb_costs.c) and builds a per-packet cost
   carries the write and the read that cause it);
 - a **VM exit**: CPUID traps to the hypervisor in a guest (not on bare metal: ``vm_exit: false``);
 - **memcpy** of 64 B, 1500 B and 64 KiB in cache;
+- building and checking a **sequence-tagged frame** of 64, 1500 and 9014 B (the bench's own per-frame
+  byte work, which the model prices as "peer payload");
 - optionally, **writev** of a 64-byte frame to a device the caller names (a macvtap's /dev/tapN).
 
 Every figure is the median of several runs (7, or 5 with --quick), with min and max, of the CPU time
@@ -28,12 +30,15 @@ The model (``predict``) for one packet:
     wake-ups       x wake-up       a sleeping thread woken (datapath thread, or the vhost worker), CPU
                                    beyond the three syscalls already counted above
     interrupts     x signal        eventfd signal that wakes the guest sleeping in poll, likewise
-    copies         x memcpy(size)  the kernel copies the frame between guest memory and an skb (inside
-                                   writev/readv or vhost); the bench's guest writes a TX slot only once
+    copies         x memcpy(size)  two: the kernel copies the frame between guest memory and an skb
+                                   (inside writev/readv or vhost), and between the peer's buffer and an skb
+    peer payload   x 1             the bench's own byte work: each tagged frame built fresh (tx: by the
+                                   guest or raw writer; rx: by the peer), and for tx checked at the peer
+                                   (the tag loops below, interpolated to the size)
     frame stack    x 1             the kernel's work on the frame (tap, macvlan, veth, the peer's side),
                                    the same on every path and taken as size-independent: calibrated on
                                    the raw loop of the same scenario at *another* size (its CPU per frame
-                                   less its syscall and its copy), so every prediction is out of sample
+                                   less its other terms), so every prediction is out of sample
 
 beside the CPU ns per packet that the benchmark measured. Wake-ups and interrupts are counted as the
 sleeps that happened (voluntary context switches of the device's and the guest's threads) where the
@@ -69,6 +74,7 @@ __all__ = ["SCHEMA", "DATAPATHS", "measure", "cpu_info", "writev_cost", "memcpy_
 SCHEMA = "vnetbe-costs/1"
 DATAPATHS = ("user", "vhost", "raw")
 MEMCPY_SIZES = (64, 1500, 65536)
+TAG_SIZES = (64, 1500, 9014)   # the bench's tagged frames: 26 .. 9014 bytes
 WAKE_SYSCALLS = 3   # per one-way wake-up: the waker's write, the waiter's poll/epoll_wait and its read
 
 # Iterations per repeat: (full, quick).
@@ -178,6 +184,8 @@ def _units(res: dict) -> dict:
         "interrupt_ns": beyond(res["wakeup_poll"]),
         "vm_exit_ns": vm["ns"]["median"] if vm["vm_exit"] and vm["ns"] else None,
         "memcpy_ns": {k: v["ns"]["median"] for k, v in res["memcpy"].items()},
+        "tag_fill_ns": {k: v["fill_ns"]["median"] for k, v in res["tag"].items()},
+        "tag_check_ns": {k: v["check_ns"]["median"] for k, v in res["tag"].items()},
     }
 
 
@@ -205,6 +213,11 @@ def measure(quick: bool = False, repeats: int | None = None) -> dict:
         for s in MEMCPY_SIZES:
             raw.setdefault(f"memcpy{s}", []).append(
                 _run(lib.vnb_cost_memcpy, f"memcpy {s} B", s, max(it["memcpy_bytes"] // s, 1000)))
+        for s in TAG_SIZES:
+            for check in (0, 1):
+                raw.setdefault(f"tag{check}_{s}", []).append(
+                    _run(lib.vnb_cost_tag, f"tagged frame {'check' if check else 'fill'} {s} B", s,
+                         max(it["memcpy_bytes"] // 8 // s, 1000), check))
 
     def loop(xs: list[tuple[float, float]], **extra) -> dict:
         return {"ns": _stat([c for c, _ in xs]), "wall_ns": _stat([w for _, w in xs]), **extra}
@@ -227,6 +240,8 @@ def measure(quick: bool = False, repeats: int | None = None) -> dict:
                     **(loop(raw["cpuid"]) if raw["cpuid"] else {"ns": None, "wall_ns": None}),
                     "leaf": 0, "iterations": it["cpuid"]},
         "memcpy": {str(s): copy(s) for s in MEMCPY_SIZES},
+        "tag": {str(s): {"fill_ns": _stat([c for c, _ in raw[f"tag0_{s}"]]),
+                         "check_ns": _stat([c for c, _ in raw[f"tag1_{s}"]])} for s in TAG_SIZES},
     }
     return {"schema": SCHEMA, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": _host(info),
             "options": {"quick": quick, "repeats": repeats, "seconds": round(time.monotonic() - t_start, 2)},
@@ -249,15 +264,15 @@ def writev_cost(fd: int, hdr_len: int = 10, frame_len: int = 64, iterations: int
 
 # ---------------------------------------------------------------- the model
 
-# Frame copies per packet, by (datapath, scenario).  TX through a device: the kernel copies the frame
-# from guest memory into an skb (inside write for the user path, in the vhost worker for vhost); the
-# benchmark's guest fills each ring slot once and then rewrites only the sequence number, as a real
-# guest hands skb pages over.  RX: the kernel copies the skb into the guest's buffer (readv / vhost);
-# the benchmark's guest counts frames in place.  Raw loops: one copy.
+# Frame copies per packet, by (datapath, scenario): one on the device's side and one on the peer's.
+# TX through a device: the kernel copies the frame from guest memory into an skb (inside write for the
+# user path, in the vhost worker for vhost), and the peer's recvmmsg copies it out again. RX: the
+# peer's sendmmsg copies the frame into an skb, and the kernel copies the skb into the guest's buffer
+# (readv / vhost); the benchmark's guest counts frames in place. Raw loops: the same two.
 MODELLED_SCENARIOS = ("tx", "rx", "rxsat")
 TARGET_ERROR = 0.30   # |predicted / measured - 1| the model aims at, out of sample
-_COPIES = {("user", "tx"): 1, ("vhost", "tx"): 1, ("user", "rx"): 1, ("vhost", "rx"): 1,
-           ("raw", "tx"): 1, ("raw", "rx"): 1}
+_COPIES = {("user", "tx"): 2, ("vhost", "tx"): 2, ("user", "rx"): 2, ("vhost", "rx"): 2,
+           ("raw", "tx"): 2, ("raw", "rx"): 2}
 _COPIES.update({(dp, "rxsat"): n for (dp, sc), n in list(_COPIES.items()) if sc == "rx"})
 
 _WHY = {
@@ -277,8 +292,11 @@ _WHY = {
                    "(tap, macvlan, veth and the peer's side): the same on every path and taken as independent of "
                    "the frame size, so it is calibrated on the raw loop of the same scenario at another size (its "
                    "CPU per frame minus its syscalls and copy): out of sample",
-    "copies": "frame copies: the kernel's, between guest memory and an skb; "
-              "priced as an in-cache memcpy of the frame size (interpolated)",
+    "copies": "frame copies: the kernel's, between guest memory and an skb, and the peer's, between its "
+              "buffers and an skb; priced as an in-cache memcpy of the frame size (interpolated)",
+    "peer payload": "the bench's own work on each frame's bytes: every frame is built fresh as a sequence-tagged "
+                    "frame (by the guest or raw writer for tx, the peer's sender for rx) and, for tx, checked byte "
+                    "for byte by the peer's receiver; priced by `vnetbe costs` (tag fill and check, interpolated)",
     "kick exits": "in a VM each kick is a guest write to an ioeventfd that traps: one VM exit (~ CPUID)",
     "interrupt injections": "in a VM each interrupt is injected into the guest: estimated as one more VM exit",
 }
@@ -331,7 +349,12 @@ def predict(per_packet: dict, costs: dict, datapath: str, *, size: int = 64, sce
     rows.append(_row("wake-ups", count("device_sleeps" if slept else "wakeups"), wake))
     rows.append(_row("interrupts", count("guest_sleeps" if slept else "interrupts"), irq))
     rows.append(_row("copies", float(_COPIES[(datapath, scenario)] if copies is None else copies), cp))
-    crossings = sum(r["ns"] for r in rows if r["term"] != "copies")
+    if u.get("tag_fill_ns"):   # costs measured before the tag loops existed price no payload work
+        tag = memcpy_ns(int(size), u["tag_fill_ns"])
+        if scenario == "tx":
+            tag += memcpy_ns(int(size), u["tag_check_ns"])
+        rows.append(_row("peer payload", 1.0, tag))
+    crossings = sum(r["ns"] for r in rows if r["term"] not in ("copies", "peer payload"))
     if stack_ns is not None:
         rows.append(_row("frame stack", 1.0, float(stack_ns)))
     predicted = sum(r["ns"] for r in rows)
@@ -488,6 +511,11 @@ def format_costs(costs: dict) -> str:
         label = f"memcpy {n >> 10} KiB" if n >= 1024 and n % 1024 == 0 else f"memcpy {n} B"
         m, mm = _st(c["ns_per_kib"])
         lines.append(f"{label + ' (in cache), per KiB':48}{m:>10}  {mm:<26}{_ns(c['ns']['median'])} per copy")
+    for s, t in (r.get("tag") or {}).items():
+        m, mm = _st(t["fill_ns"])
+        lines.append(f"{'tagged frame of ' + s + ' B: build':48}{m:>10}  {mm:<26}")
+        m, mm = _st(t["check_ns"])
+        lines.append(f"{'tagged frame of ' + s + ' B: check every byte':48}{m:>10}  {mm:<26}")
     if "writev" in r:
         w = r["writev"]
         lines.append(f"{'writev of a ' + str(w['frame_len']) + '-byte frame to ' + w.get('path', 'the fd'):48}"
