@@ -73,13 +73,14 @@ def test_a_deleted_macvtap_stops_the_device_with_link_gone_and_no_thread_spins(t
         _deleted_under_a_running_device(mem, topo.macvtap("bridge"), datapath)
 
 
-def _echo_both_ways(guest, peer, link, peer_mac, k: int) -> None:
+def _echo_both_ways(guest, peer, link, peer_mac, k: int, timeout: float = 5.0) -> None:
+    """One tagged frame guest -> peer and one back, each byte-compared."""
     out = packet.tagged_frame(k, 80, peer_mac, link.mac)
     guest.send(out)
-    assert peer.recv(timeout=5.0) == out
+    assert peer.recv(timeout=timeout) == out
     back = packet.tagged_frame(k, 80, link.mac, peer_mac)
     peer.send(back)
-    assert guest.receive(timeout=5.0) == back
+    assert guest.receive(timeout=timeout) == back
 
 
 def _set_link(topo, link, **kw) -> None:
@@ -156,13 +157,7 @@ def test_a_thousand_device_cycles_with_traffic_leave_no_fd_thread_or_mapping(tag
 
             def cycle(k: int) -> None:
                 with GuestMemory(4 << 20) as mem, VirtioNet(mem, link, datapath=datapath) as dev:
-                    guest = GuestDriver(dev, queue_size=16, rx_buf_size=2048)
-                    out = packet.tagged_frame(k, 80, peer_mac, link.mac)
-                    guest.send(out)
-                    assert peer.recv(timeout=2.0) == out
-                    back = packet.tagged_frame(k, 80, link.mac, peer_mac)
-                    peer.send(back)
-                    assert guest.receive(timeout=2.0) == back
+                    _echo_both_ways(GuestDriver(dev, queue_size=16, rx_buf_size=2048), peer, link, peer_mac, k)
 
             cycle(0)
             before = _counts()

@@ -59,6 +59,7 @@ def test_stop_is_heard_within_the_bound_while_a_hostile_guest_is_serviced(big_ri
     took = time.monotonic() - t0
     dropped = rig.dev.stats()["drops"]["tx_short"]
     assert dropped < QSIZE, "the ring was drained before the stop: this tested nothing"
+    print(f"stop heard in {took * 1000:.2f} ms with a hostile ring being serviced ({dropped} chains dropped)")
     assert took < STOP_BOUND_S, f"stop took {took * 1000:.1f} ms with a hostile ring being serviced"
     assert rig.dev.stats()["faults"] == {}   # long chains are legal: work, not a fault
 

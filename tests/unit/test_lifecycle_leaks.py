@@ -38,6 +38,8 @@ def test_a_thousand_create_close_cycles_with_traffic_leave_no_fd_thread_or_mappi
     for _ in range(CYCLES):
         _cycle()
     after = _counts()
+    print(f"{CYCLES} cycles: fds {before[0]} -> {after[0]}, threads {before[1]} -> {after[1]}, "
+          f"mappings {before[2]} -> {after[2]}")
     assert after[:2] == before[:2], f"fds, threads: {before[:2]} -> {after[:2]}"
     if os.environ.get("VNB_SANITIZED"):
         return   # tests/asan.sh: ASan's allocator maps its own shadow and quarantine as it goes
