@@ -1,7 +1,7 @@
 """What arrived and where the rest went: the peer's receiver for TX runs, the kernel's drop counters
 on the way (macvtap, the veth pair, the peer's socket), and the accounting every throughput result
 carries: ``offered == delivered + sum(drops)``, where ``drops["unaccounted"]`` is whatever no
-counter explains (negative if counters saw frames that were not the bench's)."""
+counter explains (negative only if more frames arrived than were offered, duplicates say)."""
 from __future__ import annotations
 
 import threading
