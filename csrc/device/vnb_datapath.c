@@ -707,8 +707,6 @@ static void poll_quiet_rings(struct vnb_dp *dp, int *kick_tx, int *kick_rx)
     }
 }
 
-/* A deleted macvtap tells its fd nothing (reads EAGAIN, writes vanish): only rtnetlink says it is gone.
- * Read what the kernel sent and stop the link on an RTM_DELLINK of ours. */
 /* Whether the link's interface still exists, in whatever namespace it now lives: a deleted macvtap
  * answers TUNGETIFF with ENOLINK, a deleted tap with EBADFD. An RTM_DELLINK alone does not say it (a
  * move to another namespace is announced the same way), and after such a move no message here will. */
@@ -721,6 +719,8 @@ static int link_alive(struct vnb_dp *dp)
     return errno != ENOLINK && errno != EBADFD;
 }
 
+/* A deleted macvtap tells its fd nothing (reads EAGAIN, writes vanish): only rtnetlink says it is gone.
+ * Read what the kernel sent and, on an RTM_DELLINK of ours, ask the fd whether it really is. */
 static void read_netlink(struct vnb_dp *dp)
 {
     /* Aligned for struct nlmsghdr, as NLMSG_NEXT expects. */

@@ -235,8 +235,8 @@ int vnb_vq_enable_notify(struct vnb_vq *vq)
 }
 
 /* num_buffers of the virtio-net header at the start of the buffer that descriptor id names; 1 when
- * the guest's descriptor no longer names readable memory (it may rewrite it after the fact: the
- * count is then wrong, never unsafe). */
+ * the descriptor names no readable memory. By the time it is read the guest may have reposted the
+ * buffer (vhost reuses it at once at any real rate): the count is then wrong, never unsafe. */
 static uint16_t header_num_buffers(const struct vnb_vq *vq, uint32_t id)
 {
     if (id >= vq->num)
@@ -262,6 +262,17 @@ void vnb_vq_tally_used(const struct vnb_vq *vq, uint32_t hdr_len, struct vnb_use
     const struct vring_used *used = vq->used;
     /* Acquire pairs with the other side's release of used->idx: the entries below it are written. */
     uint16_t idx = vnb_load_acquire(&used->idx);
+    uint16_t n = (uint16_t)(idx - t->seen_idx);
+    if (n > vq->num) {
+        /* More entries passed than the ring holds: the older slots already hold newer entries, so
+         * what they say is not theirs. Count those one frame each, unread, and read only the last num. */
+        uint16_t lapped = (uint16_t)(n - vq->num);
+        t->entries += lapped;
+        t->frames += lapped;
+        t->unread += lapped;
+        t->skip = 0;
+        t->seen_idx = (uint16_t)(t->seen_idx + lapped);
+    }
     for (uint16_t i = t->seen_idx; i != idx; i++) {
         const struct vring_used_elem *e = &used->ring[i & (vq->num - 1)];
         uint32_t id = vnb_load_relaxed(&e->id), len = vnb_load_relaxed(&e->len);
@@ -273,8 +284,11 @@ void vnb_vq_tally_used(const struct vnb_vq *vq, uint32_t hdr_len, struct vnb_use
         }
         t->frames++;
         t->bytes -= len < hdr_len ? len : hdr_len;
-        if (vq->flags & VNB_F_MRG_RXBUF)
-            t->skip = header_num_buffers(vq, id) - 1u;
+        if (vq->flags & VNB_F_MRG_RXBUF) {
+            /* Capped: a guest's header cannot make the count skip more than a ring of entries. */
+            uint32_t nb = header_num_buffers(vq, id);
+            t->skip = (nb < vq->num ? nb : vq->num) - 1u;
+        }
     }
     t->seen_idx = idx;
 }

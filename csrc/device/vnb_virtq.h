@@ -63,11 +63,14 @@ int vnb_vq_fail(struct vnb_vq *vq, int fault);
 
 /* What another device side (the kernel's vhost worker) has put on a used ring, counted from the
  * outside: zero it, set seen_idx to used->idx at the start, then call vnb_vq_tally_used often enough
- * that fewer than 65536 entries pass between two calls (the index is 16 bits). */
+ * that fewer than 65536 entries pass between two calls (the index is 16 bits). Entries are exact;
+ * frames and bytes read the entries (and, with MRG_RXBUF, the headers they point to), which are
+ * only still theirs while fewer than num entries pass: older ones count one frame each, unread. */
 struct vnb_used_tally {
     uint64_t entries;      /* used entries */
     uint64_t frames;       /* one per entry; with MRG_RXBUF one per header (its num_buffers entries) */
-    uint64_t bytes;        /* used lengths less one hdr_len per frame */
+    uint64_t bytes;        /* used lengths less one hdr_len per frame (of the entries read) */
+    uint64_t unread;       /* entries counted without reading them (a call came after num or more) */
     uint32_t skip;         /* entries of the current merged frame still to come */
     uint16_t seen_idx;     /* used->idx as of the last call */
     uint16_t pad;

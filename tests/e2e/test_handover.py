@@ -103,6 +103,8 @@ def test_switching_datapaths_under_bidirectional_traffic_loses_duplicates_and_re
     assert not errors, errors
     s = dev.stats()
     marks.append((s["tx_frames"], s["rx_frames"]))
+    # The gates above make frames move both ways in every interval; this checks that the device's
+    # counters (summed over the datapaths) see it so: each datapath counted the frames it moved.
     for k, ((tx0, rx0), (tx1, rx1)) in enumerate(zip(marks, marks[1:])):
         assert tx1 > tx0 and rx1 > rx0, f"no {'TX' if tx1 <= tx0 else 'RX'} frames around switch {k}: {marks}"
 

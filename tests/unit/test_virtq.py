@@ -747,3 +747,27 @@ def test_used_tally_survives_a_lying_descriptor(mem):
     t = ffi.new("struct vnb_used_tally *")
     lib.vnb_vq_tally_used(vq, 12, t)
     assert (t.entries, t.frames, t.skip) == (2, 2, 0)
+
+
+def test_used_tally_counts_a_lapped_ring_one_frame_an_entry_without_reading_stale_slots(mem):
+    # 20 entries pass an 8-entry ring between two calls: the 12 oldest slots now hold newer entries,
+    # so they count one frame each, unread; the last 8 are read (here 4 frames of 2 buffers each).
+    r, vq, bufs = _tally_ring(mem, 8, True)
+    idx = 0
+    for _ in range(4):
+        idx = _put_frame(mem, r, bufs, idx, 2, [52, 30])
+    r.used_idx = 20
+    t = ffi.new("struct vnb_used_tally *")
+    t.seen_idx = 0
+    lib.vnb_vq_tally_used(vq, 12, t)
+    assert (t.entries, t.frames, t.unread, t.seen_idx) == (20, 12 + 4, 12, 20)
+
+
+def test_used_tally_caps_what_a_header_can_make_it_skip(mem):
+    r, vq, bufs = _tally_ring(mem, 8, True)
+    _put_frame(mem, r, bufs, 0, 1, [52])
+    mem.write(bufs + 10, struct.pack("<H", 0xFFFF))     # the guest claims 65535 buffers
+    r.used_idx = 1
+    t = ffi.new("struct vnb_used_tally *")
+    lib.vnb_vq_tally_used(vq, 12, t)
+    assert t.skip == 7                                   # at most a ring's worth, not 65534

@@ -189,10 +189,22 @@ class VhostDatapath:
                 lib.vnb_vq_tally_used(self._rx_vq, self._hdr_len, self._rx_tally)
 
     def _rx_counted(self) -> tuple[int, int]:
-        self._sample()
-        t = self._rx_tally
-        f, b = self._rx_done
-        return (f + t.frames, b + t.bytes) if t is not None else (f, b)
+        with self._tally_lock:   # one consistent reading: the watcher samples concurrently
+            t = self._rx_tally
+            if t is not None:
+                lib.vnb_vq_tally_used(self._rx_vq, self._hdr_len, t)
+            f, b = self._rx_done
+            return (f + t.frames, b + t.bytes) if t is not None else (f, b)
+
+    def _fold_tally(self) -> None:
+        """At stop: this start's count joins the earlier ones, in one step under the lock."""
+        with self._tally_lock:
+            t = self._rx_tally
+            if t is not None:
+                lib.vnb_vq_tally_used(self._rx_vq, self._hdr_len, t)
+                f, b = self._rx_done
+                self._rx_done = (f + t.frames, b + t.bytes)
+            self._rx_vq = self._rx_tally = None
 
     def _watch(self, dev_err_fd: int) -> None:
         by_fd = {efd: q for q, efd in self._err.items()}
@@ -256,9 +268,8 @@ class VhostDatapath:
             # After the backend is detached the worker has flushed: used->idx in memory is vhost's last_used_idx.
             used_idx = struct.unpack("<H", self._mem.read(cfg.used + 2, 2))[0]
             states[q] = QueueState(last_avail, used_idx, q in self._faults, self._faults.get(q, 0))
-        self._final = self.stats()   # the tally's last sample: the worker has flushed
-        self._rx_done = self._rx_counted()
-        self._rx_vq = self._rx_tally = None
+        self._fold_tally()           # the worker has flushed: the tally's last sample
+        self._final = self.stats()
         for efd in list(self._err.values()) + [self._stop_fd]:
             os.close(efd)
         if self._link_watch is not None:

@@ -39,7 +39,8 @@ def _u_counts(n: int, m: int) -> tuple[int, ...]:
 
 def mann_whitney_p(xs: list[float], ys: list[float]) -> float:
     """Two-sided exact p-value of the Mann-Whitney U test (ties count one half; exact without ties,
-    conservative with them). 1.0 when either side is empty."""
+    approximate with them, which compare() never relies on: tied ranges overlap, and overlap alone
+    keeps a pair unseparated). 1.0 when either side is empty."""
     n, m = len(xs), len(ys)
     if not n or not m:
         return 1.0

@@ -23,19 +23,14 @@ def _root_link_stats(ifname: str) -> dict:
 
 
 def kernel_counters(bt, link) -> dict:
-    """The drop counters of every kernel queue a bench frame passes, either direction. On a macvtap
-    what the fd writes is *transmitted* (tx_dropped: macvlan could not queue it on the veth); what
-    the fd should read but had no room for is rx_dropped (its ptr_ring full)."""
+    """The raw drop counters of every kernel queue a bench frame passes, either direction:
+    ``kernel_drops`` turns two readings into drops by reason."""
     m = link.stats()
     parent = _root_link_stats(bt.topo.parent)
     peer = ns_link_stats(bt.topo, bt.topo.peer)
-    # A frame veth_xmit refuses (partner's backlog full, too long for its MTU) is counted by the
-    # sending end (tx_dropped) and, from Linux 6.x, by the partner too (rx_dropped): one drop, not two.
-    to_peer = max(parent.get("tx_dropped", 0), peer.get("rx_dropped", 0))
-    from_peer = max(peer.get("tx_dropped", 0), parent.get("rx_dropped", 0))
-    # macvlan counts a frame the veth refused as its own tx_dropped as well: only the rest is its own.
-    return {"macvtap_tx_queue": m.tx_dropped - to_peer, "macvtap_rx_queue": m.rx_dropped,
-            "veth_to_peer": to_peer, "veth_from_peer": from_peer}
+    return {"macvtap_tx": m.tx_dropped, "macvtap_rx": m.rx_dropped,
+            "parent_tx": parent.get("tx_dropped", 0), "parent_rx": parent.get("rx_dropped", 0),
+            "peer_tx": peer.get("tx_dropped", 0), "peer_rx": peer.get("rx_dropped", 0)}
 
 
 TX_KERNEL = ("macvtap_tx_queue", "veth_to_peer")
@@ -43,8 +38,18 @@ RX_KERNEL = ("macvtap_rx_queue", "veth_from_peer")
 
 
 def kernel_drops(before: dict, after: dict, keys: tuple[str, ...]) -> dict:
+    """Drops by reason between two kernel_counters readings. On a macvtap what the fd writes is
+    *transmitted* (tx_dropped: macvlan could not queue it on the veth); what the fd should read but
+    had no room for is rx_dropped (its ptr_ring full)."""
     d = delta(after, before)
-    return {k: d.get(k, 0) for k in keys}
+    # A frame veth_xmit refuses (partner's backlog full, too long for its MTU) is counted by the
+    # sending end (tx_dropped) and, from Linux 6.x, by the partner too (rx_dropped): one drop, not two.
+    to_peer = max(d["parent_tx"], d["peer_rx"])
+    from_peer = max(d["peer_tx"], d["parent_rx"])
+    # macvlan counts a frame the veth refused as its own tx_dropped as well: only the rest is its own.
+    out = {"macvtap_tx_queue": max(d["macvtap_tx"] - to_peer, 0), "macvtap_rx_queue": d["macvtap_rx"],
+           "veth_to_peer": to_peer, "veth_from_peer": from_peer}
+    return {k: out[k] for k in keys}
 
 
 def account(offered: int, delivered: int, named: dict, kernel: dict | None = None) -> tuple[dict, dict]:

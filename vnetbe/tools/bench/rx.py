@@ -38,7 +38,8 @@ def rx_run(self, dev: VirtioNet, guest: GuestDriver, size: int, count: int, pace
     pp, cpu_pp = per_packet(got, dstats, gstats, cpu,
                              peer_syscalls=sender.get("syscalls", 0) + sender.get("retries", 0),
                              sleeps=dev_sleeps(meter))
-    drops, foreign = account(count, got, {**dstats.get("drops", {}), "not_sent": count - sender.get("sent", 0)}, kernel)
+    rx_drops = {k: v for k, v in dstats.get("drops", {}).items() if k.startswith("rx_")}   # this direction's
+    drops, foreign = account(count, got, {**rx_drops, "not_sent": count - sender.get("sent", 0)}, kernel)
     # Several senders interleave their sequences: out-of-order means nothing then.
     extra = {"out_of_order": ooo} if senders == 1 else {"senders": senders}
     if foreign:

@@ -36,10 +36,11 @@ class _Arrivals:
         else:
             self.rx = PeerReceiver(bt.peer, count, cpu=bt.cpu("peer"))
 
-    def finish(self, offered: int, t0_ns: int, named: dict) -> tuple[int, float, dict, dict, int]:
-        """(delivered, seconds, drops, foreign drops, receiver CPU ns)."""
+    def finish(self, offered: int, t0_ns: int, t_consumed_ns: int, named: dict) -> tuple[int, float, dict, dict, int]:
+        """(delivered, seconds, drops, foreign drops, receiver CPU ns). ``t_consumed_ns``: when the
+        device (or raw loop) had taken the last frame, the end of a 64k run's window."""
         if self.tso:
-            t_end = time.monotonic_ns()
+            t_end = t_consumed_ns
             time.sleep(0.05)   # let the veth's backlog reach the peer before reading its counters
             d = delta(ns_link_stats(self.bt.topo, self.bt.topo.peer), self.s0)
             delivered = (d.get("rx_bytes", 0) - d.get("rx_packets", 0) * _TSO_HDRS) // TSO_PAYLOAD
@@ -48,9 +49,12 @@ class _Arrivals:
             r = self.rx.finish()
             delivered = r["received"] - r["bad"] - r["duplicates"]
             t_end = r["t_last_ns"] if r["seen_any"] else time.monotonic_ns()
-            cpu, extra = r["cpu_ns"], {"damaged": r["bad"], "peer_socket": r["tp_drops"]}
+            # The socket's own drop count covers every frame it saw, not only the run's: capped below.
+            cpu, extra, sock = r["cpu_ns"], {"damaged": r["bad"]}, {"peer_socket": r["tp_drops"]}
+        if self.tso:
+            sock = {}
         k = kernel_drops(self.k0, kernel_counters(self.bt, self.link), TX_KERNEL)
-        drops, foreign = account(offered, delivered, {**named, **extra}, k)
+        drops, foreign = account(offered, delivered, {**named, **extra}, {**k, **sock})
         return delivered, max(t_end - t0_ns, 1) / 1e9, drops, foreign, cpu
 
 
@@ -66,8 +70,9 @@ def tx_run(self, dev: VirtioNet, guest: GuestDriver, size: int | str, count: int
     t_consumed = time.monotonic_ns() - t0
     cpu = meter.stop()
     dstats, gstats = delta(dev.stats(), dev0), delta(guest.stats(), g0)
-    delivered, dt, drops, foreign, rx_cpu = arrivals.finish(count, t0, {**dstats.get("drops", {}),
-                                                                        "not_taken": count - sent})
+    tx_drops = {k: v for k, v in dstats.get("drops", {}).items() if k.startswith("tx_")}   # this direction's
+    delivered, dt, drops, foreign, rx_cpu = arrivals.finish(count, t0, t0 + t_consumed,
+                                                            {**tx_drops, "not_taken": count - sent})
     if rx_cpu:   # 64k super-frames are counted from the peer veth's bytes: no receiver thread
         cpu["peer_receiver"] = rx_cpu
     pps, gbps = rate(delivered, nbytes, dt, bits)
@@ -106,7 +111,7 @@ def raw_tx(self, size: int | str, count: int) -> RunResult:
                                             packet.mac(self.link.mac), nbytes, 0, count, st)
         cpu = meter.stop()
     n = max(n, 0)
-    delivered, dt, drops, foreign, rx_cpu = arrivals.finish(count, t0, {"not_taken": count - n})
+    delivered, dt, drops, foreign, rx_cpu = arrivals.finish(count, t0, t0 + st.elapsed_ns, {"not_taken": count - n})
     if rx_cpu:   # 64k super-frames are counted from the peer veth's bytes: no receiver thread
         cpu["peer_receiver"] = rx_cpu
     pps, gbps = rate(delivered, nbytes, dt, bits)
