@@ -183,28 +183,18 @@ class VhostDatapath:
         tally.seen_idx = struct.unpack("<H", mem.read(cfg.used + 2, 2))[0]
         self._rx_vq, self._rx_tally, self._hdr_len = vq, tally, hdr_len
 
-    def _sample(self) -> None:
+    def _rx_counted(self, fold: bool = False) -> tuple[int, int]:
+        """(frames, bytes) received so far, the used ring sampled now; with ``fold`` (at stop) this
+        start's count joins the earlier ones. Under the lock: the watcher samples concurrently."""
         with self._tally_lock:
-            if self._rx_tally is not None:
-                lib.vnb_vq_tally_used(self._rx_vq, self._hdr_len, self._rx_tally)
-
-    def _rx_counted(self) -> tuple[int, int]:
-        with self._tally_lock:   # one consistent reading: the watcher samples concurrently
             t = self._rx_tally
-            if t is not None:
-                lib.vnb_vq_tally_used(self._rx_vq, self._hdr_len, t)
             f, b = self._rx_done
-            return (f + t.frames, b + t.bytes) if t is not None else (f, b)
-
-    def _fold_tally(self) -> None:
-        """At stop: this start's count joins the earlier ones, in one step under the lock."""
-        with self._tally_lock:
-            t = self._rx_tally
             if t is not None:
                 lib.vnb_vq_tally_used(self._rx_vq, self._hdr_len, t)
-                f, b = self._rx_done
-                self._rx_done = (f + t.frames, b + t.bytes)
-            self._rx_vq = self._rx_tally = None
+                f, b = f + t.frames, b + t.bytes
+            if fold:
+                self._rx_done, self._rx_vq, self._rx_tally = (f, b), None, None
+            return f, b
 
     def _watch(self, dev_err_fd: int) -> None:
         by_fd = {efd: q for q, efd in self._err.items()}
@@ -224,7 +214,7 @@ class VhostDatapath:
             # The RX count is read off the used ring's 16-bit index: sampling every TALLY_MS keeps
             # fewer than 65536 entries between two samples up to 3 million frames/s per queue.
             ready = dict(poller.poll(TALLY_MS))
-            self._sample()
+            self._rx_counted()
             if self._stop_fd in ready:
                 return
             bits = ready.pop(self._link.fd, 0) & (select.POLLERR | select.POLLHUP)
@@ -268,7 +258,7 @@ class VhostDatapath:
             # After the backend is detached the worker has flushed: used->idx in memory is vhost's last_used_idx.
             used_idx = struct.unpack("<H", self._mem.read(cfg.used + 2, 2))[0]
             states[q] = QueueState(last_avail, used_idx, q in self._faults, self._faults.get(q, 0))
-        self._fold_tally()           # the worker has flushed: the tally's last sample
+        self._rx_counted(fold=True)   # the worker has flushed: the tally's last sample
         self._final = self.stats()
         for efd in list(self._err.values()) + [self._stop_fd]:
             os.close(efd)

@@ -7,26 +7,18 @@ from __future__ import annotations
 import threading
 import time
 
-from pyroute2 import IPRoute
-
 from .frames import RX_IDLE_S
-from .measure import delta, ns_link_stats
+from .measure import delta, ns_link_stats, root_link_stats
 from .pinning import pinned
 
 UNACCOUNTED = "unaccounted"
-
-
-def _root_link_stats(ifname: str) -> dict:
-    with IPRoute() as ipr:
-        msg = ipr.link("get", ifname=ifname)[0]
-    return dict(msg.get_attr("IFLA_STATS64") or {})
 
 
 def kernel_counters(bt, link) -> dict:
     """The raw drop counters of every kernel queue a bench frame passes, either direction:
     ``kernel_drops`` turns two readings into drops by reason."""
     m = link.stats()
-    parent = _root_link_stats(bt.topo.parent)
+    parent = root_link_stats(bt.topo.parent)
     peer = ns_link_stats(bt.topo, bt.topo.peer)
     return {"macvtap_tx": m.tx_dropped, "macvtap_rx": m.rx_dropped,
             "parent_tx": parent.get("tx_dropped", 0), "parent_rx": parent.get("rx_dropped", 0),
@@ -54,9 +46,9 @@ def kernel_drops(before: dict, after: dict, keys: tuple[str, ...]) -> dict:
 
 def account(offered: int, delivered: int, named: dict, kernel: dict | None = None) -> tuple[dict, dict]:
     """(drops, foreign). drops: by reason, zero reasons left out, plus the residual that makes
-    ``offered == delivered + sum(drops)`` exact. ``named`` are the bench's own counts (device, peer
-    socket, damaged frames); ``kernel`` are interface counters, which also count frames that were not
-    the bench's (a VMM's or the host's own traffic on the same interface): each is attributed up to
+    ``offered == delivered + sum(drops)`` exact. ``named`` are the bench's own counts (the device's,
+    damaged frames); ``kernel`` are interface and socket counters, which also count frames that were
+    not the bench's (a VMM's or the host's own traffic on the same interface): each is attributed up to
     what is still missing, in order, and any excess is returned as ``foreign``, not hidden."""
     out = {k: int(v) for k, v in named.items() if v}
     foreign = {}

@@ -6,6 +6,8 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
+from pyroute2 import IPRoute
+
 from ...cputime import current_tid, thread_cpu_ns, voluntary_switches
 from ...device import VirtioNet
 from ..noise import cv
@@ -66,10 +68,20 @@ def add(a: dict, b: dict) -> dict:
     return out
 
 
+def _stats64(ipr, ifname: str) -> dict:
+    return dict(ipr.link("get", ifname=ifname)[0].get_attr("IFLA_STATS64") or {})
+
+
 def ns_link_stats(topo: Topology, ifname: str) -> dict:
+    """IFLA_STATS64 of an interface inside the topology's namespace."""
     with topo.ns.ipr() as ipr:
-        msg = ipr.link("get", ifname=ifname)[0]
-    return dict(msg.get_attr("IFLA_STATS64") or {})
+        return _stats64(ipr, ifname)
+
+
+def root_link_stats(ifname: str) -> dict:
+    """IFLA_STATS64 of an interface in this process's namespace (the veth's root end)."""
+    with IPRoute() as ipr:
+        return _stats64(ipr, ifname)
 
 
 def per_packet(frames: int, dev_stats: dict, guest_stats: dict, cpu: dict,

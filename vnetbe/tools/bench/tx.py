@@ -44,15 +44,13 @@ class _Arrivals:
             time.sleep(0.05)   # let the veth's backlog reach the peer before reading its counters
             d = delta(ns_link_stats(self.bt.topo, self.bt.topo.peer), self.s0)
             delivered = (d.get("rx_bytes", 0) - d.get("rx_packets", 0) * _TSO_HDRS) // TSO_PAYLOAD
-            cpu, extra = 0, {}
+            cpu, extra, sock = 0, {}, {}
         else:
             r = self.rx.finish()
             delivered = r["received"] - r["bad"] - r["duplicates"]
             t_end = r["t_last_ns"] if r["seen_any"] else time.monotonic_ns()
             # The socket's own drop count covers every frame it saw, not only the run's: capped below.
             cpu, extra, sock = r["cpu_ns"], {"damaged": r["bad"]}, {"peer_socket": r["tp_drops"]}
-        if self.tso:
-            sock = {}
         k = kernel_drops(self.k0, kernel_counters(self.bt, self.link), TX_KERNEL)
         drops, foreign = account(offered, delivered, {**named, **extra}, {**k, **sock})
         return delivered, max(t_end - t0_ns, 1) / 1e9, drops, foreign, cpu
