@@ -51,9 +51,9 @@ def test_switching_datapaths_under_bidirectional_traffic_loses_duplicates_and_re
     switched = [0]   # switches done
 
     # Traffic runs in phases of PER_PHASE chunks a direction. Phase j+1 may start once switch j-1 is
-    # done, and switch j waits until both directions are half way through phase j+1: so every switch
-    # lands while frames flow both ways, and frames move both ways between every two switches (the
-    # last phase only after the last switch), however slowly the machine (the lab) switches.
+    # done and marked, and switch j waits until both directions are half way through phase j+1: so
+    # every switch lands while frames flow both ways, and frames move both ways between every two
+    # marks (the last phase only after the last switch), however fast one direction runs ahead.
     def may_send(k: int) -> None:
         phase = k // PER_PHASE
         assert wait_for(lambda: switched[0] >= phase - 1, timeout=60), (k, switched, dev.stats())
@@ -93,9 +93,9 @@ def test_switching_datapaths_under_bidirectional_traffic_loses_duplicates_and_re
                 return min(s["tx_frames"], s["rx_frames"]) >= due
             assert wait_for(moved, timeout=60), f"traffic stalled before switch {j}: {dev.stats()}"
             dev.switch_datapath("vhost" if dev.datapath_name == "user" else "user")
-            switched[0] += 1
             s = dev.stats()
             marks.append((s["tx_frames"], s["rx_frames"]))
+            switched[0] += 1   # after the mark: the next phase's frames all fall after it
     finally:
         switched[0] = SWITCHES   # a failed switch must not leave the senders waiting
         for t in threads:

@@ -12,6 +12,7 @@ import time
 import pytest
 from pyroute2 import IPRoute
 
+from vnbtest.leaks import assert_nothing_left, footprint
 from vnetbe import errors, spec
 from vnetbe.cputime import thread_cpu_ns
 from vnetbe.device import VirtioNet
@@ -30,7 +31,6 @@ IDLE_S = 0.3
 # CPU a datapath may burn in IDLE_S while idle: a spinning thread burns ~IDLE_S (3e8 ns).
 IDLE_CPU_NS = 30_000_000
 CYCLES = 1000
-MAPS_NOISE = 8    # mappings malloc makes and drops by itself; a leak per cycle would add CYCLES
 
 
 def _cpu(dev) -> int:
@@ -139,12 +139,6 @@ def test_a_macvtap_moved_to_another_namespace_is_not_taken_for_deleted(tag, data
             assert isinstance(err, errors.LinkGone), err
 
 
-def _counts() -> tuple[int, int, int]:
-    with open("/proc/self/maps") as f:
-        maps = sum(1 for _ in f)
-    return len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task")), maps
-
-
 def test_a_thousand_device_cycles_with_traffic_leave_no_fd_thread_or_mapping(tag, datapath):
     """Create, start, move a frame each way, close: a thousand times on one macvtap. vhost's worker
     is a thread of this process (6.4+) or a kernel thread: either way it must be gone after close."""
@@ -160,13 +154,12 @@ def test_a_thousand_device_cycles_with_traffic_leave_no_fd_thread_or_mapping(tag
                     _echo_both_ways(GuestDriver(dev, queue_size=16, rx_buf_size=2048), peer, link, peer_mac, k)
 
             cycle(0)
-            before = _counts()
+            before = footprint()
             for k in range(1, CYCLES + 1):
                 cycle(k)
-            after = _counts()
-            assert after[:2] == before[:2], f"fds, threads: {before[:2]} -> {after[:2]}"
-            # malloc's own mmap'd arenas come and go by one or two; a leak per cycle would add a thousand.
-            assert abs(after[2] - before[2]) <= MAPS_NOISE, f"mappings: {before[2]} -> {after[2]}"
+            after = footprint()
+            print(f"{CYCLES} cycles: {tuple(before)} -> {tuple(after)} (fds, threads, shared, private mappings)")
+            assert_nothing_left(before, after)
         finally:
             peer.close()
 

@@ -18,9 +18,9 @@ from vnbtest.vhost_user import (
     FrontendRig,
     ServerRig,
     closed_by_peer,
-    counts,
     raw_client,
 )
+from vnbtest.leaks import assert_nothing_left, footprint
 from vnbtest.wait import wait_for
 
 from vnetbe.errors import ProtocolError
@@ -29,7 +29,6 @@ from vnetbe.vhost_user import protocol as P
 from vnetbe.vhost_user.protocol import MemRegion, Request
 
 ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
-MAPS_NOISE = 8
 
 
 def _frame(n: int, seed: int = 0) -> bytes:
@@ -177,11 +176,9 @@ HOSTILE = [
 
 
 def _assert_nothing_left_and_next_is_served(rig, before) -> None:
-    """The process has the fds and threads it had before the connection (mappings within noise), and
-    a new front end is served."""
-    after = counts()
-    assert after[0] == before[0] and after[1] == before[1], f"fds/threads {before} -> {after}"
-    assert after[2] <= before[2] + MAPS_NOISE
+    """The process has the fds, threads and shared mappings it had before the connection, and a new
+    front end is served."""
+    assert_nothing_left(before, footprint())
     fr = FrontendRig(rig.path)
     try:
         fr.guest.send(_frame(64))
@@ -195,7 +192,7 @@ def test_a_hostile_message_is_named_closes_its_connection_and_the_server_serves_
     fr = FrontendRig(rig.path)     # first use: what stays loaded afterwards
     fr.close()
     wait_for(lambda: not rig.server.stats()["connected"], 2.0)
-    before = counts()
+    before = footprint()
     fds = [_memfd() for _ in range(nfds)]
     s = raw_client(rig.path)
     try:
@@ -262,7 +259,7 @@ def test_a_front_end_killed_mid_traffic_leaves_no_fd_thread_or_mapping(rig):
     fr = FrontendRig(rig.path)
     fr.close()
     wait_for(lambda: not rig.server.stats()["connected"], 2.0)
-    before = counts()
+    before = footprint()
     tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen([sys.executable, "-c", KILLED_FRONTEND, rig.path, tests_dir], stdout=subprocess.PIPE)
     try:
@@ -332,7 +329,7 @@ def _valid_prefix():
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prefix=st.integers(0, 9), seq=st.lists(_messages(), max_size=12))
 def test_any_message_sequence_gives_replies_or_a_protocol_error_and_leaks_nothing(prefix, seq):
-    before = counts()
+    before = footprint()
     link = PairLink()
     session = Session(link, "user")
     try:
@@ -356,9 +353,7 @@ def test_any_message_sequence_gives_replies_or_a_protocol_error_and_leaks_nothin
     finally:
         session.close()
         link.close()
-    after = counts()
-    assert after[0] == before[0] and after[1] == before[1], f"fds/threads {before} -> {after}"
-    assert after[2] <= before[2] + MAPS_NOISE
+    assert_nothing_left(before, footprint())
 
 
 def test_header_parser_refuses_short_headers():

@@ -13,13 +13,6 @@ from vnetbe.tools.vhost_user_frontend import VhostUserFrontend
 from vnetbe.vhost_user import VhostUserServer
 
 
-def counts() -> tuple[int, int, int]:
-    """(fds, threads, mappings) of this process."""
-    with open("/proc/self/maps") as f:
-        maps = sum(1 for _ in f)
-    return len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task")), maps
-
-
 class ServerRig:
     """vnetbe's server on a PairLink, listening on a fresh socket path; events are recorded."""
 
