@@ -8,7 +8,7 @@ import os
 from vnetbe import VHOST_NET_PATH
 
 HAVE_VHOST = os.path.exists(VHOST_NET_PATH)
-DATAPATHS = ["user"] + (["vhost"] if HAVE_VHOST else [])
+DATAPATHS = ["user", "uring"] + (["vhost"] if HAVE_VHOST else [])
 ROUNDS = 5
 
 

@@ -2,9 +2,7 @@
  * kick wakes this thread (kernel -> user), one writev/readv crosses back into the kernel, and an
  * interrupt is one more eventfd write. Batching and EVENT_IDX make the kick and interrupt rare;
  * the writev/readv per frame remains (that is the cost vhost-net avoids). */
-#include "vnb_datapath.h"
-#include "vnb_virtq.h"
-#include "vnb_net.h"
+#include "vnb_dp_impl.h"
 #include "vnb_sys_impl.h"
 #include "vnb_time.h"
 #include <errno.h>
@@ -26,72 +24,9 @@
 
 _Static_assert(sizeof(struct vnb_dp_stats) % sizeof(uint64_t) == 0, "vnb_dp_stats is all uint64_t");
 
-#define RXQ 0
-#define TXQ 1
-#define BUDGET 256            /* frames per queue per round, so neither direction starves the other */
-/* Descriptors walked per queue per round. A chain costs up to VNB_MAX_CHAIN_DESC walks however few
- * bytes it carries, so frames alone do not bound a round: this does, and so bounds how long a stop
- * request waits however the guest builds its rings (a round walks < 2 * VNB_MAX_CHAIN_DESC). */
-#define DESC_BUDGET VNB_MAX_CHAIN_DESC
-/* Publish used entries this often inside a batch. TX: every 32, so the guest reclaims buffers while
- * we work and never stalls for a whole ring (at 64 it did, and the datapath slept once per ring).
- * RX: every 64, as vhost-net's VHOST_NET_BATCH: under load the guest gets at most one interrupt per
- * 64 frames, and nothing waits for those entries but the guest's reading of them. */
-#define TX_FLUSH_MAX 32
-#define RX_FLUSH_MAX 64
-#define BOUNCE_LEN (VNB_MAX_FRAME + VNB_NET_HDR_LEN + 1)  /* +1: a read that fills it was truncated */
-#define RX_MAX_HEADS 1024
-#define HDR_IOV 12            /* iovecs kept to reach num_buffers in the first buffer (each >= 1 byte) */
-
-enum { EV_STOP = 1, EV_KICK_RX, EV_KICK_TX, EV_TAP, EV_NETLINK };
-
 /* cffi sees literal array sizes in struct vnb_dp_stats: tie them to the enums here. */
 _Static_assert(sizeof(((struct vnb_dp_stats *)0)->drops) == VNB_DROP_MAX * sizeof(uint64_t), "drops[]");
 _Static_assert(sizeof(((struct vnb_dp_stats *)0)->faults) == VNB_FAULT_MAX * sizeof(uint64_t), "faults[]");
-
-struct rx_pending {
-    int active;
-    uint32_t total;            /* frame length read, header included */
-    uint32_t placed;           /* bytes already in guest buffers */
-    uint32_t first_cap;        /* bytes readv put straight into the first chain; the rest is in bounce */
-    uint32_t nheads;
-    uint32_t nring;            /* ring descriptors held by the chains in heads[] (not indirect entries) */
-    uint32_t min_nring;        /* the shortest of those chains, in ring descriptors */
-    uint16_t heads[RX_MAX_HEADS];
-    uint32_t lens[RX_MAX_HEADS];
-    struct iovec hdr_iov[HDR_IOV];  /* where the header landed, possibly across the first chains */
-    int hdr_niov;
-    size_t hdr_cov;                 /* bytes of the header hdr_iov covers */
-};
-
-struct vnb_dp {
-    struct vnb_mem mem;
-    struct vnb_vq vq[2];
-    int configured[2];
-    int kick_fd[2], call_fd[2];
-    int tap_fd, err_fd, stop_fd, epfd;
-    int link_ifindex, nl_fd;   /* the link's interface, watched for RTM_DELLINK (0: not watched) */
-    uint32_t flags, hdr_len;
-    pthread_t thread;
-    int running;
-    int tid;
-    int64_t beat_ns;           /* vnb_dp_heartbeat: written by the thread, read by any */
-    int rx_wants_tap;          /* RX has buffers: wake on EPOLLIN */
-    int tx_blocked;            /* the tap's send buffer is full (EAGAIN): wake on EPOLLOUT */
-    uint32_t tap_events;       /* what epoll watches on the tap now */
-    int tx_retry;              /* the kernel was short of memory (ENOBUFS/ENOMEM): no event will say when
-                                * that ends, so retry after a 1 ms sleep */
-    int64_t busyloop_ns;       /* poll this long after the last work before sleeping (0: sleep at once) */
-    int tx_quiet, rx_quiet;    /* ring idle (TX) or out of buffers (RX) with the guest's kicks left off:
-                                * we poll it instead, and arm_notify turns them on before we sleep */
-    uint32_t walked;           /* descriptors popped in this round of the queue being handled */
-    uint32_t link_down;        /* EPOLLERR/EPOLLHUP the tap reported for good (its interface is gone);
-                                * written by the thread, read by vnb_dp_link_down */
-    struct vnb_dp_stats st;
-    struct vnb_chain chain;
-    struct rx_pending pend;
-    uint8_t bounce[BOUNCE_LEN];
-};
 
 struct vnb_dp *vnb_dp_new(void)
 {
@@ -163,6 +98,17 @@ int vnb_dp_set_tap(struct vnb_dp *dp, int tap_fd)
     return 0;
 }
 
+int vnb_dp_set_uring(struct vnb_dp *dp, uint32_t batch, uint32_t sqpoll_idle_ms)
+{
+    if (dp->running)
+        return -EBUSY;
+    if (batch > URING_MAX_BATCH)
+        return -EINVAL;
+    dp->u.batch = batch;
+    dp->u.sqpoll_idle_ms = batch ? sqpoll_idle_ms : 0;
+    return 0;
+}
+
 int vnb_dp_set_busyloop(struct vnb_dp *dp, uint32_t usecs)
 {
     if (dp->running)
@@ -217,12 +163,6 @@ int vnb_dp_get_qstate(struct vnb_dp *dp, int q, struct vnb_dp_qstate *out)
 
 /* ---- helpers running on the datapath thread ---- */
 
-/* Counters have one writer, this thread, and vnb_dp_get_stats reads them from another: relaxed
- * atomic stores (and loads there) make that race-free in C11 terms, at the cost of a plain move. The
- * writer's own read of the old value races with nothing (no other thread writes). */
-static inline void stat_add(uint64_t *c, uint64_t n) { __atomic_store_n(c, *c + n, __ATOMIC_RELAXED); }
-static inline void stat_inc(uint64_t *c) { stat_add(c, 1); }
-
 static void interrupt(struct vnb_dp *dp, int q)
 {
     uint64_t one = 1;
@@ -235,7 +175,7 @@ static void interrupt(struct vnb_dp *dp, int q)
         stat_inc(&dp->st.rx_interrupts);
 }
 
-static void flush_and_notify(struct vnb_dp *dp, int q)
+void flush_and_notify(struct vnb_dp *dp, int q)
 {
     struct vnb_vq *vq = &dp->vq[q];
     vnb_vq_flush_used(vq);
@@ -243,7 +183,7 @@ static void flush_and_notify(struct vnb_dp *dp, int q)
         interrupt(dp, q);
 }
 
-static void report_fault(struct vnb_dp *dp, int q, int fault)
+void report_fault(struct vnb_dp *dp, int q, int fault)
 {
     stat_inc(&dp->st.faults[fault < VNB_FAULT_MAX ? fault : 0]);
     if (dp->err_fd >= 0) {
@@ -256,10 +196,12 @@ static void report_fault(struct vnb_dp *dp, int q, int fault)
 
 static uint32_t tap_events_wanted(struct vnb_dp *dp)
 {
+    if (dp->u.batch)
+        return 0;   /* io_uring polls the tap itself (uring_wait); epoll reports its EPOLLERR/EPOLLHUP */
     return (dp->rx_wants_tap ? EPOLLIN : 0) | (dp->tx_blocked ? EPOLLOUT : 0);
 }
 
-static void update_tap(struct vnb_dp *dp)
+void update_tap(struct vnb_dp *dp)
 {
     uint32_t want = tap_events_wanted(dp);
     if (dp->tap_events == want || dp->link_down)   /* a gone link is no longer in the epoll set */
@@ -271,7 +213,7 @@ static void update_tap(struct vnb_dp *dp)
     dp->tap_events = want;
 }
 
-static void arm_tap(struct vnb_dp *dp, int on)
+void arm_tap(struct vnb_dp *dp, int on)
 {
     dp->rx_wants_tap = on;
     update_tap(dp);
@@ -288,7 +230,7 @@ static uint64_t drain_eventfd(struct vnb_dp *dp, int fd)
 }
 
 /* Pop the next chain of queue q into dp->chain, counting the descriptors it walked into the round. */
-static int dp_pop(struct vnb_dp *dp, int q)
+int dp_pop(struct vnb_dp *dp, int q)
 {
     int r = vnb_vq_pop(&dp->vq[q], &dp->chain);
     if (r > 0)
@@ -296,7 +238,7 @@ static int dp_pop(struct vnb_dp *dp, int q)
     return r;
 }
 
-static int round_over(const struct vnb_dp *dp, int frames)
+int round_over(const struct vnb_dp *dp, int frames)
 {
     return frames >= BUDGET || dp->walked >= DESC_BUDGET;
 }
@@ -304,7 +246,7 @@ static int round_over(const struct vnb_dp *dp, int frames)
 /* The tap reported EPOLLERR/EPOLLHUP: its interface was deleted (a tun fd then fails every read and
  * write with EBADFD, and stays readable). Stop watching it, or the level-triggered error would spin
  * this thread, and tell Python through err_fd. Both directions stop until the device is reset. */
-static void link_gone(struct vnb_dp *dp, uint32_t events)
+void link_gone(struct vnb_dp *dp, uint32_t events)
 {
     __atomic_store_n(&dp->link_down, events & (EPOLLERR | EPOLLHUP), __ATOMIC_RELAXED);
     /* DEL of an fd we added cannot fail unless it was closed under us, which is the same end. */
@@ -319,13 +261,27 @@ static void link_gone(struct vnb_dp *dp, uint32_t events)
 }
 
 /* At most a quarter of the ring, so on small rings the guest never waits for a whole ring's flush. */
-static int flush_every(const struct vnb_vq *vq, uint32_t max)
+int flush_every(const struct vnb_vq *vq, uint32_t max)
 {
     uint32_t n = vq->num / 4;
     return n > max ? (int)max : n ? (int)n : 1;
 }
 
 /* ---- TX: guest -> tap ---- */
+
+int tx_ring_empty(struct vnb_dp *dp)
+{
+    struct vnb_vq *vq = &dp->vq[TXQ];
+    if (dp->busyloop_ns) {
+        /* As vhost_net_busy_poll: the guest need not kick while we are about to poll anyway. */
+        dp->tx_quiet = 1;
+        return 0;
+    }
+    if (!vnb_vq_enable_notify(vq))
+        return 0;
+    vnb_vq_disable_notify(vq);
+    return 1;
+}
 
 /* Returns 1 if the budget ran out with work left, 0 when the ring is empty and notifications are on. */
 static int handle_tx(struct vnb_dp *dp)
@@ -351,14 +307,8 @@ static int handle_tx(struct vnb_dp *dp)
         }
         if (r == 0) {
             flush_and_notify(dp, TXQ);
-            if (dp->busyloop_ns) {
-                /* As vhost_net_busy_poll: the guest need not kick while we are about to poll anyway. */
-                dp->tx_quiet = 1;
+            if (!tx_ring_empty(dp))
                 return 0;
-            }
-            if (!vnb_vq_enable_notify(vq))
-                return 0;
-            vnb_vq_disable_notify(vq);
             continue;
         }
         if (c->nin) {
@@ -466,7 +416,7 @@ static void rx_complete(struct vnb_dp *dp)
     p->active = 0;
 }
 
-static void rx_drop_pending(struct vnb_dp *dp, int reason)
+void rx_drop_pending(struct vnb_dp *dp, int reason)
 {
     /* The held chains are the last ones popped: hand them back untouched, as vhost_discard_vq_desc. */
     vnb_vq_unpop(&dp->vq[RXQ], (uint16_t)dp->pend.nheads);
@@ -474,9 +424,7 @@ static void rx_drop_pending(struct vnb_dp *dp, int reason)
     stat_inc(&dp->st.drops[reason]);
 }
 
-enum { RX_OK, RX_TAP_EMPTY, RX_NEED_BUFFERS, RX_FAULT, RX_YIELD /* round over mid-frame: resume next round */ };
-
-static int rx_pop(struct vnb_dp *dp)
+int rx_pop(struct vnb_dp *dp)
 {
     struct vnb_vq *vq = &dp->vq[RXQ];
     int r = dp_pop(dp, RXQ);
@@ -505,7 +453,7 @@ static void hdr_track(struct vnb_dp *dp, const struct iovec *iov, int niov)
 }
 
 /* Place the rest of a frame that did not fit in its first buffer into further chains (MRG_RXBUF). */
-static int rx_continue(struct vnb_dp *dp)
+int rx_continue(struct vnb_dp *dp)
 {
     struct rx_pending *p = &dp->pend;
     struct vnb_chain *c = &dp->chain;
@@ -528,15 +476,20 @@ static int rx_continue(struct vnb_dp *dp)
         }
         if (r != RX_OK)
             return r;
-        size_t n = iov_copy_in(c->iov, c->nin, dp->bounce + (p->placed - p->first_cap), p->total - p->placed);
+        size_t n = iov_copy_in(c->iov, c->nin, p->bounce + (p->placed - p->first_cap), p->total - p->placed);
         hdr_track(dp, c->iov, c->nin);
         p->heads[p->nheads] = c->head;
         p->lens[p->nheads] = (uint32_t)n;
         p->nheads++;
         p->nring += c->nring;
-        if (c->nring < p->min_nring)
+        if (p->nheads == 1 || c->nring < p->min_nring)
             p->min_nring = c->nring;
         p->placed += (uint32_t)n;
+        if (p->placed < p->total && !(dp->flags & VNB_F_MRG_RXBUF)) {
+            /* Without mergeable buffers a frame must fit one chain (vhost discards it likewise). */
+            rx_drop_pending(dp, VNB_DROP_RX_NO_BUFFER);
+            return RX_OK;
+        }
     }
     rx_complete(dp);
     return RX_OK;
@@ -584,6 +537,7 @@ static int rx_one(struct vnb_dp *dp)
     p->active = 1;
     p->total = (uint32_t)n;
     p->first_cap = (uint32_t)(cap < (size_t)n ? cap : (size_t)n);
+    p->bounce = dp->bounce;
     p->placed = p->first_cap;
     p->heads[0] = c->head;
     p->lens[0] = p->first_cap;
@@ -593,11 +547,25 @@ static int rx_one(struct vnb_dp *dp)
     p->hdr_cov = 0;
     hdr_track(dp, c->iov, niov);
     if (p->placed < p->total && !(dp->flags & VNB_F_MRG_RXBUF)) {
-        /* Without mergeable buffers a frame must fit one chain (vhost discards it likewise). */
-        rx_drop_pending(dp, VNB_DROP_RX_NO_BUFFER);
+        rx_drop_pending(dp, VNB_DROP_RX_NO_BUFFER);   /* as in rx_continue */
         return RX_OK;
     }
     return rx_continue(dp);
+}
+
+int rx_out_of_buffers(struct vnb_dp *dp)
+{
+    struct vnb_vq *vq = &dp->vq[RXQ];
+    /* Busy polling looks for buffers itself, without asking the guest to kick (as TX). */
+    dp->rx_quiet = !!dp->busyloop_ns;
+    if (!dp->rx_quiet && vnb_vq_enable_notify(vq)) {
+        vnb_vq_disable_notify(vq);
+        return 1;
+    }
+    /* No buffers: stop watching the tap until the guest posts new ones. */
+    stat_inc(&dp->st.rx_stalls);
+    arm_tap(dp, 0);
+    return 0;
 }
 
 /* Returns 1 if the budget ran out with work left. */
@@ -634,15 +602,8 @@ static int handle_rx(struct vnb_dp *dp)
             continue;
         }
         if (r == RX_NEED_BUFFERS) {
-            /* Busy polling looks for buffers itself, without asking the guest to kick (as TX). */
-            dp->rx_quiet = !!dp->busyloop_ns;
-            if (!dp->rx_quiet && vnb_vq_enable_notify(vq)) {
-                vnb_vq_disable_notify(vq);
+            if (rx_out_of_buffers(dp))
                 continue;
-            }
-            /* No buffers: stop watching the tap until the guest posts new ones. */
-            stat_inc(&dp->st.rx_stalls);
-            arm_tap(dp, 0);
             break;
         }
         if (r == RX_FAULT)
@@ -758,6 +719,14 @@ static int open_netlink(void)
 static void *dp_thread(void *arg)
 {
     struct vnb_dp *dp = arg;
+    /* The ring is made here: with SINGLE_ISSUER only the thread that made it may submit. */
+    int setup = dp->u.batch ? uring_setup(dp) : 0;
+    if (setup) {
+        __atomic_store_n(&dp->setup_err, setup, __ATOMIC_RELAXED);
+        /* Release: setup_err is seen before the tid that vnb_dp_start waits for. */
+        __atomic_store_n(&dp->tid, -1, __ATOMIC_RELEASE);
+        return NULL;
+    }
     __atomic_store_n(&dp->tid, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
     struct epoll_event evs[8];
     int tx_more = 1, rx_more = 1;   /* look at both rings once at start: a hand-over may leave work */
@@ -779,8 +748,13 @@ static void *dp_thread(void *arg)
             continue;
         /* Idle, the thread still wakes once a heartbeat, so that a stuck one can be told from an idle one. */
         int timeout = !idle || polling ? 0 : dp->tx_retry ? 1 : VNB_DP_HEARTBEAT_MS;
-        int n = epoll_wait(dp->epfd, evs, 8, timeout);
-        stat_inc(&dp->st.syscalls);
+        int n;
+        if (dp->u.batch) {
+            n = uring_wait(dp, evs, 8, timeout);
+        } else {
+            n = epoll_wait(dp->epfd, evs, 8, timeout);
+            stat_inc(&dp->st.syscalls);
+        }
         if (n < 0 && errno != EINTR)
             break;
         if (n > 0)
@@ -808,8 +782,8 @@ static void *dp_thread(void *arg)
                     link_gone(dp, evs[i].events);
                     break;
                 }
-                tap_in = !!(evs[i].events & EPOLLIN);
-                tap_out = !!(evs[i].events & EPOLLOUT);
+                tap_in |= !!(evs[i].events & EPOLLIN);   /* io_uring mode reports IN and OUT apart */
+                tap_out |= !!(evs[i].events & EPOLLOUT);
                 break;
             }
         }
@@ -822,14 +796,18 @@ static void *dp_thread(void *arg)
         }
         if (kick_tx || tx_more || dp->tx_retry || tap_out) {
             dp->tx_retry = 0;
-            tx_more = handle_tx(dp);
+            tx_more = dp->u.batch ? handle_tx_uring(dp) : handle_tx(dp);
         }
         if (kick_rx && dp->configured[RXQ] && !dp->vq[RXQ].broken)
             arm_tap(dp, 1);
         if (kick_rx || tap_in || rx_more)
-            rx_more = handle_rx(dp);
+            rx_more = dp->u.batch ? handle_rx_uring(dp) : handle_rx(dp);
     }
 out:
+    if (dp->u.batch) {
+        uring_drop_queued(dp);   /* places what the posted reads took; counts what it cannot */
+        uring_teardown(dp);      /* closing the ring cancels the polls in flight and ends SQPOLL's thread */
+    }
     if (dp->pend.active)
         rx_drop_pending(dp, VNB_DROP_RX_STOPPED);
     /* Used entries of completed frames are already flushed by handle_rx/handle_tx. */
@@ -910,11 +888,18 @@ int vnb_dp_start(struct vnb_dp *dp)
     dp->link_down = 0;
     dp->tid = 0;
     __atomic_store_n(&dp->beat_ns, vnb_now_ns(), __ATOMIC_RELAXED);
+    dp->setup_err = 0;
     if ((r = -pthread_create(&dp->thread, NULL, dp_thread, dp)))
         goto fail;
     /* Wait for the thread to publish its tid, so CPU accounting can start the moment we return. */
     while (!vnb_dp_tid(dp))
         sched_yield();
+    if (vnb_dp_tid(dp) < 0) {   /* its io_uring could not be set up */
+        pthread_join(dp->thread, NULL);
+        dp->tid = 0;
+        r = __atomic_load_n(&dp->setup_err, __ATOMIC_RELAXED);
+        goto fail;
+    }
     dp->running = 1;
     return 0;
 fail:

@@ -43,6 +43,11 @@ int vnb_dp_set_tap(struct vnb_dp *dp, int tap_fd);
 int vnb_dp_set_err_fd(struct vnb_dp *dp, int err_fd);
 /* Watch the link's interface (ifindex > 0) for deletion over rtnetlink: a macvtap's fd never says. */
 int vnb_dp_set_link_ifindex(struct vnb_dp *dp, int ifindex);
+/* Tap I/O through io_uring (0: plain system calls on epoll, the default): up to batch frames
+ * (<= VNB_DP_URING_MAX_BATCH) per io_uring_enter; sqpoll_idle_ms > 0 adds a kernel SQPOLL thread
+ * that idles after that long. The ring is set up by vnb_dp_start, which fails if it cannot be. */
+#define VNB_DP_URING_MAX_BATCH 64
+int vnb_dp_set_uring(struct vnb_dp *dp, uint32_t batch, uint32_t sqpoll_idle_ms);
 /* Busy polling: after the last work, poll for usecs before sleeping (0, the default: sleep at once). */
 int vnb_dp_set_busyloop(struct vnb_dp *dp, uint32_t usecs);
 int vnb_dp_start(struct vnb_dp *dp);

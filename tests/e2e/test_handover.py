@@ -1,4 +1,4 @@
-"""Live hand-over between the userspace datapath and vhost-net while traffic flows both ways.
+"""Live hand-over between the datapaths (user, uring, vhost-net) while traffic flows both ways.
 
 The ring state (last_avail_idx, used index, notification state) moves with the queues: no frame may
 be lost, duplicated or reordered, in either direction, across many switches.
@@ -15,7 +15,13 @@ from vnetbe.tools import packet
 from vnbtest.net import Net
 from vnbtest.wait import wait_for
 
-pytestmark = [pytest.mark.root, pytest.mark.vhost]
+pytestmark = [pytest.mark.root]
+
+# Each datapath hands over to and takes over from every other: vhost alternates with user and uring.
+CYCLES = [
+    pytest.param(("uring", "user"), id="user-uring", marks=pytest.mark.uring),
+    pytest.param(("vhost", "uring", "vhost", "user"), id="user-vhost-uring", marks=pytest.mark.vhost),
+]
 
 # Inside the software-emulated lab everything runs ~10x slower: keep rates modest so that only the
 # hand-over, not an overloaded veth backlog, could lose frames.
@@ -34,7 +40,8 @@ def net(tag):
     n.close()
 
 
-def test_switching_datapaths_under_bidirectional_traffic_loses_duplicates_and_reorders_nothing(net):
+@pytest.mark.parametrize("cycle", CYCLES)
+def test_switching_datapaths_under_bidirectional_traffic_loses_duplicates_and_reorders_nothing(net, cycle):
     topo, link, peer, peer_mac, dev, guest = net
     results: dict = {}
     errors: list = []
@@ -92,7 +99,7 @@ def test_switching_datapaths_under_bidirectional_traffic_loses_duplicates_and_re
                 s = dev.stats()
                 return min(s["tx_frames"], s["rx_frames"]) >= due
             assert wait_for(moved, timeout=60), f"traffic stalled before switch {j}: {dev.stats()}"
-            dev.switch_datapath("vhost" if dev.datapath_name == "user" else "user")
+            dev.switch_datapath(cycle[j % len(cycle)])
             s = dev.stats()
             marks.append((s["tx_frames"], s["rx_frames"]))
             switched[0] += 1   # after the mark: the next phase's frames all fall after it

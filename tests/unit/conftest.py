@@ -5,8 +5,28 @@ import faulthandler
 
 import pytest
 
+from vnbtest import device
 from vnbtest.rings import Ring
 from vnetbe.memory import GuestMemory
+
+
+# The modules whose devices run once per userspace datapath (vnbtest.device.USERSPACE_DATAPATHS).
+ON_EVERY_USERSPACE_DATAPATH = {"test_guest_faults", "test_hostile_fuzz", "test_datapath_pair", "test_datapath_bounds",
+                               "test_datapath_watchdog", "test_lifecycle_leaks", "test_vmm_door"}
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.module.__name__.rsplit(".", 1)[-1] in ON_EVERY_USERSPACE_DATAPATH:
+        metafunc.parametrize("userspace_datapath", [pytest.param(d, marks=getattr(pytest.mark, d.replace("-", "_")))
+                                                    for d in device.USERSPACE_DATAPATHS], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def userspace_datapath(request):
+    """The datapath DeviceRig (and the tests' own VirtioNet) use: "user" unless parametrized."""
+    device.datapath = getattr(request, "param", "user")
+    yield device.datapath
+    device.datapath = "user"
 
 
 @pytest.fixture(autouse=True)

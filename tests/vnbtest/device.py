@@ -9,15 +9,22 @@ from vnetbe.tools.guest import GuestDriver
 from .fakelink import PairLink
 
 
+# The userspace datapath the rigs run; tests/unit/conftest.py runs the device tests once per value of
+# USERSPACE_DATAPATHS (the same C ring logic, with plain system calls or io_uring).
+USERSPACE_DATAPATHS = ("user", "uring")
+datapath = "user"
+
+
 class DeviceRig:
     """A whole device (VirtioNet with the userspace datapath) over PairLink, driven by a GuestDriver.
 
     Takes ownership of ``mem``: close() releases it with the device and the link."""
 
-    def __init__(self, mem: GuestMemory, sndbuf: int = 4 << 20, busyloop_us: int = 0, **guest_kw):
+    def __init__(self, mem: GuestMemory, sndbuf: int = 4 << 20, busyloop_us: int = 0, datapath: str | None = None,
+                 **guest_kw):
         self.mem = mem
         self.link = PairLink(sndbuf)
-        self.dev = VirtioNet(self.mem, self.link, datapath="user", busyloop_us=busyloop_us)
+        self.dev = VirtioNet(self.mem, self.link, datapath=datapath or _current(), busyloop_us=busyloop_us)
         try:
             self.guest = GuestDriver(self.dev, **guest_kw)
         except BaseException:   # a refused negotiation must not leak the device, the link or the memory
@@ -28,3 +35,7 @@ class DeviceRig:
         self.dev.close()
         self.link.close()
         self.mem.close()
+
+
+def _current() -> str:
+    return datapath

@@ -1,12 +1,13 @@
-"""Datapaths: who services the virtqueues. ``user`` is vnetbe's own C thread; ``vhost`` is the kernel."""
+"""Datapaths: who services the virtqueues. ``user`` is vnetbe's own C thread; ``uring`` the same thread
+with its tap I/O through io_uring (``uring-sqpoll`` with a kernel SQPOLL thread); ``vhost`` is the kernel."""
 from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Datapath
-from .user import UserDatapath
+from .user import UringDatapath, UringSqpollDatapath, UserDatapath
 from .vhost import VhostDatapath
 
-_BY_NAME = {"user": UserDatapath, "vhost": VhostDatapath}
+_BY_NAME = {c.name: c for c in (UserDatapath, UringDatapath, UringSqpollDatapath, VhostDatapath)}
 DATAPATHS = tuple(_BY_NAME)
 
 

@@ -1,6 +1,7 @@
 """The userspace datapath: vnetbe's C thread (csrc/device/vnb_datapath.c) servicing the rings."""
 from __future__ import annotations
 
+import os
 import time
 
 from .. import spec
@@ -19,6 +20,8 @@ _C_COUNTERS = [n for n in DatapathStats.__dataclass_fields__ if n in dir(ffi.new
 
 class UserDatapath:
     name = "user"
+    uring_batch = 0          # 0: plain system calls on epoll; see UringDatapath
+    sqpoll_idle_ms = 0
 
     def __init__(self) -> None:
         self._dp = ffi.gc(lib.vnb_dp_new(), lib.vnb_dp_free)
@@ -44,10 +47,16 @@ class UserDatapath:
         check(lib.vnb_dp_set_err_fd(dp, err_fd), "vnb_dp_set_err_fd")
         check(lib.vnb_dp_set_link_ifindex(dp, link.ifindex), "vnb_dp_set_link_ifindex")
         check(lib.vnb_dp_set_busyloop(dp, busyloop_us), "vnb_dp_set_busyloop")
+        check(lib.vnb_dp_set_uring(dp, self.uring_batch, self.sqpoll_idle_ms), "vnb_dp_set_uring")
         if self._link_counters is None or self._link_counters.link is not link:
             self._link_counters = LinkCounters(link)   # C counters run from vnb_dp_new on: so do these
         self._final = None
-        check(lib.vnb_dp_start(dp), "vnb_dp_start (epoll/eventfd/pthread_create)")
+        rc = lib.vnb_dp_start(dp)
+        if rc < 0 and self.uring_batch:
+            raise ConfigError(f"datapath {self.name!r}: io_uring could not be set up ({os.strerror(-rc)}); "
+                              "is io_uring disabled (sysctl kernel.io_uring_disabled) or the kernel older than 5.11? "
+                              "use --datapath user")
+        check(rc, "vnb_dp_start (epoll/eventfd/pthread_create)")
         self._mem = mem
         self._queues = dict(queues)
 
@@ -79,7 +88,7 @@ class UserDatapath:
 
     def threads(self) -> list[int]:
         tid = lib.vnb_dp_tid(self._dp)
-        return [tid] if tid and lib.vnb_dp_running(self._dp) else []
+        return [tid] if tid > 0 and lib.vnb_dp_running(self._dp) else []
 
     def stalled_for(self) -> float | None:
         if not lib.vnb_dp_running(self._dp):
@@ -101,3 +110,36 @@ class UserDatapath:
             out.link_rx_dropped, out.link_tx_dropped = d.rx_dropped, d.tx_dropped
         out.not_counted = ("worker_cpu_ns",)   # no kernel worker: the thread's CPU is measured by its tid
         return out
+
+
+def _io_uring_threads(tid: int) -> list[int]:
+    """The kernel's threads working for the io_uring that thread tid made: its SQPOLL thread
+    ("iou-sqp-<tid>") and io-wq workers ("iou-wrk-<tid>"), both tasks of this process."""
+    names = {f"iou-sqp-{tid}", f"iou-wrk-{tid}"}
+    out = []
+    for t in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{t}/comm") as f:
+                if f.read().strip() in names:
+                    out.append(int(t))
+        except OSError:
+            continue   # gone meanwhile: an io-wq worker exits when idle
+    return out
+
+
+class UringDatapath(UserDatapath):
+    """The userspace datapath with its tap I/O through io_uring (csrc/device/vnb_dp_uring.c): a batch
+    of frames costs one io_uring_enter. ``sqpoll_idle_ms`` > 0 adds the kernel's SQPOLL thread."""
+    name = "uring"
+    uring_batch = 32         # frames per io_uring_enter: TX_FLUSH_MAX, the used ring's flush cadence
+    sqpoll_idle_ms = 0
+
+    def threads(self) -> list[int]:
+        own = super().threads()
+        return own + _io_uring_threads(own[0]) if own else own
+
+
+class UringSqpollDatapath(UringDatapath):
+    """``uring`` with IORING_SETUP_SQPOLL: a kernel thread takes the submissions, idling after 10 ms."""
+    name = "uring-sqpoll"
+    sqpoll_idle_ms = 10

@@ -81,9 +81,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """The options that choose what runs (shared with ``vnetbe report``)."""
-    p.add_argument("--datapath", default="user,vhost",
-                   help="comma list of user,vhost (default both; on a host without /dev/vhost-net the bench "
-                        "runs inside the kernel lab)")
+    p.add_argument("--datapath", default="user,uring,vhost",
+                   help="comma list of user,uring,uring-sqpoll,vhost (default user,uring,vhost; on a host without "
+                        "/dev/vhost-net the bench runs inside the kernel lab)")
     p.add_argument("--scenario", default="tx,rx,rxsat,rr",
                    help="comma list of tx,rx,rxsat,vm2vm,rr (default tx,rx,rxsat,rr: what the targets speak of)")
     p.add_argument("--sizes", default="64,1500",
@@ -514,7 +514,7 @@ def format_table(doc: dict) -> str:
     thr = rows_in_order(doc, THROUGHPUT_SCENARIOS)
     comps = comparisons(doc)
     if thr:
-        head = (f"{'path':6} {'scen':5} {'size':>5} " + (f"{'options':14} " if ocol else "")
+        head = (f"{'path':12} {'scen':5} {'size':>5} " + (f"{'options':14} " if ocol else "")
                 + f"{'kpps':>8} {'[min..max]':>15} {'cv%':>4} {'Gbit/s':>7} {'vs raw':>6} {'vs user':>7} {'lost%':>6} "
                   f"{'sys/pkt':>7} {'kick/pkt':>8} {'irq/pkt':>8} {'wake/pkt':>8} {'cpu ns/pkt':>10}")
         lines += ["", head]
@@ -529,7 +529,7 @@ def format_table(doc: dict) -> str:
             mm = f"[{r['pps_min'] / 1e3:.0f}..{r['pps_max'] / 1e3:.0f}]"
             cvp = f"{100 * r['pps_cv']:.0f}" if r.get("pps_cv") is not None else "-"
             lost = f"{100 * (1 - r['frames'] / r['offered']):.2f}" if r.get("offered") else "-"
-            lines.append(f"{r['datapath']:6} {r['scenario']:5} {label(r):>5} "
+            lines.append(f"{r['datapath']:12} {r['scenario']:5} {label(r):>5} "
                          + (f"{opts_text(r, varied):14} " if ocol else "")
                          + f"{r['pps'] / 1e3:8.1f} {mm:>15} {cvp:>4} {r['gbps']:7.3f} {ratio:>6} {vs_user:>7} {lost:>6} "
                            f"{pp.get('syscalls', 0):7.3f} {pp.get('kicks', 0):8.4f} {pp.get('interrupts', 0):8.4f} "
@@ -540,18 +540,18 @@ def format_table(doc: dict) -> str:
             lines.append("  every frame offered arrived, in every row")
         for r, why in lossy:
             o = f" {opts_text(r, varied)}" if ocol and r["datapath"] != "raw" else ""
-            lines.append(f"  {r['datapath']:6} {r['scenario']:5} {label(r):>5}{o}: {r['offered']} -> {r['frames']}; {why}")
+            lines.append(f"  {r['datapath']:12} {r['scenario']:5} {label(r):>5}{o}: {r['offered']} -> {r['frames']}; {why}")
     rr = rows_in_order(doc, ("rr",))
     if rr:
         lines += ["", f"request/response ({s.get('rr_count', '?')} round trips x {s['repeat']} runs; counts per round trip)",
-                  f"{'path':6} {'size':>5} " + (f"{'options':14} " if ocol else "")
+                  f"{'path':12} {'size':>5} " + (f"{'options':14} " if ocol else "")
                   + f"{'p50 µs':>8} {'[min..max]':>13} {'p99 µs':>8} {'k RT/s':>7} {'p50 x raw':>9} {'sys/RT':>7} "
                     f"{'kick/RT':>7} {'irq/RT':>7} {'wake/RT':>7} {'cpu µs/RT':>9}"]
         for r, b in rr:
             pp = r["per_packet"]
             ratio = "1.00" if r["datapath"] == "raw" else (f"{r['p50_us'] / b['p50_us']:.2f}" if b and b.get("p50_us") else "-")
             mm = f"[{r.get('p50_us_min', 0):.0f}..{r.get('p50_us_max', 0):.0f}]"
-            lines.append(f"{r['datapath']:6} {label(r):>5} " + (f"{opts_text(r, varied):14} " if ocol else "")
+            lines.append(f"{r['datapath']:12} {label(r):>5} " + (f"{opts_text(r, varied):14} " if ocol else "")
                          + f"{r.get('p50_us', 0):8.1f} {mm:>13} {r.get('p99_us', 0):8.1f} {r['pps'] / 1e3:7.2f} "
                            f"{ratio:>9} {pp.get('syscalls', 0):7.2f} {pp.get('kicks', 0):7.2f} "
                            f"{pp.get('interrupts', 0):7.2f} {pp.get('wakeups', 0):7.2f} {pp.get('cpu_ns', 0) / 1e3:9.1f}")
@@ -562,7 +562,7 @@ def format_table(doc: dict) -> str:
             cpu = r.get("cpu_ns_per_packet") or {}
             parts = " + ".join(f"{k} {v:.0f}" for k, v in cpu.items())
             o = f" {opts_text(r, varied)}" if ocol and r["datapath"] != "raw" else ""
-            lines.append(f"  {r['datapath']:6} {r['scenario']:5} {label(r):>5}{o}: {parts} = {sum(cpu.values()):.0f}")
+            lines.append(f"  {r['datapath']:12} {r['scenario']:5} {label(r):>5}{o}: {parts} = {sum(cpu.values()):.0f}")
     notes = []
     if thr:
         notes.append("kpps and Gbit/s count frames delivered at the far end, first frame sent to last one "

@@ -72,7 +72,7 @@ __all__ = ["SCHEMA", "DATAPATHS", "measure", "cpu_info", "writev_cost", "memcpy_
            "format_costs", "format_prediction", "add_parser", "main"]
 
 SCHEMA = "vnetbe-costs/1"
-DATAPATHS = ("user", "vhost", "raw")
+DATAPATHS = ("user", "uring", "uring-sqpoll", "vhost", "raw")
 MEMCPY_SIZES = (64, 1500, 65536)
 TAG_SIZES = (64, 1500, 9014)   # the bench's tagged frames: 26 .. 9014 bytes
 WAKE_SYSCALLS = 3   # per one-way wake-up: the waker's write, the waiter's poll/epoll_wait and its read
@@ -271,7 +271,9 @@ def writev_cost(fd: int, hdr_len: int = 10, frame_len: int = 64, iterations: int
 # (readv / vhost); the benchmark's guest counts frames in place. Raw loops: the same two.
 MODELLED_SCENARIOS = ("tx", "rx", "rxsat")
 TARGET_ERROR = 0.30   # |predicted / measured - 1| the model aims at, out of sample
+# uring RX reads into a bounce pool and copies from there into the guest's buffer: one copy more.
 _COPIES = {("user", "tx"): 2, ("vhost", "tx"): 2, ("user", "rx"): 2, ("vhost", "rx"): 2,
+           ("uring", "tx"): 2, ("uring-sqpoll", "tx"): 2, ("uring", "rx"): 3, ("uring-sqpoll", "rx"): 3,
            ("raw", "tx"): 2, ("raw", "rx"): 2}
 _COPIES.update({(dp, "rxsat"): n for (dp, sc), n in list(_COPIES.items()) if sc == "rx"})
 
@@ -283,6 +285,10 @@ _WHY = {
                       "of kicks and interrupts, the guest's poll and read of the call eventfd",
     "syscalls": "the guest's system calls only (kick writes, poll and read of the call eventfd): the vhost "
                 "worker never leaves the kernel, so no frame pays a syscall",
+    "uring syscalls": "every system call of the uring datapath's thread: an io_uring_enter carries a batch of "
+                      "tap writes or reads (counted as one, however many frames it carries), plus epoll_wait "
+                      "when the polled epoll set fired and eventfd reads of kicks and writes of interrupts; "
+                      "the kernel's work on each frame inside the enter is the frame stack term",
     "wake-ups": "the device side (datapath thread, vhost worker, raw loop) going to sleep and being woken: "
                 "CPU of both sides per eventfd wake-up, minus the 3 syscalls already counted (write, wait, "
                 "read); counted as the sleeps that happened (a kick to a thread still awake costs no wake-up)",
@@ -339,6 +345,8 @@ def predict(per_packet: dict, costs: dict, datapath: str, *, size: int = 64, sce
     rows = []
     if datapath == "vhost":
         rows.append(_row("syscalls", syscalls, sc))
+    elif datapath.startswith("uring"):
+        rows.append(_row("uring syscalls", syscalls, sc))
     else:
         frame = 1.0
         rows.append(_row("frame syscall", frame, sc))

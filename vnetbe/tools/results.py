@@ -69,7 +69,7 @@ def varied_options(doc: dict) -> set[str]:
     return out
 
 
-_ORDER = {"raw": 0, "user": 1, "vhost": 2}
+_ORDER = {"raw": 0, "user": 1, "uring": 2, "uring-sqpoll": 3, "vhost": 4}
 
 
 def rows_in_order(doc: dict, scenarios: tuple[str, ...]) -> list[tuple[dict, dict | None]]:
@@ -93,8 +93,9 @@ def has_baseline(scenario: str) -> bool:
 
 
 # Which pairs a table compares: (path, reference). Each device path against the raw loop of its
-# scenario and size, and vhost against user with the same options.
-PAIRS = (("user", "raw"), ("vhost", "raw"), ("vhost", "user"))
+# scenario and size, each against user with the same options, and uring against vhost.
+PAIRS = (("user", "raw"), ("uring", "raw"), ("uring-sqpoll", "raw"), ("vhost", "raw"),
+         ("uring", "user"), ("uring-sqpoll", "user"), ("vhost", "user"), ("uring", "vhost"), ("uring-sqpoll", "vhost"))
 
 
 def _variant(r: dict) -> tuple:

@@ -17,7 +17,7 @@ from ..topology import Topology
 
 @dataclass
 class RunResult:
-    datapath: str              # "user", "vhost" or "raw" (the baseline loop)
+    datapath: str              # "user", "uring", "uring-sqpoll", "vhost" or "raw" (the baseline loop)
     scenario: str              # "tx", "rx", "vm2vm" or "rr"
     size: int                  # Ethernet frame bytes (no FCS, no virtio header)
     frames: int                # frames moved end to end (rr: round trips)
@@ -162,13 +162,24 @@ def raw_sleeps(meter: Meter) -> dict:
     return {"device": meter.sleeps["self"], "guest": 0}
 
 
+def _kernel_role(tid: int) -> str:
+    """What a kernel thread of this process does for a uring datapath, from its name."""
+    try:
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            comm = f.read().strip()
+    except OSError:
+        return "gone"
+    return "sqpoll" if comm.startswith("iou-sqp-") else "io_wq" if comm.startswith("iou-wrk-") else comm
+
+
 def dev_threads(devs: dict[str, VirtioNet]) -> dict[str, int]:
-    """name -> tid of the user datapath threads ("datapath", or "datapath_a"/"datapath_b")."""
+    """name -> tid of the userspace datapath threads ("datapath", or "datapath_a"/"datapath_b"), and
+    of the kernel threads working for a uring datapath ("datapath_sqpoll", "datapath_io_wq")."""
     out = {}
     for name, dev in devs.items():
-        if dev.datapath_name == "user":
+        if dev.datapath_name != "vhost":
             for i, t in enumerate(dev.threads()):
-                out[name + (f"{i}" if i else "")] = t
+                out[name if i == 0 else f"{name}_{_kernel_role(t)}{i if i > 1 else ''}"] = t
     return out
 
 

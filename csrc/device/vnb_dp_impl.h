@@ -1,0 +1,163 @@
+/* The userspace datapath's state and the helpers its two I/O modes share: plain system calls on an
+ * epoll loop (vnb_datapath.c) or io_uring (vnb_dp_uring.c). Internal: not seen by cffi. */
+#ifndef VNB_DP_IMPL_H
+#define VNB_DP_IMPL_H
+#include "vnb_datapath.h"
+#include "vnb_net.h"
+#include "vnb_uring_impl.h"
+#include "vnb_virtq.h"
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/uio.h>
+
+#define VNB_INTERNAL __attribute__((visibility("hidden")))
+
+#define RXQ 0
+#define TXQ 1
+#define BUDGET 256            /* frames per queue per round, so neither direction starves the other */
+/* Descriptors walked per queue per round. A chain costs up to VNB_MAX_CHAIN_DESC walks however few
+ * bytes it carries, so frames alone do not bound a round: this does, and so bounds how long a stop
+ * request waits however the guest builds its rings (a round walks < 2 * VNB_MAX_CHAIN_DESC). */
+#define DESC_BUDGET VNB_MAX_CHAIN_DESC
+/* Publish used entries this often inside a batch. TX: every 32, so the guest reclaims buffers while
+ * we work and never stalls for a whole ring (at 64 it did, and the datapath slept once per ring).
+ * RX: every 64, as vhost-net's VHOST_NET_BATCH: under load the guest gets at most one interrupt per
+ * 64 frames, and nothing waits for those entries but the guest's reading of them. */
+#define TX_FLUSH_MAX 32
+#define RX_FLUSH_MAX 64
+#define BOUNCE_LEN (VNB_MAX_FRAME + VNB_NET_HDR_LEN + 1)  /* +1: a read that fills it was truncated */
+#define RX_MAX_HEADS 1024
+#define HDR_IOV 12            /* iovecs kept to reach num_buffers in the first buffer (each >= 1 byte) */
+
+enum { EV_STOP = 1, EV_KICK_RX, EV_KICK_TX, EV_TAP, EV_NETLINK };
+
+struct rx_pending {
+    int active;
+    uint32_t total;            /* frame length read, header included */
+    uint32_t placed;           /* bytes already in guest buffers */
+    uint32_t first_cap;        /* bytes readv put straight into the first chain; the rest is in bounce */
+    const uint8_t *bounce;     /* where the bytes past first_cap are */
+    uint32_t nheads;
+    uint32_t nring;            /* ring descriptors held by the chains in heads[] (not indirect entries) */
+    uint32_t min_nring;        /* the shortest of those chains, in ring descriptors */
+    uint16_t heads[RX_MAX_HEADS];
+    uint32_t lens[RX_MAX_HEADS];
+    struct iovec hdr_iov[HDR_IOV];  /* where the header landed, possibly across the first chains */
+    int hdr_niov;
+    size_t hdr_cov;                 /* bytes of the header hdr_iov covers */
+};
+
+
+/* ---- the io_uring mode (vnb_dp_uring.c) ---- */
+#define URING_MAX_BATCH VNB_DP_URING_MAX_BATCH
+
+struct uring_tx_slot {
+    uint16_t head;
+    int16_t drop;              /* a drop reason (the chain is not written), or -1: a write was queued */
+    int32_t res;               /* its CQE's result, once done */
+    int done;
+    uint32_t out_len;
+    struct iovec *iov;         /* the chain's iovecs for a WRITEV: they must outlive the submission */
+};
+
+struct uring_rx_slot {
+    int32_t res;
+    int done;
+    int frame;                 /* holds a frame read and not yet placed */
+    uint8_t *buf;              /* BOUNCE_LEN bytes the frame is read into */
+};
+
+struct vnb_dp_uring {
+    uint32_t batch;            /* frames per submission (0: the datapath uses epoll and plain calls) */
+    uint32_t sqpoll_idle_ms;   /* > 0: SQPOLL, its kernel thread idling after this long */
+    struct vnb_uring ring;
+    int epoll_armed, tap_in_armed, tap_out_armed;   /* a POLL_ADD of each is in flight */
+    int epoll_fired, tap_in_fired, tap_out_fired;   /* and has completed, not yet acted on */
+    int rx_tap_empty;          /* a NOWAIT read found the tap empty: poll it before reading again */
+    uint32_t read_flags;       /* RWF_NOWAIT while the tap supports it; 0: reads stay posted */
+    int rx_fired;                     /* a posted read completed, not yet acted on */
+    int entered;               /* an io_uring_enter ran since the loop last waited */
+    uint32_t write_flags;      /* RWF_NOWAIT while the tap supports it (a full tap then says EAGAIN) */
+    struct io_uring_sqe *last_linked;   /* the batch's last SQE: its IO_LINK is cleared before submission */
+    uint32_t waiting;          /* CQEs of the current batch not yet seen */
+    int ntx;
+    struct uring_tx_slot tx[URING_MAX_BATCH];
+    /* RX reads land in this pool: a chain of rx_posted linked reads; the first rx_taken have
+     * completed and been looked at, and rx_count of those hold frames not yet placed, the oldest at
+     * or after rx_first. A new chain is posted once every frame of the last one is placed. */
+    struct uring_rx_slot rx[URING_MAX_BATCH];
+    uint32_t rx_posted, rx_taken, rx_first, rx_count;
+    struct iovec *iov_pool;    /* URING_MAX_BATCH * VNB_MAX_IOV, for the TX slots */
+    uint8_t *buf_pool;         /* URING_MAX_BATCH * BOUNCE_LEN, for the RX slots */
+};
+
+struct vnb_dp {
+    struct vnb_mem mem;
+    struct vnb_vq vq[2];
+    int configured[2];
+    int kick_fd[2], call_fd[2];
+    int tap_fd, err_fd, stop_fd, epfd;
+    int link_ifindex, nl_fd;   /* the link's interface, watched for RTM_DELLINK (0: not watched) */
+    uint32_t flags, hdr_len;
+    pthread_t thread;
+    int running;
+    int tid;
+    int64_t beat_ns;           /* vnb_dp_heartbeat: written by the thread, read by any */
+    int rx_wants_tap;          /* RX has buffers: wake on EPOLLIN */
+    int tx_blocked;            /* the tap's send buffer is full (EAGAIN): wake on EPOLLOUT */
+    uint32_t tap_events;       /* what epoll watches on the tap now */
+    int tx_retry;              /* the kernel was short of memory (ENOBUFS/ENOMEM): no event will say when
+                                * that ends, so retry after a 1 ms sleep */
+    int64_t busyloop_ns;       /* poll this long after the last work before sleeping (0: sleep at once) */
+    int tx_quiet, rx_quiet;    /* ring idle (TX) or out of buffers (RX) with the guest's kicks left off:
+                                * we poll it instead, and arm_notify turns them on before we sleep */
+    uint32_t walked;           /* descriptors popped in this round of the queue being handled */
+    uint32_t link_down;        /* EPOLLERR/EPOLLHUP the tap reported for good (its interface is gone);
+                                * written by the thread, read by vnb_dp_link_down */
+    struct vnb_dp_uring u;
+    int setup_err;             /* what setting the thread up failed with (the io_uring), for vnb_dp_start */
+    struct vnb_dp_stats st;
+    struct vnb_chain chain;
+    struct rx_pending pend;
+    uint8_t bounce[BOUNCE_LEN];
+};
+
+
+/* Counters have one writer, the datapath thread, and vnb_dp_get_stats reads them from another:
+ * relaxed atomic stores (and loads there) make that race-free in C11 terms, at the cost of a plain
+ * move. The writer's own read of the old value races with nothing (no other thread writes). */
+static inline void stat_add(uint64_t *c, uint64_t n) { __atomic_store_n(c, *c + n, __ATOMIC_RELAXED); }
+static inline void stat_inc(uint64_t *c) { stat_add(c, 1); }
+
+enum { RX_OK, RX_TAP_EMPTY, RX_NEED_BUFFERS, RX_FAULT, RX_YIELD /* round over mid-frame: resume next round */ };
+
+/* vnb_datapath.c: shared by both modes */
+VNB_INTERNAL void flush_and_notify(struct vnb_dp *dp, int q);
+VNB_INTERNAL void report_fault(struct vnb_dp *dp, int q, int fault);
+VNB_INTERNAL void update_tap(struct vnb_dp *dp);
+VNB_INTERNAL void arm_tap(struct vnb_dp *dp, int on);
+VNB_INTERNAL int dp_pop(struct vnb_dp *dp, int q);
+VNB_INTERNAL int round_over(const struct vnb_dp *dp, int frames);
+VNB_INTERNAL void link_gone(struct vnb_dp *dp, uint32_t events);
+VNB_INTERNAL int flush_every(const struct vnb_vq *vq, uint32_t max);
+VNB_INTERNAL int rx_pop(struct vnb_dp *dp);
+VNB_INTERNAL int rx_continue(struct vnb_dp *dp);
+VNB_INTERNAL void rx_drop_pending(struct vnb_dp *dp, int reason);
+/* TX tail when the ring ran empty: 1 to go on popping (the guest posted meanwhile), 0 to stop. */
+VNB_INTERNAL int tx_ring_empty(struct vnb_dp *dp);
+/* RX when the guest is out of buffers: 1 to go on (it posted meanwhile), 0 to stop (RX stalls). */
+VNB_INTERNAL int rx_out_of_buffers(struct vnb_dp *dp);
+
+/* vnb_dp_uring.c */
+VNB_INTERNAL int uring_setup(struct vnb_dp *dp);
+VNB_INTERNAL void uring_teardown(struct vnb_dp *dp);
+VNB_INTERNAL int handle_tx_uring(struct vnb_dp *dp);
+VNB_INTERNAL int handle_rx_uring(struct vnb_dp *dp);
+/* Arm the polls the loop waits on (the epoll set, the tap as RX/TX want it) and wait up to
+ * timeout_ms (0: only collect what completed). Fills evs like epoll_wait; returns their count. */
+VNB_INTERNAL int uring_wait(struct vnb_dp *dp, struct epoll_event *evs, int max, int timeout_ms);
+/* Frames read into the pool but never placed, at stop: counted as dropped. */
+VNB_INTERNAL void uring_drop_queued(struct vnb_dp *dp);
+
+#endif
