@@ -98,14 +98,16 @@ int vnb_dp_set_tap(struct vnb_dp *dp, int tap_fd)
     return 0;
 }
 
-int vnb_dp_set_uring(struct vnb_dp *dp, uint32_t batch, uint32_t sqpoll_idle_ms)
+int vnb_dp_set_uring(struct vnb_dp *dp, uint32_t batch, uint32_t sqpoll_idle_ms, uint32_t flags)
 {
     if (dp->running)
         return -EBUSY;
-    if (batch > URING_MAX_BATCH)
+    if (batch > URING_MAX_BATCH || (flags & ~VNB_DP_URING_NO_NOWAIT))
         return -EINVAL;
     dp->u.batch = batch;
     dp->u.sqpoll_idle_ms = batch ? sqpoll_idle_ms : 0;
+    dp->u.no_nowait = !!(flags & VNB_DP_URING_NO_NOWAIT);
+    uring_nowait_reset(dp);
     return 0;
 }
 
@@ -196,8 +198,8 @@ void report_fault(struct vnb_dp *dp, int q, int fault)
 
 static uint32_t tap_events_wanted(struct vnb_dp *dp)
 {
-    if (dp->u.batch)
-        return 0;   /* io_uring polls the tap itself (uring_wait); epoll reports its EPOLLERR/EPOLLHUP */
+    if (dp->u.batch)   /* io_uring polls the tap itself (uring_wait); epoll reports its EPOLLERR/EPOLLHUP */
+        return uring_rx(dp) || !dp->rx_wants_tap ? 0 : EPOLLIN;   /* RX by readv: as the plain path */
     return (dp->rx_wants_tap ? EPOLLIN : 0) | (dp->tx_blocked ? EPOLLOUT : 0);
 }
 
@@ -801,7 +803,7 @@ static void *dp_thread(void *arg)
         if (kick_rx && dp->configured[RXQ] && !dp->vq[RXQ].broken)
             arm_tap(dp, 1);
         if (kick_rx || tap_in || rx_more)
-            rx_more = dp->u.batch ? handle_rx_uring(dp) : handle_rx(dp);
+            rx_more = uring_rx(dp) ? handle_rx_uring(dp) : handle_rx(dp);
     }
 out:
     if (dp->u.batch) {
@@ -822,12 +824,24 @@ static int ep_add(int epfd, int fd, uint32_t events, uint32_t tag)
 
 #ifdef VNB_FUZZ
 /* What vnb_dp_start would set up, without the epoll set, the stop eventfd and the thread. */
-void vnb_dp_fuzz_setup(struct vnb_dp *dp, int epfd)
+int vnb_dp_fuzz_setup(struct vnb_dp *dp, int epfd)
 {
     dp->epfd = epfd;
     dp->tap_events = 0;
     dp->pend.active = 0;
     dp->link_down = 0;
+    return dp->u.batch ? uring_setup(dp) : 0;
+}
+
+/* What the thread does when it stops (the out: path of dp_thread). */
+void vnb_dp_fuzz_stop(struct vnb_dp *dp)
+{
+    if (dp->u.batch) {
+        uring_drop_queued(dp);
+        uring_teardown(dp);
+    }
+    if (dp->pend.active)
+        rx_drop_pending(dp, VNB_DROP_RX_STOPPED);
 }
 
 /* One round of TX then RX on a configured, not started datapath, as the thread would run it after a
@@ -838,9 +852,11 @@ uint64_t vnb_dp_fuzz_round(struct vnb_dp *dp)
     uint64_t walked = 0;
     dp->tx_blocked = dp->tx_retry = 0;
     dp->rx_wants_tap = 1;
-    handle_tx(dp);
+    if (dp->u.batch)
+        dp->u.rx_tap_empty = 0;   /* as when the tap's poll fired */
+    dp->u.batch ? handle_tx_uring(dp) : handle_tx(dp);
     walked += dp->walked;
-    handle_rx(dp);
+    uring_rx(dp) ? handle_rx_uring(dp) : handle_rx(dp);
     walked += dp->walked;
     return walked;
 }
@@ -867,6 +883,7 @@ int vnb_dp_start(struct vnb_dp *dp)
         goto fail;
     if (dp->configured[RXQ] && (r = ep_add(dp->epfd, dp->kick_fd[RXQ], EPOLLIN, EV_KICK_RX)))
         goto fail;
+    uring_nowait_reset(dp);   /* before tap_events_wanted, which asks whether RX reads through the ring */
     /* Without an RX queue nobody drains the tap: watching it would spin on a level-triggered fd. */
     dp->rx_wants_tap = dp->configured[RXQ];
     dp->tx_blocked = 0;

@@ -47,7 +47,10 @@ int vnb_dp_set_link_ifindex(struct vnb_dp *dp, int ifindex);
  * (<= VNB_DP_URING_MAX_BATCH) per io_uring_enter; sqpoll_idle_ms > 0 adds a kernel SQPOLL thread
  * that idles after that long. The ring is set up by vnb_dp_start, which fails if it cannot be. */
 #define VNB_DP_URING_MAX_BATCH 64
-int vnb_dp_set_uring(struct vnb_dp *dp, uint32_t batch, uint32_t sqpoll_idle_ms);
+/* flags: VNB_DP_URING_NO_NOWAIT makes the datapath behave as on a tap without FMODE_NOWAIT (macvtap
+ * before 6.4): writes wait in the kernel, reads stay posted (the tests run that path on any kernel). */
+#define VNB_DP_URING_NO_NOWAIT 1
+int vnb_dp_set_uring(struct vnb_dp *dp, uint32_t batch, uint32_t sqpoll_idle_ms, uint32_t flags);
 /* Busy polling: after the last work, poll for usecs before sleeping (0, the default: sleep at once). */
 int vnb_dp_set_busyloop(struct vnb_dp *dp, uint32_t usecs);
 int vnb_dp_start(struct vnb_dp *dp);

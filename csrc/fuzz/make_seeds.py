@@ -51,11 +51,12 @@ def virtq_seeds():
 
 # fuzz_datapath.c: RX ring at 0x0/0x1000/0x1400, TX ring at 0x400/0x1100/0x1800.
 RX_DESC, RX_AVAIL, TX_DESC, TX_AVAIL = 0x0, 0x1000, 0x400, 0x1100
-EV, IND, MRG, LEGACY = 1, 2, 4, 8
+EV, IND, MRG, LEGACY, URING = 1, 2, 4, 8, 16
 
 
-def dp_seed(flags, script, rx=(), tx=(), rx_log2=3, tx_log2=3, rounds=1, extra=()):
-    """rx/tx: descriptors of one-descriptor chains (heads 0..n-1), all made available."""
+def dp_seed(flags, script, rx=(), tx=(), rx_log2=3, tx_log2=3, rounds=1, extra=(), batch=1):
+    """rx/tx: descriptors of one-descriptor chains (heads 0..n-1), all made available. batch: frames per
+    io_uring submission, with URING in flags."""
     a = bytearray(RSIZE)
     for base_desc, base_avail, descs in ((RX_DESC, RX_AVAIL, rx), (TX_DESC, TX_AVAIL, tx)):
         for i, d in enumerate(descs):
@@ -64,7 +65,7 @@ def dp_seed(flags, script, rx=(), tx=(), rx_log2=3, tx_log2=3, rounds=1, extra=(
         struct.pack_into("<HH", a, base_avail, 0, len(descs))
     for gpa, blob in extra:
         a[gpa:gpa + len(blob)] = blob
-    return bytes([rx_log2, tx_log2, flags, 0, 0, 0, 0, rounds - 1, len(script)]) + bytes(script) + bytes(a)
+    return bytes([rx_log2, tx_log2, flags, 0, 0, 0, 0, (rounds - 1) | (batch - 1) << 2, len(script)]) + bytes(script) + bytes(a)
 
 
 def frames(*lengths):
@@ -87,6 +88,15 @@ def datapath_seeds():
     yield "tx_writable_fault", dp_seed(EV | IND | MRG, b"\0\xc8\0\0\0\x40", tx=[desc(BUF, 72, WRITE | 48)] + tx3[1:],
                                        rounds=3)
     yield "rx_and_tx", dp_seed(EV | IND | MRG, frames(200) + b"\0\0" + frames(64), rx=rx4, tx=tx3, rounds=3)
+    # The io_uring mode: batches, a write refused mid-batch (the link cancels the rest), NOWAIT refused
+    # (the reads then stay posted), frames left posted at the stop.
+    yield "uring_tx_batch", dp_seed(EV | IND | URING, b"\0\0\0", tx=tx3, batch=2)
+    yield "uring_tx_refused_mid_batch", dp_seed(EV | URING, b"\0\2\0\1\0", tx=tx3, rounds=2, batch=3)
+    yield "uring_tx_nowait_refused", dp_seed(EV | URING, b"\6\0\0\0", tx=tx3, batch=3)
+    yield "uring_rx_frames", dp_seed(EV | IND | MRG | URING, frames(72, 1514, 60), rx=rx4, batch=4)
+    yield "uring_rx_nowait_refused", dp_seed(EV | MRG | URING, b"\xfe\0" + frames(100, 200), rx=rx4, rounds=2, batch=2)
+    yield "uring_rx_mergeable", dp_seed(EV | IND | MRG | URING, frames(1000, 300),
+                                        rx=[desc(BUF + 256 * i, 256, WRITE) for i in range(8)], rounds=2, batch=8)
 
 
 def main():

@@ -7,6 +7,7 @@ import pytest
 
 from vnbtest import device
 from vnbtest.rings import Ring
+from vnetbe.datapath.user import UringDatapath
 from vnetbe.memory import GuestMemory
 
 
@@ -17,15 +18,20 @@ ON_EVERY_USERSPACE_DATAPATH = {"test_guest_faults", "test_hostile_fuzz", "test_d
 
 def pytest_generate_tests(metafunc):
     if metafunc.module.__name__.rsplit(".", 1)[-1] in ON_EVERY_USERSPACE_DATAPATH:
-        metafunc.parametrize("userspace_datapath", [pytest.param(d, marks=getattr(pytest.mark, d.replace("-", "_")))
+        metafunc.parametrize("userspace_datapath", [pytest.param(d, marks=pytest.mark.uring if d.startswith("uring")
+                                                                 else pytest.mark.user)
                                                     for d in device.USERSPACE_DATAPATHS], indirect=True)
 
 
 @pytest.fixture(autouse=True)
-def userspace_datapath(request):
+def userspace_datapath(request, monkeypatch):
     """The datapath DeviceRig (and the tests' own VirtioNet) use: "user" unless parametrized."""
-    device.datapath = getattr(request, "param", "user")
-    yield device.datapath
+    name = getattr(request, "param", "user")
+    if name == "uring-posted":
+        monkeypatch.setattr(UringDatapath, "uring_nowait", False)
+        name = "uring"
+    device.datapath = name
+    yield name
     device.datapath = "user"
 
 

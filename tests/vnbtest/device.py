@@ -10,8 +10,9 @@ from .fakelink import PairLink
 
 
 # The userspace datapath the rigs run; tests/unit/conftest.py runs the device tests once per value of
-# USERSPACE_DATAPATHS (the same C ring logic, with plain system calls or io_uring).
-USERSPACE_DATAPATHS = ("user", "uring")
+# USERSPACE_DATAPATHS (the same C ring logic, with plain system calls or io_uring). "uring-posted" is
+# uring as on a tap without FMODE_NOWAIT (the lab's 6.1 macvtap): writes wait, reads stay posted.
+USERSPACE_DATAPATHS = ("user", "uring", "uring-posted")
 datapath = "user"
 
 

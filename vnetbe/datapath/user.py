@@ -22,6 +22,7 @@ class UserDatapath:
     name = "user"
     uring_batch = 0          # 0: plain system calls on epoll; see UringDatapath
     sqpoll_idle_ms = 0
+    uring_nowait = True      # False: as on a tap without FMODE_NOWAIT (writes wait, reads stay posted)
 
     def __init__(self) -> None:
         self._dp = ffi.gc(lib.vnb_dp_new(), lib.vnb_dp_free)
@@ -47,7 +48,8 @@ class UserDatapath:
         check(lib.vnb_dp_set_err_fd(dp, err_fd), "vnb_dp_set_err_fd")
         check(lib.vnb_dp_set_link_ifindex(dp, link.ifindex), "vnb_dp_set_link_ifindex")
         check(lib.vnb_dp_set_busyloop(dp, busyloop_us), "vnb_dp_set_busyloop")
-        check(lib.vnb_dp_set_uring(dp, self.uring_batch, self.sqpoll_idle_ms), "vnb_dp_set_uring")
+        check(lib.vnb_dp_set_uring(dp, self.uring_batch, self.sqpoll_idle_ms,
+                                   0 if self.uring_nowait else lib.VNB_DP_URING_NO_NOWAIT), "vnb_dp_set_uring")
         if self._link_counters is None or self._link_counters.link is not link:
             self._link_counters = LinkCounters(link)   # C counters run from vnb_dp_new on: so do these
         self._final = None
