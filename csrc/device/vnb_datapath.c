@@ -168,9 +168,13 @@ int vnb_dp_get_qstate(struct vnb_dp *dp, int q, struct vnb_dp_qstate *out)
 static void interrupt(struct vnb_dp *dp, int q)
 {
     uint64_t one = 1;
-    /* An eventfd write fails only on counter overflow, which needs 2^64 interrupts. */
-    (void)!vnb_sys_write(dp->call_fd[q], &one, sizeof(one));
-    stat_inc(&dp->st.syscalls);
+    if (dp->u.batch) {
+        uring_interrupt(dp, q);   /* rides on the loop's next io_uring_enter */
+    } else {
+        /* An eventfd write fails only on counter overflow, which needs 2^64 interrupts. */
+        (void)!vnb_sys_write(dp->call_fd[q], &one, sizeof(one));
+        stat_inc(&dp->st.syscalls);
+    }
     if (q == TXQ)
         stat_inc(&dp->st.tx_interrupts);
     else

@@ -79,6 +79,7 @@ struct vnb_dp_uring {
     uint32_t read_flags;       /* RWF_NOWAIT while the tap supports it; 0: RX reads with readv */
     int entered;               /* an io_uring_enter ran since the loop last waited */
     uint32_t write_flags;      /* RWF_NOWAIT while the tap supports it (a full tap then says EAGAIN) */
+    uint64_t irq_one;          /* the 1 an interrupt SQE writes to a call eventfd: it outlives the SQE */
     struct io_uring_sqe *last_linked;   /* the batch's last SQE: its IO_LINK is cleared before submission */
     uint32_t waiting;          /* CQEs of the current batch not yet seen */
     int ntx;
@@ -167,6 +168,10 @@ VNB_INTERNAL int handle_rx_uring(struct vnb_dp *dp);
 /* Arm the polls the loop waits on (the epoll set, the tap as RX/TX want it) and wait up to
  * timeout_ms (0: only collect what completed). Fills evs like epoll_wait; returns their count. */
 VNB_INTERNAL int uring_wait(struct vnb_dp *dp, struct epoll_event *evs, int max, int timeout_ms);
+/* Signal the call eventfd of queue q with a WRITE SQE: submitted by the loop's next io_uring_enter,
+ * which comes before the thread sleeps or moves another batch, so the interrupt is not delayed past
+ * the work at hand, and costs no system call of its own. */
+VNB_INTERNAL void uring_interrupt(struct vnb_dp *dp, int q);
 /* Frames read into the pool but never placed, at stop: counted as dropped. */
 VNB_INTERNAL void uring_drop_queued(struct vnb_dp *dp);
 

@@ -6,13 +6,15 @@
  * prepared per frame, linked (IOSQE_IO_LINK) so that a failed write cancels the ones after it and
  * frames never go out of order; one enter submits them and waits for all, and only then are the
  * chains put in the used ring: the guest cannot reuse a buffer the kernel may still read. A write
- * that found the tap full gives its chain and the cancelled ones back (vnb_vq_unpop), as the plain
- * path does, and the ring polls the tap for room.
+ * that found the tap full (RWF_NOWAIT: EAGAIN) gives its chain and the cancelled ones back
+ * (vnb_vq_unpop), as the plain path does, and the ring polls the tap for room. Without NOWAIT (a
+ * tap that refuses it) the writes wait in the kernel instead.
  *
- * RX: up to a batch of READs, no more than the guest has posted chains for, land in a pool of bounce
- * buffers (one copy more than reading into the guest chain, but the guest's chains are popped only
- * when a frame is placed, so a frame needing several buffers (MRG_RXBUF) or a drop never holds
+ * RX: up to a batch of NOWAIT READs, no more than the guest has posted chains for, land in a pool of
+ * bounce buffers (one copy more than reading into the guest chain, but the guest's chains are popped
+ * only when a frame is placed, so a frame needing several buffers (MRG_RXBUF) or a drop never holds
  * chains out of order); the frames are then placed exactly as the plain path places its bounce tail.
+ * A tap that refuses NOWAIT is read with the plain path's readv (uring_rx() in vnb_dp_impl.h says why).
  *
  * Waiting: the epoll set of vnb_datapath.c (stop, kicks, netlink, the tap's EPOLLERR/EPOLLHUP) is
  * itself polled through the ring (POLL_ADD of the epoll fd) and read with epoll_wait(0) only when it
@@ -21,15 +23,15 @@
 #include "vnb_dp_impl.h"
 #include "vnb_time.h"
 #include <errno.h>
-#include <stddef.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { TAG_TX = 1, TAG_RX, TAG_EPOLL, TAG_TAP_IN, TAG_TAP_OUT, TAG_CANCEL };
+enum { TAG_TX = 1, TAG_RX, TAG_EPOLL, TAG_TAP_IN, TAG_TAP_OUT, TAG_CANCEL, TAG_IRQ };
 #define UD(tag, i) (((uint64_t)(tag) << 32) | (uint32_t)(i))
-#define SQPOLL_SPIN_NS 20000
-#define TX_FULL_NS 1000000     /* a batch of writes still waiting after this long found the tap full */   /* with SQPOLL, look at the CQ this long before sleeping for a batch */
+#define SQPOLL_SPIN_NS 20000   /* with SQPOLL, look at the CQ this long before sleeping for a batch */
+#define TX_FULL_NS 1000000     /* a batch of writes still waiting after this long found the tap full */
 
 int uring_setup(struct vnb_dp *dp)
 {
@@ -172,6 +174,7 @@ static void run_batch(struct vnb_dp *dp)
         __atomic_store_n(&dp->beat_ns, vnb_now_ns(), __ATOMIC_RELAXED);
         /* EINTR, EAGAIN, EBUSY (CQ backlog: reap first), ETIME pass; nothing else fails on our ring. */
         (void)r;
+        reap(dp);   /* before asking: a batch that is done needs no look at the stop eventfd */
         if (!cancelled && u->waiting && stop_asked(dp)) {
             struct io_uring_sqe *sqe = get_sqe(dp);
             vnb_uring_prep(sqe, IORING_OP_ASYNC_CANCEL, dp->tap_fd, NULL, 0, UD(TAG_CANCEL, 0));
@@ -180,6 +183,16 @@ static void run_batch(struct vnb_dp *dp)
             cancelled = 1;
         }
     }
+}
+
+void uring_interrupt(struct vnb_dp *dp, int q)
+{
+    /* Never inside a batch being queued: flush_and_notify runs only after tx_submit / a read batch,
+     * so this SQE cannot join a chain of linked writes. */
+    struct io_uring_sqe *sqe = get_sqe(dp);
+    dp->u.irq_one = 1;
+    vnb_uring_prep(sqe, IORING_OP_WRITE, dp->call_fd[q], &dp->u.irq_one, sizeof(dp->u.irq_one), UD(TAG_IRQ, q));
+    sqe->off = 0;   /* an eventfd ignores it */
 }
 
 /* ---- TX ---- */

@@ -246,6 +246,12 @@ static void fake_run(void)
             failed = 0;
             switch (e->opcode) {
             case IORING_OP_WRITE:
+                if (e->fd == CALL_FD) {   /* an interrupt */
+                    CHECK(e->len == 8 && *(uint64_t *)(uintptr_t)e->addr == 1, "interrupt write");
+                    fake_post(e->user_data, 8);
+                    break;
+                }
+                /* fall through */
             case IORING_OP_WRITEV:
                 CHECK(e->fd == TAP_FD, "write to fd %d", e->fd);
                 res = fake_write(e);
