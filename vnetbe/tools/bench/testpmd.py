@@ -28,7 +28,7 @@ from .. import dpdk
 from ..peer import Peer
 from ..topology import Bridge, Topology
 
-BACKENDS = ("vnetbe-user", "vnetbe-vhost", "dpdk-vhost", "kernel")
+BACKENDS = ("vnetbe-user", "vnetbe-uring", "vnetbe-vhost", "dpdk-vhost", "kernel")
 FRONTEND_LCORES = "0@1,1@1"
 BACKEND_LCORES = "0@0,1@0"
 _TICK = os.sysconf("SC_CLK_TCK")
