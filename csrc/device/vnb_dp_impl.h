@@ -55,8 +55,7 @@ struct rx_pending {
 struct uring_tx_slot {
     uint16_t head;
     int16_t drop;              /* a drop reason (the chain is not written), or -1: a write was queued */
-    int32_t res;               /* its CQE's result, once done */
-    int done;
+    int32_t res;               /* its CQE's result, once the batch is done */
     uint32_t out_len;
     struct iovec *iov;         /* the chain's iovecs for a WRITEV: they must outlive the submission */
 };
@@ -84,11 +83,10 @@ struct vnb_dp_uring {
     uint32_t waiting;          /* CQEs of the current batch not yet seen */
     int ntx;
     struct uring_tx_slot tx[URING_MAX_BATCH];
-    /* RX reads land in this pool: a batch of rx_posted reads, the first rx_taken of which have been
-     * looked at; rx_count of those hold frames not yet placed, the oldest at or after rx_first. A
-     * new batch is read once every frame of the last one is placed. */
+    /* RX reads land in this pool: rx_count frames not yet placed, the oldest at or after rx_first.
+     * A new batch is read once every frame of the last one is placed. */
     struct uring_rx_slot rx[URING_MAX_BATCH];
-    uint32_t rx_posted, rx_taken, rx_first, rx_count;
+    uint32_t rx_first, rx_count;
     struct iovec *iov_pool;    /* URING_MAX_BATCH * VNB_MAX_IOV, for the TX slots */
     uint8_t *buf_pool;         /* URING_MAX_BATCH * BOUNCE_LEN, for the RX slots */
 };

@@ -58,7 +58,6 @@ int uring_setup(struct vnb_dp *dp)
     u->entered = 0;
     u->waiting = 0;
     u->ntx = u->rx_first = u->rx_count = 0;
-    u->rx_posted = u->rx_taken = 0;
     u->last_linked = NULL;
     return 0;
 }
@@ -93,7 +92,6 @@ static void reap(struct vnb_dp *dp)
         switch (tag) {
         case TAG_TX:
             u->tx[i].res = cqe->res;
-            u->tx[i].done = 1;
             u->waiting--;
             break;
         case TAG_RX:
@@ -206,7 +204,6 @@ static void tx_queue(struct vnb_dp *dp, const struct vnb_chain *c)
     struct uring_tx_slot *s = &u->tx[i];
     s->head = c->head;
     s->out_len = c->out_len;
-    s->done = 0;
     if (c->out_len < dp->hdr_len) {
         s->drop = VNB_DROP_TX_SHORT;
         return;
@@ -337,12 +334,12 @@ int handle_tx_uring(struct vnb_dp *dp)
 
 /* ---- RX ---- */
 
-/* Take the completed reads of the last batch, in slot order (which is frame order), into the pool. */
-static void rx_collect(struct vnb_dp *dp)
+/* Take the n completed reads of a batch, in slot order (which is frame order), into the pool. */
+static void rx_collect(struct vnb_dp *dp, uint32_t n)
 {
     struct vnb_dp_uring *u = &dp->u;
-    for (; u->rx_taken < u->rx_posted; u->rx_taken++) {
-        struct uring_rx_slot *s = &u->rx[u->rx_taken];
+    for (uint32_t i = 0; i < n; i++) {
+        struct uring_rx_slot *s = &u->rx[i];
         int res = s->res;
         if (res == -EOPNOTSUPP) {
             /* The tap has no FMODE_NOWAIT (macvtap before 6.4): every read of the batch says so and
@@ -420,17 +417,17 @@ static void rx_read_batch(struct vnb_dp *dp, uint32_t n)
         vnb_uring_prep(sqe, IORING_OP_READ, dp->tap_fd, u->rx[i].buf, BOUNCE_LEN, UD(TAG_RX, i));
         sqe->rw_flags = (int)u->read_flags;
     }
-    u->rx_posted = n;
-    u->rx_taken = u->rx_first = 0;
+    u->rx_first = 0;
     for (;;) {   /* NOWAIT reads complete at once: with a frame, EAGAIN or EOPNOTSUPP */
         uint32_t left = 0;
         for (uint32_t i = 0; i < n; i++)
             left += !u->rx[i].done;
         if (!left)
-            return;
+            break;
         enter(dp, left, -1);
         reap(dp);
     }
+    rx_collect(dp, n);
 }
 
 /* As handle_rx, with the tap read a batch at a time. Returns 1 if the budget ran out with work left. */
@@ -449,7 +446,6 @@ int handle_rx_uring(struct vnb_dp *dp)
     dp->walked = 0;
     vnb_vq_disable_notify(vq);
     for (;;) {
-        rx_collect(dp);
         int r = rx_place_queued(dp, &done, &since_flush, flush_at);
         if (r == RX_YIELD) {
             more = 1;

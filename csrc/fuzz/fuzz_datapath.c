@@ -14,9 +14,9 @@
  * With bit 4 of the flags the datapath runs in its io_uring mode (csrc/device/vnb_dp_uring.c) over a
  * fake ring (below): a "kernel" that runs the SQEs at each enter, in order and honouring IOSQE_IO_LINK,
  * with results from the same script (NOWAIT reads that find no frame say EAGAIN; a script byte can
- * refuse NOWAIT with EOPNOTSUPP, after which reads stay posted until a frame or a cancel comes). Then
- * also: reads go only to the device's own pool (never guest memory), and after the stop every frame
- * read was placed or dropped with a reason, none left over.
+ * refuse NOWAIT with EOPNOTSUPP, after which RX reads through the plain readv stub). Then also:
+ * reads go only to the device's own pool (never guest memory), every READ carries RWF_NOWAIT (none
+ * can wait posted), and after the stop every frame read was placed or dropped with a reason.
  *
  * Input: [0] RX queue size, [1] TX queue size (powers of two up to 64), [2] flags (EVENT_IDX,
  * INDIRECT, MRG_RXBUF, bit 3: legacy 10-byte header, bit 4: io_uring), [3..6] RX and TX ring
@@ -135,7 +135,7 @@ ssize_t vnb_sys_readv(int fd, const struct iovec *iov, int n)
 #define FQ 512
 static struct io_uring_sqe fsq[FQ];     /* SQEs written, run at the next enter */
 static uint32_t fsq_n;
-static struct io_uring_sqe fpend[FQ];   /* reads posted and waiting for a frame, in order */
+static struct io_uring_sqe fpend[FQ];   /* polls posted (they never fire: the rounds are driven) */
 static uint32_t fpend_n;
 static struct io_uring_cqe fcq[4 * FQ];
 static uint32_t fcq_head, fcq_tail;
@@ -173,35 +173,27 @@ static int32_t fake_write(const struct io_uring_sqe *e)
     }
 }
 
-/* A read: 1 and *res when it completed, 0 when it waits (posted, no frame in the script). */
-static int fake_read(const struct io_uring_sqe *e, int32_t *res)
+/* A NOWAIT read: a frame from the script, EAGAIN once it is over, or an error. The device never
+ * posts a read that could wait (RX without NOWAIT is the plain path's readv): checked here. */
+static int32_t fake_read(const struct io_uring_sqe *e)
 {
     uint8_t *buf = (uint8_t *)(uintptr_t)e->addr;
     CHECK(!in_guest(buf, 1), "READ into guest memory: the io_uring mode reads into its pool");
+    CHECK(e->rw_flags & RWF_NOWAIT, "a READ without RWF_NOWAIT: it would wait posted in the kernel");
     int hi = script_byte(), lo = script_byte();
-    if (hi < 0 || lo < 0) {
-        if (e->rw_flags & RWF_NOWAIT) {
-            *res = -EAGAIN;
-            return 1;
-        }
-        return 0;
-    }
-    if (hi == 0xff) {
-        *res = lo & 1 ? -EBADFD : -EIO;
-        return 1;
-    }
-    if (hi == 0xfe && (e->rw_flags & RWF_NOWAIT)) {
-        *res = -EOPNOTSUPP;
-        return 1;
-    }
+    if (hi < 0 || lo < 0)
+        return -EAGAIN;
+    if (hi == 0xff)
+        return lo & 1 ? -EBADFD : -EIO;
+    if (hi == 0xfe)
+        return -EOPNOTSUPP;
     size_t len = (size_t)hi << 8 | (size_t)lo;
     if (len > e->len)
         len = e->len;
     for (size_t j = 0; j < len; j++)
         buf[j] = j < VNB_NET_HDR_LEN ? 0 : (uint8_t)j;
     frames_read++;
-    *res = (int32_t)len;
-    return 1;
+    return (int32_t)len;
 }
 
 static uint32_t fake_cancel_fd(int fd)
@@ -212,27 +204,12 @@ static uint32_t fake_cancel_fd(int fd)
             fake_post(fpend[i].user_data, -ECANCELED);
             n++;
         }
-    fpend_n = 0;   /* only the tap's reads and polls are ever posted */
+    fpend_n = 0;   /* only the tap's polls are ever posted */
     return n;
-}
-
-/* Run the posted reads that can complete now, in order: the first that still waits holds the rest. */
-static void fake_run_posted(void)
-{
-    uint32_t i = 0;
-    for (; i < fpend_n; i++) {
-        int32_t res;
-        if (fpend[i].opcode != IORING_OP_READ || !fake_read(&fpend[i], &res))
-            break;
-        fake_post(fpend[i].user_data, res);
-    }
-    memmove(fpend, fpend + i, (fpend_n - i) * sizeof(fpend[0]));
-    fpend_n -= i;
 }
 
 static void fake_run(void)
 {
-    fake_run_posted();
     int failed = 0, linked = 0;   /* the previous SQE's link failed / had IOSQE_IO_LINK */
     for (uint32_t k = 0; k < fsq_n; k++) {
         struct io_uring_sqe *e = &fsq[k];
@@ -240,8 +217,6 @@ static void fake_run(void)
         int link = !!(e->flags & IOSQE_IO_LINK);
         if (linked && failed) {
             fake_post(e->user_data, -ECANCELED);
-        } else if (linked && fpend_n && e->opcode == IORING_OP_READ) {
-            fpend[fpend_n++] = *e;   /* behind a posted read of its chain */
         } else {
             failed = 0;
             switch (e->opcode) {
@@ -260,12 +235,9 @@ static void fake_run(void)
                 break;
             case IORING_OP_READ:
                 CHECK(e->fd == TAP_FD && e->len > 0, "read of fd %d", e->fd);
-                if (fake_read(e, &res)) {
-                    fake_post(e->user_data, res);
-                    failed = res < 0;
-                } else {
-                    fpend[fpend_n++] = *e;
-                }
+                res = fake_read(e);
+                fake_post(e->user_data, res);
+                failed = res < 0;
                 break;
             case IORING_OP_POLL_ADD:
                 fpend[fpend_n++] = *e;   /* never fires here: the rounds are driven, not waited for */
