@@ -11,29 +11,11 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-# The kernel lab: QEMU, a stock kernel with vhost_net as a module, and busybox for virtme-ng's init.
-missing=""
-command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$missing qemu-system-x86"
-ls /lib/modules/*/kernel/drivers/vhost/vhost_net.ko* >/dev/null 2>&1 || missing="$missing linux-image-amd64"
-command -v busybox >/dev/null 2>&1 || missing="$missing busybox-static"
-# The fuzz targets: clang with its sanitizer and libFuzzer runtimes.
-command -v clang-14 >/dev/null 2>&1 || missing="$missing clang-14"
-ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 || missing="$missing libclang-rt-14-dev"
-# vhost-user front ends nobody here wrote: DPDK's testpmd (virtio-user PMD); the Linux guest's tools.
-command -v dpdk-testpmd >/dev/null 2>&1 || missing="$missing dpdk-dev"
-for pmd in net-virtio net-vhost net-tap mempool-ring; do
-    so="librte_$(echo $pmd | tr - _).so"
-    ls /usr/lib/x86_64-linux-gnu/dpdk/pmds-*/$so.2* >/dev/null 2>&1 || missing="$missing librte-$pmd""23"
-done
-command -v ping >/dev/null 2>&1 || missing="$missing iputils-ping"
-command -v ethtool >/dev/null 2>&1 || missing="$missing ethtool"
-if [ -n "$missing" ]; then
-    echo "tests/run.sh: installing$missing" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-fi
-# Every extra the tests import: the bench tests draw charts (plot), the lab boots through virtme-ng.
-python3 -m pip install -q --root-user-action=ignore -e '.[test,lab,plot]'
+# vnetbe itself with the tests' Python packages, then what the tests need from the system (QEMU and a
+# stock kernel for the lab, DPDK, clang for the fuzz targets, ...): `vnetbe setup tests`, the same code
+# the README's main command runs with `vnetbe setup bench`.
+python3 -m pip install -q --root-user-action=ignore -e '.[test]'
+python3 -m vnetbe setup tests
 
 export PYTHONDONTWRITEBYTECODE=1
 status=0

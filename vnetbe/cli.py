@@ -1,5 +1,5 @@
 """The ``vnetbe`` command: ``bench`` (the main job), ``costs`` (what exits and mode switches cost),
-``serve`` (a vhost-user back end), ``report``, ``lab`` (the kernel lab) and ``cleanup`` (what a killed run left). The only module that imports the subcommands.
+``serve`` (a vhost-user back end), ``report``, ``lab`` (the kernel lab), ``setup`` (what they need from the system) and ``cleanup`` (what a killed run left). The only module that imports the subcommands.
 
 Expected failures (VnetError) are printed as one line on stderr, without a traceback.
 """
@@ -8,14 +8,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .tools import benchcli, cleanup, costs, lab, report, serve
+from .tools import benchcli, cleanup, costs, lab, provision, report, serve
 from .tools.cliutil import dispatch
 
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vnetbe", description="userspace virtio-net backend with vhost-net offload")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (benchcli, serve, costs, report, lab, cleanup):
+    for command in (benchcli, serve, costs, report, lab, provision, cleanup):
         command.add_parser(sub)
     return p
 

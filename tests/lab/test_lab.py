@@ -95,9 +95,9 @@ def test_find_kernel_rejects_missing_path(tmp_path: Path) -> None:
         lab.find_kernel(tmp_path / "no-such-vmlinuz")
 
 
-def test_problem_names_the_install_command() -> None:
-    assert "apt-get install -y linux-image-amd64" in str(lab._NO_KERNEL)
-    assert "pip install virtme-ng" in str(lab._NO_VNG)
+def test_each_lab_need_names_its_package_and_the_setup_command() -> None:
+    assert lab._NO_KERNEL.apt == ("linux-image-amd64",) and lab._NO_VNG.pip == ("virtme-ng>=1.30",)
+    assert all(n.target == "lab" and "vnetbe setup lab" in str(n) for n in lab.NEEDS)
 
 
 def test_version_order_is_numeric() -> None:

@@ -13,7 +13,7 @@ PKG = Path(vnetbe.__file__).resolve().parent
 # Imports inside functions, each with its reason in the code.
 ALLOWED_LOCAL = {
     ("vnetbe", "vnetbe.tools.guest"),          # vnetbe.GuestDriver, resolved on first use
-    ("vnetbe.tools.benchcli", "vnetbe.tools.plot"),   # matplotlib is an optional extra
+    ("vnetbe.tools.benchcli", "vnetbe.tools.plot"),   # matplotlib loads only when a chart is drawn
     ("vnetbe.tools.report", "vnetbe.tools.plot"),
     ("vnetbe.tools.plot", "matplotlib"),
     ("vnetbe.tools.plot", "matplotlib.pyplot"),
@@ -81,14 +81,14 @@ def test_the_device_library_imports_nothing_from_the_tooling():
 
 def test_only_the_cli_imports_the_subcommands():
     subcommands = {"vnetbe.tools.benchcli", "vnetbe.tools.serve", "vnetbe.tools.costs", "vnetbe.tools.report", "vnetbe.tools.lab",
-                   "vnetbe.tools.cleanup"}
+                   "vnetbe.tools.cleanup", "vnetbe.tools.provision"}
     for m, (top, _) in GRAPH.items():
         if m in subcommands or m == "vnetbe.cli":
             continue
         users = top & subcommands
         # report builds on the bench's arguments and the cost model; the bench prices with costs and
-        # runs in the lab: tool-to-tool uses, not registrations.
-        if m in ("vnetbe.tools.report", "vnetbe.tools.benchcli"):
+        # runs in the lab; setup installs what the lab declares it needs: tool-to-tool uses, not registrations.
+        if m in ("vnetbe.tools.report", "vnetbe.tools.benchcli", "vnetbe.tools.provision"):
             continue
         assert not users, f"{m} imports subcommand modules {users}"
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from .. import DATAPATHS, VHOST_NET_PATH, spec
 from ..device import MAX_BUSYLOOP_US
 from ..errors import ConfigError, LabError, NotRoot, SetupError
-from . import costs, lab
+from . import costs, lab, provision
 from .bench.pinning import ROLES, parse_pin
 from .noise import ALPHA, NOISE_MARK, cv, mark, min_separable_repeats
 from .bench import BenchTopology, summarize
@@ -386,10 +386,8 @@ def _find_doc(out: bytes) -> dict:
 
 def collect_in_lab(plan: Plan, progress: _Progress, with_costs: bool = False) -> dict:
     """Run the whole plan inside the kernel lab; the document it prints comes back (start.where says so)."""
-    problems = lab.check()
-    if problems:
-        raise SetupError(f"no /dev/vhost-net here and the kernel lab cannot start ({problems[0]}); check with "
-                         "`vnetbe lab --check`, or run `vnetbe bench --datapath user`")
+    provision.require("bench", "no /dev/vhost-net here and the kernel lab cannot start",
+                      "or `vnetbe bench --datapath user,uring` to leave vhost out")
     env = {"PYTHONPATH": os.pathsep.join(p for p in (_PKGROOT, os.environ.get("PYTHONPATH", "")) if p)}
     progress.line(f"no /dev/vhost-net here: running the bench in the kernel lab ({WHERE_LAB}; it boots in ~30-90 s)")
     out = io.BytesIO()
@@ -440,6 +438,7 @@ def _terminate_cleanly() -> None:
 def _run_frontend(args) -> int:
     """--frontend testpmd or qemu: a front end nobody here wrote, its own scenario and table."""
     progress = _Progress(getattr(args, "progress", "auto"))
+    provision.require(args.frontend, f"bench --frontend {args.frontend} cannot start")
     if args.frontend == "testpmd":
         mod = testpmd_bench
         backends = ["vnetbe-" + d for d in _list(args.datapath)] + ["dpdk-vhost", "kernel"]
@@ -459,7 +458,7 @@ def run(args) -> int:
     if args.frontend != "guest":
         return _run_frontend(args)
     if args.plot:
-        from .plot import require  # matplotlib is optional (the plot extra)
+        from .plot import require  # imports matplotlib only now
         require()   # fail now, not after the bench
     doc = bench(args)
     if args.output:

@@ -16,24 +16,40 @@ import threading
 import time
 
 from ..errors import SetupError
+from .needs import Need, missing, setup_command
 
 PMD_DIRS = sorted(glob.glob("/usr/lib/x86_64-linux-gnu/dpdk/pmds-*"))
-INSTALL = ("install it: apt-get install dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-net-tap23 "
-           "librte-mempool-ring23")
+# The drivers vnetbe's DPDK runs load: virtio-user (the front end), DPDK's own vhost-user back end
+# and tap (the peer in the testpmd bench), and the ring mempool every port allocates from.
+PMDS = ("net_virtio", "net_vhost", "net_tap", "mempool_ring")
+_STEP = "DPDK's testpmd with its virtio-user, vhost and tap drivers"
+
+
+def _find_pmd(name: str) -> str | None:
+    dirs = sorted(glob.glob("/usr/lib/x86_64-linux-gnu/dpdk/pmds-*"))
+    found = sorted(glob.glob(os.path.join(dirs[-1], f"librte_{name}.so*")), key=len) if dirs else []
+    return found[0] if found else None
+
+
+NEEDS = (Need("testpmd", "DPDK's dpdk-testpmd not found", lambda: shutil.which("dpdk-testpmd"), "testpmd", _STEP,
+              apt=("dpdk-dev",)),) + tuple(
+    Need(f"librte_{name}", f"DPDK driver librte_{name} not found",
+         lambda name=name: _find_pmd(name), "testpmd", _STEP, apt=(f"librte-{name.replace('_', '-')}23",))
+    for name in PMDS)
 
 
 def testpmd() -> str:
-    path = shutil.which("dpdk-testpmd")
-    if path is None or not PMD_DIRS:
-        raise SetupError(f"DPDK's dpdk-testpmd or its drivers are missing: {INSTALL}")
-    return path
+    absent = missing(NEEDS)
+    if absent:
+        raise SetupError(str(absent[0]))
+    return shutil.which("dpdk-testpmd") or "dpdk-testpmd"
 
 
 def pmd(name: str) -> str:
-    found = sorted(glob.glob(os.path.join(PMD_DIRS[-1], f"librte_{name}.so*")), key=len)
-    if not found:
-        raise SetupError(f"DPDK driver librte_{name} is missing in {PMD_DIRS[-1]}: {INSTALL}")
-    return found[0]
+    found = _find_pmd(name)
+    if found is None:
+        raise SetupError(f"DPDK driver librte_{name} not found: install with `{setup_command('testpmd')}`")
+    return found
 
 
 def command(vdev: str, mode: str, *, pmds=("net_virtio",), prefix: str = "vnb", lcores: str = "0@0,1@1",

@@ -38,15 +38,15 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping, NamedTuple, Sequence
+from typing import IO, Any, Callable, Mapping, Sequence
 
 from .. import VHOST_NET_PATH
 from ..errors import ConfigError, LabError
+from .needs import Need, missing, setup_command
 
 __all__ = [
-    "Problem", "LAB_FAILED", "check", "find_kernel", "run", "in_lab", "have_vhost", "add_parser", "main",
+    "Need", "NEEDS", "LAB_FAILED", "check", "find_kernel", "run", "in_lab", "have_vhost", "add_parser", "main",
 ]
 
 LAB_FAILED = 125
@@ -68,18 +68,6 @@ _HOST_ONLY_ENV = frozenset({
 })
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MEMORY = re.compile(r"[1-9][0-9]*[KMGT]?")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One missing piece of the lab and the command that installs it."""
-
-    component: str
-    missing: str
-    install: str
-
-    def __str__(self) -> str:
-        return f"{self.missing}: install with `{self.install}`"
 
 
 # --------------------------------------------------------------------------- what the lab needs
@@ -127,7 +115,7 @@ def find_kernel(path: str | os.PathLike[str] | None = None) -> Path:
     seen = ", ".join(p.name for p in candidates) or "none"
     raise LabError(
         f"no kernel in {BOOT_DIR} has a vhost_net module (kernels: {seen}); "
-        "install one with `apt-get install -y linux-image-amd64`"
+        f"install one with `{setup_command('lab')}`"
     )
 
 
@@ -173,36 +161,32 @@ def _find_busybox() -> str | None:
     return None
 
 
-_NO_QEMU = Problem("qemu", "qemu-system-x86_64 not found", "apt-get install -y qemu-system-x86")
-_NO_KERNEL = Problem("kernel", f"no {BOOT_DIR}/vmlinuz-* with a vhost_net module under {MODULES_DIR}/<release>/",
-                     "apt-get install -y linux-image-amd64")
-_NO_BUSYBOX = Problem("busybox", "no statically linked busybox (virtme-ng needs it for the initramfs)",
-                      "apt-get install -y busybox-static")
-_NO_VNG = Problem("vng", "virtme-ng's vng not found", "pip install virtme-ng")
+_STEP = "QEMU, a stock kernel with vhost_net and a static busybox for the kernel lab"
 
 
-class _Probe(NamedTuple):
-    found: str | None
-    problem: Problem
-
-
-def _probes() -> list[_Probe]:
+def _kernel_found() -> str | None:
     try:
         image = find_kernel()
-        kernel: str | None = f"{image} (vhost_net: {_module_path(_release_of(image), 'vhost_net')})"
     except LabError:
-        kernel = None
-    return [
-        _Probe(_find_qemu(), _NO_QEMU),
-        _Probe(kernel, _NO_KERNEL),
-        _Probe(_find_busybox(), _NO_BUSYBOX),
-        _Probe(_find_vng(), _NO_VNG),
-    ]
+        return None
+    return f"{image} (vhost_net: {_module_path(_release_of(image), 'vhost_net')})"
 
 
-def check() -> list[Problem]:
+_NO_QEMU = Need("qemu", "qemu-system-x86_64 not found", lambda: _find_qemu(),
+                "lab", _STEP, apt=("qemu-system-x86",))
+_NO_KERNEL = Need("kernel", f"no {BOOT_DIR}/vmlinuz-* with a vhost_net module under {MODULES_DIR}/<release>/",
+                  _kernel_found, "lab", _STEP, apt=("linux-image-amd64",))
+_NO_BUSYBOX = Need("busybox", "no statically linked busybox (virtme-ng needs it for the initramfs)",
+                   lambda: _find_busybox(), "lab", _STEP, apt=("busybox-static",))
+_NO_VNG = Need("vng", "virtme-ng's vng not found", lambda: _find_vng(), "lab", "virtme-ng, which boots the lab",
+               pip=("virtme-ng>=1.30",))
+# What the lab needs, in install order; `vnetbe setup lab` installs them.
+NEEDS = (_NO_QEMU, _NO_KERNEL, _NO_BUSYBOX, _NO_VNG)
+
+
+def check() -> list[Need]:
     """What the lab is missing on this host; empty when it can boot."""
-    return [p.problem for p in _probes() if p.found is None]
+    return missing(NEEDS)
 
 
 def in_lab() -> bool:
@@ -547,17 +531,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _report() -> int:
-    probes = _probes()
-    for p in probes:
-        print(f"{'ok' if p.found else 'MISSING':8} {p.problem.component:8} {p.found or p.problem.missing}")
+    absent = []
+    for need in NEEDS:
+        found = need.probe()
+        absent += [] if found else [need]
+        print(f"{'ok' if found else 'MISSING':8} {need.component:8} {found or need.missing}")
     host = "yes" if have_vhost() else "no (tests marked vhost run in the lab)"
     print(f"{'info':8} {'host':8} /dev/vhost-net usable here: {host}")
-    missing = [p.problem for p in probes if p.found is None]
-    if missing:
-        print("install:")
-        for problem in missing:
-            print(f"  {problem.install}")
-    return 1 if missing else 0
+    if absent:
+        print(f"install: {setup_command('lab')}")
+    return 1 if absent else 0
 
 
 def main(args: argparse.Namespace) -> int:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+
+from .needs import Need
 
 GUEST_IP = "10.78.0.2"
 PEER_IP = "10.78.0.1"
@@ -19,6 +22,11 @@ PORT = 5201
 DATA_BYTES = 50 << 20
 GUEST_MAC = "52:54:00:78:00:02"
 MEMORY = "1G"
+
+# The guest runs on the host's file system (virtme-ng): GUEST_SCRIPT's tools come from this host.
+_STEP = "ping and ethtool for the Linux guest's script"
+NEEDS = (Need("ping", "ping not found", lambda: shutil.which("ping"), "qemu", _STEP, apt=("iputils-ping",)),
+         Need("ethtool", "ethtool not found", lambda: shutil.which("ethtool"), "qemu", _STEP, apt=("ethtool",)))
 
 # QEMU 7.2 under TCG segfaults starting a vhost-user NIC with MSI-X (its vector notifiers assume KVM):
 # vectors=0 makes the device use INTx. The guest's memory must be a shared fd the back end can map.

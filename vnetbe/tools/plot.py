@@ -1,6 +1,6 @@
 """PNG charts of a ``vnetbe bench --json`` document (``vnetbe bench --plot DIR``, ``vnetbe report``).
 
-matplotlib is an optional extra (``pip install 'vnetbe[plot]'``), imported only when a chart is drawn.
+matplotlib (a dependency) is imported only when a chart is drawn: the other commands start faster without it.
 
     throughput.png     kpps per scenario and size, one bar per path, min..max as error bars
     per_packet.png     system calls, kicks, interrupts, wake-ups per packet (log scale)
@@ -30,7 +30,8 @@ def require():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise VnetError("charts need matplotlib: pip install 'vnetbe[plot]'") from None
+        raise VnetError("charts need matplotlib, which `pip install .` installs: run "
+                        "`python3 -m pip install 'matplotlib>=3.7'`") from None
     return plt
 
 

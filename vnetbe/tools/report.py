@@ -10,7 +10,7 @@ bench document without costs gets them from ``--costs`` or, failing that, measur
 says so when "here" is not where the bench ran.
 
 DIR receives report.md (or report.html), bench.json, costs.json and the PNG charts (when matplotlib is
-installed: ``pip install 'vnetbe[plot]'``; without it the report says the charts are missing).
+installed, as ``pip install .`` does; without it the report says the charts are missing).
 """
 from __future__ import annotations
 
@@ -437,7 +437,7 @@ def main(args: argparse.Namespace) -> int:
     preds = costs.predict_bench(doc, costs_doc)
     charts, chart_note = None, None
     try:
-        from .plot import write_charts  # matplotlib is optional (the plot extra)
+        from .plot import write_charts  # imports matplotlib only now
         charts = write_charts(doc, out, predictions=preds)
     except VnetError as e:
         chart_note = f"No charts: {e}."
