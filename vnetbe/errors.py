@@ -140,8 +140,10 @@ class DatapathStalled(VnetError):
 
 class ProtocolError(VnetError):
     """A vhost-user front end sent a message this back end refuses: names the message and the field.
-    The connection is closed; the server goes on serving."""
+    ``framed`` is (request, flags) when the whole message was read, so the stream is still in step and
+    the refusal can be answered (REPLY_ACK); otherwise the connection is closed. The server goes on."""
 
     def __init__(self, message: str, field: str, detail: str):
         self.message, self.field, self.detail = message, field, detail
+        self.framed: tuple[int, int] | None = None
         super().__init__(f"vhost-user {message}: bad {field}: {detail}")

@@ -91,9 +91,9 @@ def messages(data: bytes):
     while i + 1 + P.HEADER_SIZE <= len(data):
         nfds = data[i] % 4
         head = data[i + 1:i + 1 + P.HEADER_SIZE]
-        size = P.HEADER.unpack(head)[2]
+        request, _, size = P.HEADER.unpack(head)
         i += 1 + P.HEADER_SIZE
-        if size > P.MAX_PAYLOAD:
+        if size > P.max_payload(request):
             yield nfds, head, b""          # refused unread, as the channel does
             return
         payload = data[i:i + size]

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -152,6 +153,12 @@ HOSTILE = [
     ("ring size too big", _owner() + P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 65536)), 0, "num"),
     ("base beyond 16 bits", _owner() + P.request(Request.SET_VRING_BASE, P.VRING_STATE.pack(0, 1 << 16)), 0, "num"),
     ("enable neither 0 nor 1", _owner() + P.request(Request.SET_VRING_ENABLE, P.VRING_STATE.pack(0, 2)), 0, "num"),
+    ("enable without protocol features", _owner() + P.request(Request.SET_VRING_ENABLE, P.VRING_STATE.pack(0, 1)),
+     0, "order"),
+    ("size beyond this request's", _hdr(Request.SET_VRING_NUM, 200) + b"\0" * 200, 0, "size"),
+    ("MTU without VIRTIO_NET_F_MTU", P.request(Request.SET_PROTOCOL_FEATURES, P.U64.pack(1 << P.ProtocolFeature.NET_MTU))
+     + _owner() + P.request(Request.NET_SET_MTU, P.U64.pack(1500)), 0, "order"),
+    ("reset device without its protocol feature", _owner() + P.request(Request.RESET_DEVICE), 0, "order"),
     ("features not offered", _owner() + P.request(Request.SET_FEATURES, P.U64.pack(1 << 63)), 0, "features"),
     ("protocol features not offered", P.request(Request.SET_PROTOCOL_FEATURES, P.U64.pack(1 << 40)), 0, "features"),
     ("ring addresses before the table", _owner() + P.request(Request.SET_VRING_ADDR, P.VRING_ADDR.pack(0, 0, 0, 0, 0, 0)),
@@ -210,6 +217,73 @@ def test_a_hostile_message_is_named_closes_its_connection_and_the_server_serves_
     assert f"bad {field}:" in refusal, refusal
     assert rig.server.stats()["refused_messages"] == 1
     _assert_nothing_left_and_next_is_served(rig, before)
+
+
+def _reply(s: socket.socket) -> tuple[int, int, bytes]:
+    head = s.recv(P.HEADER_SIZE, socket.MSG_WAITALL)
+    assert len(head) == P.HEADER_SIZE, "the server closed the connection instead of replying"
+    req, flags, size = P.HEADER.unpack(head)
+    body = s.recv(size, socket.MSG_WAITALL) if size else b""
+    assert len(body) == size
+    assert flags == P.VERSION | P.FLAG_REPLY
+    return req, size, body
+
+
+def test_under_reply_ack_a_refused_request_is_answered_non_zero_and_the_connection_goes_on(rig):
+    s = raw_client(rig.path)
+    try:
+        s.sendall(P.request(Request.SET_PROTOCOL_FEATURES, P.U64.pack(1 << P.ProtocolFeature.REPLY_ACK)) + _owner())
+        for data, req in ((P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 100), need_reply=True),
+                           Request.SET_VRING_NUM),                                    # refused by the session
+                          (P.HEADER.pack(999, P.VERSION | P.FLAG_NEED_REPLY, 16) + b"\0" * 16, 999),  # by the parser
+                          (P.request(Request.SET_LOG_FD, need_reply=True), Request.SET_LOG_FD)):
+            s.sendall(data)
+            assert _reply(s) == (req, 8, P.U64.pack(1))
+        s.sendall(P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 256), need_reply=True))
+        assert _reply(s) == (Request.SET_VRING_NUM, 8, P.U64.pack(0))
+        s.sendall(P.request(Request.GET_FEATURES))
+        assert _reply(s)[0] == Request.GET_FEATURES
+        st = rig.server.stats()
+        assert st["connected"] and st["refused_messages"] == 3
+        assert sum("non-zero REPLY_ACK" in r for r in rig.refusals()) == 3
+        # A refusal that cannot be answered in place (a request whose reply is its answer) still closes.
+        s.sendall(P.request(Request.GET_VRING_BASE, P.VRING_STATE.pack(7, 0), need_reply=True))
+        assert closed_by_peer(s)
+    finally:
+        s.close()
+
+
+def test_a_front_end_reconnecting_as_its_old_connection_hangs_up_is_served(rig):
+    a = raw_client(rig.path)
+    assert rig.server.wait_connected(2)
+    with rig.server._lock:          # the server stalls in SET_OWNER while the front end reconnects
+        a.sendall(_owner())
+        time.sleep(0.2)
+        a.close()
+        pending = raw_client(rig.path)
+    try:
+        assert wait_for(lambda: rig.server.stats()["connections"] == 2, 3.0)
+        assert rig.server.stats()["refused_connections"] == 0, rig.refusals()
+        pending.sendall(P.request(Request.GET_FEATURES))
+        assert _reply(pending)[0] == Request.GET_FEATURES
+    finally:
+        pending.close()
+
+
+def test_reset_device_keeps_the_owner_and_the_device_is_set_up_again(rig):
+    fr = FrontendRig(rig.path)
+    try:
+        fe = fr.fe
+        assert fe.acks
+        fe.send(Request.RESET_DEVICE)          # acked: REPLY_ACK is on, so it was accepted
+        assert rig.server.session.features_acked is None and rig.server.session.mem is None
+        fe.set_driver_features(fe.driver_features)   # then features, table and rings again, no SET_OWNER
+        fe.start()
+        fr.guest.send(_frame(64))
+        assert rig.link.sent(2.0)[12:] == _frame(64)
+        assert rig.server.stats()["refused_messages"] == 0
+    finally:
+        fr.close()
 
 
 def test_ring_addresses_outside_every_region_are_refused_with_the_ring_named(rig):

@@ -37,7 +37,7 @@ class VhostUserFrontend:
             self.protocol = offered & _PROTO
             self.protocol_features = 0
             if self.protocol:
-                want = 1 << P.ProtocolFeature.REPLY_ACK | 1 << P.ProtocolFeature.MQ
+                want = 1 << P.ProtocolFeature.REPLY_ACK | 1 << P.ProtocolFeature.MQ | 1 << P.ProtocolFeature.RESET_DEVICE
                 if slots:
                     want |= 1 << P.ProtocolFeature.CONFIGURE_MEM_SLOTS
                 self.protocol_features = self._get_u64(Request.GET_PROTOCOL_FEATURES) & want

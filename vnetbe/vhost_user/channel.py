@@ -69,7 +69,11 @@ def recv_message(sock: socket.socket) -> tuple[P.Message, list[int]] | None:
         payload = _recv_exact(sock, size, fds, time.monotonic() + PAYLOAD_TIMEOUT) if size else b""
         if len(fds) > P.MAX_FDS:
             raise ProtocolError(P._name(request), "fds", f"{len(fds)} fds, at most {P.MAX_FDS}")
-        msg = P.parse(request, flags, payload, len(fds))
+        try:
+            msg = P.parse(request, flags, payload, len(fds))
+        except ProtocolError as e:
+            e.framed = (request, flags)     # read whole: the next message starts where this one ended
+            raise
         return msg, fds
     except BaseException:
         _close_all(fds)

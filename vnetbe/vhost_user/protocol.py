@@ -98,9 +98,10 @@ class ProtocolFeature(enum.IntEnum):
 
 
 # What this back end implements: one queue pair (MQ lets the front end ask and hear "1"), acks on
-# request, the MTU message, and memory slots added and removed one at a time.
+# request, the MTU message, memory slots added and removed one at a time, and RESET_DEVICE.
 PROTOCOL_FEATURES = sum(1 << b for b in (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK,
-                                          ProtocolFeature.NET_MTU, ProtocolFeature.CONFIGURE_MEM_SLOTS))
+                                          ProtocolFeature.NET_MTU, ProtocolFeature.CONFIGURE_MEM_SLOTS,
+                                          ProtocolFeature.RESET_DEVICE))
 
 # --- payloads ---
 U64 = struct.Struct("<Q")
@@ -154,21 +155,31 @@ class Message:
         return self.request.name
 
 
-def _fixed(size: int):
-    return lambda n: n == size
+class _Size:
+    """The payload sizes one request may have: ``min`` to ``max`` in steps of ``step``."""
+
+    def __init__(self, lo: int, hi: int | None = None, step: int = 1):
+        self.min, self.max, self.step = lo, lo if hi is None else hi, step
+
+    def __call__(self, n: int) -> bool:
+        return self.min <= n <= self.max and (n - self.min) % self.step == 0
+
+
+def _fixed(size: int) -> _Size:
+    return _Size(size)
 
 
 # Payload size each request must have (a predicate on the header's size field), and how many fds.
 _SIZE = {
     Request.GET_FEATURES: _fixed(0), Request.SET_FEATURES: _fixed(8),
     Request.SET_OWNER: _fixed(0), Request.RESET_OWNER: _fixed(0),
-    Request.SET_MEM_TABLE: lambda n: n >= MEM_HDR.size and (n - MEM_HDR.size) % MEM_REGION.size == 0,
+    Request.SET_MEM_TABLE: _Size(MEM_HDR.size, MEM_HDR.size + MEM_REGIONS_MAX * MEM_REGION.size, MEM_REGION.size),
     Request.SET_VRING_NUM: _fixed(8), Request.SET_VRING_ADDR: _fixed(VRING_ADDR.size),
     Request.SET_VRING_BASE: _fixed(8), Request.GET_VRING_BASE: _fixed(8),
     Request.SET_VRING_KICK: _fixed(8), Request.SET_VRING_CALL: _fixed(8), Request.SET_VRING_ERR: _fixed(8),
     Request.GET_PROTOCOL_FEATURES: _fixed(0), Request.SET_PROTOCOL_FEATURES: _fixed(8),
     Request.GET_QUEUE_NUM: _fixed(0), Request.SET_VRING_ENABLE: _fixed(8), Request.NET_SET_MTU: _fixed(8),
-    Request.GET_MAX_MEM_SLOTS: _fixed(0),
+    Request.GET_MAX_MEM_SLOTS: _fixed(0), Request.RESET_DEVICE: _fixed(0),
     Request.ADD_MEM_REG: _fixed(MEM_SINGLE.size + MEM_REGION.size),
     Request.REM_MEM_REG: _fixed(MEM_SINGLE.size + MEM_REGION.size),
 }
@@ -180,8 +191,27 @@ REFUSED = {
     Request.POSTCOPY_LISTEN: "postcopy migration is not supported",
     Request.POSTCOPY_END: "postcopy migration is not supported",
 }
-# The largest payload any accepted request has: a header announcing more is refused unread.
-MAX_PAYLOAD = MEM_HDR.size + MEM_REGIONS_MAX * MEM_REGION.size
+# The largest payload any accepted request has (SET_MEM_TABLE's).
+MAX_PAYLOAD = max(s.max for s in _SIZE.values())
+# A request this back end does not take is still read whole, up to this (the spec's largest payload,
+# GET_CONFIG's 12 + 256 bytes, fits), so it can be answered "no" under REPLY_ACK and the stream stays
+# in step; beyond it the header is refused unread.
+MAX_UNTAKEN_PAYLOAD = 4096
+# Requests whose reply is their answer: REPLY_ACK adds no ack to these, and a failure cannot be
+# answered in their place (the connection closes).
+HAS_REPLY = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE,
+                       Request.GET_QUEUE_NUM, Request.GET_MAX_MEM_SLOTS, Request.GET_CONFIG, Request.GET_STATUS,
+                       Request.SET_LOG_BASE, Request.POSTCOPY_ADVISE, Request.POSTCOPY_END,
+                       Request.GET_INFLIGHT_FD, Request.IOTLB_MSG, Request.CREATE_CRYPTO_SESSION})
+
+
+def max_payload(request: int) -> int:
+    """The most payload bytes a request with this code may announce."""
+    try:
+        size = _SIZE.get(Request(request))
+    except ValueError:
+        size = None
+    return size.max if size is not None else MAX_UNTAKEN_PAYLOAD
 
 
 def parse_header(data: bytes) -> tuple[int, int, int]:
@@ -197,8 +227,8 @@ def parse_header(data: bytes) -> tuple[int, int, int]:
         raise ProtocolError(name, "flags", "the reply bit is set on a request")
     if flags & ~FLAGS_KNOWN:
         raise ProtocolError(name, "flags", f"undefined bits {flags & ~FLAGS_KNOWN:#x}")
-    if size > MAX_PAYLOAD:
-        raise ProtocolError(name, "size", f"{size} bytes; no request this back end takes is over {MAX_PAYLOAD}")
+    if size > max_payload(request):
+        raise ProtocolError(name, "size", f"{size} bytes announced; this request has at most {max_payload(request)}")
     return request, flags, size
 
 
@@ -288,11 +318,11 @@ def check_no_overlap(name: str, regions) -> None:
 
 
 # --- replies ---
-def reply(request: Request, payload: bytes) -> bytes:
+def reply(request: int, payload: bytes) -> bytes:
     return HEADER.pack(int(request), VERSION | FLAG_REPLY, len(payload)) + payload
 
 
-def reply_u64(request: Request, value: int) -> bytes:
+def reply_u64(request: int, value: int) -> bytes:
     return reply(request, U64.pack(value))
 
 

@@ -8,7 +8,9 @@
 Server mode listens (QEMU, DPDK connect); client mode (``client=True``) connects to a front end that
 listens, and connects again after it goes. Each connection gets a fresh Session (a fresh device); when
 it ends, however it ends, the session's device, mappings and fds are released before the next one.
-A message the session refuses is logged in one line naming it and its field, and closes the connection.
+A message the session refuses is logged in one line naming it and its field, and counted; under
+REPLY_ACK a refused request that asked for a reply is answered non-zero and the connection goes on,
+otherwise the connection closes.
 """
 from __future__ import annotations
 
@@ -146,8 +148,6 @@ class VhostUserServer:
             ready = dict(poller.poll())
             if self._stop_r in ready:
                 return
-            if self._listener is not None and self._listener.fileno() in ready:
-                self._refuse_second()
             if self.session.dev.err_fd in ready:
                 with self._lock:
                     for line in self.session.signal_faults():
@@ -157,6 +157,11 @@ class VhostUserServer:
             if conn.fileno() in ready:
                 if not self._one_message(conn):
                     return
+            # Only once this connection has no input left: a front end that reconnects the moment its
+            # old connection hangs up arrives while the hang-up is still unread, and must be served
+            # next, not refused as a second front end.
+            if self._listener is not None and self._listener.fileno() in ready and conn.fileno() not in ready:
+                self._refuse_second()
 
     def _one_message(self, conn: socket.socket) -> bool:
         """Handle one request; False when the connection is over (hang-up or a refused message)."""
@@ -165,15 +170,29 @@ class VhostUserServer:
             if got is None:
                 return False
             msg, fds = got
-            with self._lock:
-                out = self.session.handle(msg, fds)
+            try:
+                with self._lock:
+                    out = self.session.handle(msg, fds)
+            except ProtocolError as e:
+                e.framed = (int(msg.request), msg.flags)
+                raise
             if out is not None:
                 channel.send_message(conn, out)
             return True
         except ProtocolError as e:
             self.counters["refused_messages"] += 1
-            self.on_event("refused", f"{e}; closing the connection")
-            return False
+            nack = self.session.nack(*e.framed) if e.framed is not None else None
+            if nack is None:
+                self.on_event("refused", f"{e}; closing the connection")
+                return False
+            # REPLY_ACK: the front end hears the failure and decides; the connection goes on.
+            self.on_event("refused", f"{e}; answered with a non-zero REPLY_ACK")
+            try:
+                channel.send_message(conn, nack)
+            except OSError as err:
+                self.on_event("disconnected", f"socket error: {err.strerror or err}")
+                return False
+            return True
         except VnetError as e:
             self.on_event("refused", f"vhost-user: {e}; closing the connection")
             return False

@@ -86,9 +86,20 @@ class Session:
             for fd in fds:
                 if fd not in taken:
                     os.close(fd)
-        if out is None and msg.need_reply and self.protocol_acked & (1 << P.ProtocolFeature.REPLY_ACK):
+        if out is None and msg.need_reply and self._acks and msg.request not in P.HAS_REPLY:
             out = P.reply_u64(msg.request, 0)
         return out
+
+    @property
+    def _acks(self) -> bool:
+        return bool(self.protocol_acked & (1 << P.ProtocolFeature.REPLY_ACK))
+
+    def nack(self, request: int, flags: int) -> bytes | None:
+        """The non-zero ack a refused request gets when REPLY_ACK is negotiated and it asked for one
+        (the spec: the back end MUST reply, non-zero on failure); None when it cannot be answered."""
+        if not (flags & P.FLAG_NEED_REPLY and self._acks) or request in P.HAS_REPLY:
+            return None
+        return P.reply_u64(request, 1)
 
     # --- negotiation ---
     def _get_features(self, msg, fds, taken):
@@ -126,14 +137,23 @@ class Session:
         self.owner = True
 
     def _reset_owner(self, msg, fds, taken):
-        self.reset()
+        # Deprecated; the spec recommends ignoring it or disabling all rings (discarding the session's
+        # state "would lead to bugs"): every ring stops, as after GET_VRING_BASE, and keeps its position.
+        self._stop_device()
+        for ring in self.rings:
+            ring.started = False
+        self._apply()
 
     def _reset_device(self, msg, fds, taken):
+        if not self.protocol_acked & (1 << P.ProtocolFeature.RESET_DEVICE):
+            raise ProtocolError(msg.name, "order", "RESET_DEVICE protocol feature not negotiated")
         self.reset()
 
     def _net_set_mtu(self, msg, fds, taken):
         if not self.protocol_acked & (1 << P.ProtocolFeature.NET_MTU):
             raise ProtocolError(msg.name, "order", "NET_MTU protocol feature not negotiated")
+        if not (self.features_acked or 0) & spec.bit(spec.VIRTIO_NET_F_MTU):
+            raise ProtocolError(msg.name, "order", "VIRTIO_NET_F_MTU was not negotiated (SET_FEATURES)")
         if not 68 <= msg.payload <= 65535:
             raise ProtocolError(msg.name, "mtu", f"{msg.payload} is outside 68..65535")
         if msg.payload > self.link.mtu:
@@ -294,6 +314,10 @@ class Session:
         ring = self._ring(msg.name, index)
         if num not in (0, 1):
             raise ProtocolError(msg.name, "num", f"{num}; enable is 0 or 1")
+        if not (self.features_acked or 0) & spec.bit(P.VHOST_USER_F_PROTOCOL_FEATURES):
+            # Without it rings are enabled from the start and stay so (the spec's "Ring states").
+            raise ProtocolError(msg.name, "order", "VHOST_USER_F_PROTOCOL_FEATURES was not negotiated "
+                                                   "(SET_FEATURES)")
         self._quiesce(index)
         ring.enabled = bool(num)
         self._apply()
@@ -317,8 +341,7 @@ class Session:
     def _ready(self, index: int) -> bool:
         ring = self.rings[index]
         return (ring.started and ring.num > 0 and ring.addr is not None and ring.kick_fd >= 0
-                and ring.call_fd >= 0 and self.mem is not None and self.features_acked is not None
-                and self._enabled(ring))
+                and self.mem is not None and self.features_acked is not None and self._enabled(ring))
 
     def _queue_config(self, name: str, index: int) -> QueueConfig:
         ring = self.rings[index]
@@ -367,8 +390,14 @@ class Session:
         if not ready:
             return
         for q in ready:
-            cfg = self._queue_config("ring start", q)
             ring = self.rings[q]
+            if ring.call_fd < 0:
+                # A ring starts on its kick fd (the spec), call fd or not: until SET_VRING_CALL gives
+                # one, the datapath signals an eventfd nobody reads.
+                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                self._own_fds.add(fd)
+                ring.call_fd = fd
+            cfg = self._queue_config("ring start", q)
             # The used index is the ring's in guest memory (a front end that reconnects, or was handed
             # a ring by another back end, never tells it): read it when the ring starts fresh.
             cfg.used_idx = ring.used_idx if ring.used_idx is not None else struct.unpack(
@@ -391,13 +420,13 @@ class Session:
         return lines
 
     def reset(self) -> None:
-        """RESET_OWNER / RESET_DEVICE: forget everything the front end set, keep the connection."""
+        """RESET_DEVICE: rings, memory and features back to their initial state, ready to be set up
+        again. Ownership stays (the spec) and so do the protocol features: they belong to the
+        connection, and QEMU negotiates them once per connection, not after a device reset."""
         self._stop_device()
         self.dev.reset()
         self._release()
         self.features_acked = None
-        self.protocol_acked = 0
-        self.owner = False
         self.rings = [Vring() for _ in range(NUM_QUEUES)]
 
     def _release(self) -> None:
