@@ -48,8 +48,9 @@ def test_a_linux_guest_pings_and_moves_50_mb_each_way_through_vnetbe_serve(tmp_p
             rc = lab.run([sys.executable, "-c", LG.GUEST_SCRIPT, LG.GUEST_IP, LG.PEER_IP, "9000", str(LG.PORT),
                           str(LG.DATA_BYTES)], memory=LG.MEMORY, qemu_opts=LG.qemu_opts(sock),
                          timeout=600, stdout=f, stderr=f)
+        serve.stop()
         guest = _guest_result(out.read_text())
-        assert rc == 0, out.read_text()[-3000:]
+        assert rc == 0, out.read_text()[-3000:] + "\nserve: " + "".join(serve.lines[-40:]) + serve.stderr[-2000:]
         peer_out = json.loads(peer.communicate(timeout=60)[0].split("PEER ", 1)[1])
     finally:
         if peer is not None and peer.poll() is None:

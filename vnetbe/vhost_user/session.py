@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .. import spec
 from ..device import VirtioNet
-from ..errors import ConfigError, ProtocolError, VnetError
+from ..errors import ConfigError, GuestMemoryGone, ProtocolError, VnetError
 from ..memory import GuestMemory
 from ..queue import QueueConfig
 from . import protocol as P
@@ -58,12 +58,14 @@ class Session:
         self.dev = VirtioNet(None, link, datapath, busyloop_us=busyloop_us, mac=mac)
         self.features_acked: int | None = None
         self.protocol_acked = 0
+        self.protocol_set = False         # SET_PROTOCOL_FEATURES came: the front end saw bit 30 offered
         self.owner = False
         self.rings = [Vring() for _ in range(NUM_QUEUES)]
         self.regions: list[tuple[MemRegion, int]] = []    # with the fd each came with (ours to close)
         self.mem: GuestMemory | None = None
         self._own_fds: set[int] = set()                  # eventfds made for rings given no call fd
         self.messages = 0
+        self.memory_gone = False          # the datapath found guest memory gone (signal_faults)
         self.closed = False
 
     # --- the door ---
@@ -126,6 +128,7 @@ class Session:
         if extra:
             raise ProtocolError(msg.name, "features", f"protocol feature bits {extra:#x} were not offered")
         self.protocol_acked = msg.payload
+        self.protocol_set = True
 
     def _get_queue_num(self, msg, fds, taken):
         return P.reply_u64(msg.request, QUEUE_PAIRS)
@@ -314,10 +317,10 @@ class Session:
         ring = self._ring(msg.name, index)
         if num not in (0, 1):
             raise ProtocolError(msg.name, "num", f"{num}; enable is 0 or 1")
-        if not (self.features_acked or 0) & spec.bit(P.VHOST_USER_F_PROTOCOL_FEATURES):
+        if not self._protocol_features_negotiated:
             # Without it rings are enabled from the start and stay so (the spec's "Ring states").
             raise ProtocolError(msg.name, "order", "VHOST_USER_F_PROTOCOL_FEATURES was not negotiated "
-                                                   "(SET_FEATURES)")
+                                                   "(neither SET_PROTOCOL_FEATURES nor SET_FEATURES with bit 30)")
         self._quiesce(index)
         ring.enabled = bool(num)
         self._apply()
@@ -332,11 +335,19 @@ class Session:
             os.close(old)
 
     # --- servicing ---
+    @property
+    def _protocol_features_negotiated(self) -> bool:
+        """Bit 30 as SET_FEATURES acked it; before SET_FEATURES, whether the front end sent
+        SET_PROTOCOL_FEATURES, which it may only after seeing bit 30 offered: QEMU sends
+        SET_VRING_ENABLE before SET_FEATURES (it checks the bit in GET_FEATURES' answer)."""
+        if self.features_acked is not None:
+            return bool(self.features_acked & spec.bit(P.VHOST_USER_F_PROTOCOL_FEATURES))
+        return self.protocol_set
+
     def _enabled(self, ring: Vring) -> bool:
         if ring.enabled is not None:
             return ring.enabled
-        acked = self.features_acked or 0
-        return not acked & spec.bit(P.VHOST_USER_F_PROTOCOL_FEATURES)
+        return not self._protocol_features_negotiated
 
     def _ready(self, index: int) -> bool:
         ring = self.rings[index]
@@ -408,10 +419,12 @@ class Session:
     # --- faults, reset, lifetime ---
     def signal_faults(self) -> list[str]:
         """After the device's err_fd fired: one line per stopped ring (or the lost link), and the ring's
-        ERR eventfd written so the front end hears it too."""
+        ERR eventfd written so the front end hears it too. ``memory_gone`` is set when the front end
+        took its memory away: then the connection has nothing left to serve."""
         failure = self.dev.wait_fault(0)
         if failure is None:
             return []
+        self.memory_gone = isinstance(failure, GuestMemoryGone)
         lines = [str(failure)]
         queue = getattr(failure, "queue", None)
         for q in ([queue] if queue is not None else range(NUM_QUEUES)):
