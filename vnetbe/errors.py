@@ -57,8 +57,8 @@ class GuestFault(VnetError):
 
     def __init__(self, queue: int | None = None, detail: str = ""):
         self.queue = queue
-        qname = {0: "RX", 1: "TX"}.get(queue, str(queue)) if queue is not None else "?"
-        msg = f"guest fault on {qname} queue: {self.what}"
+        qname = {0: "RX", 1: "TX"}.get(queue, str(queue)) if queue is not None else None
+        msg = f"guest fault on {qname} queue: {self.what}" if qname else f"guest fault: {self.what}"
         if detail:
             msg += f" ({detail})"
         msg += "; the queue is stopped and the device needs a reset"
@@ -122,6 +122,11 @@ class RingOutOfBounds(GuestFault):
 
 class IndirectWithNext(GuestFault):
     name, what = "indirect_next", "descriptor with both INDIRECT and NEXT (forbidden by VIRTIO 1.2 2.7.5.3.1)"
+
+
+class GuestMemoryGone(GuestFault):
+    name, what = "mem_gone", ("guest memory vanished under its mapping (the front end shrank or truncated "
+                              "its memory file)")
 
 
 class VhostFault(GuestFault):

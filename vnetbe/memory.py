@@ -7,6 +7,7 @@ every guest-physical access goes through its bounds-checked translation.
 from __future__ import annotations
 
 import ctypes
+import errno
 import ctypes.util
 import mmap
 import os
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._native import ffi, lib
-from .errors import ConfigError, KernelRefused
+from .errors import ConfigError, GuestMemoryGone, KernelRefused
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -132,7 +133,8 @@ class GuestMemory:
         return r.hva + (gpa - r.gpa)
 
     def view(self, gpa: int, size: int, dtype=np.uint8) -> np.ndarray:
-        """A numpy view of guest memory (no copy). Valid until close()."""
+        """A numpy view of guest memory (no copy). Valid until close(). Unguarded: for memory this
+        process made (a driver's side); memory a front end handed over is read with read()."""
         itemsize = np.dtype(dtype).itemsize
         if size % itemsize:
             raise ConfigError(f"size {size} is not a multiple of {np.dtype(dtype).name}")
@@ -140,10 +142,21 @@ class GuestMemory:
         return np.frombuffer(buf, dtype=dtype)
 
     def read(self, gpa: int, size: int) -> bytes:
-        return bytes(self.view(gpa, size))
+        """A copy of guest memory, safe against memory a front end took away after it was mapped (a
+        shrunk memfd): that raises GuestMemoryGone instead of killing the process with SIGBUS."""
+        buf = ffi.new("uint8_t[]", size)
+        self._check_copy(lib.vnb_mem_read(self.table, gpa, buf, size), gpa, size)
+        return bytes(ffi.buffer(buf, size))
 
     def write(self, gpa: int, data: bytes) -> None:
-        self.view(gpa, len(data))[:] = np.frombuffer(data, dtype=np.uint8)
+        """As read(), the other way."""
+        self._check_copy(lib.vnb_mem_write(self.table, gpa, data, len(data)), gpa, len(data))
+
+    def _check_copy(self, rc: int, gpa: int, size: int) -> None:
+        if rc == -errno.ERANGE:
+            raise ConfigError(f"guest range {gpa:#x}+{size:#x} is not inside one memory region")
+        if rc < 0:
+            raise GuestMemoryGone(None, f"at guest address {gpa:#x}+{size:#x}")
 
     def alloc(self, size: int, align: int = 64) -> int:
         """Carve guest-physical space for a driver's rings and buffers (first region with room)."""

@@ -5,6 +5,8 @@
 #include "vnb_dp_impl.h"
 #include "vnb_sys_impl.h"
 #include "vnb_time.h"
+#include "vnb_guard.h"
+#include <poll.h>
 #include <errno.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
@@ -354,6 +356,11 @@ static int handle_tx(struct vnb_dp *dp)
                 link_gone(dp, EPOLLERR);
                 return 0;
             }
+            if (n < 0 && errno == EFAULT) {
+                /* The chain was inside guest memory when popped: the memory itself went away. */
+                memory_gone(dp);
+                return 0;
+            }
             if (n < 0) {
                 stat_inc(&dp->st.drops[errno == EINVAL ? VNB_DROP_TX_TAP_REFUSED : VNB_DROP_TX_TAP_ERROR]);
             } else {
@@ -531,6 +538,10 @@ static int rx_one(struct vnb_dp *dp)
         if (errno == EAGAIN) {
             stat_inc(&dp->st.tap_read_empty);
             return RX_TAP_EMPTY;
+        }
+        if (errno == EFAULT) {   /* as in handle_tx: checked buffers the memory of which went away */
+            memory_gone(dp);
+            return RX_FAULT;
         }
         stat_inc(&dp->st.drops[VNB_DROP_RX_TAP_ERROR]);
         return RX_TAP_EMPTY;
@@ -722,6 +733,40 @@ static int open_netlink(void)
     return fd;
 }
 
+/* The front end took guest memory away under us (SIGBUS on a shrunk memfd, or EFAULT from the kernel
+ * on a range we had checked): nothing in it can be trusted or touched again. Both rings stop with
+ * VNB_FAULT_MEM_GONE and Python hears it on err_fd; a frame half-placed is dropped without handing its
+ * chains back (that would write the used ring). */
+void memory_gone(struct vnb_dp *dp)
+{
+    if (dp->mem_gone)
+        return;
+    __atomic_store_n(&dp->mem_gone, 1, __ATOMIC_RELAXED);
+    for (int q = 0; q < 2; q++)
+        if (dp->configured[q])
+            (void)vnb_vq_fail(&dp->vq[q], VNB_FAULT_MEM_GONE);
+    if (dp->pend.active) {
+        dp->pend.active = 0;
+        stat_inc(&dp->st.drops[VNB_DROP_RX_STOPPED]);
+    }
+    report_fault(dp, TXQ, VNB_FAULT_MEM_GONE);
+}
+
+/* After memory_gone: wait for the stop, beating the heart so the thread is not taken for stuck. */
+static void park(struct vnb_dp *dp)
+{
+    struct pollfd p = { .fd = dp->stop_fd, .events = POLLIN };
+    for (;;) {
+        __atomic_store_n(&dp->beat_ns, vnb_now_ns(), __ATOMIC_RELAXED);
+        int n = poll(&p, 1, VNB_DP_HEARTBEAT_MS);
+        stat_inc(&dp->st.syscalls);
+        if (n > 0 || (n < 0 && errno != EINTR))
+            return;
+    }
+}
+
+static void dp_loop(struct vnb_dp *dp);
+
 static void *dp_thread(void *arg)
 {
     struct vnb_dp *dp = arg;
@@ -734,6 +779,30 @@ static void *dp_thread(void *arg)
         return NULL;
     }
     __atomic_store_n(&dp->tid, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
+    /* Every guest-memory access of this thread happens inside dp_loop: a SIGBUS there (memory the
+     * front end shrank) lands back here, with dp_loop's state abandoned and nothing else to undo. */
+    struct vnb_guard guard;
+    if (sigsetjmp(guard.jb, 0) == 0) {
+        vnb_guard_arm(&guard, &dp->mem);
+        dp_loop(dp);
+    } else {
+        memory_gone(dp);
+    }
+    if (dp->mem_gone)
+        park(dp);   /* returns at once if the stop came first (stop_fd is never read) */
+    if (dp->u.batch)
+        uring_drop_queued(dp);   /* places what the posted reads took, unless memory is gone; counts the rest */
+    vnb_guard_disarm(&guard);
+    if (dp->u.batch)
+        uring_teardown(dp);      /* closing the ring cancels the polls in flight and ends SQPOLL's thread */
+    if (dp->pend.active)
+        rx_drop_pending(dp, VNB_DROP_RX_STOPPED);
+    /* Used entries of completed frames are already flushed by handle_rx/handle_tx. */
+    return NULL;
+}
+
+static void dp_loop(struct vnb_dp *dp)
+{
     struct epoll_event evs[8];
     int tx_more = 1, rx_more = 1;   /* look at both rings once at start: a hand-over may leave work */
     int64_t busy_deadline = 0;
@@ -762,14 +831,14 @@ static void *dp_thread(void *arg)
             stat_inc(&dp->st.syscalls);
         }
         if (n < 0 && errno != EINTR)
-            break;
+            return;
         if (n > 0)
             stat_inc(&dp->st.wakeups);
         int kick_tx = 0, kick_rx = 0, tap_in = 0, tap_out = 0;
         for (int i = 0; i < n; i++) {
             switch (evs[i].data.u32) {
             case EV_STOP:
-                goto out;
+                return;
             case EV_KICK_TX:
                 stat_add(&dp->st.tx_kicks, drain_eventfd(dp, dp->kick_fd[TXQ]));
                 stat_inc(&dp->st.tx_kick_wakeups);
@@ -808,16 +877,9 @@ static void *dp_thread(void *arg)
             arm_tap(dp, 1);
         if (kick_rx || tap_in || rx_more)
             rx_more = uring_rx(dp) ? handle_rx_uring(dp) : handle_rx(dp);
+        if (dp->mem_gone)   /* the kernel said EFAULT on a range we had checked */
+            return;
     }
-out:
-    if (dp->u.batch) {
-        uring_drop_queued(dp);   /* places what the posted reads took; counts what it cannot */
-        uring_teardown(dp);      /* closing the ring cancels the polls in flight and ends SQPOLL's thread */
-    }
-    if (dp->pend.active)
-        rx_drop_pending(dp, VNB_DROP_RX_STOPPED);
-    /* Used entries of completed frames are already flushed by handle_rx/handle_tx. */
-    return NULL;
 }
 
 static int ep_add(int epfd, int fd, uint32_t events, uint32_t tag)
@@ -910,6 +972,9 @@ int vnb_dp_start(struct vnb_dp *dp)
     dp->tid = 0;
     __atomic_store_n(&dp->beat_ns, vnb_now_ns(), __ATOMIC_RELAXED);
     dp->setup_err = 0;
+    dp->mem_gone = 0;
+    if ((r = vnb_guard_install()))
+        goto fail;
     if ((r = -pthread_create(&dp->thread, NULL, dp_thread, dp)))
         goto fail;
     /* Wait for the thread to publish its tid, so CPU accounting can start the moment we return. */

@@ -114,6 +114,7 @@ struct vnb_dp {
     uint32_t walked;           /* descriptors popped in this round of the queue being handled */
     uint32_t link_down;        /* EPOLLERR/EPOLLHUP the tap reported for good (its interface is gone);
                                 * written by the thread, read by vnb_dp_link_down */
+    uint32_t mem_gone;         /* guest memory vanished (memory_gone): the thread touches it no more */
     struct vnb_dp_uring u;
     int setup_err;             /* what setting the thread up failed with (the io_uring), for vnb_dp_start */
     struct vnb_dp_stats st;
@@ -134,6 +135,7 @@ enum { RX_OK, RX_TAP_EMPTY, RX_NEED_BUFFERS, RX_FAULT, RX_YIELD /* round over mi
 /* vnb_datapath.c: shared by both modes */
 VNB_INTERNAL void flush_and_notify(struct vnb_dp *dp, int q);
 VNB_INTERNAL void report_fault(struct vnb_dp *dp, int q, int fault);
+VNB_INTERNAL void memory_gone(struct vnb_dp *dp);
 VNB_INTERNAL void update_tap(struct vnb_dp *dp);
 VNB_INTERNAL void arm_tap(struct vnb_dp *dp, int on);
 VNB_INTERNAL int dp_pop(struct vnb_dp *dp, int q);

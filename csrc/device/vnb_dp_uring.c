@@ -255,6 +255,10 @@ static int tx_submit(struct vnb_dp *dp)
             dp->u.write_flags = 0;
             res = -ECANCELED;
         }
+        if (res == -EFAULT) {   /* checked chains whose memory went away, as in handle_tx */
+            memory_gone(dp);
+            return TXS_STOP;
+        }
         if (res == -EAGAIN || res == -ENOBUFS || res == -ENOMEM || res == -ECANCELED || res == -EBADFD) {
             /* This chain and every one after it were not sent (the link cancelled them): give them
              * back, they are the last ones popped. */
@@ -357,6 +361,8 @@ static void rx_collect(struct vnb_dp *dp, uint32_t n)
         if (res < 0) {
             if (res == -EBADFD)
                 link_gone(dp, EPOLLERR);   /* as in rx_one */
+            else if (res == -EFAULT)
+                memory_gone(dp);           /* as in rx_one */
             else
                 stat_inc(&dp->st.drops[VNB_DROP_RX_TAP_ERROR]);
             continue;

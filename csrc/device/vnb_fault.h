@@ -20,7 +20,8 @@ enum vnb_fault {
     VNB_FAULT_RX_READABLE = 12,       /* device-readable descriptor in an RX chain */
     VNB_FAULT_RING_ADDR = 13,         /* ring itself outside guest memory */
     VNB_FAULT_INDIRECT_NEXT = 14,     /* INDIRECT and NEXT on one descriptor (§2.7.5.3.1) */
-    VNB_FAULT_MAX = 15
+    VNB_FAULT_MEM_GONE = 15,          /* guest memory vanished under its mapping (SIGBUS, EFAULT): shrunk */
+    VNB_FAULT_MAX = 16
 };
 
 enum vnb_drop {

@@ -24,6 +24,7 @@ BY_MEANING = {
     "VNB_FAULT_RX_READABLE": (errors.ReadableInRx, "rx_readable"),
     "VNB_FAULT_RING_ADDR": (errors.RingOutOfBounds, "ring_addr"),
     "VNB_FAULT_INDIRECT_NEXT": (errors.IndirectWithNext, "indirect_next"),
+    "VNB_FAULT_MEM_GONE": (errors.GuestMemoryGone, "mem_gone"),
 }
 
 DROPS = {

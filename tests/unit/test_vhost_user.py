@@ -253,6 +253,23 @@ def test_under_reply_ack_a_refused_request_is_answered_non_zero_and_the_connecti
         s.close()
 
 
+def test_set_vring_enable_before_set_features_is_taken_after_set_protocol_features(rig):
+    """QEMU 7.2's order: GET_FEATURES, SET_PROTOCOL_FEATURES, SET_OWNER, then SET_VRING_ENABLE before
+    SET_FEATURES (QEMU checks bit 30 in GET_FEATURES' answer, not in what it acked yet)."""
+    s = raw_client(rig.path)
+    try:
+        s.sendall(P.request(Request.GET_FEATURES))
+        assert _reply(s)[2] == P.U64.pack(rig.server.session.offered_features)
+        s.sendall(P.request(Request.SET_PROTOCOL_FEATURES, P.U64.pack(1 << P.ProtocolFeature.REPLY_ACK)) + _owner())
+        for ring in (0, 1):
+            s.sendall(P.request(Request.SET_VRING_ENABLE, P.VRING_STATE.pack(ring, 1), need_reply=True))
+            assert _reply(s) == (Request.SET_VRING_ENABLE, 8, P.U64.pack(0))
+        assert rig.server.stats()["refused_messages"] == 0, rig.refusals()
+        assert all(r.enabled for r in rig.server.session.rings)
+    finally:
+        s.close()
+
+
 def test_a_front_end_reconnecting_as_its_old_connection_hangs_up_is_served(rig):
     a = raw_client(rig.path)
     assert rig.server.wait_connected(2)
@@ -449,3 +466,54 @@ def test_memory_fd_shrunk_below_a_region_is_refused_before_mapping():
     finally:
         session.close()
         link.close()
+
+
+@pytest.mark.parametrize("datapath", ["user", "uring"])
+def test_a_front_end_that_shrinks_its_memory_loses_only_its_connection(datapath):
+    """A front end whose memory file shrinks under the mapping (DPDK's --no-huge memfd is unsealed)
+    makes the datapath fault with SIGBUS: recovered, that one connection closes with one line and a
+    counter, the process lives, a second device in it keeps its traffic, and the server serves on."""
+    a, b = ServerRig(datapath), ServerRig(datapath)
+    fa = fb = fc = None
+    try:
+        fa, fb = FrontendRig(a.path), FrontendRig(b.path)
+        for fr, rig in ((fa, a), (fb, b)):
+            fr.guest.send(_frame(64))
+            assert rig.link.sent(2.0)[12:] == _frame(64)
+        os.ftruncate(fa.mem.regions[0].fd, 0)
+        os.eventfd_write(fa.fe.queues[1].kick_fd, 1)       # the TX ring is read: its page is gone
+        assert wait_for(lambda: not a.server.stats()["connected"], 5.0), a.events
+        st = a.server.stats()
+        assert st["memory_gone"] == 1 and st["faults"] == 1, st
+        assert sum("took its guest memory away" in r for r in a.refusals()) == 1, a.events
+        assert any("guest memory vanished" in t for k, t in a.events if k == "fault"), a.events
+        for i in range(50):                                 # the other device never noticed
+            fb.guest.send(_frame(100, i))
+            assert b.link.sent(2.0)[12:] == _frame(100, i)
+            b.link.inject(_frame(90, i))
+            assert fb.guest.receive(timeout=2.0) == _frame(90, i)
+        assert b.server.stats()["memory_gone"] == 0
+        fc = FrontendRig(a.path)                            # and the first serves its next front end
+        fc.guest.send(_frame(70))
+        assert a.link.sent(2.0)[12:] == _frame(70)
+    finally:
+        for fr in (fa, fb, fc):
+            if fr is not None:
+                fr.close()
+        a.close()
+        b.close()
+
+
+def test_control_plane_reads_of_memory_taken_away_raise_instead_of_killing():
+    from vnetbe.errors import GuestMemoryGone
+    from vnetbe.memory import GuestMemory
+    with GuestMemory(1 << 20) as mem:
+        mem.write(4096, b"abcd")
+        assert mem.read(4096, 4) == b"abcd"
+        os.ftruncate(mem.regions[0].fd, 0)
+        with pytest.raises(GuestMemoryGone, match="guest memory vanished"):
+            mem.read(4096, 4)
+        with pytest.raises(GuestMemoryGone):
+            mem.write(0, b"x")
+        os.ftruncate(mem.regions[0].fd, 1 << 20)           # the file grows back: readable again (zeros)
+        assert mem.read(4096, 4) == b"\0" * 4

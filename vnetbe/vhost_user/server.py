@@ -55,7 +55,8 @@ class VhostUserServer:
         self.busyloop_us, self.mac = busyloop_us, mac
         self.on_event = on_event or (lambda kind, text: log.info("%s: %s", kind, text))
         self.session: Session | None = None
-        self.counters = {"connections": 0, "refused_messages": 0, "refused_connections": 0, "faults": 0}
+        self.counters = {"connections": 0, "refused_messages": 0, "refused_connections": 0, "faults": 0,
+                         "memory_gone": 0}
         self._lock = threading.RLock()
         # stop() sets the event and makes the pipe readable for good: every wait below wakes on it.
         self._stop = threading.Event()
@@ -154,6 +155,12 @@ class VhostUserServer:
                         self.counters["faults"] += 1
                         self.on_event("fault", line)
                     poller.unregister(self.session.dev.err_fd)   # reported once; the ring stays stopped
+                    if self.session.memory_gone:
+                        # The front end shrank the memory it shared: only its own connection ends.
+                        self.counters["memory_gone"] += 1
+                        self.on_event("refused", "the front end took its guest memory away (a shrunk memory "
+                                                 "file); closing the connection")
+                        return
             if conn.fileno() in ready:
                 if not self._one_message(conn):
                     return
