@@ -98,10 +98,12 @@ class ProtocolFeature(enum.IntEnum):
 
 
 # What this back end implements: one queue pair (MQ lets the front end ask and hear "1"), acks on
-# request, the MTU message, memory slots added and removed one at a time, and RESET_DEVICE.
+# request, the MTU message, memory slots added and removed one at a time, RESET_DEVICE, the device's
+# config space (GET/SET_CONFIG) and its status (SET/GET_STATUS).
 PROTOCOL_FEATURES = sum(1 << b for b in (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK,
                                           ProtocolFeature.NET_MTU, ProtocolFeature.CONFIGURE_MEM_SLOTS,
-                                          ProtocolFeature.RESET_DEVICE))
+                                          ProtocolFeature.RESET_DEVICE, ProtocolFeature.CONFIG,
+                                          ProtocolFeature.STATUS))
 
 # --- payloads ---
 U64 = struct.Struct("<Q")
@@ -110,6 +112,9 @@ VRING_ADDR = struct.Struct("<IIQQQQ")     # index, flags, desc, used, avail, log
 MEM_HDR = struct.Struct("<II")            # nregions, padding
 MEM_REGION = struct.Struct("<QQQQ")       # guest_phys_addr, memory_size, userspace_addr, mmap_offset
 MEM_SINGLE = struct.Struct("<Q")          # padding before the one region of ADD/REM_MEM_REG
+CONFIG_HDR = struct.Struct("<III")        # offset, size, flags; then size bytes of config space
+CONFIG_MAX = 256                          # the spec's largest config space a message carries
+CONFIG_FLAGS = 0x1                        # VHOST_SET_CONFIG_TYPE_MIGRATION; 0 is FRONTEND
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,8 @@ class Message:
     """One request: its code, flags, decoded payload and how many fds came with it."""
     request: Request
     flags: int
-    payload: object      # int (u64), (index, num), VringAddr, tuple[MemRegion, ...], or None
+    payload: object      # int (u64), (index, num), VringAddr, tuple[MemRegion, ...], (offset, size, flags,
+                         # bytes) of a config message, or None
     nfds: int
 
     @property
@@ -182,6 +188,9 @@ _SIZE = {
     Request.GET_MAX_MEM_SLOTS: _fixed(0), Request.RESET_DEVICE: _fixed(0),
     Request.ADD_MEM_REG: _fixed(MEM_SINGLE.size + MEM_REGION.size),
     Request.REM_MEM_REG: _fixed(MEM_SINGLE.size + MEM_REGION.size),
+    Request.GET_CONFIG: _Size(CONFIG_HDR.size, CONFIG_HDR.size + CONFIG_MAX),
+    Request.SET_CONFIG: _Size(CONFIG_HDR.size, CONFIG_HDR.size + CONFIG_MAX),
+    Request.SET_STATUS: _fixed(8), Request.GET_STATUS: _fixed(0),
 }
 # Requests known to the spec that this back end refuses by name (migration, postcopy, other devices).
 REFUSED = {
@@ -256,8 +265,16 @@ def parse(request: int, flags: int, payload: bytes, nfds: int) -> Message:
         raise ProtocolError(name, "size", f"{size} bytes is not a valid payload for this request")
     value: object = None
     want_fds = 0
-    if req in (Request.SET_FEATURES, Request.SET_PROTOCOL_FEATURES, Request.NET_SET_MTU):
+    if req in (Request.SET_FEATURES, Request.SET_PROTOCOL_FEATURES, Request.NET_SET_MTU, Request.SET_STATUS):
         value = U64.unpack(payload)[0]
+    elif req in (Request.GET_CONFIG, Request.SET_CONFIG):
+        offset, csize, cflags = CONFIG_HDR.unpack_from(payload)
+        if csize != size - CONFIG_HDR.size:
+            raise ProtocolError(name, "size", f"config size {csize}, the payload carries {size - CONFIG_HDR.size} "
+                                              "bytes after its header")
+        if cflags & ~CONFIG_FLAGS:
+            raise ProtocolError(name, "flags", f"undefined config flags {cflags & ~CONFIG_FLAGS:#x}")
+        value = (offset, csize, cflags, payload[CONFIG_HDR.size:])
     elif req in (Request.SET_VRING_KICK, Request.SET_VRING_CALL, Request.SET_VRING_ERR):
         value = U64.unpack(payload)[0]
         if value & ~(VRING_IDX_MASK | VRING_NOFD_MASK):
@@ -328,6 +345,14 @@ def reply_u64(request: int, value: int) -> bytes:
 
 def reply_vring_state(request: Request, index: int, num: int) -> bytes:
     return reply(request, VRING_STATE.pack(index, num))
+
+
+def reply_config(request: Request, offset: int, flags: int, data: bytes) -> bytes:
+    return reply(request, CONFIG_HDR.pack(offset, len(data), flags) + data)
+
+
+def config_payload(offset: int, size: int, flags: int = 0, data: bytes | None = None) -> bytes:
+    return CONFIG_HDR.pack(offset, size, flags) + (bytes(size) if data is None else data)
 
 
 # --- requests (what a front end sends: vnetbe's own front end and the tests use these) ---

@@ -60,6 +60,7 @@ class Session:
         self.protocol_acked = 0
         self.protocol_set = False         # SET_PROTOCOL_FEATURES came: the front end saw bit 30 offered
         self.owner = False
+        self.status = 0                   # SET_STATUS's device status byte
         self.rings = [Vring() for _ in range(NUM_QUEUES)]
         self.regions: list[tuple[MemRegion, int]] = []    # with the fd each came with (ours to close)
         self.mem: GuestMemory | None = None
@@ -98,7 +99,10 @@ class Session:
 
     def nack(self, request: int, flags: int) -> bytes | None:
         """The non-zero ack a refused request gets when REPLY_ACK is negotiated and it asked for one
-        (the spec: the back end MUST reply, non-zero on failure); None when it cannot be answered."""
+        (the spec: the back end MUST reply, non-zero on failure); None when it cannot be answered.
+        GET_CONFIG has an error answer of its own: a reply with no payload."""
+        if request == Request.GET_CONFIG and self.protocol_acked & (1 << P.ProtocolFeature.CONFIG):
+            return P.reply(request, b"")
         if not (flags & P.FLAG_NEED_REPLY and self._acks) or request in P.HAS_REPLY:
             return None
         return P.reply_u64(request, 1)
@@ -155,7 +159,10 @@ class Session:
     def _net_set_mtu(self, msg, fds, taken):
         if not self.protocol_acked & (1 << P.ProtocolFeature.NET_MTU):
             raise ProtocolError(msg.name, "order", "NET_MTU protocol feature not negotiated")
-        if not (self.features_acked or 0) & spec.bit(spec.VIRTIO_NET_F_MTU):
+        # "Only once VIRTIO_NET_F_MTU is negotiated": QEMU sends it when the device starts, before
+        # SET_FEATURES, having seen the bit offered; a SET_FEATURES that left the bit out settles it.
+        acked = self.features_acked if self.features_acked is not None else self.offered_features
+        if not acked & spec.bit(spec.VIRTIO_NET_F_MTU):
             raise ProtocolError(msg.name, "order", "VIRTIO_NET_F_MTU was not negotiated (SET_FEATURES)")
         if not 68 <= msg.payload <= 65535:
             raise ProtocolError(msg.name, "mtu", f"{msg.payload} is outside 68..65535")
@@ -163,6 +170,43 @@ class Session:
             log.warning("front end set MTU %d, above link %s's %d: larger frames will be dropped",
                         msg.payload, self.link.name, self.link.mtu)
         self.dev.mtu = msg.payload
+
+    # --- config space and status ---
+    def _config_request(self, msg):
+        if not self.protocol_acked & (1 << P.ProtocolFeature.CONFIG):
+            raise ProtocolError(msg.name, "order", "CONFIG protocol feature not negotiated")
+        offset, size, flags, data = msg.payload
+        space = self.dev.config_space()
+        if offset > len(space) or size > len(space) - offset:
+            raise ProtocolError(msg.name, "offset", f"{offset} + size {size} is past the {len(space)}-byte "
+                                                    "virtio-net config space")
+        return offset, size, flags, data, space
+
+    def _get_config(self, msg, fds, taken):
+        offset, size, flags, _, space = self._config_request(msg)
+        return P.reply_config(msg.request, offset, flags, space[offset:offset + size])
+
+    def _set_config(self, msg, fds, taken):
+        offset, size, _, data, space = self._config_request(msg)
+        # A VIRTIO 1.x driver writes no field of virtio-net's config space (mac, status,
+        # max_virtqueue_pairs and mtu are the device's): accept a write that changes nothing.
+        if data != space[offset:offset + size]:
+            raise ProtocolError(msg.name, "payload", "the virtio-net config space is read-only (the MAC is "
+                                                     "the link's: vnetbe serve --mac)")
+
+    def _set_status(self, msg, fds, taken):
+        if not self.protocol_acked & (1 << P.ProtocolFeature.STATUS):
+            raise ProtocolError(msg.name, "order", "STATUS protocol feature not negotiated")
+        if msg.payload > 0xFF:
+            raise ProtocolError(msg.name, "payload", f"{msg.payload:#x}: the device status is one byte")
+        # Recorded, and reported back with what the device adds (DEVICE_NEEDS_RESET after a fault). The
+        # rings follow their own messages: 0 here is no reset (RESET_DEVICE is), as QEMU and DPDK expect.
+        self.status = msg.payload
+
+    def _get_status(self, msg, fds, taken):
+        if not self.protocol_acked & (1 << P.ProtocolFeature.STATUS):
+            raise ProtocolError(msg.name, "order", "STATUS protocol feature not negotiated")
+        return P.reply_u64(msg.request, self.status | (self.dev.status & spec.DEVICE_NEEDS_RESET))
 
     # --- memory ---
     def _set_mem_table(self, msg, fds, taken):
@@ -440,6 +484,7 @@ class Session:
         self.dev.reset()
         self._release()
         self.features_acked = None
+        self.status = 0
         self.rings = [Vring() for _ in range(NUM_QUEUES)]
 
     def _release(self) -> None:
