@@ -141,7 +141,7 @@ HOSTILE = [
     ("size not matching the type", _hdr(Request.SET_FEATURES, 4) + b"\0" * 4, 0, "size"),
     ("unknown request", _hdr(999, 0), 0, "request"),
     ("migration refused", P.request(Request.SET_LOG_BASE, b"\0" * 16), 0, "request"),
-    ("not offered request", P.request(Request.GET_CONFIG, b"\0" * 12), 0, "request"),
+    ("not offered request", P.request(Request.GET_INFLIGHT_FD, b"\0" * 24), 0, "request"),
     ("before SET_OWNER", P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 256)), 0, "order"),
     ("fd with a message that takes none", _owner() + P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 256)),
      1, "fds"),
@@ -157,7 +157,8 @@ HOSTILE = [
      0, "order"),
     ("size beyond this request's", _hdr(Request.SET_VRING_NUM, 200) + b"\0" * 200, 0, "size"),
     ("MTU without VIRTIO_NET_F_MTU", P.request(Request.SET_PROTOCOL_FEATURES, P.U64.pack(1 << P.ProtocolFeature.NET_MTU))
-     + _owner() + P.request(Request.NET_SET_MTU, P.U64.pack(1500)), 0, "order"),
+     + _owner() + P.request(Request.SET_FEATURES, P.U64.pack(1 << 32)) + P.request(Request.NET_SET_MTU, P.U64.pack(1500)),
+     0, "order"),
     ("reset device without its protocol feature", _owner() + P.request(Request.RESET_DEVICE), 0, "order"),
     ("features not offered", _owner() + P.request(Request.SET_FEATURES, P.U64.pack(1 << 63)), 0, "features"),
     ("protocol features not offered", P.request(Request.SET_PROTOCOL_FEATURES, P.U64.pack(1 << 40)), 0, "features"),
@@ -249,6 +250,20 @@ def test_under_reply_ack_a_refused_request_is_answered_non_zero_and_the_connecti
         # A refusal that cannot be answered in place (a request whose reply is its answer) still closes.
         s.sendall(P.request(Request.GET_VRING_BASE, P.VRING_STATE.pack(7, 0), need_reply=True))
         assert closed_by_peer(s)
+    finally:
+        s.close()
+
+
+def test_net_set_mtu_before_set_features_is_taken_as_qemu_sends_it(rig):
+    """QEMU sends NET_SET_MTU when the device starts, before SET_FEATURES (it saw VIRTIO_NET_F_MTU
+    offered); refusing it there fails every guest with an MTU ("9000Bytes MTU not supported")."""
+    s = raw_client(rig.path)
+    try:
+        s.sendall(P.request(Request.SET_PROTOCOL_FEATURES, P.U64.pack((1 << P.ProtocolFeature.NET_MTU) |
+                                                                      (1 << P.ProtocolFeature.REPLY_ACK))) + _owner())
+        s.sendall(P.request(Request.NET_SET_MTU, P.U64.pack(1400), need_reply=True))
+        assert _reply(s) == (Request.NET_SET_MTU, 8, P.U64.pack(0))
+        assert rig.server.session.dev.mtu == 1400
     finally:
         s.close()
 
@@ -517,3 +532,108 @@ def test_control_plane_reads_of_memory_taken_away_raise_instead_of_killing():
             mem.write(0, b"x")
         os.ftruncate(mem.regions[0].fd, 1 << 20)           # the file grows back: readable again (zeros)
         assert mem.read(4096, 4) == b"\0" * 4
+
+
+def test_backend_program_conventions_print_capabilities_as_json():
+    out = subprocess.run([sys.executable, "-m", "vnetbe", "serve", "--print-capabilities"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    import json
+    assert json.loads(out.stdout) == {"type": "net"}
+
+
+def test_a_listening_socket_handed_over_by_fd_is_served_like_a_path(tmp_path):
+    from vnetbe.vhost_user import VhostUserServer
+    path = str(tmp_path / "mgr.sock")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(1)
+    link = PairLink()
+    server = VhostUserServer(None, link, fd=lsock.detach()).start()
+    try:
+        for n in (64, 65):                         # two front ends one after the other
+            fr = FrontendRig(path)
+            try:
+                fr.guest.send(_frame(n))
+                assert link.sent(2.0)[12:] == _frame(n)
+            finally:
+                fr.close()
+            assert wait_for(lambda: not server.stats()["connected"], 2.0)
+    finally:
+        server.close()
+        link.close()
+    assert os.path.exists(path)                    # the manager's socket file is the manager's
+
+
+def test_a_connected_socket_handed_over_by_fd_is_served_once_then_the_server_ends():
+    from vnetbe.vhost_user import VhostUserServer
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    link = PairLink()
+    server = VhostUserServer(None, link, fd=theirs.detach()).start()
+    try:
+        ours.sendall(P.request(Request.GET_FEATURES))
+        req, size, _ = _reply(ours)
+        assert (req, size) == (Request.GET_FEATURES, 8)
+        ours.close()
+        assert server.join(3.0), "the server kept running after its only connection ended"
+    finally:
+        server.close()
+        link.close()
+
+
+def _config_client(rig, features: int) -> socket.socket:
+    s = raw_client(rig.path)
+    s.sendall(P.request(Request.SET_PROTOCOL_FEATURES, P.U64.pack(features)) + _owner())
+    return s
+
+
+def test_get_config_reads_the_virtio_net_config_space_and_answers_a_bad_window_with_no_payload(rig):
+    s = _config_client(rig, (1 << P.ProtocolFeature.CONFIG) | (1 << P.ProtocolFeature.REPLY_ACK))
+    try:
+        s.sendall(P.request(Request.GET_CONFIG, P.config_payload(0, 12)))
+        req, size, body = _reply(s)
+        assert (req, size) == (Request.GET_CONFIG, 24)
+        offset, csize, flags = P.CONFIG_HDR.unpack_from(body)
+        mac = bytes.fromhex(rig.link.mac.replace(":", ""))
+        import struct
+        assert (offset, csize, flags) == (0, 12, 0)
+        assert body[12:] == mac + struct.pack("<HHH", 1, 1, rig.link.mtu)   # link up, 1 pair, the MTU
+        s.sendall(P.request(Request.GET_CONFIG, P.config_payload(10, 2)))  # mtu alone
+        assert _reply(s)[2][12:] == struct.pack("<H", rig.link.mtu)
+        s.sendall(P.request(Request.GET_CONFIG, P.config_payload(8, 8)))   # past the end: the spec's error
+        assert _reply(s) == (Request.GET_CONFIG, 0, b"")
+        # a write that changes nothing is taken; one that would change the MAC is refused, answered
+        s.sendall(P.request(Request.SET_CONFIG, P.config_payload(0, 6, 0, mac), need_reply=True))
+        assert _reply(s) == (Request.SET_CONFIG, 8, P.U64.pack(0))
+        s.sendall(P.request(Request.SET_CONFIG, P.config_payload(0, 6, 0, b"\x02" * 6), need_reply=True))
+        assert _reply(s) == (Request.SET_CONFIG, 8, P.U64.pack(1))
+        assert rig.server.stats()["connected"] and rig.server.stats()["refused_messages"] == 2
+        assert any("bad offset" in r for r in rig.refusals()) and any("read-only" in r for r in rig.refusals())
+    finally:
+        s.close()
+
+
+def test_get_config_without_its_protocol_feature_is_refused(rig):
+    s = _config_client(rig, 0)
+    try:
+        s.sendall(P.request(Request.GET_CONFIG, P.config_payload(0, 12)))
+        assert closed_by_peer(s)
+        assert "bad order" in rig.refusals()[-1] and "CONFIG" in rig.refusals()[-1]
+    finally:
+        s.close()
+
+
+def test_set_status_is_read_back_by_get_status(rig):
+    s = _config_client(rig, (1 << P.ProtocolFeature.STATUS) | (1 << P.ProtocolFeature.REPLY_ACK))
+    try:
+        s.sendall(P.request(Request.GET_STATUS))
+        assert _reply(s) == (Request.GET_STATUS, 8, P.U64.pack(0))
+        for status in (1, 3, 11, 15):                  # ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK
+            s.sendall(P.request(Request.SET_STATUS, P.U64.pack(status), need_reply=True))
+            assert _reply(s) == (Request.SET_STATUS, 8, P.U64.pack(0))
+            s.sendall(P.request(Request.GET_STATUS))
+            assert _reply(s) == (Request.GET_STATUS, 8, P.U64.pack(status))
+        s.sendall(P.request(Request.SET_STATUS, P.U64.pack(0x100), need_reply=True))
+        assert _reply(s) == (Request.SET_STATUS, 8, P.U64.pack(1))
+    finally:
+        s.close()

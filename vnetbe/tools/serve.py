@@ -5,6 +5,8 @@
     vnetbe serve --socket /tmp/vnb.sock --macvtap macvtap0 --datapath vhost    # an existing macvtap
     vnetbe serve --socket /tmp/vnb.sock --libvirt iface.xml                    # one libvirt <interface>
     vnetbe serve --socket /tmp/qemu.sock --client ...                          # the front end listens
+    vnetbe serve --fd 3 --parent vnb-p0                                        # a socket a manager made
+    vnetbe serve --print-capabilities                                          # {"type": "net"}
 
 One line on stdout for each event (listening, connected, disconnected, refused, fault); the counters
 as one JSON line on SIGUSR1 and every --stats-interval seconds. SIGINT/SIGTERM end it, removing the
@@ -31,13 +33,23 @@ from .libvirt_xml import parse_interface
 MODES = ("bridge", "vepa", "private", "passthru")
 
 
+# What --print-capabilities says (the vhost-user spec's "Backend program conventions": a net back end
+# has no optional features to list).
+CAPABILITIES = {"type": "net"}
+
+
 def add_arguments(p):
-    p.add_argument("--socket", required=True, metavar="PATH", help="the vhost-user unix socket")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--socket", "--socket-path", dest="socket", metavar="PATH", help="the vhost-user unix socket")
+    where.add_argument("--fd", type=int, metavar="FD", help="a unix socket this process inherited as FD: a listening "
+                       "one is served like --socket's; a connected one (a socketpair end) once")
+    where.add_argument("--print-capabilities", action="store_true", help="print the back end's capabilities "
+                       "as JSON (the vhost-user spec's backend program conventions) and exit")
     p.add_argument("--client", action="store_true", help="connect to a front end listening on PATH "
                    "(and again after it goes) instead of listening")
     p.add_argument("--datapath", choices=DATAPATHS, default=None, help="who moves the frames (default user; "
                    "--libvirt's <driver name='vhost'> says vhost)")
-    link = p.add_mutually_exclusive_group(required=True)
+    link = p.add_mutually_exclusive_group()
     link.add_argument("--macvtap", metavar="NAME", help="attach an existing macvtap")
     link.add_argument("--parent", metavar="DEV", help="create a macvtap on DEV (deleted on exit)")
     link.add_argument("--tap", metavar="NAME", help="create a tap NAME, or attach it if it exists")
@@ -109,6 +121,13 @@ def _make_link(args):
 
 
 def main(args) -> int:
+    if args.print_capabilities:
+        print(json.dumps(CAPABILITIES), flush=True)
+        return 0
+    if args.socket is None and args.fd is None:
+        raise ConfigError("vnetbe serve needs --socket PATH (or --socket-path PATH, or --fd FD)")
+    if not (args.macvtap or args.parent or args.tap or args.libvirt):
+        raise ConfigError("vnetbe serve needs a link: --parent DEV, --macvtap NAME, --tap NAME or --libvirt FILE")
     link, notes = _make_link(args)
     datapath = args.datapath or "user"
     try:
@@ -118,7 +137,7 @@ def main(args) -> int:
         for note in notes:
             _say("note", note)
         server = VhostUserServer(args.socket, link, datapath, client=args.client, busyloop_us=args.busyloop_us,
-                                 mac=args.mac, on_event=_say)
+                                 mac=args.mac, on_event=_say, fd=args.fd)
         try:
             _run(server, args.stats_interval)
         finally:

@@ -47,10 +47,17 @@ class VhostUserServer:
     ``on_event(kind, text)`` hears "listening", "connected", "disconnected", "refused" and "fault"
     (the CLI prints them). ``stats()`` gives the current device's counters and the server's own."""
 
-    def __init__(self, path: str, link, datapath: str = "user", *, client: bool = False, busyloop_us: int = 0,
-                 mac: str | None = None, on_event=None):
+    def __init__(self, path: str | None, link, datapath: str = "user", *, client: bool = False, busyloop_us: int = 0,
+                 mac: str | None = None, on_event=None, fd: int | None = None):
+        """``fd`` instead of ``path``: a socket a manager made (the spec's "Backend program conventions",
+        ``--fd``): a listening one is served as the path's would be; a connected one (a socketpair end)
+        is served once, and the server stops when it ends. The server owns it from here."""
         if datapath not in DATAPATHS:
             raise ConfigError(f"unknown datapath {datapath!r}; choose one of {', '.join(DATAPATHS)}")
+        if (path is None) == (fd is None):
+            raise ConfigError("give the vhost-user server a socket path or a socket fd, not both")
+        if client and fd is not None:
+            raise ConfigError("a socket fd is served as it is: client mode connects to a path")
         self.path, self.link, self.datapath, self.client = path, link, datapath, client
         self.busyloop_us, self.mac = busyloop_us, mac
         self.on_event = on_event or (lambda kind, text: log.info("%s: %s", kind, text))
@@ -65,8 +72,29 @@ class VhostUserServer:
         self._conn: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self.closed = False
-        if not client:
+        self._given: socket.socket | None = None     # a connected socket handed over with fd
+        self._unlink = path is not None and not client
+        if fd is not None:
+            sock = self._adopt(fd)
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                self._listener = sock
+            else:
+                self._given = sock
+            self.path = f"fd {fd}"
+        elif not client:
             self._listener = self._listen(path)
+
+    @staticmethod
+    def _adopt(fd: int) -> socket.socket:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            raise SetupError(f"--fd {fd}: not an open socket ({e.strerror})") from None
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            sock.detach()
+            raise SetupError(f"--fd {fd}: not a unix stream socket")
+        os.set_inheritable(fd, False)
+        return sock
 
     # --- sockets ---
     @staticmethod
@@ -122,6 +150,12 @@ class VhostUserServer:
                 self._end_connection()
 
     def _next_connection(self) -> socket.socket | None:
+        if self._listener is None and not self.client:
+            # The manager's connected socket: served once; when it is over, so is the server.
+            conn, self._given = self._given, None
+            if conn is None:
+                self.stop()
+            return conn
         if self.client:
             conn = self._connect()
             if conn is None:
@@ -277,10 +311,14 @@ class VhostUserServer:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            if self._unlink:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+        if self._given is not None:
+            self._given.close()
+            self._given = None
         os.close(self._stop_r)
         os.close(self._stop_w)
         self.closed = True
