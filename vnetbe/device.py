@@ -169,6 +169,11 @@ class VirtioNet:
         if name == self.datapath_name:
             return {}
         new = make_datapath(name)
+        odd = [q for q, cfg in self.queues.items() if cfg.polled or cfg.discard]
+        if odd and not new.ring_modes:
+            new.close()
+            raise ConfigError(f"the {name} datapath cannot take over ring {odd[0]}: it is polled (no kicks) or "
+                              "started but disabled, which only user and uring serve")
         was_running = self.running
         states = self.stop()
         self._retired = _sum_stats(self._retired, self._datapath.stats().as_dict())

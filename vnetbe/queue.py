@@ -21,6 +21,9 @@ class QueueConfig:
     call_fd: int         # the device writes it to interrupt the driver (an irqfd under KVM)
     last_avail_idx: int = 0   # where the device resumes (non-zero after a hand-over)
     used_idx: int = 0
+    # vhost-user's ring states, for datapaths with ring_modes (user, uring); vhost refuses both:
+    polled: bool = False      # the driver never kicks (NOFD): the device looks at the ring by itself
+    discard: bool = False     # TX started but disabled: its chains are used and their frames dropped
 
     def validate(self, mem, event_idx: bool) -> None:
         self.check_addresses(mem, event_idx)

@@ -86,9 +86,22 @@ int vnb_dp_set_queue(struct vnb_dp *dp, int q, uint32_t num, uint64_t desc_gpa, 
     if (r)
         return r;
     vnb_vq_set_base(&dp->vq[q], last_avail_idx, used_idx);
+    dp->ring_mode[q] = 0;
     dp->kick_fd[q] = kick_fd;
     dp->call_fd[q] = call_fd;
     dp->configured[q] = 1;
+    return 0;
+}
+
+int vnb_dp_set_ring_mode(struct vnb_dp *dp, int q, uint32_t mode)
+{
+    if (dp->running)
+        return -EBUSY;
+    if ((q != RXQ && q != TXQ) || !dp->configured[q] || mode & ~(uint32_t)(VNB_RING_POLLED | VNB_RING_DISCARD))
+        return -EINVAL;
+    if ((mode & VNB_RING_DISCARD) && q != TXQ)
+        return -EINVAL;   /* a disabled RX ring is simply not serviced: no RX is supplied */
+    dp->ring_mode[q] = mode;
     return 0;
 }
 
@@ -324,7 +337,9 @@ static int handle_tx(struct vnb_dp *dp)
             report_fault(dp, TXQ, -vnb_vq_fail(vq, VNB_FAULT_TX_WRITABLE));
             return 0;
         }
-        if (c->out_len < dp->hdr_len) {
+        if (dp->ring_mode[TXQ] & VNB_RING_DISCARD) {
+            stat_inc(&dp->st.drops[VNB_DROP_TX_DISABLED]);
+        } else if (c->out_len < dp->hdr_len) {
             stat_inc(&dp->st.drops[VNB_DROP_TX_SHORT]);
         } else if (c->out_len > VNB_MAX_FRAME + dp->hdr_len) {
             stat_inc(&dp->st.drops[VNB_DROP_TX_OVERSIZE]);
@@ -675,11 +690,15 @@ static int arm_notify(struct vnb_dp *dp, int *tx_more, int *rx_more)
 /* While polling, the rings whose kicks are off: has the guest posted to one of them? */
 static void poll_quiet_rings(struct vnb_dp *dp, int *kick_tx, int *kick_rx)
 {
-    if (dp->tx_quiet && vnb_vq_avail_pending(&dp->vq[TXQ])) {
+    /* A polled ring (the driver never kicks) is looked at on every pass, as a quiet one is; RX only
+     * while it waits for buffers (with buffers, the tap's readiness is what wakes it). */
+    int tx = dp->tx_quiet || (dp->ring_mode[TXQ] & VNB_RING_POLLED);
+    int rx = dp->rx_quiet || ((dp->ring_mode[RXQ] & VNB_RING_POLLED) && !dp->rx_wants_tap);
+    if (tx && dp->configured[TXQ] && !dp->vq[TXQ].broken && vnb_vq_avail_pending(&dp->vq[TXQ])) {
         dp->tx_quiet = 0;
         *kick_tx = 1;
     }
-    if (dp->rx_quiet && vnb_vq_avail_pending(&dp->vq[RXQ])) {
+    if (rx && dp->configured[RXQ] && !dp->vq[RXQ].broken && vnb_vq_avail_pending(&dp->vq[RXQ])) {
         dp->rx_quiet = 0;
         *kick_rx = 1;
     }
@@ -822,7 +841,8 @@ static void dp_loop(struct vnb_dp *dp)
         if (idle && !polling && arm_notify(dp, &tx_more, &rx_more))
             continue;
         /* Idle, the thread still wakes once a heartbeat, so that a stuck one can be told from an idle one. */
-        int timeout = !idle || polling ? 0 : dp->tx_retry ? 1 : VNB_DP_HEARTBEAT_MS;
+        int polled = (dp->ring_mode[TXQ] | dp->ring_mode[RXQ]) & VNB_RING_POLLED;
+        int timeout = !idle || polling ? 0 : dp->tx_retry ? 1 : polled ? VNB_DP_POLL_MS : VNB_DP_HEARTBEAT_MS;
         int n;
         if (dp->u.batch) {
             n = uring_wait(dp, evs, 8, timeout);

@@ -20,7 +20,7 @@ struct vnb_dp_stats {
     uint64_t tx_tap_full;                  /* times TX found the tap full and waited for room */
     uint64_t busy_polls;                   /* idle loop rounds spent polling instead of sleeping */
     uint64_t rx_merged;                    /* frames spread over more than one buffer */
-    uint64_t drops[8];                     /* by enum vnb_drop (VNB_DROP_MAX) */
+    uint64_t drops[9];                     /* by enum vnb_drop (VNB_DROP_MAX) */
     uint64_t faults[16];                   /* by enum vnb_fault (VNB_FAULT_MAX) */
 };
 
@@ -51,6 +51,13 @@ int vnb_dp_set_link_ifindex(struct vnb_dp *dp, int ifindex);
  * before 6.4): writes wait in the kernel, reads stay posted (the tests run that path on any kernel). */
 #define VNB_DP_URING_NO_NOWAIT 1
 int vnb_dp_set_uring(struct vnb_dp *dp, uint32_t batch, uint32_t sqpoll_idle_ms, uint32_t flags);
+/* How a configured ring is serviced (vnb_dp_set_ring_mode), as vhost-user's ring states ask:
+ * POLLED: the driver never kicks (a NOFD kick): the thread looks at the ring every VNB_DP_POLL_MS while
+ * idle; DISCARD (TX only): started but disabled, so chains are used and their frames dropped. */
+#define VNB_RING_POLLED 1
+#define VNB_RING_DISCARD 2
+#define VNB_DP_POLL_MS 1
+int vnb_dp_set_ring_mode(struct vnb_dp *dp, int q, uint32_t mode);
 /* Busy polling: after the last work, poll for usecs before sleeping (0, the default: sleep at once). */
 int vnb_dp_set_busyloop(struct vnb_dp *dp, uint32_t usecs);
 int vnb_dp_start(struct vnb_dp *dp);

@@ -95,6 +95,7 @@ struct vnb_dp {
     struct vnb_mem mem;
     struct vnb_vq vq[2];
     int configured[2];
+    uint32_t ring_mode[2];     /* VNB_RING_POLLED, VNB_RING_DISCARD */
     int kick_fd[2], call_fd[2];
     int tap_fd, err_fd, stop_fd, epfd;
     int link_ifindex, nl_fd;   /* the link's interface, watched for RTM_DELLINK (0: not watched) */

@@ -204,6 +204,10 @@ static void tx_queue(struct vnb_dp *dp, const struct vnb_chain *c)
     struct uring_tx_slot *s = &u->tx[i];
     s->head = c->head;
     s->out_len = c->out_len;
+    if (dp->ring_mode[TXQ] & VNB_RING_DISCARD) {
+        s->drop = VNB_DROP_TX_DISABLED;
+        return;
+    }
     if (c->out_len < dp->hdr_len) {
         s->drop = VNB_DROP_TX_SHORT;
         return;

@@ -33,7 +33,8 @@ enum vnb_drop {
     VNB_DROP_RX_TRUNCATED = 5,    /* tap delivered more than the bounce buffer holds */
     VNB_DROP_RX_STOPPED = 6,      /* frame half-placed in guest buffers when the datapath was stopped */
     VNB_DROP_RX_TAP_ERROR = 7,    /* read from the tap failed with something other than EAGAIN */
-    VNB_DROP_MAX = 8
+    VNB_DROP_TX_DISABLED = 8,     /* TX ring started but disabled: processed and discarded (vhost-user) */
+    VNB_DROP_MAX = 9
 };
 /* cffi:end */
 

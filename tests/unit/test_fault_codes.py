@@ -36,6 +36,7 @@ DROPS = {
     "VNB_DROP_RX_TRUNCATED": "rx_truncated",
     "VNB_DROP_RX_STOPPED": "rx_stopped",
     "VNB_DROP_RX_TAP_ERROR": "rx_tap_error",
+    "VNB_DROP_TX_DISABLED": "tx_disabled",
 }
 
 

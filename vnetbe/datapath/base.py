@@ -10,6 +10,7 @@ from .stats import DatapathStats
 class Datapath(Protocol):
     name: str
     supported_features: int   # the feature bits this datapath can serve (the device offers no more)
+    ring_modes: bool          # whether it serves QueueConfig.polled and .discard rings
 
     def start(self, mem, features: int, hdr_len: int, queues: dict[int, QueueConfig], link, err_fd: int,
               busyloop_us: int = 0) -> None:

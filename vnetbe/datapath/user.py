@@ -34,6 +34,7 @@ class UserDatapath:
         self._final: DatapathStats | None = None
 
     supported_features = spec.DEVICE_FEATURES   # everything the device model offers
+    ring_modes = True
 
     def start(self, mem, features, hdr_len, queues, link, err_fd, busyloop_us: int = 0) -> None:
         dp = self._dp
@@ -44,6 +45,10 @@ class UserDatapath:
                                       cfg.call_fd, cfg.last_avail_idx & 0xFFFF, cfg.used_idx & 0xFFFF)
             if rc < 0:
                 raise ConfigError(f"queue {q} rejected by the datapath (errno {-rc}): check its addresses")
+            mode = (lib.VNB_RING_POLLED if cfg.polled else 0) | (lib.VNB_RING_DISCARD if cfg.discard else 0)
+            rc = lib.vnb_dp_set_ring_mode(dp, q, mode)
+            if rc < 0:
+                raise ConfigError(f"queue {q}: ring mode {mode} refused (errno {-rc}); only TX discards")
         check(lib.vnb_dp_set_tap(dp, link.fd), "vnb_dp_set_tap")
         check(lib.vnb_dp_set_err_fd(dp, err_fd), "vnb_dp_set_err_fd")
         check(lib.vnb_dp_set_link_ifindex(dp, link.ifindex), "vnb_dp_set_link_ifindex")

@@ -95,6 +95,7 @@ def diagnose(mem, cfg: QueueConfig, q: int, features: int, last_avail_idx: int) 
 
 class VhostDatapath:
     name = "vhost"
+    ring_modes = False   # the kernel needs kicks, and has no started-but-disabled ring
 
     def __init__(self) -> None:
         self.fd = io.open_vhost_net()
@@ -141,6 +142,10 @@ class VhostDatapath:
         if len(mem.regions) > io.max_mem_regions():
             raise KernelRefused("VHOST_SET_MEM_TABLE", errno.E2BIG, f"{len(mem.regions)} regions exceed max_mem_regions "
                                 f"({io.max_mem_regions()}): merge regions or raise that parameter")
+        odd = [q for q, cfg in queues.items() if cfg.polled or cfg.discard]
+        if odd:
+            raise ConfigError(f"vhost-net cannot serve ring {odd[0]} as asked: the kernel needs a kick to look at a "
+                              "ring (no polling) and has no disabled-but-started state; use the user or uring datapath")
         fd = self.fd
         io.set_features(fd, features & self.kernel_features & ~_NEVER)
         io.set_mem_table(fd, [(r.gpa, r.size, r.hva) for r in mem.regions])

@@ -22,10 +22,12 @@ _PROTO = 1 << P.VHOST_USER_F_PROTOCOL_FEATURES
 
 
 class VhostUserFrontend:
-    def __init__(self, path: str, mem, *, timeout: float = 5.0, connect_timeout: float = 5.0, slots: bool = False):
+    def __init__(self, path: str, mem, *, timeout: float = 5.0, connect_timeout: float = 5.0, slots: bool = False,
+                 poll_rings: bool = False):
         """``slots``: send the memory one region at a time (ADD_MEM_REG, CONFIGURE_MEM_SLOTS), as QEMU
-        does when the back end offers it, instead of one SET_MEM_TABLE."""
-        self.path, self.mem, self.timeout = path, mem, timeout
+        does when the back end offers it, instead of one SET_MEM_TABLE. ``poll_rings``: give no kick fds
+        (SET_VRING_KICK with NOFD): the back end polls the rings; the driver's kicks reach no one."""
+        self.path, self.mem, self.timeout, self.poll_rings = path, mem, timeout, poll_rings
         self.sock = self._connect(path, connect_timeout)
         self._on_close: list = []
         self.queues: dict = {}
@@ -143,7 +145,10 @@ class VhostUserFrontend:
             self.err_fd[q] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.send(Request.SET_VRING_ERR, P.U64.pack(q), [self.err_fd[q]])
         self.send(Request.SET_VRING_CALL, P.U64.pack(q), [cfg.call_fd])
-        self.send(Request.SET_VRING_KICK, P.U64.pack(q), [cfg.kick_fd])
+        if self.poll_rings:
+            self.send(Request.SET_VRING_KICK, P.U64.pack(q | P.VRING_NOFD_MASK))
+        else:
+            self.send(Request.SET_VRING_KICK, P.U64.pack(q), [cfg.kick_fd])
         if self.protocol:
             self.send(Request.SET_VRING_ENABLE, P.VRING_STATE.pack(q, 1))
 

@@ -47,6 +47,7 @@ class Vring:
     err_fd: int = -1
     enabled: bool | None = None       # None: not said; then enabled unless protocol features were acked
     started: bool = False             # SET_VRING_KICK starts a ring, GET_VRING_BASE stops it
+    polled: bool = False              # the kick came with NOFD: the front end never kicks, we poll
 
 
 class Session:
@@ -330,11 +331,19 @@ class Session:
     def _set_vring_kick(self, msg, fds, taken):
         index = msg.payload & P.VRING_IDX_MASK
         ring = self._ring(msg.name, index)
-        if msg.payload & P.VRING_NOFD_MASK:
-            raise ProtocolError(msg.name, "payload", "no kick fd: polling rings without notification is "
-                                                     "not supported by this back end")
+        polled = bool(msg.payload & P.VRING_NOFD_MASK)
+        if polled and not self.dev.datapath.ring_modes:
+            raise ProtocolError(msg.name, "payload", f"no kick fd (polling mode): the {self.dev.datapath_name} "
+                                                     "datapath cannot poll a ring; serve with --datapath user or uring")
         self._quiesce(index)
-        self._swap_fd(ring, "kick_fd", fds[0], taken)
+        if polled:
+            # The datapath waits on a kick fd all the same: one nobody writes, and it polls the ring.
+            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._own_fds.add(fd)
+            self._swap_fd(ring, "kick_fd", fd, [fd])
+        else:
+            self._swap_fd(ring, "kick_fd", fds[0], taken)
+        ring.polled = polled
         ring.started = True
         self._apply()
 
@@ -394,9 +403,17 @@ class Session:
         return not self._protocol_features_negotiated
 
     def _ready(self, index: int) -> bool:
+        """Whether the ring is serviced: set up and started, and enabled, or (the spec's ring states) a TX
+        ring started but disabled, which is processed and its frames discarded, where the datapath can."""
         ring = self.rings[index]
-        return (ring.started and ring.num > 0 and ring.addr is not None and ring.kick_fd >= 0
-                and self.mem is not None and self.features_acked is not None and self._enabled(ring))
+        if not (ring.started and ring.num > 0 and ring.addr is not None and ring.kick_fd >= 0
+                and self.mem is not None and self.features_acked is not None):
+            return False
+        return self._enabled(ring) or self._discards(index)
+
+    def _discards(self, index: int) -> bool:
+        return (index == spec.TX_QUEUE and not self._enabled(self.rings[index])
+                and self.dev.datapath.ring_modes)
 
     def _queue_config(self, name: str, index: int) -> QueueConfig:
         ring = self.rings[index]
@@ -413,7 +430,7 @@ class Session:
                                                 "memory region")
             parts[what] = gpa
         cfg = QueueConfig(ring.num, parts["desc"], parts["avail"], parts["used"], ring.kick_fd, ring.call_fd,
-                          ring.last_avail_idx, 0)
+                          ring.last_avail_idx, 0, polled=ring.polled, discard=self._discards(index))
         try:
             cfg.check_addresses(self.mem, event_idx)
         except ConfigError as e:
