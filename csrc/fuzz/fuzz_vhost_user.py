@@ -21,7 +21,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["vnetbe"]):
-    from vnetbe.errors import ProtocolError
+    from vnetbe.errors import GuestMemoryGone, ProtocolError
     from vnetbe.link import LinkStats
     from vnetbe.vhost_user import Session
     from vnetbe.vhost_user import protocol as P
@@ -54,12 +54,15 @@ class _Link:
         self.peer.close()
 
 
-def _fds_for(req: int, nfds: int) -> list[int]:
+def _fds_for(req: int, nfds: int, memfds: list[int]) -> list[int]:
+    """The fds a message brings; each memfd's duplicate goes to ``memfds`` so the input can shrink it
+    later, as a hostile front end does."""
     fds = []
     for _ in range(nfds):
         if req in (P.Request.SET_MEM_TABLE, P.Request.ADD_MEM_REG):
             fd = os.memfd_create("vnb-fuzz", os.MFD_CLOEXEC)
             os.ftruncate(fd, MEM)
+            memfds.append(os.dup(fd))
         else:
             fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         fds.append(fd)
@@ -75,6 +78,8 @@ def _check_roundtrip(msg: P.Message, payload: bytes) -> None:
         again = payload[:P.MEM_HDR.size] + P.mem_table_payload(v)[P.MEM_HDR.size:]
     elif isinstance(v, P.MemRegion):
         again = payload[:P.MEM_SINGLE.size] + P.mem_single_payload(v)[P.MEM_SINGLE.size:]
+    elif isinstance(v, tuple) and len(v) == 4:      # GET/SET_CONFIG: offset, size, flags, bytes
+        again = P.config_payload(*v)
     elif isinstance(v, tuple):
         again = P.VRING_STATE.pack(*v)
     elif isinstance(v, int):
@@ -85,11 +90,12 @@ def _check_roundtrip(msg: P.Message, payload: bytes) -> None:
 
 
 def messages(data: bytes):
-    """The input as a front end's stream: per message one byte (fds to send, mod 4), then the 12-byte
-    header and as many payload bytes as its size field says (a shorter tail ends the stream)."""
+    """The input as a front end's stream: per message one byte (fds to send, mod 4; bit 7: shrink the
+    memory files sent so far to a page before this message), then the 12-byte header and as many
+    payload bytes as its size field says (a shorter tail ends the stream)."""
     i = 0
     while i + 1 + P.HEADER_SIZE <= len(data):
-        nfds = data[i] % 4
+        nfds = data[i] % 4 | (data[i] & 0x80)
         head = data[i + 1:i + 1 + P.HEADER_SIZE]
         request, _, size = P.HEADER.unpack(head)
         i += 1 + P.HEADER_SIZE
@@ -107,25 +113,32 @@ def TestOneInput(data: bytes) -> None:
     before = len(os.listdir("/proc/self/fd"))
     link = _Link()
     session = Session(link, "user")
+    memfds: list[int] = []
     try:
         for nfds, head, payload in messages(data):
+            if nfds & 0x80:                 # the front end takes its memory away (SIGBUS recovered)
+                for fd in memfds:
+                    os.ftruncate(fd, 4096)
+                nfds &= 3
             try:
                 request, flags, _size = P.parse_header(head)
                 msg = P.parse(request, flags, payload, nfds)
             except ProtocolError:
                 break                       # the server closes the connection here
             _check_roundtrip(msg, payload)
-            fds = _fds_for(msg.request, nfds)
+            fds = _fds_for(msg.request, nfds, memfds)
             try:
                 out = session.handle(msg, fds)
-            except ProtocolError:
-                break
+            except (ProtocolError, GuestMemoryGone):
+                break                       # GuestMemoryGone: a VnetError, which the server also closes on
             if out is not None:
                 code, rflags, rsize = P.HEADER.unpack_from(out)
                 assert code == msg.request and rflags & P.FLAG_REPLY and rsize == len(out) - P.HEADER_SIZE
     finally:
         session.close()
         link.close()
+        for fd in memfds:
+            os.close(fd)
     after = len(os.listdir("/proc/self/fd"))
     assert after == before, f"fds {before} -> {after}"
 
@@ -153,10 +166,18 @@ def write_seeds(path: str) -> None:
     stop = [(R.GET_VRING_BASE, P.VRING_STATE.pack(1, 0), 0), (R.ADD_MEM_REG, P.mem_single_payload(
         M(4 << 20, MEM, base + (8 << 20), 0)), 1), (R.REM_MEM_REG, P.mem_single_payload(
         M(4 << 20, MEM, base + (8 << 20), 0)), 0), (R.NET_SET_MTU, P.U64.pack(1500), 0), (R.RESET_OWNER, b"", 0)]
+    config = [(R.GET_CONFIG, P.config_payload(0, 12), 0), (R.SET_CONFIG, P.config_payload(10, 2), 0),
+              (R.SET_STATUS, P.U64.pack(15), 0), (R.GET_STATUS, b"", 0),
+              (R.SET_VRING_ENABLE, P.VRING_STATE.pack(1, 0), 0), (R.SET_VRING_KICK, P.U64.pack(1 | P.VRING_NOFD_MASK), 0)]
     os.makedirs(path, exist_ok=True)
-    for name, msgs in (("setup", setup), ("setup_stop", setup + stop), ("owner", setup[:6])):
+    for name, msgs in (("setup", setup), ("setup_stop", setup + stop), ("owner", setup[:6]),
+                       ("setup_config", setup + config)):
         with open(os.path.join(path, name), "wb") as f:
             f.write(seed(msgs))
+    shrunk = bytearray(seed(setup + [(R.SET_VRING_KICK, P.U64.pack(1), 1), (R.GET_VRING_BASE, P.VRING_STATE.pack(1, 0), 0)]))
+    shrunk[len(seed(setup))] |= 0x80                # shrink the memory before the second kick
+    with open(os.path.join(path, "setup_shrunk"), "wb") as f:
+        f.write(bytes(shrunk))
 
 
 def main() -> None:
