@@ -83,6 +83,33 @@ class GuestMemory:
             raise
         return self
 
+    # --- changing the map (a VMM's memory hot-plug) ---
+    def map_region(self, gpa: int, size: int, fd: int, offset: int = 0) -> None:
+        """Map one more of the VMM's regions; the others stay where they are. The fd stays the
+        caller's. Only while no datapath runs over this memory (its thread holds a copy of the table)."""
+        self._check_layout(gpa, size)
+        if offset % PAGE:
+            raise ConfigError(f"region at gpa {gpa:#x}: file offset {offset:#x} is not page aligned")
+        self._map(gpa, size, fd, offset, owned_fd=False)
+
+    def unmap_region(self, gpa: int) -> Region:
+        """Unmap the region that starts at ``gpa`` and return it; the others stay mapped. Only while no
+        datapath runs over this memory."""
+        for r in self.regions:
+            if r.gpa == gpa:
+                break
+        else:
+            raise ConfigError(f"no guest memory region starts at {gpa:#x}")
+        self.regions.remove(r)
+        del self._brk[r.gpa]
+        self.table.nregions = 0
+        for other in self.regions:     # the table again, less r (already sorted and checked)
+            lib.vnb_mem_add_region(self.table, other.gpa, other.size, other.hva)
+        _libc.munmap(r.hva, r.size)
+        if r.owned_fd:
+            os.close(r.fd)
+        return r
+
     # --- construction helpers ---
     def _init_table(self) -> None:
         self.regions: list[Region] = []

@@ -152,6 +152,14 @@ class VhostUserFrontend:
         if self.protocol:
             self.send(Request.SET_VRING_ENABLE, P.VRING_STATE.pack(q, 1))
 
+    def add_region(self, gpa: int) -> None:
+        """ADD_MEM_REG of this memory's region at ``gpa`` (memory plugged in)."""
+        for r, fd in self.memory_regions():
+            if r.guest_phys_addr == gpa:
+                self.send(Request.ADD_MEM_REG, P.mem_single_payload(r), [fd])
+                return
+        raise ConfigError(f"no region at {gpa:#x}")
+
     def remove_region(self, gpa: int) -> None:
         """REM_MEM_REG of the region at ``gpa`` (memory unplugged)."""
         for r, _ in self.memory_regions():

@@ -223,7 +223,22 @@ class Session:
         new = (msg.payload, fds[0])
         self._check_fds(msg.name, [new])
         P.check_no_overlap(msg.name, [r for r, _ in self.regions] + [msg.payload])
-        self._replace_memory(msg.name, self.regions + [new], fds, taken)
+        if self.mem is None:
+            self._replace_memory(msg.name, [new], fds, taken)
+            return
+        # Memory hot-plug: map only the new region; the datapath pauses while its table changes (it
+        # holds a copy) and goes on from where its rings stood. The other regions are not touched.
+        r = msg.payload
+        self._stop_device()
+        try:
+            self.mem.map_region(r.guest_phys_addr, r.memory_size, fds[0], r.mmap_offset)
+        except VnetError as e:
+            self._apply()
+            raise ProtocolError(msg.name, "regions", str(e)) from None
+        taken.append(fds[0])
+        self.regions.append(new)
+        self.dev.set_memory(self.mem)
+        self._apply()
 
     def _rem_mem_reg(self, msg, fds, taken):
         if not self.protocol_acked & (1 << P.ProtocolFeature.CONFIGURE_MEM_SLOTS):
@@ -235,7 +250,15 @@ class Session:
         if len(keep) == len(self.regions):
             raise ProtocolError(msg.name, "region", f"no region at guest address {r.guest_phys_addr:#x} "
                                                     f"of size {r.memory_size:#x}")
-        self._replace_memory(msg.name, keep, [], taken)
+        # Only this region is unmapped, once the datapath stopped using it; the rest stay mapped.
+        gone = [fd for x, fd in self.regions if (x, fd) not in keep]
+        self._stop_device()
+        self.mem.unmap_region(r.guest_phys_addr)
+        self.regions = keep
+        for fd in gone:
+            os.close(fd)
+        self.dev.set_memory(self.mem)
+        self._apply()
 
     @staticmethod
     def _check_fds(name: str, regions) -> None:
