@@ -68,7 +68,7 @@ def test_dtds_and_entities_are_refused(doc):
 
 @pytest.mark.parametrize("doc,msg", [
     ("<interface type='direct'><model type='virtio'/></interface>", "needs <source dev="),
-    ("<interface type='network'><model type='virtio'/></interface>", "type='direct'"),
+    ("<interface type='network'><model type='virtio'/></interface>", "type='vhostuser'"),
     ("<domain/>", "expected one <interface>"),
     ("<interface", "not well-formed"),
     ("<interface type='direct'><source dev='p0' mode='nat'/><model type='virtio'/></interface>", "mode='nat'"),
@@ -77,3 +77,31 @@ def test_dtds_and_entities_are_refused(doc):
 def test_incomplete_or_foreign_interfaces_are_refused_in_one_line(doc, msg):
     with pytest.raises(ConfigError, match=msg):
         parse_interface(doc)
+
+
+VHOSTUSER = """<interface type='vhostuser'>
+  <mac address='52:54:00:78:00:02'/>
+  <source type='unix' path='/tmp/vnb-vu.sock' mode='client'/>
+  <model type='virtio'/>
+  <driver queues='1'/>
+</interface>"""
+
+
+def test_a_vhostuser_interface_names_the_socket_and_which_side_listens():
+    spec = parse_interface(VHOSTUSER)
+    assert (spec.kind, spec.socket, spec.client, spec.mac, spec.queues, spec.datapath) == (
+        "vhostuser", "/tmp/vnb-vu.sock", False, "52:54:00:78:00:02", 1, "user")
+    spec = parse_interface(VHOSTUSER.replace("mode='client'", "mode='server'"))
+    assert spec.client        # QEMU listens: vnetbe connects
+
+
+@pytest.mark.parametrize("change,msg", [
+    (("mode='client'", ""), "mode='client|server'"),
+    (("path='/tmp/vnb-vu.sock' ", ""), "path='SOCKET'"),
+    (("queues='1'", "queues='4'"), "one queue pair so far"),
+    (("queues='1'", "queues='x'"), "a number of queue pairs"),
+    (("<driver queues='1'/>", "<driver name='vhost'/>"), "does not go with type='vhostuser'"),
+])
+def test_a_vhostuser_interface_vnetbe_cannot_serve_is_refused_in_one_line(change, msg):
+    with pytest.raises(ConfigError, match=msg):
+        parse_interface(VHOSTUSER.replace(*change))

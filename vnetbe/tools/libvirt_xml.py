@@ -1,6 +1,8 @@
 """One libvirt ``<interface>`` element (docs/formatdomain.rst), read as the link and datapath
 ``vnetbe serve`` should give a guest: ``type='direct'`` is a macvtap on ``<source dev mode>``,
 ``type='bridge'`` a tap on ``<source bridge>``, ``<driver name='vhost'>`` the vhost datapath.
+``type='vhostuser'`` is the socket QEMU reaches vnetbe on (``<source type='unix' path mode>``: libvirt's
+mode is QEMU's side, so 'client' means vnetbe listens), with the link named on serve's command line.
 
 The XML comes from a person's file: a DTD or an entity is refused before anything is parsed (no
 expansion bombs, no external files), and the typographic quotes that copying from a web page brings
@@ -23,13 +25,16 @@ _KNOWN = {"mac", "source", "model", "driver", "target", "address", "alias"}
 
 @dataclass
 class InterfaceSpec:
-    kind: str                      # "macvtap" or "tap"
+    kind: str                      # "macvtap", "tap", or "vhostuser" (the link comes from elsewhere)
     datapath: str                  # "user" or "vhost"
     mac: str | None = None
     parent: str | None = None      # macvtap: <source dev>
     mode: str | None = None        # macvtap: vnetbe's name of the mode
     bridge: str | None = None      # tap: <source bridge>
     name: str | None = None        # <target dev>: the interface's name, if given
+    socket: str | None = None      # vhostuser: <source path>
+    client: bool = False           # vhostuser: QEMU listens (<source mode='server'>), vnetbe connects
+    queues: int = 1                # <driver queues>
     notes: list[str] = field(default_factory=list)
 
 
@@ -68,6 +73,13 @@ def parse_interface(text: str, where: str = "interface XML") -> InterfaceSpec:
     if dname not in (None, "vhost", "qemu"):
         raise ConfigError(f"{where}: <driver name='{dname}'/>: use 'vhost' (kernel datapath) or 'qemu' (userspace)")
     datapath = "vhost" if dname == "vhost" else "user"
+    queues_attr = driver.get("queues", "1") if driver is not None else "1"
+    if not queues_attr.isdigit() or int(queues_attr) < 1:
+        raise ConfigError(f"{where}: <driver queues='{queues_attr}'/>: a number of queue pairs, 1 or more")
+    queues = int(queues_attr)
+    if queues > 1:
+        raise ConfigError(f"{where}: <driver queues='{queues}'/>: vnetbe serves one queue pair so far; "
+                          "use queues='1' (or leave it out)")
     mac = root.find("mac")
     mac_addr = mac.get("address") if mac is not None else None
     target = root.find("target")
@@ -89,5 +101,17 @@ def parse_interface(text: str, where: str = "interface XML") -> InterfaceSpec:
         if not br:
             raise ConfigError(f"{where}: type='bridge' needs <source bridge='BRIDGE'/>: the bridge the tap joins")
         return InterfaceSpec("tap", datapath, mac_addr, bridge=br, name=name, notes=notes)
-    raise ConfigError(f"{where}: <interface type='{itype}'>: vnetbe serves type='direct' (macvtap) and "
-                      "type='bridge' (tap)")
+    if itype == "vhostuser":
+        if dname == "vhost":
+            raise ConfigError(f"{where}: <driver name='vhost'/> does not go with type='vhostuser' (libvirt refuses it "
+                              "too): choose serve's datapath with --datapath")
+        path = source.get("path") if source is not None else None
+        stype = source.get("type", "unix") if source is not None else None
+        smode = source.get("mode") if source is not None else None
+        if not path or stype != "unix" or smode not in ("client", "server"):
+            raise ConfigError(f"{where}: type='vhostuser' needs <source type='unix' path='SOCKET' "
+                              "mode='client|server'/> (QEMU's side: 'client' means vnetbe listens)")
+        return InterfaceSpec("vhostuser", datapath, mac_addr, name=name, notes=notes, socket=path,
+                             client=smode == "server", queues=queues)
+    raise ConfigError(f"{where}: <interface type='{itype}'>: vnetbe serves type='direct' (macvtap), "
+                      "type='bridge' (tap) and type='vhostuser' (its socket)")

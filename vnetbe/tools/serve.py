@@ -4,16 +4,21 @@
     vnetbe serve --socket /tmp/vnb.sock --tap vnb-t0 --bridge vnb-br0          # a tap on a bridge
     vnetbe serve --socket /tmp/vnb.sock --macvtap macvtap0 --datapath vhost    # an existing macvtap
     vnetbe serve --socket /tmp/vnb.sock --libvirt iface.xml                    # one libvirt <interface>
+    vnetbe serve --libvirt vhostuser.xml --parent vnb-p0                       # its socket from the XML
+    vnetbe serve --device socket=/tmp/a.sock,parent=vnb-p0 \
+                 --device socket=/tmp/b.sock,tap=vnb-t1,bridge=vnb-br0          # one process, two devices
     vnetbe serve --socket /tmp/qemu.sock --client ...                          # the front end listens
     vnetbe serve --fd 3 --parent vnb-p0                                        # a socket a manager made
     vnetbe serve --print-capabilities                                          # {"type": "net"}
 
-One line on stdout for each event (listening, connected, disconnected, refused, fault); the counters
-as one JSON line on SIGUSR1 and every --stats-interval seconds. SIGINT/SIGTERM end it, removing the
+One line on stdout for each event (listening, connected, disconnected, refused, fault), naming the
+device's socket when there are several; the counters as one JSON line on SIGUSR1 and every
+--stats-interval seconds (one per device). SIGINT/SIGTERM end it, removing the
 socket and the interfaces it created.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -53,7 +58,11 @@ def add_arguments(p):
     link.add_argument("--macvtap", metavar="NAME", help="attach an existing macvtap")
     link.add_argument("--parent", metavar="DEV", help="create a macvtap on DEV (deleted on exit)")
     link.add_argument("--tap", metavar="NAME", help="create a tap NAME, or attach it if it exists")
-    link.add_argument("--libvirt", metavar="FILE", help="one libvirt <interface> element")
+    p.add_argument("--libvirt", metavar="FILE", help="one libvirt <interface> element: type='direct' or 'bridge' "
+                   "names the link; type='vhostuser' the socket (and which side listens), with the link given here")
+    p.add_argument("--device", action="append", metavar="KEY=VALUE,...", help="one more device served by this "
+                   "process, with the options above as keys (socket, parent, macvtap, tap, bridge, mode, mac, name, "
+                   "mtu, datapath, libvirt, client=1); repeat it, one device each")
     p.add_argument("--mode", choices=MODES, default="bridge", help="macvtap mode with --parent (default bridge)")
     p.add_argument("--mac", help="the guest's MAC: a macvtap created gets it (give the guest the same one); a tap "
                    "gets it with the first octet fe, as libvirt does")
@@ -75,29 +84,69 @@ def _say(kind: str, text: str) -> None:
     print(f"vnetbe serve: {kind}: {text}", flush=True)
 
 
+_DEVICE_KEYS = {"socket": str, "parent": str, "macvtap": str, "tap": str, "bridge": str, "mode": str, "mac": str,
+                "name": str, "mtu": int, "datapath": str, "libvirt": str, "client": bool}
+
+
+def parse_device(text: str, defaults) -> argparse.Namespace:
+    """One --device KEY=VALUE,... as the namespace serve's own options would make."""
+    dev = argparse.Namespace(**{k: None for k in _DEVICE_KEYS})
+    dev.mode, dev.client, dev.fd = "bridge", False, None
+    dev.busyloop_us, dev.stats_interval = defaults.busyloop_us, defaults.stats_interval
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in _DEVICE_KEYS:
+            raise ConfigError(f"--device {text}: {item!r} is not one of {', '.join(f'{k}=...' for k in _DEVICE_KEYS)}")
+        try:
+            setattr(dev, key, value not in ("", "0", "no") if _DEVICE_KEYS[key] is bool else _DEVICE_KEYS[key](value))
+        except ValueError:
+            raise ConfigError(f"--device {text}: {key}={value!r} is not a number") from None
+    if dev.mode not in MODES:
+        raise ConfigError(f"--device {text}: mode={dev.mode}: one of {', '.join(MODES)}")
+    if dev.datapath is not None and dev.datapath not in DATAPATHS:
+        raise ConfigError(f"--device {text}: datapath={dev.datapath}: one of {', '.join(DATAPATHS)}")
+    if sum(1 for k in ("parent", "macvtap", "tap") if getattr(dev, k)) > 1:
+        raise ConfigError(f"--device {text}: one of parent=, macvtap= and tap=")
+    return dev
+
+
+def _read_libvirt(args) -> list[str]:
+    """Fill args from --libvirt's <interface>; its notes."""
+    try:
+        with open(args.libvirt, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {args.libvirt}: {e.strerror}") from None
+    spec = parse_interface(text, args.libvirt)
+    args.datapath = args.datapath or spec.datapath
+    args.mac = args.mac or spec.mac
+    given = args.parent or args.macvtap or args.tap
+    if spec.kind == "vhostuser":
+        if args.socket is not None and args.socket != spec.socket:
+            raise ConfigError(f"{args.libvirt} says the socket is {spec.socket}, the command line {args.socket}")
+        args.socket, args.client = spec.socket, spec.client
+        if not given:
+            raise ConfigError(f"{args.libvirt} is a type='vhostuser' interface: name the link vnetbe moves its "
+                              "frames through too (--parent DEV, --macvtap NAME or --tap NAME)")
+    elif given:
+        raise ConfigError(f"{args.libvirt} names the link itself (type='{'direct' if spec.kind == 'macvtap' else 'bridge'}'): "
+                          "leave out --parent, --macvtap and --tap")
+    elif spec.kind == "macvtap":
+        args.parent, args.mode, args.name = spec.parent, spec.mode, spec.name
+    else:
+        args.tap, args.bridge = spec.name or f"vnb-srv{os.getpid() % 100000}", spec.bridge
+    return spec.notes
+
+
 def _make_link(args):
     """The link the options describe, and notes to print; created links are deleted by close()."""
     if os.geteuid() != 0:
         raise SetupError(NOT_ROOT_MSG)
-    notes = []
-    if args.libvirt:
-        try:
-            with open(args.libvirt, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise ConfigError(f"cannot read {args.libvirt}: {e.strerror}") from None
-        spec = parse_interface(text, args.libvirt)
-        notes = spec.notes
-        args.datapath = args.datapath or spec.datapath
-        if spec.kind == "macvtap":
-            args.parent, args.mode, args.name = spec.parent, spec.mode, spec.name
-        else:
-            args.tap, args.bridge = spec.name or f"vnb-srv{os.getpid() % 100000}", spec.bridge
-        args.mac = args.mac or spec.mac
+    notes = _read_libvirt(args) if args.libvirt else []
     if args.macvtap:
         return Macvtap.attach(args.macvtap), notes
     if args.parent:
-        name = args.name or f"vnb-srv{os.getpid() % 100000}"
+        name = args.name or f"vnb-srv{os.getpid() % 100000}{getattr(args, 'suffix', '')}"
         return Macvtap.create(name, args.parent, mode=args.mode, mac=args.mac, mtu=args.mtu), notes
     if args.bridge and not args.tap:
         raise ConfigError("--bridge goes with --tap NAME")
@@ -124,36 +173,62 @@ def main(args) -> int:
     if args.print_capabilities:
         print(json.dumps(CAPABILITIES), flush=True)
         return 0
-    if args.socket is None and args.fd is None:
-        raise ConfigError("vnetbe serve needs --socket PATH (or --socket-path PATH, or --fd FD)")
-    if not (args.macvtap or args.parent or args.tap or args.libvirt):
-        raise ConfigError("vnetbe serve needs a link: --parent DEV, --macvtap NAME, --tap NAME or --libvirt FILE")
-    link, notes = _make_link(args)
-    datapath = args.datapath or "user"
+    if args.device:
+        if args.socket or args.fd is not None or args.macvtap or args.parent or args.tap or args.libvirt:
+            raise ConfigError("with --device, give every device's options inside its --device (socket=..., "
+                              "parent=..., ...), none outside")
+        devices = [parse_device(d, args) for d in args.device]
+        for i, dev in enumerate(devices):
+            dev.suffix = f"d{i}"
+    else:
+        devices = [args]
+    for dev in devices:
+        if not (dev.macvtap or dev.parent or dev.tap or dev.libvirt):
+            raise ConfigError("vnetbe serve needs a link: --parent DEV, --macvtap NAME, --tap NAME or --libvirt FILE")
+    sockets = [d.socket for d in devices if d.socket]
+    if len(set(sockets)) != len(sockets):
+        raise ConfigError("two devices on one socket: give each --device its own socket=")
+    links, servers = [], []
     try:
-        if datapath == "vhost" and not os.path.exists(DEV_PATH):
-            raise SetupError(f"{DEV_PATH} does not exist on this kernel, so --datapath vhost cannot run here: "
-                             "use --datapath user, or run inside the kernel lab (vnetbe lab -- vnetbe serve ...)")
-        for note in notes:
-            _say("note", note)
-        server = VhostUserServer(args.socket, link, datapath, client=args.client, busyloop_us=args.busyloop_us,
-                                 mac=args.mac, on_event=_say, fd=args.fd)
-        try:
-            _run(server, args.stats_interval)
-        finally:
-            server.close()
+        for dev in devices:
+            link, notes = _make_link(dev)
+            links.append(link)
+            if dev.socket is None and dev.fd is None:
+                raise ConfigError("vnetbe serve needs --socket PATH (or --socket-path PATH, or --fd FD)")
+            datapath = dev.datapath or "user"
+            if datapath == "vhost" and not os.path.exists(DEV_PATH):
+                raise SetupError(f"{DEV_PATH} does not exist on this kernel, so --datapath vhost cannot run here: "
+                                 "use --datapath user, or run inside the kernel lab (vnetbe lab -- vnetbe serve ...)")
+            say = _say if len(devices) == 1 else _sayer(os.path.basename(dev.socket or f"fd{dev.fd}"))
+            for note in notes:
+                say("note", note)
+            servers.append(VhostUserServer(dev.socket, link, datapath, client=dev.client, busyloop_us=dev.busyloop_us,
+                                           mac=dev.mac, on_event=say, fd=dev.fd))
+        _run(servers, args.stats_interval)
     finally:
-        link.close()
+        for server in servers:
+            server.close()
+        for link in links:
+            link.close()
     return 0
 
 
-def _run(server: VhostUserServer, interval: float) -> None:
+def _sayer(tag: str):
+    return lambda kind, text: _say(kind, f"[{tag}] {text}")
+
+
+def _run(servers: list[VhostUserServer], interval: float) -> None:
     def stop(signum, _frame):
         _say("stopping", signal.Signals(signum).name)
-        server.stop()
+        for server in servers:
+            server.stop()
 
     def dump(*_):
-        print(json.dumps({"stats": server.stats(), "time": time.time()}, default=str), flush=True)
+        for server in servers:
+            line = {"stats": server.stats(), "time": time.time()}
+            if len(servers) > 1:
+                line["socket"] = server.path
+            print(json.dumps(line, default=str), flush=True)
 
     old = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGUSR1, dump))}
     ticker = None
@@ -166,8 +241,10 @@ def _run(server: VhostUserServer, interval: float) -> None:
         ticker = threading.Thread(target=tick, daemon=True)
         ticker.start()
     try:
-        server.start()
-        while not server.join(0.2):    # signals reach the main thread: it waits here, awake
+        for server in servers:
+            server.start()
+        # Signals reach the main thread: it waits here, awake, until every device's server has ended.
+        while not all(server.join(0.2 / len(servers)) for server in servers):
             pass
     finally:
         if ticker is not None:
