@@ -81,10 +81,14 @@ class VirtioNet:
 
     # --- config space (§5.1.4) ---
     def config_space(self) -> bytes:
-        """struct virtio_net_config as the driver reads it: mac[6], status, max_virtqueue_pairs and
-        mtu, little-endian. The link is up until the datapath has lost it."""
+        """struct virtio_net_config (VIRTIO 1.2 §5.1.4), 24 bytes little-endian: mac[6], status,
+        max_virtqueue_pairs, mtu, then speed (unknown: 0xffffffff) and duplex (unknown: 0xff), which a
+        driver reads only with SPEED_DUPLEX, and zeros for the RSS fields (no VIRTIO_NET_F_RSS). A VMM
+        reads any window of it (Cloud Hypervisor asks for the first 17 bytes). The link is up until
+        the datapath has lost it."""
         link_status = 0 if self._datapath.link_down() else spec.VIRTIO_NET_S_LINK_UP
-        return bytes.fromhex(self.mac.replace(":", "")) + struct.pack("<HHH", link_status, 1, self.mtu)
+        return (bytes.fromhex(self.mac.replace(":", "")) + struct.pack("<HHH", link_status, 1, self.mtu)
+                + struct.pack("<IBBHI", 0xFFFFFFFF, 0xFF, 0, 0, 0))
 
     # --- negotiation ---
     @property

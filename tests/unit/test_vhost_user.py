@@ -633,7 +633,7 @@ def test_get_config_reads_the_virtio_net_config_space_and_answers_a_bad_window_w
         assert body[12:] == mac + struct.pack("<HHH", 1, 1, rig.link.mtu)   # link up, 1 pair, the MTU
         s.sendall(P.request(Request.GET_CONFIG, P.config_payload(10, 2)))  # mtu alone
         assert _reply(s)[2][12:] == struct.pack("<H", rig.link.mtu)
-        s.sendall(P.request(Request.GET_CONFIG, P.config_payload(8, 8)))   # past the end: the spec's error
+        s.sendall(P.request(Request.GET_CONFIG, P.config_payload(20, 8)))  # past the end: the spec's error
         assert _reply(s) == (Request.GET_CONFIG, 0, b"")
         # a write that changes nothing is taken; one that would change the MAC is refused, answered
         s.sendall(P.request(Request.SET_CONFIG, P.config_payload(0, 6, 0, mac), need_reply=True))

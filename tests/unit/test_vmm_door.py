@@ -64,8 +64,11 @@ def test_config_space_is_the_specs_virtio_net_config():
     with GuestMemory(1 << 20) as mem, PairLink() as link, VirtioNet(mem, link, mac="02:11:22:33:44:55",
                                                                      mtu=9000) as dev:
         cfg = dev.config_space()
-        # §5.1.4: mac[6], le16 status, le16 max_virtqueue_pairs, le16 mtu.
-        assert cfg == bytes.fromhex("021122334455") + struct.pack("<HHH", spec.VIRTIO_NET_S_LINK_UP, 1, 9000)
+        # §5.1.4: mac[6], le16 status, le16 max_virtqueue_pairs, le16 mtu, le32 speed, u8 duplex, u8
+        # rss_max_key_size, le16 rss_max_indirection_table_length, le32 supported_hash_types.
+        assert cfg == (bytes.fromhex("021122334455") + struct.pack("<HHH", spec.VIRTIO_NET_S_LINK_UP, 1, 9000)
+                       + struct.pack("<IBBHI", 0xFFFFFFFF, 0xFF, 0, 0, 0))
+        assert len(cfg) == 24
 
 
 def test_reset_after_a_guest_fault_gives_a_device_the_next_driver_can_use():

@@ -30,6 +30,11 @@ log = logging.getLogger("vnetbe.vhost_user")
 
 NUM_QUEUES = 2          # one queue pair: RX (0) and TX (1)
 QUEUE_PAIRS = 1
+# GET_QUEUE_NUM's answer. Front ends read it differently: QEMU (net/vhost-user.c) compares its
+# queues= (pairs) with it, Cloud Hypervisor (virtio-devices/src/vhost_user/net.rs) its num_queues
+# (virtqueues, 2 by default) and refuses a back end that answers less. The virtqueue count satisfies
+# both; a front end that then sets up a ring beyond it is refused by name (the ring index check).
+QUEUE_NUM = NUM_QUEUES
 
 # What a front end may ask before SET_OWNER: the negotiation QEMU does before it claims the device.
 _BEFORE_OWNER = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.SET_PROTOCOL_FEATURES,
@@ -136,7 +141,7 @@ class Session:
         self.protocol_set = True
 
     def _get_queue_num(self, msg, fds, taken):
-        return P.reply_u64(msg.request, QUEUE_PAIRS)
+        return P.reply_u64(msg.request, QUEUE_NUM)
 
     def _get_max_mem_slots(self, msg, fds, taken):
         return P.reply_u64(msg.request, P.MAX_MEM_SLOTS)
