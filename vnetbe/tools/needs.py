@@ -21,6 +21,7 @@ class Need:
     step: str                            # the install step it belongs to, as a progress line names it
     apt: tuple[str, ...] = ()            # Debian packages that bring it
     pip: tuple[str, ...] = ()            # or pip requirements, into this interpreter
+    recommends: bool = True              # False: apt-get --no-install-recommends (libvirt's pull in Xen, LVM, ...)
 
     @property
     def install(self) -> str:

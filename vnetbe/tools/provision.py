@@ -7,7 +7,8 @@ Targets (each installs what the command it names needs, and skips what is alread
     qemu      the lab, plus ping and ethtool for the Linux guest (bench --frontend qemu)
     testpmd   DPDK's testpmd and its virtio-user, vhost, tap and ring-mempool drivers
     fuzz      clang 14 with its libFuzzer and sanitizer runtimes (csrc/fuzz/run.sh)
-    tests     all of the above, and sudo (the README's commands run verbatim in the tests)
+    tests     all of the above, sudo (the README's commands run verbatim in the tests), and libvirt's
+              daemon and virsh (the libvirt test starts its own libvirtd; no service is enabled)
 
 System packages come from Debian's registry through apt-get (root needed), pip requirements go into
 this interpreter. One progress line per step on stderr; a failure is one line saying what to do.
@@ -39,6 +40,14 @@ _FUZZ = (
 )
 _SUDO = (Need("sudo", "sudo not found", lambda: shutil.which("sudo"), "tests",
               "sudo, which the README's commands start with", apt=("sudo",)),)
+# libvirt's daemon for tests/e2e/test_libvirt.py, which starts it itself (no service is enabled here).
+_LIBVIRT_STEP = "libvirt's daemon with its QEMU driver, and virsh, for the libvirt test"
+_LIBVIRT = (
+    Need("libvirtd", "libvirtd not found", lambda: shutil.which("libvirtd"), "tests", _LIBVIRT_STEP,
+         apt=("libvirt-daemon", "libvirt-daemon-driver-qemu"), recommends=False),
+    Need("virsh", "virsh not found", lambda: shutil.which("virsh"), "tests", _LIBVIRT_STEP,
+         apt=("libvirt-clients",), recommends=False),
+)
 
 
 def _bench() -> tuple[Need, ...]:
@@ -52,7 +61,7 @@ TARGETS: dict[str, Callable[[], tuple[Need, ...]]] = {
     "qemu": lambda: lab.NEEDS + linux_guest.NEEDS,
     "testpmd": lambda: dpdk.NEEDS,
     "fuzz": lambda: _FUZZ,
-    "tests": lambda: lab.NEEDS + linux_guest.NEEDS + dpdk.NEEDS + _FUZZ + _SUDO,
+    "tests": lambda: lab.NEEDS + linux_guest.NEEDS + dpdk.NEEDS + _FUZZ + _SUDO + _LIBVIRT,
 }
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 
@@ -142,8 +151,9 @@ class Installer:
                              f"or apt's proxy, then run `{setup_command(' '.join(targets))}` again")
         for step in dict.fromkeys(n.step for n in apt_needs):
             step_pkgs = list(dict.fromkeys(p for n in apt_needs if n.step == step for p in n.apt))
+            lean = [] if all(n.recommends for n in apt_needs if n.step == step) else ["--no-install-recommends"]
             r = self._step(f"installing {step} (apt: {' '.join(step_pkgs)})",
-                           ["apt-get", "install", "-y", "-qq", *step_pkgs], APT_ENV)
+                           ["apt-get", "install", "-y", "-qq", *lean, *step_pkgs], APT_ENV)
             if r.returncode != 0:
                 raise SetupError(f"apt-get install {' '.join(step_pkgs)} failed: {_last_line(r)}")
 
