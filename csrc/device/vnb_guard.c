@@ -95,6 +95,35 @@ static int guarded_copy(const struct vnb_mem *m, void *dst, const void *src, uin
     return gone ? -EFAULT : 0;
 }
 
+int vnb_vq_pop_guarded(struct vnb_vq *vq, struct vnb_chain *c)
+{
+    if (vnb_guard_install())
+        return -EFAULT;
+    struct vnb_guard g;
+    volatile int r = -EFAULT;
+    if (sigsetjmp(g.jb, 0) == 0) {
+        vnb_guard_arm(&g, vq->mem);
+        r = vnb_vq_pop(vq, c);
+    }
+    vnb_guard_disarm(&g);
+    return r;
+}
+
+int vnb_vq_tally_used_guarded(const struct vnb_vq *vq, uint32_t hdr_len, struct vnb_used_tally *t)
+{
+    if (vnb_guard_install())
+        return -EFAULT;
+    struct vnb_guard g;
+    volatile int r = -EFAULT;
+    if (sigsetjmp(g.jb, 0) == 0) {
+        vnb_guard_arm(&g, vq->mem);
+        vnb_vq_tally_used(vq, hdr_len, t);
+        r = 0;
+    }
+    vnb_guard_disarm(&g);
+    return r;
+}
+
 int vnb_mem_read(const struct vnb_mem *m, uint64_t gpa, void *dst, uint64_t len)
 {
     void *p = vnb_mem_ptr(m, gpa, len);

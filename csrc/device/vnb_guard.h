@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include "vnb_mem.h"
+#include "vnb_virtq.h"
 
 struct vnb_guard {
     sigjmp_buf jb;               /* the recovery point: sigsetjmp(jb, 0) before arming */
@@ -28,6 +29,10 @@ int vnb_mem_read(const struct vnb_mem *m, uint64_t gpa, void *dst, uint64_t len)
 int vnb_mem_write(const struct vnb_mem *m, uint64_t gpa, const void *src, uint64_t len);
 /* SIGBUS faults recovered in this process since it started (every thread). */
 uint64_t vnb_guard_recovered(void);
+/* vnb_vq_pop and vnb_vq_tally_used for callers outside the datapath thread (the vhost datapath's
+ * watcher reads the rings the kernel serves): -EFAULT when the memory behind the ring is gone. */
+int vnb_vq_pop_guarded(struct vnb_vq *vq, struct vnb_chain *c);
+int vnb_vq_tally_used_guarded(const struct vnb_vq *vq, uint32_t hdr_len, struct vnb_used_tally *t);
 /* cffi:end */
 
 #endif

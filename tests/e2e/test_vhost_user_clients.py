@@ -104,6 +104,40 @@ def test_testpmd_txonly_frames_reach_the_peer_through_vnetbe_serve(topo, tmp_pat
     assert rc == 0 and not os.path.exists(sock), serve.stderr
 
 
+def test_testpmd_txonly_to_the_peers_mac_keeps_flowing_through_vnetbe_serve(topo, tmp_path, datapath):
+    """The options of issue 19's reported stall (txonly to the peer's own MAC, one forwarding core,
+    stats every 4 s): the device keeps taking frames, sampled three times after the first, and each
+    one it took reached the peer."""
+    sock = str(tmp_path / "vu.sock")
+    serve = Serve("--socket", sock, "--parent", topo.parent, "--mode", "bridge", "--name", "vnbvdm0",
+                  "--datapath", datapath)
+    pmd = None
+    try:
+        serve.wait_line("listening on")
+        with topo.ns.ipr() as ipr:
+            peer_mac = ipr.link("get", ifname=topo.peer)[0].get_attr("IFLA_ADDRESS")
+        before = _link_counter(topo.netns, topo.peer, "packets")
+        pmd = dpdk.Testpmd(dpdk.command(f"net_virtio_user0,path={sock},queues=1", "txonly", prefix="vnbtp",
+                                        extra=(f"--eth-peer=0,{peer_mac}", "--nb-cores=1", "--stats-period", "4")))
+        serve.wait_line("connected: front end pid")
+        tx = lambda: serve.stats()["device"]["tx_frames"]
+        assert wait_for(lambda: tx() > 0, 120.0), "testpmd's frames never reached the device"
+        for _ in range(3):                       # a stall after the first bursts fails here
+            seen = tx()
+            assert wait_for(lambda: tx() > seen + 2000, 30.0), f"the device stopped taking frames at {seen}"
+        pmd.stop()
+        serve.wait_line("disconnected")
+    finally:
+        if pmd is not None:
+            pmd.kill()
+        rc = serve.stop()
+    gone = [line for line in serve.lines if "disconnected" in line][0]
+    dev_tx = int(gone.split(" tx ")[1].split()[0])
+    arrived = _link_counter(topo.netns, topo.peer, "packets") - before
+    assert dev_tx <= arrived <= dev_tx + 16, (dev_tx, arrived)
+    assert rc == 0
+
+
 def test_frames_from_the_peer_reach_testpmd_rxonly_through_vnetbe_serve(topo, tmp_path, datapath):
     sock = str(tmp_path / "vu.sock")
     mac = "02:00:00:78:00:05"

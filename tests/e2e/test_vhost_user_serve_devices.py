@@ -1,6 +1,7 @@
 """One ``vnetbe serve`` process, several devices: each ``--device`` its own socket and macvtap, frames
 checked at each peer; and a front end that shrinks its memory file costs only its own connection
-while the other device keeps delivering (the hostile memfd case on the CLI, on user and uring)."""
+while the other device keeps delivering (the hostile memfd case on the CLI, on every datapath: vhost
+in the kernel lab)."""
 from __future__ import annotations
 
 import json
@@ -63,7 +64,6 @@ class Side:
         self.topo.close()
 
 
-@pytest.mark.parametrize("datapath", ["user", "uring"])
 def test_one_serve_process_serves_two_devices_and_a_shrunk_memory_costs_only_its_connection(tmp_path, datapath):
     a, b = Side("sda", str(tmp_path / "a.sock")), Side("sdb", str(tmp_path / "b.sock"))
     serve = None

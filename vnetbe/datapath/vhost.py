@@ -20,7 +20,7 @@ import time
 from .. import spec
 from .._native import ffi, lib
 from ..cputime import thread_cpu_ns, voluntary_switches
-from ..errors import ConfigError, KernelRefused, VhostFault
+from ..errors import ConfigError, GuestMemoryGone, KernelRefused, VhostFault
 from ..faults import FAULT_NAMES
 from ..link.watch import LinkWatch, link_alive
 from ..queue import QueueConfig, QueueState
@@ -81,7 +81,9 @@ def diagnose(mem, cfg: QueueConfig, q: int, features: int, last_avail_idx: int) 
     # vhost consumes a chain before some checks (TX direction), so start one behind its position.
     lib.vnb_vq_set_base(vq, (last_avail_idx - 1) & 0xFFFF, 0)
     for _ in range(cfg.size + 1):
-        r = lib.vnb_vq_pop(vq, chain)
+        r = lib.vnb_vq_pop_guarded(vq, chain)
+        if r == -errno.EFAULT:
+            return lib.VNB_FAULT_MEM_GONE   # the ring's memory went away under the mapping
         if r < 0:
             return -r
         if r == 0:
@@ -130,6 +132,7 @@ class VhostDatapath:
         self._hdr_len = 0
         self._rx_done = (0, 0)    # (frames, bytes) of earlier starts
         self._tally_lock = threading.Lock()
+        self._mem_gone = False      # the RX tally found guest memory gone (a shrunk memory file)
         self.running = False
 
     # --- start/stop ---
@@ -162,6 +165,7 @@ class VhostDatapath:
         self._mem, self._queues, self._features, self._link = mem, dict(queues), features, link
         self._start_tally(mem, features, hdr_len, queues.get(spec.RX_QUEUE))
         self._link_down = 0
+        self._mem_gone = False
         # Counters run from the first start on, across stops and starts (a vhost-user front end stops
         # and restarts rings one at a time), as the userspace datapath's do.
         if self._link_counters is None or self._link_counters.link is not link:
@@ -185,6 +189,7 @@ class VhostDatapath:
             return   # vhost refuses these addresses too: its ERR eventfd names the fault
         tally = ffi.new("struct vnb_used_tally *")
         # vhost takes up at the used index in memory (vhost_vq_init_access): so does the count.
+        # (GuestMemoryGone here fails the start: the device reports it as the session's error.)
         tally.seen_idx = struct.unpack("<H", mem.read(cfg.used + 2, 2))[0]
         self._rx_vq, self._rx_tally, self._hdr_len = vq, tally, hdr_len
 
@@ -194,8 +199,10 @@ class VhostDatapath:
         with self._tally_lock:
             t = self._rx_tally
             f, b = self._rx_done
+            if t is not None and lib.vnb_vq_tally_used_guarded(self._rx_vq, self._hdr_len, t) < 0:
+                self._mem_gone = True          # the watcher stops the rings; the count ends here
+                self._rx_vq = self._rx_tally = t = None
             if t is not None:
-                lib.vnb_vq_tally_used(self._rx_vq, self._hdr_len, t)
                 f, b = f + t.frames, b + t.bytes
             if fold:
                 self._rx_done, self._rx_vq, self._rx_tally = (f, b), None, None
@@ -222,6 +229,12 @@ class VhostDatapath:
             self._rx_counted()
             if self._stop_fd in ready:
                 return
+            if self._mem_gone and not self._faults:
+                # As the userspace path's memory_gone: both rings stop, the device hears it once.
+                for q in self._queues:
+                    self._faults[q] = lib.VNB_FAULT_MEM_GONE
+                    io.net_set_backend(self.fd, q, -1)
+                os.eventfd_write(dev_err_fd, 1)
             bits = ready.pop(self._link.fd, 0) & (select.POLLERR | select.POLLHUP)
             if watch is not None and ready.pop(watch.fileno(), 0) and watch.deleted() and not link_alive(self._link.fd):
                 bits |= select.POLLHUP
@@ -261,7 +274,11 @@ class VhostDatapath:
             io.net_set_backend(self.fd, q, -1)
             last_avail = io.get_vring_base(self.fd, q)
             # After the backend is detached the worker has flushed: used->idx in memory is vhost's last_used_idx.
-            used_idx = struct.unpack("<H", self._mem.read(cfg.used + 2, 2))[0]
+            try:
+                used_idx = struct.unpack("<H", self._mem.read(cfg.used + 2, 2))[0]
+            except GuestMemoryGone:
+                used_idx = last_avail      # nothing to resume over: the memory is gone
+                self._faults.setdefault(q, lib.VNB_FAULT_MEM_GONE)
             states[q] = QueueState(last_avail, used_idx, q in self._faults, self._faults.get(q, 0))
         self._rx_counted(fold=True)   # the worker has flushed: the tally's last sample
         self._final = self.stats()

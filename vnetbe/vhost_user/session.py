@@ -513,13 +513,26 @@ class Session:
         failure = self.dev.wait_fault(0)
         if failure is None:
             return []
-        self.memory_gone = isinstance(failure, GuestMemoryGone)
+        self.memory_gone = isinstance(failure, GuestMemoryGone) or self._memory_shrunk()
         lines = [str(failure)]
+        if self.memory_gone and not isinstance(failure, GuestMemoryGone):
+            lines.append("a memory file is smaller than its region now: the front end took its memory away")
         queue = getattr(failure, "queue", None)
         for q in ([queue] if queue is not None else range(NUM_QUEUES)):
             if 0 <= q < NUM_QUEUES and self.rings[q].err_fd >= 0:
                 os.eventfd_write(self.rings[q].err_fd, 1)
         return lines
+
+    def _memory_shrunk(self) -> bool:
+        """Whether a region's file is now shorter than the region: the kernel's vhost worker meets such
+        memory with EFAULT and reports a plain ring error, which this tells apart."""
+        for r, fd in self.regions:
+            try:
+                if os.fstat(fd).st_size < r.mmap_offset + r.memory_size:
+                    return True
+            except OSError:
+                return True
+        return False
 
     def reset(self) -> None:
         """RESET_DEVICE: rings, memory and features back to their initial state, ready to be set up
