@@ -19,7 +19,7 @@ import pytest
 
 from test_vhost_user_clients import Serve
 from vnbtest.libvirtd import Libvirtd, available
-from vnetbe.tools import initramfs
+from vnetbe.tools import initramfs, lab
 from vnetbe.tools.topology import Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -133,7 +133,9 @@ def test_libvirt_starts_a_guest_whose_vhostuser_interface_vnetbe_serves_twice(tm
     sock = str(tmp_path / "vu.sock")
     iface = INTERFACE.format(mac=MAC, sock=sock)
     (tmp_path / "iface.xml").write_text(iface)
-    kernel = initramfs.build(tmp_path / "initrd.gz", GUEST_INIT)
+    busybox = lab.find_busybox()
+    assert busybox, "no static busybox: vnetbe setup tests installs busybox-static"
+    kernel = initramfs.build(tmp_path / "initrd.gz", GUEST_INIT, kernel=lab.find_kernel(), busybox=busybox)
     console = tmp_path / "console.log"
     (tmp_path / "domain.xml").write_text(DOMAIN.format(kernel=kernel, initrd=tmp_path / "initrd.gz",
                                                       interface=iface, console=console))

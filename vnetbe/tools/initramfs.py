@@ -16,7 +16,6 @@ import stat
 from pathlib import Path
 
 from ..errors import SetupError
-from .lab import _find_busybox, find_kernel
 
 # What virtio_net needs on Debian's 6.1 kernel (all modules there), named by module.
 NET_MODULES = ("virtio_pci", "virtio_net")
@@ -84,16 +83,13 @@ class _Cpio:
         return self.buf.getvalue()
 
 
-def build(path: str | os.PathLike, init_script: str, *, kernel: Path | None = None,
+def build(path: str | os.PathLike, init_script: str, *, kernel: Path, busybox: str,
           modules: tuple[str, ...] = NET_MODULES, files: dict[str, bytes] | None = None) -> Path:
-    """Write an initramfs to ``path``: busybox as /bin/busybox (its applets linked by /init), the
-    modules (loaded by /init before the script, in dependency order) and ``init_script`` as the rest
-    of /init, run by busybox's sh. ``files``: more files to carry (path -> content). Returns the
-    kernel it is made for."""
-    busybox = _find_busybox()
-    if busybox is None:
-        raise SetupError("a static busybox is needed for the guest's initramfs: run `vnetbe setup lab`")
-    kernel = kernel or find_kernel()
+    """Write an initramfs for ``kernel`` (its modules come from /lib/modules) to ``path``: the static
+    ``busybox`` as /bin/busybox (its applets linked by /init), the modules (loaded by /init before the
+    script, in dependency order) and ``init_script`` as the rest of /init, run by busybox's sh.
+    ``files``: more files to carry (path -> content). The lab's find_kernel and find_busybox give
+    what `vnetbe setup lab` installed. Returns the kernel."""
     moddir = _modules_dir(kernel)
     order = module_load_order(moddir, modules)
     c = _Cpio()

@@ -153,7 +153,7 @@ def _find_qemu() -> str | None:
     return shutil.which("qemu-system-x86_64")
 
 
-def _find_busybox() -> str | None:
+def find_busybox() -> str | None:
     for name in ("busybox-static", "busybox.static", "busybox"):
         found = shutil.which(name)
         if found and _is_static_elf(found):
@@ -177,7 +177,7 @@ _NO_QEMU = Need("qemu", "qemu-system-x86_64 not found", lambda: _find_qemu(),
 _NO_KERNEL = Need("kernel", f"no {BOOT_DIR}/vmlinuz-* with a vhost_net module under {MODULES_DIR}/<release>/",
                   _kernel_found, "lab", _STEP, apt=("linux-image-amd64",))
 _NO_BUSYBOX = Need("busybox", "no statically linked busybox (virtme-ng needs it for the initramfs)",
-                   lambda: _find_busybox(), "lab", _STEP, apt=("busybox-static",))
+                   lambda: find_busybox(), "lab", _STEP, apt=("busybox-static",))
 _NO_VNG = Need("vng", "virtme-ng's vng not found", lambda: _find_vng(), "lab", "virtme-ng, which boots the lab",
                pip=("virtme-ng>=1.30",))
 # What the lab needs, in install order; `vnetbe setup lab` installs them.
@@ -452,7 +452,7 @@ def run(
         return _run_here(cmd, workdir, env, timeout)
 
     vng = _find_vng()
-    for found, problem in ((vng, _NO_VNG), (_find_qemu(), _NO_QEMU), (_find_busybox(), _NO_BUSYBOX)):
+    for found, problem in ((vng, _NO_VNG), (_find_qemu(), _NO_QEMU), (find_busybox(), _NO_BUSYBOX)):
         if found is None:
             raise LabError(f"the lab cannot start: {problem}")
     assert vng is not None
