@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -25,23 +27,38 @@ RING = 256          # virtio-user's default queue size: frames testpmd queued th
 
 
 class Serve:
-    """``vnetbe serve`` in a subprocess; its stdout lines collected."""
+    """``vnetbe serve`` in a subprocess; its stdout lines collected by a reader thread, so that waiting
+    for a line that never comes fails the test after its timeout instead of blocking it for good."""
 
     def __init__(self, *args: str):
         self.proc = subprocess.Popen([sys.executable, "-m", "vnetbe", "serve", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
+        self.lines: list[str] = []      # every line read so far (waited for or not)
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.stderr = ""
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._queue.put(line)
+        self._queue.put(None)           # EOF: the process closed its stdout
 
     def wait_line(self, needle: str, timeout: float = 10.0) -> str:
+        """The next line with ``needle`` in it, waiting at most ``timeout`` s."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                self._queue.put(None)   # stays at EOF for the next waiter
                 break
             self.lines.append(line)
             if needle in line:
                 return line
-        raise AssertionError(f"vnetbe serve never said {needle!r}; said {self.lines}; "
+        raise AssertionError(f"vnetbe serve never said {needle!r} within {timeout:.0f} s; said {self.lines}; "
                              f"stderr {self.proc.stderr.read() if self.proc.poll() is not None else ''}")
 
     def stats(self) -> dict:
@@ -52,12 +69,23 @@ class Serve:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            rest, err = self.proc.communicate(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            rest, err = self.proc.communicate()
-        self.lines += rest.splitlines(keepends=True)
-        self.stderr = err
+            self.proc.wait()
+        self._reader.join(10)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._queue.put(None)
+                break
+            self.lines.append(line)
+        self.stderr = self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
         return self.proc.returncode
 
 

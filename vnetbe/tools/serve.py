@@ -80,8 +80,19 @@ def add_parser(subparsers):
                       add_arguments)
 
 
+# One line at a time: each device's server thread reports on its own. Reentrant: the signal handlers
+# (SIGUSR1's counters, SIGTERM's "stopping") run in the main thread, possibly inside a line of its own.
+_OUT = threading.RLock()
+
+
+def _line(text: str) -> None:
+    with _OUT:
+        sys.stdout.write(text + "\n")   # one write: print() writes the text and its newline apart
+        sys.stdout.flush()
+
+
 def _say(kind: str, text: str) -> None:
-    print(f"vnetbe serve: {kind}: {text}", flush=True)
+    _line(f"vnetbe serve: {kind}: {text}")
 
 
 _DEVICE_KEYS = {"socket": str, "parent": str, "macvtap": str, "tap": str, "bridge": str, "mode": str, "mac": str,
@@ -228,7 +239,7 @@ def _run(servers: list[VhostUserServer], interval: float) -> None:
             line = {"stats": server.stats(), "time": time.time()}
             if len(servers) > 1:
                 line["socket"] = server.path
-            print(json.dumps(line, default=str), flush=True)
+            _line(json.dumps(line, default=str))
 
     old = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGUSR1, dump))}
     ticker = None
