@@ -66,6 +66,9 @@ class Serve:
         return json.loads(self.wait_line('{"stats"'))["stats"]
 
     def stop(self) -> int:
+        """SIGTERM, then the exit status; the lines it printed meanwhile join ``lines``. Again: the same."""
+        if self.proc.stdout.closed:
+            return self.proc.returncode
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
