@@ -93,7 +93,9 @@ def test_memcpy_plausible(measured):
     assert set(m) == {"64", "1500", "65536"}
     for size, c in m.items():
         assert _ordered(c["ns"]) and _ordered(c["ns_per_kib"])
-        assert 1 <= c["ns_per_kib"]["median"] <= 200   # measured 10..22 ns per KiB in cache
+        # Plausible, not fast: 10..22 ns per KiB in cache here, 284 under ASan (its memcpy checks every
+        # range) on a loaded machine; 5000 (200 MB/s) would mean the loop measures something else.
+        assert 1 <= c["ns_per_kib"]["median"] <= 5000
     # A bigger copy takes longer (per copy, not per KiB).
     assert m["64"]["ns"]["median"] < m["65536"]["ns"]["median"]
 
