@@ -44,8 +44,9 @@ class Serve:
             self._queue.put(line)
         self._queue.put(None)           # EOF: the process closed its stdout
 
-    def wait_line(self, needle: str, timeout: float = 10.0) -> str:
-        """The next line with ``needle`` in it, waiting at most ``timeout`` s."""
+    def wait_line(self, needle: str, timeout: float = 120.0) -> str:
+        """The next line with ``needle`` in it, waiting at most ``timeout`` s (generous: in the kernel
+        lab, under software emulation, serve takes well over 10 s to start)."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
