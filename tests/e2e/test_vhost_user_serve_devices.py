@@ -12,7 +12,6 @@ import threading
 import pytest
 
 from test_vhost_user_clients import Serve
-from vnbtest.wait import wait_for
 from vnetbe.memory import GuestMemory
 from vnetbe.tools import packet
 from vnetbe.tools.guest import GuestDriver
