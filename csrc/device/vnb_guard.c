@@ -78,50 +78,57 @@ uint64_t vnb_guard_recovered(void)
     return __atomic_load_n(&recovered, __ATOMIC_RELAXED);
 }
 
-/* One guarded copy. volatile: the values must survive the siglongjmp back into this frame. */
-static int guarded_copy(const struct vnb_mem *m, void *dst, const void *src, uint64_t len)
+/* Run fn(arg) with a recovery point armed for faults inside m: fn's result, or -EFAULT when the
+ * memory behind m was gone (or the handler could not be installed). volatile: r must survive the
+ * siglongjmp back into this frame. */
+static int run_guarded(const struct vnb_mem *m, int (*fn)(void *), void *arg)
 {
     if (vnb_guard_install())
         return -EFAULT;
     struct vnb_guard g;
-    volatile int gone = 0;
-    if (sigsetjmp(g.jb, 0)) {
-        gone = 1;
-    } else {
+    volatile int r = -EFAULT;
+    if (sigsetjmp(g.jb, 0) == 0) {
         vnb_guard_arm(&g, m);
-        memcpy(dst, src, len);
+        r = fn(arg);
     }
     vnb_guard_disarm(&g);
-    return gone ? -EFAULT : 0;
+    return r;
+}
+
+struct copy_args { void *dst; const void *src; uint64_t len; };
+struct pop_args { struct vnb_vq *vq; struct vnb_chain *c; };
+struct tally_args { const struct vnb_vq *vq; uint32_t hdr_len; struct vnb_used_tally *t; };
+
+static int do_copy(void *p)
+{
+    struct copy_args *a = p;
+    memcpy(a->dst, a->src, a->len);
+    return 0;
+}
+
+static int do_pop(void *p)
+{
+    struct pop_args *a = p;
+    return vnb_vq_pop(a->vq, a->c);
+}
+
+static int do_tally(void *p)
+{
+    struct tally_args *a = p;
+    vnb_vq_tally_used(a->vq, a->hdr_len, a->t);
+    return 0;
 }
 
 int vnb_vq_pop_guarded(struct vnb_vq *vq, struct vnb_chain *c)
 {
-    if (vnb_guard_install())
-        return -EFAULT;
-    struct vnb_guard g;
-    volatile int r = -EFAULT;
-    if (sigsetjmp(g.jb, 0) == 0) {
-        vnb_guard_arm(&g, vq->mem);
-        r = vnb_vq_pop(vq, c);
-    }
-    vnb_guard_disarm(&g);
-    return r;
+    struct pop_args a = { vq, c };
+    return run_guarded(vq->mem, do_pop, &a);
 }
 
 int vnb_vq_tally_used_guarded(const struct vnb_vq *vq, uint32_t hdr_len, struct vnb_used_tally *t)
 {
-    if (vnb_guard_install())
-        return -EFAULT;
-    struct vnb_guard g;
-    volatile int r = -EFAULT;
-    if (sigsetjmp(g.jb, 0) == 0) {
-        vnb_guard_arm(&g, vq->mem);
-        vnb_vq_tally_used(vq, hdr_len, t);
-        r = 0;
-    }
-    vnb_guard_disarm(&g);
-    return r;
+    struct tally_args a = { vq, hdr_len, t };
+    return run_guarded(vq->mem, do_tally, &a);
 }
 
 int vnb_mem_read(const struct vnb_mem *m, uint64_t gpa, void *dst, uint64_t len)
@@ -129,7 +136,8 @@ int vnb_mem_read(const struct vnb_mem *m, uint64_t gpa, void *dst, uint64_t len)
     void *p = vnb_mem_ptr(m, gpa, len);
     if (!p)
         return -ERANGE;
-    return guarded_copy(m, dst, p, len);
+    struct copy_args a = { dst, p, len };
+    return run_guarded(m, do_copy, &a);
 }
 
 int vnb_mem_write(const struct vnb_mem *m, uint64_t gpa, const void *src, uint64_t len)
@@ -137,5 +145,6 @@ int vnb_mem_write(const struct vnb_mem *m, uint64_t gpa, const void *src, uint64
     void *p = vnb_mem_ptr(m, gpa, len);
     if (!p)
         return -ERANGE;
-    return guarded_copy(m, p, src, len);
+    struct copy_args a = { p, src, len };
+    return run_guarded(m, do_copy, &a);
 }
