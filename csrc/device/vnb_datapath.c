@@ -561,6 +561,11 @@ static int rx_one(struct vnb_dp *dp)
         stat_inc(&dp->st.drops[VNB_DROP_RX_TAP_ERROR]);
         return RX_TAP_EMPTY;
     }
+    if (n == 0) {   /* end of file: the far end hung up (a frame is never empty: it has its header) */
+        vnb_vq_unpop(&dp->vq[RXQ], 1);
+        link_gone(dp, EPOLLHUP);
+        return RX_TAP_EMPTY;
+    }
     if ((size_t)n < dp->hdr_len || ((size_t)n > cap && (size_t)n - cap >= BOUNCE_LEN)) {
         vnb_vq_unpop(&dp->vq[RXQ], 1);
         stat_inc(&dp->st.drops[VNB_DROP_RX_TRUNCATED]);

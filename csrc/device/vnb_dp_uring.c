@@ -371,6 +371,11 @@ static void rx_collect(struct vnb_dp *dp, uint32_t n)
                 stat_inc(&dp->st.drops[VNB_DROP_RX_TAP_ERROR]);
             continue;
         }
+        if (res == 0) {   /* end of file, as in rx_one: every later read would say so at once */
+            if (!dp->link_down)
+                link_gone(dp, EPOLLHUP);
+            continue;
+        }
         if ((size_t)res < dp->hdr_len || res >= BOUNCE_LEN) {
             stat_inc(&dp->st.drops[VNB_DROP_RX_TRUNCATED]);
             continue;
