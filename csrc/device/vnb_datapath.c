@@ -281,6 +281,17 @@ void link_gone(struct vnb_dp *dp, uint32_t events)
     }
 }
 
+/* After a read of 0 bytes: whether that was end of file, the far end gone (else an empty frame, which
+ * a socket standing in for the tap can carry and a tap cannot). Every later read would return 0 at
+ * once: without this RX spun on them, dropping "empty frames", until epoll's EPOLLHUP got a turn. */
+int tap_hung_up(struct vnb_dp *dp)
+{
+    struct pollfd p = { .fd = dp->tap_fd, .events = POLLIN };
+    int n = vnb_sys_poll(&p, 1, 0);
+    stat_inc(&dp->st.syscalls);
+    return n > 0 && (p.revents & (POLLHUP | POLLERR));
+}
+
 /* At most a quarter of the ring, so on small rings the guest never waits for a whole ring's flush. */
 int flush_every(const struct vnb_vq *vq, uint32_t max)
 {
@@ -561,7 +572,7 @@ static int rx_one(struct vnb_dp *dp)
         stat_inc(&dp->st.drops[VNB_DROP_RX_TAP_ERROR]);
         return RX_TAP_EMPTY;
     }
-    if (n == 0) {   /* end of file: the far end hung up (a frame is never empty: it has its header) */
+    if (n == 0 && tap_hung_up(dp)) {
         vnb_vq_unpop(&dp->vq[RXQ], 1);
         link_gone(dp, EPOLLHUP);
         return RX_TAP_EMPTY;

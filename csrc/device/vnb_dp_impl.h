@@ -142,6 +142,7 @@ VNB_INTERNAL void arm_tap(struct vnb_dp *dp, int on);
 VNB_INTERNAL int dp_pop(struct vnb_dp *dp, int q);
 VNB_INTERNAL int round_over(const struct vnb_dp *dp, int frames);
 VNB_INTERNAL void link_gone(struct vnb_dp *dp, uint32_t events);
+VNB_INTERNAL int tap_hung_up(struct vnb_dp *dp);
 VNB_INTERNAL int flush_every(const struct vnb_vq *vq, uint32_t max);
 VNB_INTERNAL int rx_pop(struct vnb_dp *dp);
 VNB_INTERNAL int rx_continue(struct vnb_dp *dp);

@@ -371,7 +371,7 @@ static void rx_collect(struct vnb_dp *dp, uint32_t n)
                 stat_inc(&dp->st.drops[VNB_DROP_RX_TAP_ERROR]);
             continue;
         }
-        if (res == 0) {   /* end of file, as in rx_one: every later read would say so at once */
+        if (res == 0 && tap_hung_up(dp)) {   /* end of file, as in rx_one */
             if (!dp->link_down)
                 link_gone(dp, EPOLLHUP);
             continue;

@@ -311,6 +311,16 @@ int vnb_sys_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
     return 0;
 }
 
+int vnb_sys_poll(struct pollfd *fds, nfds_t n, int timeout)
+{
+    CHECK(n == 1 && fds[0].fd == TAP_FD && timeout == 0, "poll(%d, n=%d, %d)", fds[0].fd, (int)n, timeout);
+    int b = script_byte();   /* after a read of 0 bytes: has the "tap" hung up? */
+    fds[0].revents = b > 0 && (b & 1) ? POLLHUP : 0;
+    if (fds[0].revents)
+        frames_read--;   /* that read was end of file, not an (empty) frame to place or drop */
+    return !!fds[0].revents;
+}
+
 /* vnb_datapath.c, built with VNB_FUZZ */
 int vnb_dp_fuzz_setup(struct vnb_dp *dp, int epfd);
 uint64_t vnb_dp_fuzz_round(struct vnb_dp *dp);
