@@ -30,7 +30,9 @@ FRAME = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb6" + bytes(50)
 IDLE_S = 0.3
 # CPU a datapath may burn in IDLE_S while idle: a spinning thread burns ~IDLE_S (3e8 ns).
 IDLE_CPU_NS = 30_000_000
-CYCLES = 1000
+# 1000 on the host; tests/run.sh asks the software-emulated lab (10x slower) for fewer: a leak of one
+# object a cycle still shows as hundreds.
+CYCLES = int(os.environ.get("VNETBE_CYCLES", 1000))
 
 
 def _cpu(dev) -> int:

@@ -3,11 +3,13 @@ fds, threads and memory mappings it started with (userspace datapath over a sock
 e2e variant covers both datapaths on real links)."""
 from __future__ import annotations
 
+import os
+
 from vnbtest.device import DeviceRig
 from vnbtest.leaks import assert_nothing_left, footprint
 from vnetbe.memory import GuestMemory
 
-CYCLES = 1000
+CYCLES = int(os.environ.get("VNETBE_CYCLES", 1000))   # as tests/e2e/test_link_faults.py
 FRAME = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + bytes(range(50))
 
 
