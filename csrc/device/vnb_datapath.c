@@ -1,7 +1,8 @@
-/* Userspace datapath thread. Per frame it pays what any userspace virtio backend pays: the guest's
- * kick wakes this thread (kernel -> user), one writev/readv crosses back into the kernel, and an
- * interrupt is one more eventfd write. Batching and EVENT_IDX make the kick and interrupt rare;
- * the writev/readv per frame remains (that is the cost vhost-net avoids). */
+/* The userspace datapath: its public API (configure, start, stop, counters) and its thread's loop,
+ * which sleeps until a kick, the tap, the stop request, rtnetlink or the heartbeat, then runs a round
+ * of TX and of RX. How the tap is read and written, and how the loop sleeps, is the mode's (dp->io:
+ * plain system calls in vnb_dp_plain.c, io_uring in vnb_dp_uring.c); the steps both share are in
+ * vnb_dp_core.c. */
 #include "vnb_dp_impl.h"
 #include "vnb_sys_impl.h"
 #include "vnb_time.h"
@@ -38,6 +39,7 @@ struct vnb_dp *vnb_dp_new(void)
     dp->tap_fd = dp->err_fd = dp->stop_fd = dp->epfd = dp->nl_fd = -1;
     dp->kick_fd[0] = dp->kick_fd[1] = dp->call_fd[0] = dp->call_fd[1] = -1;
     dp->hdr_len = VNB_NET_HDR_LEN;
+    dp->io = &vnb_dp_plain_io;
     return dp;
 }
 
@@ -120,6 +122,7 @@ int vnb_dp_set_uring(struct vnb_dp *dp, uint32_t batch, uint32_t sqpoll_idle_ms,
     if (batch > URING_MAX_BATCH || (flags & ~VNB_DP_URING_NO_NOWAIT))
         return -EINVAL;
     dp->u.batch = batch;
+    dp->io = batch ? &vnb_dp_uring_io : &vnb_dp_plain_io;
     dp->u.sqpoll_idle_ms = batch ? sqpoll_idle_ms : 0;
     dp->u.no_nowait = !!(flags & VNB_DP_URING_NO_NOWAIT);
     uring_nowait_reset(dp);
@@ -180,65 +183,6 @@ int vnb_dp_get_qstate(struct vnb_dp *dp, int q, struct vnb_dp_qstate *out)
 
 /* ---- helpers running on the datapath thread ---- */
 
-static void interrupt(struct vnb_dp *dp, int q)
-{
-    uint64_t one = 1;
-    if (dp->u.batch) {
-        uring_interrupt(dp, q);   /* rides on the loop's next io_uring_enter */
-    } else {
-        /* An eventfd write fails only on counter overflow, which needs 2^64 interrupts. */
-        (void)!vnb_sys_write(dp->call_fd[q], &one, sizeof(one));
-        stat_inc(&dp->st.syscalls);
-    }
-    if (q == TXQ)
-        stat_inc(&dp->st.tx_interrupts);
-    else
-        stat_inc(&dp->st.rx_interrupts);
-}
-
-void flush_and_notify(struct vnb_dp *dp, int q)
-{
-    struct vnb_vq *vq = &dp->vq[q];
-    vnb_vq_flush_used(vq);
-    if (vnb_vq_should_notify(vq))
-        interrupt(dp, q);
-}
-
-void report_fault(struct vnb_dp *dp, int q, int fault)
-{
-    stat_inc(&dp->st.faults[fault < VNB_FAULT_MAX ? fault : 0]);
-    if (dp->err_fd >= 0) {
-        uint64_t one = 1;
-        /* Same reasoning as interrupt(): an eventfd write cannot fail here. */
-        (void)!vnb_sys_write(dp->err_fd, &one, sizeof(one));
-        stat_inc(&dp->st.syscalls);
-    }
-}
-
-static uint32_t tap_events_wanted(struct vnb_dp *dp)
-{
-    if (dp->u.batch)   /* io_uring polls the tap itself (uring_wait); epoll reports its EPOLLERR/EPOLLHUP */
-        return uring_rx(dp) || !dp->rx_wants_tap ? 0 : EPOLLIN;   /* RX by readv: as the plain path */
-    return (dp->rx_wants_tap ? EPOLLIN : 0) | (dp->tx_blocked ? EPOLLOUT : 0);
-}
-
-void update_tap(struct vnb_dp *dp)
-{
-    uint32_t want = tap_events_wanted(dp);
-    if (dp->tap_events == want || dp->link_down)   /* a gone link is no longer in the epoll set */
-        return;
-    struct epoll_event ev = { .events = want, .data.u32 = EV_TAP };
-    /* MOD on an fd we registered ourselves cannot fail unless the fd was closed under us. */
-    (void)vnb_sys_epoll_ctl(dp->epfd, EPOLL_CTL_MOD, dp->tap_fd, &ev);
-    stat_inc(&dp->st.syscalls);
-    dp->tap_events = want;
-}
-
-void arm_tap(struct vnb_dp *dp, int on)
-{
-    dp->rx_wants_tap = on;
-    update_tap(dp);
-}
 
 static uint64_t drain_eventfd(struct vnb_dp *dp, int fd)
 {
@@ -250,419 +194,12 @@ static uint64_t drain_eventfd(struct vnb_dp *dp, int fd)
     return v;
 }
 
-/* Pop the next chain of queue q into dp->chain, counting the descriptors it walked into the round. */
-int dp_pop(struct vnb_dp *dp, int q)
-{
-    int r = vnb_vq_pop(&dp->vq[q], &dp->chain);
-    if (r > 0)
-        dp->walked += dp->chain.ndesc;
-    return r;
-}
-
-int round_over(const struct vnb_dp *dp, int frames)
-{
-    return frames >= BUDGET || dp->walked >= DESC_BUDGET;
-}
-
-/* The tap reported EPOLLERR/EPOLLHUP: its interface was deleted (a tun fd then fails every read and
- * write with EBADFD, and stays readable). Stop watching it, or the level-triggered error would spin
- * this thread, and tell Python through err_fd. Both directions stop until the device is reset. */
-void link_gone(struct vnb_dp *dp, uint32_t events)
-{
-    __atomic_store_n(&dp->link_down, events & (EPOLLERR | EPOLLHUP), __ATOMIC_RELAXED);
-    /* DEL of an fd we added cannot fail unless it was closed under us, which is the same end. */
-    (void)vnb_sys_epoll_ctl(dp->epfd, EPOLL_CTL_DEL, dp->tap_fd, NULL);
-    stat_inc(&dp->st.syscalls);
-    dp->tap_events = 0;
-    if (dp->err_fd >= 0) {
-        uint64_t one = 1;
-        (void)!vnb_sys_write(dp->err_fd, &one, sizeof(one));   /* as interrupt(): cannot fail */
-        stat_inc(&dp->st.syscalls);
-    }
-}
-
-/* After a read of 0 bytes: whether that was end of file, the far end gone (else an empty frame, which
- * a socket standing in for the tap can carry and a tap cannot). Every later read would return 0 at
- * once: without this RX spun on them, dropping "empty frames", until epoll's EPOLLHUP got a turn. */
-int tap_hung_up(struct vnb_dp *dp)
-{
-    struct pollfd p = { .fd = dp->tap_fd, .events = POLLIN };
-    int n = vnb_sys_poll(&p, 1, 0);
-    stat_inc(&dp->st.syscalls);
-    return n > 0 && (p.revents & (POLLHUP | POLLERR));
-}
-
-/* At most a quarter of the ring, so on small rings the guest never waits for a whole ring's flush. */
-int flush_every(const struct vnb_vq *vq, uint32_t max)
-{
-    uint32_t n = vq->num / 4;
-    return n > max ? (int)max : n ? (int)n : 1;
-}
 
 /* ---- TX: guest -> tap ---- */
 
-int tx_ring_empty(struct vnb_dp *dp)
-{
-    struct vnb_vq *vq = &dp->vq[TXQ];
-    if (dp->busyloop_ns) {
-        /* As vhost_net_busy_poll: the guest need not kick while we are about to poll anyway. */
-        dp->tx_quiet = 1;
-        return 0;
-    }
-    if (!vnb_vq_enable_notify(vq))
-        return 0;
-    vnb_vq_disable_notify(vq);
-    return 1;
-}
-
-/* Returns 1 if the budget ran out with work left, 0 when the ring is empty and notifications are on. */
-static int handle_tx(struct vnb_dp *dp)
-{
-    struct vnb_vq *vq = &dp->vq[TXQ];
-    struct vnb_chain *c = &dp->chain;
-    dp->tx_quiet = 0;   /* set again below if this pass ends idle; a blocked tap waits for EPOLLOUT */
-    if (!dp->configured[TXQ] || vq->broken || dp->tx_blocked || dp->link_down)
-        return 0;
-    int done = 0, since_flush = 0, flush_at = flush_every(vq, TX_FLUSH_MAX);
-    dp->walked = 0;
-    vnb_vq_disable_notify(vq);
-    for (;;) {
-        if (round_over(dp, done)) {
-            flush_and_notify(dp, TXQ);
-            return 1;
-        }
-        int r = dp_pop(dp, TXQ);
-        if (r < 0) {
-            flush_and_notify(dp, TXQ);
-            report_fault(dp, TXQ, -r);
-            return 0;
-        }
-        if (r == 0) {
-            flush_and_notify(dp, TXQ);
-            if (!tx_ring_empty(dp))
-                return 0;
-            continue;
-        }
-        if (c->nin) {
-            flush_and_notify(dp, TXQ);
-            report_fault(dp, TXQ, -vnb_vq_fail(vq, VNB_FAULT_TX_WRITABLE));
-            return 0;
-        }
-        if (dp->ring_mode[TXQ] & VNB_RING_DISCARD) {
-            stat_inc(&dp->st.drops[VNB_DROP_TX_DISABLED]);
-        } else if (c->out_len < dp->hdr_len) {
-            stat_inc(&dp->st.drops[VNB_DROP_TX_SHORT]);
-        } else if (c->out_len > VNB_MAX_FRAME + dp->hdr_len) {
-            stat_inc(&dp->st.drops[VNB_DROP_TX_OVERSIZE]);
-        } else {
-            /* The chain is header + frame in any layout; the tap parses the header itself. One
-             * buffer (the usual layout) goes out with write(): writev would first copy the iovec
-             * array in from user space for nothing. */
-            ssize_t n = c->nout == 1 ? vnb_sys_write(dp->tap_fd, c->iov[0].iov_base, c->iov[0].iov_len)
-                                     : vnb_sys_writev(dp->tap_fd, c->iov, c->nout);
-            stat_inc(&dp->st.syscalls);
-            stat_inc(&dp->st.tap_writes);
-            if (n < 0 && (errno == EAGAIN || errno == ENOBUFS || errno == ENOMEM)) {
-                /* Like vhost: give the chain back and retry once the tap has room. */
-                vnb_vq_unpop(vq, 1);
-                stat_inc(&dp->st.tx_tap_full);
-                if (errno == EAGAIN) {
-                    dp->tx_blocked = 1;
-                    update_tap(dp);
-                } else {
-                    dp->tx_retry = 1;
-                }
-                flush_and_notify(dp, TXQ);
-                return 0;
-            }
-            if (n < 0 && errno == EBADFD) {
-                /* The tun's interface is gone (a wake-up keyed EPOLLIN may not have reached us). */
-                vnb_vq_unpop(vq, 1);
-                flush_and_notify(dp, TXQ);
-                link_gone(dp, EPOLLERR);
-                return 0;
-            }
-            if (n < 0 && errno == EFAULT) {
-                /* The chain was inside guest memory when popped: the memory itself went away. */
-                memory_gone(dp);
-                return 0;
-            }
-            if (n < 0) {
-                stat_inc(&dp->st.drops[errno == EINVAL ? VNB_DROP_TX_TAP_REFUSED : VNB_DROP_TX_TAP_ERROR]);
-            } else {
-                stat_inc(&dp->st.tx_frames);
-                stat_add(&dp->st.tx_bytes, c->out_len - dp->hdr_len);
-            }
-        }
-        /* TX buffers are only read: the used length is 0 (§5.1.6.2). */
-        vnb_vq_add_used(vq, c->head, 0);
-        done++;
-        if (++since_flush == flush_at) {
-            flush_and_notify(dp, TXQ);
-            since_flush = 0;
-        }
-    }
-}
 
 /* ---- RX: tap -> guest ---- */
 
-static void iov_write(const struct iovec *iov, int niov, size_t off, const void *src, size_t len)
-{
-    const uint8_t *s = src;
-    for (int i = 0; i < niov && len; i++) {
-        if (off >= iov[i].iov_len) {
-            off -= iov[i].iov_len;
-            continue;
-        }
-        size_t n = iov[i].iov_len - off;
-        if (n > len)
-            n = len;
-        memcpy((uint8_t *)iov[i].iov_base + off, s, n);
-        s += n;
-        len -= n;
-        off = 0;
-    }
-}
-
-static size_t iov_copy_in(const struct iovec *iov, int niov, const uint8_t *src, size_t len)
-{
-    size_t done = 0;
-    for (int i = 0; i < niov && done < len; i++) {
-        size_t n = iov[i].iov_len;
-        if (n > len - done)
-            n = len - done;
-        memcpy(iov[i].iov_base, src + done, n);
-        done += n;
-    }
-    return done;
-}
-
-static void rx_complete(struct vnb_dp *dp)
-{
-    struct rx_pending *p = &dp->pend;
-    struct vnb_vq *vq = &dp->vq[RXQ];
-    if (dp->hdr_len == VNB_NET_HDR_LEN) {
-        /* The tap skips num_buffers (it writes only the 10-byte header): we own that field. */
-        uint16_t nb = (uint16_t)p->nheads;
-        iov_write(p->hdr_iov, p->hdr_niov, VNB_NUM_BUFFERS_OFF, &nb, sizeof(nb));
-    }
-    for (uint32_t i = 0; i < p->nheads; i++)
-        vnb_vq_add_used(vq, p->heads[i], p->lens[i]);
-    if (p->nheads > 1)
-        stat_inc(&dp->st.rx_merged);
-    stat_inc(&dp->st.rx_frames);
-    stat_add(&dp->st.rx_bytes, p->total - dp->hdr_len);
-    p->active = 0;
-}
-
-void rx_drop_pending(struct vnb_dp *dp, int reason)
-{
-    /* The held chains are the last ones popped: hand them back untouched, as vhost_discard_vq_desc. */
-    vnb_vq_unpop(&dp->vq[RXQ], (uint16_t)dp->pend.nheads);
-    dp->pend.active = 0;
-    stat_inc(&dp->st.drops[reason]);
-}
-
-int rx_pop(struct vnb_dp *dp)
-{
-    struct vnb_vq *vq = &dp->vq[RXQ];
-    int r = dp_pop(dp, RXQ);
-    if (r < 0) {
-        report_fault(dp, RXQ, -r);
-        return RX_FAULT;
-    }
-    if (r == 0)
-        return RX_NEED_BUFFERS;
-    if (dp->chain.nout) {
-        report_fault(dp, RXQ, -vnb_vq_fail(vq, VNB_FAULT_RX_READABLE));
-        return RX_FAULT;
-    }
-    return RX_OK;
-}
-
-/* Remember where the header bytes went. A guest may post buffers smaller than the header (against
- * §5.1.6.3.1, but vhost copes), so the header can span the first chains. */
-static void hdr_track(struct vnb_dp *dp, const struct iovec *iov, int niov)
-{
-    struct rx_pending *p = &dp->pend;
-    for (int i = 0; i < niov && p->hdr_cov < dp->hdr_len && p->hdr_niov < HDR_IOV; i++) {
-        p->hdr_iov[p->hdr_niov++] = iov[i];
-        p->hdr_cov += iov[i].iov_len;
-    }
-}
-
-/* Place the rest of a frame that did not fit in its first buffer into further chains (MRG_RXBUF). */
-int rx_continue(struct vnb_dp *dp)
-{
-    struct rx_pending *p = &dp->pend;
-    struct vnb_chain *c = &dp->chain;
-    while (p->placed < p->total) {
-        if (dp->walked >= DESC_BUDGET)
-            return RX_YIELD;
-        if (p->nheads == RX_MAX_HEADS) {
-            rx_drop_pending(dp, VNB_DROP_RX_NO_BUFFER);
-            return RX_OK;
-        }
-        int r = rx_pop(dp);
-        /* A sum, not num - nring: a guest listing one chain in several avail slots makes nring pass num.
-         * It cannot overflow: at most RX_MAX_HEADS chains of at most num (<= 32768) descriptors. */
-        if (r == RX_NEED_BUFFERS && p->nring + p->min_nring > dp->vq[RXQ].num) {
-            /* The chains we hold leave the guest fewer free descriptors than any chain it posted for
-             * this frame: waiting for more would stall RX for good, so drop it (the guest posts
-             * uniform buffers in practice; one that would shrink them loses only this frame). */
-            rx_drop_pending(dp, VNB_DROP_RX_NO_BUFFER);
-            return RX_OK;
-        }
-        if (r != RX_OK)
-            return r;
-        size_t n = iov_copy_in(c->iov, c->nin, p->bounce + (p->placed - p->first_cap), p->total - p->placed);
-        hdr_track(dp, c->iov, c->nin);
-        p->heads[p->nheads] = c->head;
-        p->lens[p->nheads] = (uint32_t)n;
-        p->nheads++;
-        p->nring += c->nring;
-        if (p->nheads == 1 || c->nring < p->min_nring)
-            p->min_nring = c->nring;
-        p->placed += (uint32_t)n;
-        if (p->placed < p->total && !(dp->flags & VNB_F_MRG_RXBUF)) {
-            /* Without mergeable buffers a frame must fit one chain (vhost discards it likewise). */
-            rx_drop_pending(dp, VNB_DROP_RX_NO_BUFFER);
-            return RX_OK;
-        }
-    }
-    rx_complete(dp);
-    return RX_OK;
-}
-
-/* Read one frame from the tap straight into the next guest chain, with the bounce buffer as the
- * tail of the iovec: frames that fit one buffer are never copied. */
-static int rx_one(struct vnb_dp *dp)
-{
-    struct rx_pending *p = &dp->pend;
-    struct vnb_chain *c = &dp->chain;
-    if (p->active)
-        return rx_continue(dp);
-    int r = rx_pop(dp);
-    if (r != RX_OK)
-        return r;
-    /* readv takes at most UIO_MAXIOV iovecs: keep one for the bounce tail. */
-    int niov = c->nin < VNB_MAX_IOV ? c->nin : VNB_MAX_IOV - 1;
-    size_t cap = 0;
-    for (int i = 0; i < niov; i++)
-        cap += c->iov[i].iov_len;
-    c->iov[niov].iov_base = dp->bounce;
-    c->iov[niov].iov_len = BOUNCE_LEN;
-    ssize_t n = vnb_sys_readv(dp->tap_fd, c->iov, niov + 1);
-    stat_inc(&dp->st.syscalls);
-    stat_inc(&dp->st.tap_reads);
-    if (n < 0) {
-        vnb_vq_unpop(&dp->vq[RXQ], 1);
-        if (errno == EBADFD) {
-            link_gone(dp, EPOLLERR);   /* as in handle_tx */
-            return RX_TAP_EMPTY;
-        }
-        if (errno == EAGAIN) {
-            stat_inc(&dp->st.tap_read_empty);
-            return RX_TAP_EMPTY;
-        }
-        if (errno == EFAULT) {   /* as in handle_tx: checked buffers the memory of which went away */
-            memory_gone(dp);
-            return RX_FAULT;
-        }
-        stat_inc(&dp->st.drops[VNB_DROP_RX_TAP_ERROR]);
-        return RX_TAP_EMPTY;
-    }
-    if (n == 0 && tap_hung_up(dp)) {
-        vnb_vq_unpop(&dp->vq[RXQ], 1);
-        link_gone(dp, EPOLLHUP);
-        return RX_TAP_EMPTY;
-    }
-    if ((size_t)n < dp->hdr_len || ((size_t)n > cap && (size_t)n - cap >= BOUNCE_LEN)) {
-        vnb_vq_unpop(&dp->vq[RXQ], 1);
-        stat_inc(&dp->st.drops[VNB_DROP_RX_TRUNCATED]);
-        return RX_OK;
-    }
-    p->active = 1;
-    p->total = (uint32_t)n;
-    p->first_cap = (uint32_t)(cap < (size_t)n ? cap : (size_t)n);
-    p->bounce = dp->bounce;
-    p->placed = p->first_cap;
-    p->heads[0] = c->head;
-    p->lens[0] = p->first_cap;
-    p->nheads = 1;
-    p->nring = p->min_nring = c->nring;
-    p->hdr_niov = 0;
-    p->hdr_cov = 0;
-    hdr_track(dp, c->iov, niov);
-    if (p->placed < p->total && !(dp->flags & VNB_F_MRG_RXBUF)) {
-        rx_drop_pending(dp, VNB_DROP_RX_NO_BUFFER);   /* as in rx_continue */
-        return RX_OK;
-    }
-    return rx_continue(dp);
-}
-
-int rx_out_of_buffers(struct vnb_dp *dp)
-{
-    struct vnb_vq *vq = &dp->vq[RXQ];
-    /* Busy polling looks for buffers itself, without asking the guest to kick (as TX). */
-    dp->rx_quiet = !!dp->busyloop_ns;
-    if (!dp->rx_quiet && vnb_vq_enable_notify(vq)) {
-        vnb_vq_disable_notify(vq);
-        return 1;
-    }
-    /* No buffers: stop watching the tap until the guest posts new ones. */
-    stat_inc(&dp->st.rx_stalls);
-    arm_tap(dp, 0);
-    return 0;
-}
-
-/* Returns 1 if the budget ran out with work left. */
-static int handle_rx(struct vnb_dp *dp)
-{
-    struct vnb_vq *vq = &dp->vq[RXQ];
-    dp->rx_quiet = 0;   /* set again below if the guest is still out of buffers */
-    if (!dp->configured[RXQ] || dp->tap_fd < 0 || dp->link_down)
-        return 0;
-    if (vq->broken) {
-        /* Stop reading: frames stay in (and overflow from) the tap's queue, where the kernel counts them. */
-        arm_tap(dp, 0);
-        return 0;
-    }
-    int done = 0, since_flush = 0, more = 0, flush_at = flush_every(vq, RX_FLUSH_MAX);
-    dp->walked = 0;
-    vnb_vq_disable_notify(vq);
-    for (;;) {
-        if (round_over(dp, done)) {
-            more = 1;
-            break;
-        }
-        int r = rx_one(dp);
-        if (r == RX_YIELD) {
-            more = 1;
-            break;
-        }
-        if (r == RX_OK) {
-            done++;
-            if (++since_flush == flush_at) {
-                flush_and_notify(dp, RXQ);
-                since_flush = 0;
-            }
-            continue;
-        }
-        if (r == RX_NEED_BUFFERS) {
-            if (rx_out_of_buffers(dp))
-                continue;
-            break;
-        }
-        if (r == RX_FAULT)
-            arm_tap(dp, 0);
-        else
-            arm_tap(dp, 1);   /* tap empty: make sure we hear about the next frame */
-        break;
-    }
-    flush_and_notify(dp, RXQ);
-    return more;
-}
 
 /* ---- the thread ---- */
 
@@ -768,24 +305,6 @@ static int open_netlink(void)
     return fd;
 }
 
-/* The front end took guest memory away under us (SIGBUS on a shrunk memfd, or EFAULT from the kernel
- * on a range we had checked): nothing in it can be trusted or touched again. Both rings stop with
- * VNB_FAULT_MEM_GONE and Python hears it on err_fd; a frame half-placed is dropped without handing its
- * chains back (that would write the used ring). */
-void memory_gone(struct vnb_dp *dp)
-{
-    if (dp->mem_gone)
-        return;
-    __atomic_store_n(&dp->mem_gone, 1, __ATOMIC_RELAXED);
-    for (int q = 0; q < 2; q++)
-        if (dp->configured[q])
-            (void)vnb_vq_fail(&dp->vq[q], VNB_FAULT_MEM_GONE);
-    if (dp->pend.active) {
-        dp->pend.active = 0;
-        stat_inc(&dp->st.drops[VNB_DROP_RX_STOPPED]);
-    }
-    report_fault(dp, TXQ, VNB_FAULT_MEM_GONE);
-}
 
 /* After memory_gone: wait for the stop, beating the heart so the thread is not taken for stuck. */
 static void park(struct vnb_dp *dp)
@@ -806,7 +325,7 @@ static void *dp_thread(void *arg)
 {
     struct vnb_dp *dp = arg;
     /* The ring is made here: with SINGLE_ISSUER only the thread that made it may submit. */
-    int setup = dp->u.batch ? uring_setup(dp) : 0;
+    int setup = dp->io->setup ? dp->io->setup(dp) : 0;
     if (setup) {
         __atomic_store_n(&dp->setup_err, setup, __ATOMIC_RELAXED);
         /* Release: setup_err is seen before the tid that vnb_dp_start waits for. */
@@ -825,11 +344,11 @@ static void *dp_thread(void *arg)
     }
     if (dp->mem_gone)
         park(dp);   /* returns at once if the stop came first (stop_fd is never read) */
-    if (dp->u.batch)
-        uring_drop_queued(dp);   /* places what the posted reads took, unless memory is gone; counts the rest */
+    if (dp->io->drain)
+        dp->io->drain(dp);       /* places what the posted reads took, unless memory is gone; counts the rest */
     vnb_guard_disarm(&guard);
-    if (dp->u.batch)
-        uring_teardown(dp);      /* closing the ring cancels the polls in flight and ends SQPOLL's thread */
+    if (dp->io->teardown)
+        dp->io->teardown(dp);    /* io_uring: closing the ring cancels the polls in flight */
     if (dp->pend.active)
         rx_drop_pending(dp, VNB_DROP_RX_STOPPED);
     /* Used entries of completed frames are already flushed by handle_rx/handle_tx. */
@@ -859,13 +378,7 @@ static void dp_loop(struct vnb_dp *dp)
         /* Idle, the thread still wakes once a heartbeat, so that a stuck one can be told from an idle one. */
         int polled = (dp->ring_mode[TXQ] | dp->ring_mode[RXQ]) & VNB_RING_POLLED;
         int timeout = !idle || polling ? 0 : dp->tx_retry ? 1 : polled ? VNB_DP_POLL_MS : VNB_DP_HEARTBEAT_MS;
-        int n;
-        if (dp->u.batch) {
-            n = uring_wait(dp, evs, 8, timeout);
-        } else {
-            n = epoll_wait(dp->epfd, evs, 8, timeout);
-            stat_inc(&dp->st.syscalls);
-        }
+        int n = dp->io->wait(dp, evs, 8, timeout);
         if (n < 0 && errno != EINTR)
             return;
         if (n > 0)
@@ -907,12 +420,12 @@ static void dp_loop(struct vnb_dp *dp)
         }
         if (kick_tx || tx_more || dp->tx_retry || tap_out) {
             dp->tx_retry = 0;
-            tx_more = dp->u.batch ? handle_tx_uring(dp) : handle_tx(dp);
+            tx_more = dp->io->tx(dp);
         }
         if (kick_rx && dp->configured[RXQ] && !dp->vq[RXQ].broken)
             arm_tap(dp, 1);
         if (kick_rx || tap_in || rx_more)
-            rx_more = uring_rx(dp) ? handle_rx_uring(dp) : handle_rx(dp);
+            rx_more = dp->io->rx(dp);
         if (dp->mem_gone)   /* the kernel said EFAULT on a range we had checked */
             return;
     }
@@ -932,16 +445,16 @@ int vnb_dp_fuzz_setup(struct vnb_dp *dp, int epfd)
     dp->tap_events = 0;
     dp->pend.active = 0;
     dp->link_down = 0;
-    return dp->u.batch ? uring_setup(dp) : 0;
+    return dp->io->setup ? dp->io->setup(dp) : 0;
 }
 
 /* What the thread does when it stops (the out: path of dp_thread). */
 void vnb_dp_fuzz_stop(struct vnb_dp *dp)
 {
-    if (dp->u.batch) {
-        uring_drop_queued(dp);
-        uring_teardown(dp);
-    }
+    if (dp->io->drain)
+        dp->io->drain(dp);
+    if (dp->io->teardown)
+        dp->io->teardown(dp);
     if (dp->pend.active)
         rx_drop_pending(dp, VNB_DROP_RX_STOPPED);
 }
@@ -956,9 +469,9 @@ uint64_t vnb_dp_fuzz_round(struct vnb_dp *dp)
     dp->rx_wants_tap = 1;
     if (dp->u.batch)
         dp->u.rx_tap_empty = 0;   /* as when the tap's poll fired */
-    dp->u.batch ? handle_tx_uring(dp) : handle_tx(dp);
+    dp->io->tx(dp);
     walked += dp->walked;
-    uring_rx(dp) ? handle_rx_uring(dp) : handle_rx(dp);
+    dp->io->rx(dp);
     walked += dp->walked;
     return walked;
 }

@@ -1,5 +1,7 @@
-/* The userspace datapath's state and the helpers its two I/O modes share: plain system calls on an
- * epoll loop (vnb_datapath.c) or io_uring (vnb_dp_uring.c). Internal: not seen by cffi. */
+/* The userspace datapath's state, the seam between its loop and its two tap I/O modes (struct
+ * vnb_dp_io: plain system calls in vnb_dp_plain.c, io_uring in vnb_dp_uring.c), and the steps the
+ * modes share (vnb_dp_core.c). Calls go one way: vnb_datapath.c (the loop) -> a mode -> the core;
+ * the core reaches a mode only through dp->io. Internal: not seen by cffi. */
 #ifndef VNB_DP_IMPL_H
 #define VNB_DP_IMPL_H
 #include "vnb_datapath.h"
@@ -91,7 +93,25 @@ struct vnb_dp_uring {
     uint8_t *buf_pool;         /* URING_MAX_BATCH * BOUNCE_LEN, for the RX slots */
 };
 
+struct vnb_dp;
+
+/* How a datapath moves frames between the rings and the tap, and how its loop sleeps. */
+struct vnb_dp_io {
+    const char *name;
+    int (*setup)(struct vnb_dp *dp);       /* on the thread, before the loop (NULL: nothing to set up) */
+    void (*drain)(struct vnb_dp *dp);      /* on the thread after the loop, guest memory still guarded */
+    void (*teardown)(struct vnb_dp *dp);   /* last, undoes setup */
+    /* Wait up to timeout_ms (0: only collect) for the loop's events; fills evs as epoll_wait does. */
+    int (*wait)(struct vnb_dp *dp, struct epoll_event *evs, int max, int timeout_ms);
+    /* A round of TX (guest -> tap) or RX (tap -> guest): 1 if the round's budget ran out with work left. */
+    int (*tx)(struct vnb_dp *dp);
+    int (*rx)(struct vnb_dp *dp);
+    void (*interrupt)(struct vnb_dp *dp, int q);   /* signal queue q's call eventfd */
+};
+VNB_INTERNAL extern const struct vnb_dp_io vnb_dp_plain_io, vnb_dp_uring_io;
+
 struct vnb_dp {
+    const struct vnb_dp_io *io;
     struct vnb_mem mem;
     struct vnb_vq vq[2];
     int configured[2];
@@ -133,10 +153,12 @@ static inline void stat_inc(uint64_t *c) { stat_add(c, 1); }
 
 enum { RX_OK, RX_TAP_EMPTY, RX_NEED_BUFFERS, RX_FAULT, RX_YIELD /* round over mid-frame: resume next round */ };
 
-/* vnb_datapath.c: shared by both modes */
+/* vnb_dp_core.c: shared by both modes */
 VNB_INTERNAL void flush_and_notify(struct vnb_dp *dp, int q);
 VNB_INTERNAL void report_fault(struct vnb_dp *dp, int q, int fault);
 VNB_INTERNAL void memory_gone(struct vnb_dp *dp);
+/* What epoll watches on the tap for the mode and the rings' state (EPOLLERR/EPOLLHUP it always does). */
+VNB_INTERNAL uint32_t tap_events_wanted(struct vnb_dp *dp);
 VNB_INTERNAL void update_tap(struct vnb_dp *dp);
 VNB_INTERNAL void arm_tap(struct vnb_dp *dp, int on);
 VNB_INTERNAL int dp_pop(struct vnb_dp *dp, int q);
@@ -146,6 +168,8 @@ VNB_INTERNAL int tap_hung_up(struct vnb_dp *dp);
 VNB_INTERNAL int flush_every(const struct vnb_vq *vq, uint32_t max);
 VNB_INTERNAL int rx_pop(struct vnb_dp *dp);
 VNB_INTERNAL int rx_continue(struct vnb_dp *dp);
+/* Remember where the header bytes of the frame being placed went (num_buffers is written there). */
+VNB_INTERNAL void hdr_track(struct vnb_dp *dp, const struct iovec *iov, int niov);
 VNB_INTERNAL void rx_drop_pending(struct vnb_dp *dp, int reason);
 /* TX tail when the ring ran empty: 1 to go on popping (the guest posted meanwhile), 0 to stop. */
 VNB_INTERNAL int tx_ring_empty(struct vnb_dp *dp);
@@ -163,18 +187,4 @@ static inline void uring_nowait_reset(struct vnb_dp *dp)
 {
     dp->u.read_flags = dp->u.write_flags = dp->u.batch && !dp->u.no_nowait ? RWF_NOWAIT : 0;
 }
-VNB_INTERNAL int uring_setup(struct vnb_dp *dp);
-VNB_INTERNAL void uring_teardown(struct vnb_dp *dp);
-VNB_INTERNAL int handle_tx_uring(struct vnb_dp *dp);
-VNB_INTERNAL int handle_rx_uring(struct vnb_dp *dp);
-/* Arm the polls the loop waits on (the epoll set, the tap as RX/TX want it) and wait up to
- * timeout_ms (0: only collect what completed). Fills evs like epoll_wait; returns their count. */
-VNB_INTERNAL int uring_wait(struct vnb_dp *dp, struct epoll_event *evs, int max, int timeout_ms);
-/* Signal the call eventfd of queue q with a WRITE SQE: submitted by the loop's next io_uring_enter,
- * which comes before the thread sleeps or moves another batch, so the interrupt is not delayed past
- * the work at hand, and costs no system call of its own. */
-VNB_INTERNAL void uring_interrupt(struct vnb_dp *dp, int q);
-/* Frames read into the pool but never placed, at stop: counted as dropped. */
-VNB_INTERNAL void uring_drop_queued(struct vnb_dp *dp);
-
 #endif

@@ -33,7 +33,9 @@ enum { TAG_TX = 1, TAG_RX, TAG_EPOLL, TAG_TAP_IN, TAG_TAP_OUT, TAG_CANCEL, TAG_I
 #define SQPOLL_SPIN_NS 20000   /* with SQPOLL, look at the CQ this long before sleeping for a batch */
 #define TX_FULL_NS 1000000     /* a batch of writes still waiting after this long found the tap full */
 
-int uring_setup(struct vnb_dp *dp)
+static void uring_teardown(struct vnb_dp *dp);
+
+static int uring_setup(struct vnb_dp *dp)
 {
     struct vnb_dp_uring *u = &dp->u;
     u->iov_pool = malloc((size_t)u->batch * VNB_MAX_IOV * sizeof(struct iovec));
@@ -62,7 +64,7 @@ int uring_setup(struct vnb_dp *dp)
     return 0;
 }
 
-void uring_teardown(struct vnb_dp *dp)
+static void uring_teardown(struct vnb_dp *dp)
 {
     struct vnb_dp_uring *u = &dp->u;
     if (u->ring.sqes)
@@ -183,7 +185,7 @@ static void run_batch(struct vnb_dp *dp)
     }
 }
 
-void uring_interrupt(struct vnb_dp *dp, int q)
+static void uring_interrupt(struct vnb_dp *dp, int q)
 {
     /* Never inside a batch being queued: flush_and_notify runs only after tx_submit / a read batch,
      * so this SQE cannot join a chain of linked writes. */
@@ -291,7 +293,7 @@ static int tx_submit(struct vnb_dp *dp)
 }
 
 /* As handle_tx. Returns 1 if the budget ran out with work left. */
-int handle_tx_uring(struct vnb_dp *dp)
+static int handle_tx_uring(struct vnb_dp *dp)
 {
     struct vnb_vq *vq = &dp->vq[TXQ];
     struct vnb_chain *c = &dp->chain;
@@ -446,7 +448,7 @@ static void rx_read_batch(struct vnb_dp *dp, uint32_t n)
 }
 
 /* As handle_rx, with the tap read a batch at a time. Returns 1 if the budget ran out with work left. */
-int handle_rx_uring(struct vnb_dp *dp)
+static int handle_rx_uring(struct vnb_dp *dp)
 {
     struct vnb_vq *vq = &dp->vq[RXQ];
     struct vnb_dp_uring *u = &dp->u;
@@ -508,7 +510,7 @@ int handle_rx_uring(struct vnb_dp *dp)
 
 /* At stop: place what the pool still holds (a frame that waited for buffers, and those after it);
  * what still cannot be placed is counted as dropped at stop. */
-void uring_drop_queued(struct vnb_dp *dp)
+static void uring_drop_queued(struct vnb_dp *dp)
 {
     struct vnb_dp_uring *u = &dp->u;
     if (dp->configured[RXQ] && !dp->vq[RXQ].broken && !dp->link_down && (dp->pend.active || u->rx_count)) {
@@ -540,7 +542,7 @@ static void arm_poll(struct vnb_dp *dp, int fd, uint32_t events, uint64_t ud, in
     *armed = 1;
 }
 
-int uring_wait(struct vnb_dp *dp, struct epoll_event *evs, int max, int timeout_ms)
+static int uring_wait(struct vnb_dp *dp, struct epoll_event *evs, int max, int timeout_ms)
 {
     struct vnb_dp_uring *u = &dp->u;
     if (!u->epoll_armed)
@@ -583,3 +585,20 @@ int uring_wait(struct vnb_dp *dp, struct epoll_event *evs, int max, int timeout_
     }
     return n;
 }
+
+/* RX through the ring while the tap takes NOWAIT reads; the plain path's readv otherwise (uring_rx). */
+static int uring_rx_round(struct vnb_dp *dp)
+{
+    return uring_rx(dp) ? handle_rx_uring(dp) : vnb_dp_plain_io.rx(dp);
+}
+
+const struct vnb_dp_io vnb_dp_uring_io = {
+    .name = "uring",
+    .setup = uring_setup,
+    .drain = uring_drop_queued,
+    .teardown = uring_teardown,
+    .wait = uring_wait,
+    .tx = handle_tx_uring,
+    .rx = uring_rx_round,
+    .interrupt = uring_interrupt,
+};

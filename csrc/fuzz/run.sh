@@ -45,7 +45,7 @@ for t in $targets; do
     fi
     case $t in
         virtq) srcs="csrc/device/vnb_virtq.c csrc/device/vnb_mem.c" ;;
-        datapath) srcs="csrc/device/vnb_datapath.c csrc/device/vnb_dp_uring.c csrc/device/vnb_uring.c csrc/device/vnb_virtq.c csrc/device/vnb_mem.c csrc/device/vnb_guard.c" ;;
+        datapath) srcs="csrc/device/vnb_datapath.c csrc/device/vnb_dp_core.c csrc/device/vnb_dp_plain.c csrc/device/vnb_dp_uring.c csrc/device/vnb_uring.c csrc/device/vnb_virtq.c csrc/device/vnb_mem.c csrc/device/vnb_guard.c" ;;
         *) echo "csrc/fuzz/run.sh: unknown target $t (virtq, datapath, vhost_user)" >&2; exit 2 ;;
     esac
     # shellcheck disable=SC2086

@@ -128,3 +128,35 @@ def test_the_device_extension_carries_none_of_the_tooling():
     assert "vnb_vq_pop" in names and "vnb_dp_start" in names
     tooling = [n for n in names if n.startswith(("vnb_peer", "vnb_drv", "vnb_guest", "vnb_raw", "vnb_cost"))]
     assert tooling == []
+
+
+CSRC = PKG.parent / "csrc"
+
+
+def _c_call_graph(folder: Path) -> dict[str, set[str]]:
+    """file -> the files in ``folder`` whose externally visible functions it calls."""
+    import re   # noqa: PLC0415 (only this test parses C)
+    strip = re.compile(r"/\*.*?\*/|//[^\n]*|\"(?:\\.|[^\"\\])*\"", re.S)
+    defined, text = {}, {}
+    for c in sorted(folder.glob("*.c")):
+        src = strip.sub(" ", c.read_text())
+        text[c.name] = src
+        for m in re.finditer(r"^(?!static\b)[A-Za-z_][\w \t*]*?\b(\w+)\([^;{]*\)\s*\{", src, re.M):
+            defined.setdefault(m.group(1), c.name)
+    graph = {}
+    for name, src in text.items():
+        called = set(re.findall(r"\b(\w+)\s*\(", src))
+        graph[name] = {defined[f] for f in called if f in defined and defined[f] != name}
+    return graph
+
+
+def test_no_c_file_of_the_device_calls_into_a_file_that_calls_it_back():
+    """The datapath loop calls a tap I/O mode, a mode calls the shared steps, never back (the
+    shared steps reach a mode only through dp->io): a change to one step is made in one place."""
+    graph = _c_call_graph(CSRC / "device")
+    assert graph["vnb_dp_core.c"] and graph["vnb_datapath.c"] >= {"vnb_dp_core.c"}, graph   # the parse works
+    def reaches(start, goal, seen):
+        return any(n == goal or (n not in seen and not seen.add(n) and reaches(n, goal, seen))
+                   for n in graph.get(start, ()))
+    cycles = sorted(f for f in graph if reaches(f, f, set()))
+    assert not cycles, {f: graph[f] for f in cycles}

@@ -1,4 +1,4 @@
-"""The userspace datapath: vnetbe's C thread (csrc/device/vnb_datapath.c) servicing the rings."""
+"""The userspace datapath: vnetbe's C thread (csrc/device/vnb_datapath.c, its tap I/O in vnb_dp_plain.c) servicing the rings."""
 from __future__ import annotations
 
 import os
