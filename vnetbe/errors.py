@@ -129,6 +129,15 @@ class GuestMemoryGone(GuestFault):
                               "its memory file)")
 
 
+class BufferIdInvalid(GuestFault):
+    name, what = "buffer_id", "packed ring: buffer id beyond the queue size, or reused while still in flight"
+
+
+class ChainFlags(GuestFault):
+    name, what = "chain_flags", ("packed ring: a chain continues into a descriptor the driver has not made "
+                                 "available (wrong AVAIL/USED bits for the wrap counter)")
+
+
 class VhostFault(GuestFault):
     """Only Python knows this one (vhost's ERR eventfd): its code lies above every C code."""
     code, name, what = 100, "vhost", "vhost-net reported an error on the queue's ERR eventfd"

@@ -87,7 +87,8 @@ int vnb_dp_set_queue(struct vnb_dp *dp, int q, uint32_t num, uint64_t desc_gpa, 
     int r = vnb_vq_init(&dp->vq[q], &dp->mem, num, desc_gpa, avail_gpa, used_gpa, dp->flags);
     if (r)
         return r;
-    vnb_vq_set_base(&dp->vq[q], last_avail_idx, used_idx);
+    if ((r = vnb_vq_set_base(&dp->vq[q], last_avail_idx, used_idx)))
+        return r;
     dp->ring_mode[q] = 0;
     dp->kick_fd[q] = kick_fd;
     dp->call_fd[q] = call_fd;
@@ -173,8 +174,7 @@ int vnb_dp_get_qstate(struct vnb_dp *dp, int q, struct vnb_dp_qstate *out)
         return -EINVAL;
     struct vnb_vq *vq = &dp->vq[q];
     out->num = vq->num;
-    out->last_avail_idx = vq->last_avail_idx;
-    out->used_idx = vq->used_idx;
+    vnb_vq_get_base(vq, &out->last_avail_idx, &out->used_idx);
     /* broken and fault may be set by the running thread (vnb_vq_fail): acquire pairs with its release. */
     out->broken = __atomic_load_n(&vq->broken, __ATOMIC_ACQUIRE);
     out->fault = __atomic_load_n(&vq->fault, __ATOMIC_RELAXED);

@@ -21,7 +21,7 @@ struct vnb_dp_stats {
     uint64_t busy_polls;                   /* idle loop rounds spent polling instead of sleeping */
     uint64_t rx_merged;                    /* frames spread over more than one buffer */
     uint64_t drops[9];                     /* by enum vnb_drop (VNB_DROP_MAX) */
-    uint64_t faults[16];                   /* by enum vnb_fault (VNB_FAULT_MAX) */
+    uint64_t faults[18];                   /* by enum vnb_fault (VNB_FAULT_MAX) */
 };
 
 struct vnb_dp_qstate {

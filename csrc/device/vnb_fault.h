@@ -21,7 +21,9 @@ enum vnb_fault {
     VNB_FAULT_RING_ADDR = 13,         /* ring itself outside guest memory */
     VNB_FAULT_INDIRECT_NEXT = 14,     /* INDIRECT and NEXT on one descriptor (§2.7.5.3.1) */
     VNB_FAULT_MEM_GONE = 15,          /* guest memory vanished under its mapping (SIGBUS, EFAULT): shrunk */
-    VNB_FAULT_MAX = 16
+    VNB_FAULT_BUFFER_ID = 16,         /* packed: a buffer id out of range, or reused while still in flight */
+    VNB_FAULT_CHAIN_FLAGS = 17,       /* packed: a chain runs into a descriptor not made available */
+    VNB_FAULT_MAX = 18
 };
 
 enum vnb_drop {

@@ -99,8 +99,43 @@ def datapath_seeds():
                                         rx=[desc(BUF + 256 * i, 256, WRITE) for i in range(8)], rounds=2, batch=8)
 
 
+P_AVAIL, P_USED = 1 << 7, 1 << 15
+
+
+def pdesc(addr, length, buf_id=0, flags=0, wrap=1):
+    return struct.pack("<QIHH", addr, length, buf_id, flags | (P_AVAIL if wrap else P_USED))
+
+
+def packed_seed(num, flags, descs, ops, extra=()):
+    """fuzz_packed.c's input: queue size, flags, the op script, then region A (ring at 0, buffers above)."""
+    a = bytearray(RSIZE)
+    for i, d in enumerate(descs):
+        a[16 * i:16 * i + 16] = d
+    for gpa, blob in extra:
+        a[gpa:gpa + len(blob)] = blob
+    return bytes([num - 1, flags, len(ops)]) + bytes(ops) + bytes(a)
+
+
+POP, UNPOP2, USE4, FLUSH, ENABLE, DISABLE = 0, 3 | 1 << 3, 4 | 3 << 3, 6, 7 | 8, 7
+
+
+def packed_seeds():
+    ev_ind = 1 | 2
+    chains = [pdesc(BUF, 12, 0, NEXT), pdesc(BUF + 64, 1500, 0), pdesc(BUF + 2048, 2048, 1, WRITE),
+              pdesc(TABLE, 32, 2, INDIRECT), pdesc(RSIZE - 100, 2048, 3, WRITE)]
+    table = [(TABLE, pdesc(BUF, 12, 0, 0)[:14] + b"\0\0" + pdesc(BUF + 512, 256, 0, WRITE)[:14] + struct.pack("<H", WRITE))]
+    script = [DISABLE, POP, POP, POP, UNPOP2, POP, USE4, FLUSH, ENABLE, POP, USE4, FLUSH]
+    yield "chains_indirect_unpop", packed_seed(8, ev_ind, chains, script, table)
+    yield "laps", packed_seed(3, 1, [pdesc(BUF + 64 * i, 60, i) for i in range(3)], [POP, USE4, FLUSH] * 8)
+    yield "odd_size", packed_seed(5, 0, [pdesc(BUF, 60, i % 5) for i in range(5)], [POP] * 6 + [USE4, USE4, FLUSH])
+    yield "wrong_wrap_mid_chain", packed_seed(8, ev_ind, [pdesc(BUF, 12, 0, NEXT), pdesc(BUF, 12, 0, 0, wrap=0)], [POP])
+    yield "id_reused", packed_seed(8, ev_ind, [pdesc(BUF, 12, 5), pdesc(BUF, 12, 5)], [POP, POP])
+    yield "nested_indirect", packed_seed(8, ev_ind, [pdesc(TABLE, 16, 0, INDIRECT)], [POP],
+                                         [(TABLE, struct.pack("<QIHH", TABLE, 16, 0, INDIRECT))])
+
+
 def main():
-    for target, seeds in (("virtq", virtq_seeds()), ("datapath", datapath_seeds())):
+    for target, seeds in (("virtq", virtq_seeds()), ("packed", packed_seeds()), ("datapath", datapath_seeds())):
         d = OUT / target
         d.mkdir(parents=True, exist_ok=True)
         for name, blob in seeds:

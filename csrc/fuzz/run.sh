@@ -5,7 +5,7 @@
 # oracle fails; the input that did it is left in build/fuzz/<target>/crash-*.
 #
 #   sh csrc/fuzz/run.sh                  # every target, 60 s each (the test command's short run)
-#   sh csrc/fuzz/run.sh 3600 virtq       # a long run of one target
+#   sh csrc/fuzz/run.sh 3600 virtq       # a long run of one target (virtq, packed, datapath, vhost_user)
 #   FUZZ_JOBS=2 sh csrc/fuzz/run.sh 600  # libFuzzer -jobs/-workers for long runs
 #
 # New inputs found go to build/fuzz/<target>/corpus (not the tree); merge the interesting ones into
@@ -14,7 +14,8 @@ set -eu
 cd "$(dirname "$0")/../.."
 secs=${1:-60}
 [ "$#" -gt 0 ] && shift
-targets=${*:-"virtq datapath vhost_user"}
+targets=${*:-"virtq packed datapath vhost_user"}
+ring="csrc/device/vnb_virtq.c csrc/device/vnb_vq_chain.c csrc/device/vnb_vq_split.c csrc/device/vnb_vq_packed.c"
 cc=$(command -v clang-14 || command -v clang || true)
 if [ -z "$cc" ]; then
     echo "csrc/fuzz/run.sh: no clang: apt-get install clang-14 libclang-rt-14-dev" >&2
@@ -44,9 +45,9 @@ for t in $targets; do
         continue
     fi
     case $t in
-        virtq) srcs="csrc/device/vnb_virtq.c csrc/device/vnb_mem.c" ;;
-        datapath) srcs="csrc/device/vnb_datapath.c csrc/device/vnb_dp_core.c csrc/device/vnb_dp_plain.c csrc/device/vnb_dp_uring.c csrc/device/vnb_uring.c csrc/device/vnb_virtq.c csrc/device/vnb_mem.c csrc/device/vnb_guard.c" ;;
-        *) echo "csrc/fuzz/run.sh: unknown target $t (virtq, datapath, vhost_user)" >&2; exit 2 ;;
+        virtq|packed) srcs="$ring csrc/device/vnb_mem.c" ;;
+        datapath) srcs="csrc/device/vnb_datapath.c csrc/device/vnb_dp_core.c csrc/device/vnb_dp_plain.c csrc/device/vnb_dp_uring.c csrc/device/vnb_uring.c $ring csrc/device/vnb_mem.c csrc/device/vnb_guard.c" ;;
+        *) echo "csrc/fuzz/run.sh: unknown target $t (virtq, packed, datapath, vhost_user)" >&2; exit 2 ;;
     esac
     # shellcheck disable=SC2086
     "$cc" $flags -Icsrc/device "csrc/fuzz/fuzz_$t.c" $srcs -lpthread -o "$out/fuzz"

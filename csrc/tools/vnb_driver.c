@@ -1,5 +1,6 @@
-/* Driver side of the split virtqueue, after Linux drivers/virtio/virtio_ring.c (split variant). */
-#include "vnb_driver.h"
+/* Driver side of the split virtqueue, after Linux drivers/virtio/virtio_ring.c (split variant), and
+ * the API's dispatch to the packed one (vnb_driver_packed.c) on VNB_F_PACKED. */
+#include "vnb_driver_impl.h"
 #include <errno.h>
 #include <string.h>
 
@@ -11,8 +12,18 @@ _Static_assert(sizeof(((struct vnb_drv_vq *)0)->ndesc) == VNB_MAX_QUEUE_SIZE * s
 int vnb_drv_vq_init(struct vnb_drv_vq *q, const struct vnb_mem *mem, uint32_t num, uint64_t desc_gpa,
                     uint64_t avail_gpa, uint64_t used_gpa, uint32_t flags)
 {
-    if (num == 0 || num > VNB_MAX_QUEUE_SIZE || (num & (num - 1)))
+    int packed = flags & VNB_F_PACKED;
+    if (num == 0 || num > VNB_MAX_QUEUE_SIZE || (!packed && (num & (num - 1))))
         return -EINVAL;
+    q->num = num;
+    q->flags = flags;
+    q->free_head = 0;
+    q->num_free = num;
+    q->avail_idx = q->last_used_idx = q->num_added = 0;
+    for (uint32_t i = 0; i < num; i++)
+        q->next[i] = (uint16_t)(i + 1);
+    if (packed)
+        return drv_packed_init(q, mem, desc_gpa, avail_gpa, used_gpa);
     q->desc = vnb_mem_ptr(mem, desc_gpa, vring_desc_size(num));
     q->avail = vnb_mem_ptr(mem, avail_gpa, vring_avail_size(num));
     q->used = vnb_mem_ptr(mem, used_gpa, vring_used_size(num));
@@ -21,13 +32,6 @@ int vnb_drv_vq_init(struct vnb_drv_vq *q, const struct vnb_mem *mem, uint32_t nu
     memset(q->desc, 0, vring_desc_size(num));
     memset(q->avail, 0, vring_avail_size(num));
     memset(q->used, 0, vring_used_size(num));
-    q->num = num;
-    q->flags = flags;
-    q->free_head = 0;
-    q->num_free = num;
-    q->avail_idx = q->last_used_idx = q->num_added = 0;
-    for (uint32_t i = 0; i < num; i++)
-        q->next[i] = (uint16_t)(i + 1);
     return 0;
 }
 
@@ -45,6 +49,8 @@ static uint16_t take_desc(struct vnb_drv_vq *q)
 int vnb_drv_add(struct vnb_drv_vq *q, const struct vnb_seg *segs, uint32_t nsegs, void *indirect_table,
                 uint64_t indirect_gpa, uint32_t token)
 {
+    if (q->flags & VNB_F_PACKED)
+        return drv_packed_add(q, segs, nsegs, indirect_table, indirect_gpa, token);
     struct vring_desc *desc = q->desc;
     struct vring_avail *avail = q->avail;
     if (nsegs == 0)
@@ -90,6 +96,10 @@ int vnb_drv_add(struct vnb_drv_vq *q, const struct vnb_seg *segs, uint32_t nsegs
 
 void vnb_drv_publish(struct vnb_drv_vq *q)
 {
+    if (q->flags & VNB_F_PACKED) {
+        drv_packed_publish(q);
+        return;
+    }
     struct vring_avail *avail = q->avail;
     /* Release: descriptors and ring entries are visible to the device before the new idx. */
     vnb_store_release(&avail->idx, q->avail_idx);
@@ -98,6 +108,8 @@ void vnb_drv_publish(struct vnb_drv_vq *q)
 /* virtqueue_kick_prepare: should the device be kicked for what was published since the last call? */
 int vnb_drv_kick_prepare(struct vnb_drv_vq *q)
 {
+    if (q->flags & VNB_F_PACKED)
+        return drv_packed_kick_prepare(q);
     struct vring_used *used = q->used;
     /* Full barrier: the idx store must be visible before we read avail_event/flags (pairs with the
      * device's barrier in enable_notify), or a device going to sleep could miss these buffers. */
@@ -111,6 +123,8 @@ int vnb_drv_kick_prepare(struct vnb_drv_vq *q)
 
 int vnb_drv_used_pending(struct vnb_drv_vq *q)
 {
+    if (q->flags & VNB_F_PACKED)
+        return drv_packed_used_pending(q);
     struct vring_used *used = q->used;
     return (uint16_t)(vnb_load_acquire(&used->idx) - q->last_used_idx);
 }
@@ -118,6 +132,8 @@ int vnb_drv_used_pending(struct vnb_drv_vq *q)
 /* Take one used element. Returns 1 with len and token set, 0 if none. */
 int vnb_drv_get_used(struct vnb_drv_vq *q, uint32_t *len, uint32_t *token)
 {
+    if (q->flags & VNB_F_PACKED)
+        return drv_packed_get_used(q, len, token);
     struct vring_used *used = q->used;
     /* Acquire: the element is read only after seeing the idx that published it. */
     if (vnb_load_acquire(&used->idx) == q->last_used_idx)
@@ -144,6 +160,8 @@ int vnb_drv_get_used(struct vnb_drv_vq *q, uint32_t *len, uint32_t *token)
  * are already pending, so the caller must not sleep. */
 int vnb_drv_enable_cb(struct vnb_drv_vq *q, uint16_t delay)
 {
+    if (q->flags & VNB_F_PACKED)
+        return drv_packed_enable_cb(q, delay);
     struct vring_avail *avail = q->avail;
     struct vring_used *used = q->used;
     if (q->flags & VNB_F_EVENT_IDX)
@@ -158,6 +176,10 @@ int vnb_drv_enable_cb(struct vnb_drv_vq *q, uint16_t delay)
 
 void vnb_drv_disable_cb(struct vnb_drv_vq *q)
 {
+    if (q->flags & VNB_F_PACKED) {
+        drv_packed_disable_cb(q);
+        return;
+    }
     struct vring_avail *avail = q->avail;
     /* With EVENT_IDX, a used_event left behind suppresses interrupts by itself. */
     if (!(q->flags & VNB_F_EVENT_IDX))

@@ -1,4 +1,5 @@
-/* Driver side of a split virtqueue (what a guest's virtio_ring.c does): pure ring logic, no I/O.
+/* Driver side of a virtqueue, split or packed (VNB_F_PACKED), as a guest's virtio_ring.c does it:
+ * pure ring logic, no I/O; one API over both formats (vnb_driver.c, vnb_driver_packed.c).
  * The guest is our own test and benchmark tool, so its private bookkeeping (free list, tokens) lives
  * outside guest memory where a device could not corrupt it. */
 #ifndef VNB_DRIVER_H
@@ -25,8 +26,13 @@ struct vnb_drv_vq {
     uint16_t num_free;
     uint16_t avail_idx;         /* shadow of avail->idx: what we have published or will */
     uint16_t last_used_idx;
-    uint16_t num_added;         /* chains added since the last kick decision */
-    uint16_t _pad;
+    uint16_t num_added;         /* chains (packed: ring slots) added since the last kick decision */
+    /* packed: avail_idx and last_used_idx are ring positions, each with its wrap counter */
+    uint8_t avail_wrap, used_wrap;
+    uint8_t pending;            /* a chain added since the last publish: its head's flags wait for it */
+    uint8_t _pad;
+    uint16_t pending_pos, pending_flags;
+    uint16_t event_flags;       /* what our (driver) event suppression structure says (shadow) */
     uint16_t next[32768];       /* private free list */
     uint16_t ndesc[32768];      /* descriptors held by the chain headed here */
     uint32_t token[32768];      /* caller's cookie per head */

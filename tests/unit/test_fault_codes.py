@@ -25,6 +25,8 @@ BY_MEANING = {
     "VNB_FAULT_RING_ADDR": (errors.RingOutOfBounds, "ring_addr"),
     "VNB_FAULT_INDIRECT_NEXT": (errors.IndirectWithNext, "indirect_next"),
     "VNB_FAULT_MEM_GONE": (errors.GuestMemoryGone, "mem_gone"),
+    "VNB_FAULT_BUFFER_ID": (errors.BufferIdInvalid, "buffer_id"),
+    "VNB_FAULT_CHAIN_FLAGS": (errors.ChainFlags, "chain_flags"),
 }
 
 DROPS = {

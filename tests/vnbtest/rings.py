@@ -1,4 +1,4 @@
-"""Both ends of one split virtqueue over GuestMemory (vnetbe's driver and the device's ring code),
+"""Both ends of one virtqueue, split or packed, over GuestMemory (vnetbe's driver and the device's ring code),
 and a reference GPA translation computed from the Python region list, not the C table."""
 from __future__ import annotations
 
@@ -47,20 +47,29 @@ def pack_desc(addr: int, length: int, flags: int = 0, nxt: int = 0) -> bytes:
     return struct.pack("<QIHH", addr & (2**64 - 1), length & 0xFFFFFFFF, flags & 0xFFFF, nxt & 0xFFFF)
 
 
+def pack_packed_desc(addr: int, length: int, buf_id: int = 0, flags: int = 0) -> bytes:
+    return struct.pack("<QIHH", addr & (2**64 - 1), length & 0xFFFFFFFF, buf_id & 0xFFFF, flags & 0xFFFF)
+
+
+P_AVAIL, P_USED = 1 << 7, 1 << 15   # packed descriptor flags (VIRTIO 1.2 2.8.1)
+
+
 class Ring:
-    """One split virtqueue with both ends: vnb_drv_vq (driver) and vnb_vq (device), over ``mem``."""
+    """One virtqueue with both ends: vnb_drv_vq (driver) and vnb_vq (device), over ``mem``. Packed, its
+    ``avail`` and ``used`` are the driver's and the device's event suppression structures."""
 
     def __init__(self, mem: GuestMemory, num: int, *, event_idx: bool = False, indirect: bool = True,
-                 table_slots: int = 0, table_entries: int = 16):
-        self.mem, self.num = mem, num
+                 table_slots: int = 0, table_entries: int = 16, packed: bool = False):
+        self.mem, self.num, self.packed = mem, num, packed
         self.desc = mem.alloc(16 * num, 16)
-        self.avail = mem.alloc(6 + 2 * num, 2)
-        self.used = mem.alloc(6 + 8 * num, 4)
+        self.avail = mem.alloc(4 if packed else 6 + 2 * num, 4 if packed else 2)
+        self.used = mem.alloc(4 if packed else 6 + 8 * num, 4)
         self.drv = ffi.new("struct vnb_drv_vq *")
-        dflags = (lib.VNB_F_EVENT_IDX if event_idx else 0) | (lib.VNB_F_INDIRECT if indirect else 0)
+        dflags = ((lib.VNB_F_EVENT_IDX if event_idx else 0) | (lib.VNB_F_INDIRECT if indirect else 0)
+                  | (lib.VNB_F_PACKED if packed else 0))
         assert lib.vnb_drv_vq_init(self.drv, mem.table, num, self.desc, self.avail, self.used, dflags) == 0
         self.vq = ffi.new("struct vnb_vq *")
-        vflags = (lib.VNB_F_EVENT_IDX if event_idx else 0) | (lib.VNB_F_INDIRECT if indirect else 0)
+        vflags = dflags
         assert lib.vnb_vq_init(self.vq, mem.table, num, self.desc, self.avail, self.used, vflags) == 0
         self.chain = ffi.new("struct vnb_chain *")
         # Indirect tables live in guest memory until their chain comes back: one slot per token.
@@ -90,8 +99,27 @@ class Ring:
     def write_desc(self, i: int, addr: int, length: int, flags: int = 0, nxt: int = 0) -> None:
         self.mem.write(self.desc + 16 * i, pack_desc(addr, length, flags, nxt))
 
+    # --- packed: the descriptor ring and the event suppression structures ---
+    def packed_desc(self, i: int) -> tuple[int, int, int, int]:
+        """(addr, len, id, flags) of ring slot i."""
+        return struct.unpack("<QIHH", self.mem.read(self.desc + 16 * (i % self.num), 16))
+
+    def write_packed_desc(self, i: int, addr: int, length: int, buf_id: int, flags: int) -> None:
+        self.mem.write(self.desc + 16 * i, pack_packed_desc(addr, length, buf_id, flags))
+
+    driver_event = property(lambda s: struct.unpack("<HH", s.mem.read(s.avail, 4)),
+                            lambda s, v: s.mem.write(s.avail, struct.pack("<HH", *v)))   # (off_wrap, flags)
+    device_event = property(lambda s: struct.unpack("<HH", s.mem.read(s.used, 4)))
+
+    def base(self) -> tuple[int, int]:
+        """The device's (last_avail_idx, used_idx) as vnb_vq_get_base gives them (packed: | wrap << 15)."""
+        a, u = ffi.new("uint16_t *"), ffi.new("uint16_t *")
+        lib.vnb_vq_get_base(self.vq, a, u)
+        return a[0], u[0]
+
     def set_base(self, idx: int) -> None:
         """Start both sides at ring position ``idx`` (as after a hand-over from another device)."""
+        assert not self.packed, "a packed ring's position lives in its descriptors' flags"
         idx &= 0xFFFF
         self.avail_idx = idx
         self.used_idx = idx
