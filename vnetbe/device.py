@@ -118,7 +118,7 @@ class VirtioNet:
         cfg = cfg or QueueConfig(**kw)
         if self.mem is None:
             raise ConfigError("set_queue() before the guest memory is known: call set_memory() first")
-        cfg.validate(self.mem, self.has(spec.VIRTIO_RING_F_EVENT_IDX))
+        cfg.validate(self.mem, self.has(spec.VIRTIO_RING_F_EVENT_IDX), self.has(spec.VIRTIO_F_RING_PACKED))
         self.queues[index] = cfg
 
     def remove_queue(self, index: int) -> None:

@@ -1,4 +1,4 @@
-"""VIRTIO 1.2 constants for the split virtqueue (§2.7) and the network device (§5.1).
+"""VIRTIO 1.2 constants for the split and packed virtqueues (§2.7, §2.8) and the network device (§5.1).
 
 Names are those of the spec and include/uapi/linux/virtio_*.h, and so are the values: they come
 from the kernel's headers through the C extension (csrc/device/vnb_uapi.h), never retyped here.
@@ -29,6 +29,7 @@ VIRTIO_F_ANY_LAYOUT = lib.VIRTIO_F_ANY_LAYOUT
 VIRTIO_RING_F_INDIRECT_DESC = lib.VIRTIO_RING_F_INDIRECT_DESC
 VIRTIO_RING_F_EVENT_IDX = lib.VIRTIO_RING_F_EVENT_IDX
 VIRTIO_F_VERSION_1 = lib.VIRTIO_F_VERSION_1
+VIRTIO_F_RING_PACKED = lib.VIRTIO_F_RING_PACKED
 
 FEATURE_NAMES = {
     VIRTIO_NET_F_CSUM: "CSUM",
@@ -44,6 +45,7 @@ FEATURE_NAMES = {
     VIRTIO_RING_F_INDIRECT_DESC: "INDIRECT_DESC",
     VIRTIO_RING_F_EVENT_IDX: "EVENT_IDX",
     VIRTIO_F_VERSION_1: "VERSION_1",
+    VIRTIO_F_RING_PACKED: "RING_PACKED",
 }
 
 
@@ -114,9 +116,20 @@ def ring_flags(features: int) -> int:
     """The VNB_F_* flags (csrc/device/vnb_ring.h) the C sides act on, from negotiated feature bits."""
     return ((lib.VNB_F_EVENT_IDX if features & bit(VIRTIO_RING_F_EVENT_IDX) else 0)
             | (lib.VNB_F_INDIRECT if features & bit(VIRTIO_RING_F_INDIRECT_DESC) else 0)
-            | (lib.VNB_F_MRG_RXBUF if features & bit(VIRTIO_NET_F_MRG_RXBUF) else 0))
+            | (lib.VNB_F_MRG_RXBUF if features & bit(VIRTIO_NET_F_MRG_RXBUF) else 0)
+            | (lib.VNB_F_PACKED if features & bit(VIRTIO_F_RING_PACKED) else 0))
 
 
-def check_queue_size(num: int) -> None:
+# --- packed ring (§2.8): the descriptor ring, and two 4-byte event suppression structures ---
+PACKED_EVENT_SIZE = 4
+PACKED_WRAP = 1 << 15       # a packed ring position's wrap counter, in the vhost(-user) ring base encoding
+PACKED_START = PACKED_WRAP  # position 0, wrap counter 1: where a fresh packed ring starts (§2.8.1)
+
+
+def check_queue_size(num: int, packed: bool = False) -> None:
+    if packed:
+        if not 1 <= num <= MAX_QUEUE_SIZE:
+            raise ConfigError(f"packed queue size {num} is not between 1 and {MAX_QUEUE_SIZE}")
+        return
     if num < 1 or num > MAX_QUEUE_SIZE or num & (num - 1):
         raise ConfigError(f"queue size {num} is not a power of two between 1 and {MAX_QUEUE_SIZE}")

@@ -14,7 +14,7 @@ int vnb_guest_init(struct vnb_guest *g, const struct vnb_mem *mem, uint32_t flag
                    uint64_t rx_buf_gpa, uint32_t rx_buf_size, uint32_t rx_segs,
                    int rx_kick, int rx_call, int tx_kick, int tx_call)
 {
-    uint32_t qflags = flags & (VNB_F_EVENT_IDX | VNB_F_INDIRECT);
+    uint32_t qflags = flags & (VNB_F_EVENT_IDX | VNB_F_INDIRECT | VNB_F_PACKED);
     int r = vnb_drv_vq_init(&g->rxq, mem, num_rx, rx_desc, rx_avail, rx_used, qflags);
     if (r)
         return r;

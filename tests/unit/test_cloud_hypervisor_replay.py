@@ -120,7 +120,7 @@ class CloudHypervisorFrontend(VhostUserFrontend):
         for q, cfg in sorted(self.queues.items()):
             self._send(Request.SET_VRING_ADDR, P.VRING_ADDR.pack(q, 0, self.mem.hva(cfg.desc), self.mem.hva(cfg.used),
                                                                  self.mem.hva(cfg.avail), 0), ack=True)
-            self._send(Request.SET_VRING_BASE, P.VRING_STATE.pack(q, cfg.last_avail_idx), ack=True)
+            self._send(Request.SET_VRING_BASE, P.VRING_STATE.pack(q, cfg.base(False)[0]), ack=True)
             self._send(Request.SET_VRING_CALL, P.U64.pack(q), [cfg.call_fd], ack=True)
             self._send(Request.SET_VRING_KICK, P.U64.pack(q), [cfg.kick_fd], ack=True)
         for q in sorted(self.queues):

@@ -24,6 +24,7 @@ from vnbtest.vhost_user import (
 from vnbtest.leaks import assert_nothing_left, footprint
 from vnbtest.wait import wait_for
 
+from vnetbe import spec
 from vnetbe.errors import ProtocolError
 from vnetbe.vhost_user import Session
 from vnetbe.vhost_user import protocol as P
@@ -75,6 +76,32 @@ def test_ring_position_survives_get_vring_base_and_restart(rig):
         fr.fe.start_ring(1, cfg)
         fr.guest.send(_frame(64, 9))
         assert rig.link.sent(2.0)[12:] == _frame(64, 9)
+    finally:
+        fr.close()
+
+
+def test_packed_rings_cross_the_server_and_their_base_is_position_and_wrap_both_sides(rig):
+    """VIRTIO_F_RING_PACKED behind vhost-user: frames both ways over packed rings; GET_VRING_BASE answers
+    last_avail | used << 16, each a position with its wrap counter in bit 15 (as QEMU and DPDK read it),
+    and a ring restarted there goes on (SET_VRING_BASE takes the low half)."""
+    fr = FrontendRig(rig.path, packed=True, queue_size=5)   # any size: packed rings need no power of two
+    try:
+        assert fr.guest.packed and fr.fe.driver_features & spec.bit(spec.VIRTIO_F_RING_PACKED)
+        for i in range(7):   # past one lap of the 5-slot ring: the wrap counter flips
+            fr.guest.send(_frame(64, i))
+            assert rig.link.sent(2.0)[12:] == _frame(64, i)
+            rig.link.inject(_frame(80, i))
+            assert fr.guest.receive(timeout=2.0) == _frame(80, i)
+        fr.guest.drain_tx()
+        base = fr.fe.get_vring_base(1)
+        assert base == (2 | (2 << 16)), hex(base)   # position 2, wrap counter 0, both sides
+        cfg = fr.fe.queues[1]
+        cfg.last_avail_idx = base & 0xFFFF
+        fr.fe.start_ring(1, cfg)
+        fr.guest.send(_frame(64, 9))
+        assert rig.link.sent(2.0)[12:] == _frame(64, 9)
+        dev = rig.server.stats()["device"]
+        assert (dev["tx_frames"], dev["rx_frames"], dev["faults"]) == (8, 7, {})
     finally:
         fr.close()
 

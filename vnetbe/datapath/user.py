@@ -40,9 +40,11 @@ class UserDatapath:
         dp = self._dp
         check(lib.vnb_dp_set_mem(dp, mem.table), "vnb_dp_set_mem")
         check(lib.vnb_dp_set_features(dp, spec.ring_flags(features), hdr_len), "vnb_dp_set_features")
+        packed = bool(features & spec.bit(spec.VIRTIO_F_RING_PACKED))
         for q, cfg in queues.items():
+            last_avail, used = cfg.base(packed)
             rc = lib.vnb_dp_set_queue(dp, q, cfg.size, cfg.desc, cfg.avail, cfg.used, cfg.kick_fd,
-                                      cfg.call_fd, cfg.last_avail_idx & 0xFFFF, cfg.used_idx & 0xFFFF)
+                                      cfg.call_fd, last_avail & 0xFFFF, used & 0xFFFF)
             if rc < 0:
                 raise ConfigError(f"queue {q} rejected by the datapath (errno {-rc}): check its addresses")
             mode = (lib.VNB_RING_POLLED if cfg.polled else 0) | (lib.VNB_RING_DISCARD if cfg.discard else 0)

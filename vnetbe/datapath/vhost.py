@@ -139,6 +139,9 @@ class VhostDatapath:
     def start(self, mem, features: int, hdr_len: int, queues: dict[int, QueueConfig], link, err_fd: int,
               busyloop_us: int = 0) -> None:
         missing = features & ~self.supported_features
+        if missing & spec.bit(spec.VIRTIO_F_RING_PACKED):
+            raise ConfigError("vhost-net has no packed rings (the driver negotiated VIRTIO_F_RING_PACKED): keep "
+                              "this device on user or uring, or have the guest use split rings (QEMU: packed=off)")
         if missing:
             raise ConfigError("vhost-net here cannot serve features the driver negotiated: "
                               f"{', '.join(spec.features_to_names(missing)) or hex(missing)}")
@@ -154,7 +157,7 @@ class VhostDatapath:
         io.set_mem_table(fd, [(r.gpa, r.size, r.hva) for r in mem.regions])
         for q, cfg in sorted(queues.items()):
             io.set_vring_num(fd, q, cfg.size)
-            io.set_vring_base(fd, q, cfg.last_avail_idx & 0xFFFF)
+            io.set_vring_base(fd, q, cfg.base(False)[0] & 0xFFFF)   # split only: vhost-net has no packed rings
             io.set_vring_addr(fd, q, mem.hva(cfg.desc), mem.hva(cfg.used), mem.hva(cfg.avail))
             io.set_vring_kick(fd, q, cfg.kick_fd)
             io.set_vring_call(fd, q, cfg.call_fd)

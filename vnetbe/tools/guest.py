@@ -17,7 +17,9 @@ from ..queue import QueueConfig
 from ._native import ffi, lib
 
 LAYOUTS = {"single": 0, "split_hdr": 1, "scatter": 2, "indirect": 3}
-DEFAULT_FEATURES = spec.DEVICE_FEATURES
+# What the guest asks for by default: everything but the packed ring layout, which it asks for with
+# packed=True (as a Linux guest under QEMU does with packed=on).
+DEFAULT_FEATURES = spec.DEVICE_FEATURES & ~spec.bit(spec.VIRTIO_F_RING_PACKED)
 
 
 class GuestDriver:
@@ -26,15 +28,22 @@ class GuestDriver:
     ``features``: what the guest wants (default everything the device offers). ``rx_buf_size``:
     bytes per RX buffer (default 2048 with mergeable buffers, else enough for the largest frame).
     ``tx_layout``: how a frame is laid out in descriptors (single, split_hdr, scatter, indirect).
+    ``packed``: ask for packed rings (VIRTIO_F_RING_PACKED); ConfigError if the device does not offer them.
     """
 
     def __init__(self, dev, *, queue_size: int = 256, rx_queue_size: int | None = None,
                  features: int | None = None, rx_buf_size: int | None = None, rx_segs: int = 1,
-                 tx_layout: str = "single", start: bool = True):
+                 tx_layout: str = "single", start: bool = True, packed: bool = False):
         self.dev = dev
         mem = dev.mem
         want = DEFAULT_FEATURES if features is None else features
+        if packed:
+            if not dev.device_features & spec.bit(spec.VIRTIO_F_RING_PACKED):
+                raise ConfigError("this device does not offer packed rings (VIRTIO_F_RING_PACKED): the vhost "
+                                  "datapath cannot serve them; use user or uring")
+            want |= spec.bit(spec.VIRTIO_F_RING_PACKED)
         self.features = dev.set_driver_features(want & dev.device_features)
+        self.packed = bool(self.features & spec.bit(spec.VIRTIO_F_RING_PACKED))
         self.event_idx = bool(self.features & spec.bit(spec.VIRTIO_RING_F_EVENT_IDX))
         self.mrg_rxbuf = bool(self.features & spec.bit(spec.VIRTIO_NET_F_MRG_RXBUF))
         self.indirect = bool(self.features & spec.bit(spec.VIRTIO_RING_F_INDIRECT_DESC))
@@ -42,8 +51,8 @@ class GuestDriver:
         self.tx_layout = self._layout(tx_layout)
         ntx = queue_size
         nrx = rx_queue_size or queue_size
-        spec.check_queue_size(ntx)
-        spec.check_queue_size(nrx)
+        spec.check_queue_size(ntx, self.packed)
+        spec.check_queue_size(nrx, self.packed)
         if rx_buf_size is None:
             rx_buf_size = 2048 if self.mrg_rxbuf else spec.MAX_FRAME + self.hdr_len
         if not self.mrg_rxbuf and rx_buf_size < 1514 + self.hdr_len:
@@ -53,8 +62,12 @@ class GuestDriver:
 
         rings = {}
         for q, n in ((spec.RX_QUEUE, nrx), (spec.TX_QUEUE, ntx)):
-            rings[q] = (n, mem.alloc(spec.desc_table_size(n), 16),
-                        mem.alloc(spec.avail_ring_size(n), 2), mem.alloc(spec.used_ring_size(n), 4))
+            if self.packed:   # the descriptor ring, the driver's and the device's event suppression
+                rings[q] = (n, mem.alloc(spec.desc_table_size(n), 16),
+                            mem.alloc(spec.PACKED_EVENT_SIZE, 4), mem.alloc(spec.PACKED_EVENT_SIZE, 4))
+            else:
+                rings[q] = (n, mem.alloc(spec.desc_table_size(n), 16),
+                            mem.alloc(spec.avail_ring_size(n), 2), mem.alloc(spec.used_ring_size(n), 4))
         self.tx_buf_gpa = mem.alloc(self.tx_buf_size * ntx, 64)
         self.tx_ind_gpa = mem.alloc(16 * lib.VNB_GUEST_MAX_SEGS * ntx, 16)
         self.rx_buf_gpa = mem.alloc(rx_buf_size * nrx, 64)

@@ -138,7 +138,8 @@ class VhostUserFrontend:
 
     def start_ring(self, q: int, cfg) -> None:
         self.send(Request.SET_VRING_NUM, P.VRING_STATE.pack(q, cfg.size))
-        self.send(Request.SET_VRING_BASE, P.VRING_STATE.pack(q, cfg.last_avail_idx))
+        packed = bool(self.driver_features & spec.bit(spec.VIRTIO_F_RING_PACKED))
+        self.send(Request.SET_VRING_BASE, P.VRING_STATE.pack(q, cfg.base(packed)[0]))
         self.send(Request.SET_VRING_ADDR, P.VRING_ADDR.pack(q, 0, self.mem.hva(cfg.desc), self.mem.hva(cfg.used),
                                                             self.mem.hva(cfg.avail), 0))
         if q not in self.err_fd:

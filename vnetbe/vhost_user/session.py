@@ -44,8 +44,9 @@ _BEFORE_OWNER = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, 
 @dataclass
 class Vring:
     num: int = 0
-    last_avail_idx: int = 0
-    used_idx: int | None = None       # None: read it from the used ring when the ring starts
+    last_avail_idx: int | None = None   # None: a fresh ring's (0; packed: position 0, wrap counter 1)
+    used_idx: int | None = None       # None: split, read it from the used ring when the ring starts;
+                                      # packed, the same as last_avail_idx (a stopped ring has used all)
     addr: P.VringAddr | None = None
     kick_fd: int = -1
     call_fd: int = -1
@@ -318,7 +319,10 @@ class Session:
     def _set_vring_num(self, msg, fds, taken):
         index, num = msg.payload
         ring = self._ring(msg.name, index)
-        if num < 1 or num > spec.MAX_QUEUE_SIZE or num & (num - 1):
+        if self._packed():
+            if not 1 <= num <= spec.MAX_QUEUE_SIZE:
+                raise ProtocolError(msg.name, "num", f"{num} is not between 1 and {spec.MAX_QUEUE_SIZE}")
+        elif num < 1 or num > spec.MAX_QUEUE_SIZE or num & (num - 1):
             raise ProtocolError(msg.name, "num", f"{num} is not a power of two between 1 and {spec.MAX_QUEUE_SIZE}")
         self._quiesce(index)
         ring.num = num
@@ -327,7 +331,11 @@ class Session:
     def _set_vring_base(self, msg, fds, taken):
         index, num = msg.payload
         ring = self._ring(msg.name, index)
-        if num > 0xFFFF:
+        if self._packed():
+            # Bits 0-14 the position, 15 its wrap counter; QEMU puts the used side in bits 16-31, DPDK
+            # leaves them 0: a ring stopped by GET_VRING_BASE has used all it took, so use the avail side.
+            num &= 0xFFFF
+        elif num > 0xFFFF:
             raise ProtocolError(msg.name, "num", f"{num:#x}: a split ring's index is 16 bits")
         self._quiesce(index)
         ring.last_avail_idx, ring.used_idx = num, None
@@ -339,7 +347,11 @@ class Session:
         self._quiesce(index)
         ring.started = False
         self._apply()
-        return P.reply_vring_state(msg.request, index, ring.last_avail_idx)
+        if self._packed():   # position | wrap << 15, both sides, as QEMU and DPDK read it
+            avail = spec.PACKED_START if ring.last_avail_idx is None else ring.last_avail_idx
+            used = avail if ring.used_idx is None else ring.used_idx
+            return P.reply_vring_state(msg.request, index, avail | used << 16)
+        return P.reply_vring_state(msg.request, index, ring.last_avail_idx or 0)
 
     def _set_vring_addr(self, msg, fds, taken):
         a: P.VringAddr = msg.payload
@@ -439,6 +451,10 @@ class Session:
             return False
         return self._enabled(ring) or self._discards(index)
 
+    def _packed(self) -> bool:
+        """Whether SET_FEATURES acked the packed ring layout (front ends send it before the rings)."""
+        return bool(self.dev.driver_features & spec.bit(spec.VIRTIO_F_RING_PACKED))
+
     def _discards(self, index: int) -> bool:
         return (index == spec.TX_QUEUE and not self._enabled(self.rings[index])
                 and self.dev.datapath.ring_modes)
@@ -448,19 +464,22 @@ class Session:
         a = ring.addr
         event_idx = bool(self.dev.driver_features & spec.bit(spec.VIRTIO_RING_F_EVENT_IDX))
         extra = 2 if event_idx or self.features_acked is None else 0
+        packed = self._packed()
         parts = {}
         for what, uaddr, size in (("desc", a.desc, spec.desc_table_size(ring.num)),
-                                  ("avail", a.avail, spec.avail_ring_size(ring.num) - 2 + extra),
-                                  ("used", a.used, spec.used_ring_size(ring.num) - 2 + extra)):
+                                  ("avail", a.avail, spec.PACKED_EVENT_SIZE if packed
+                                   else spec.avail_ring_size(ring.num) - 2 + extra),
+                                  ("used", a.used, spec.PACKED_EVENT_SIZE if packed
+                                   else spec.used_ring_size(ring.num) - 2 + extra)):
             gpa = self.uaddr_to_gpa(uaddr, size)
             if gpa is None:
                 raise ProtocolError(name, what, f"ring {index}: {uaddr:#x} (+{size:#x}) is not inside one "
                                                 "memory region")
             parts[what] = gpa
         cfg = QueueConfig(ring.num, parts["desc"], parts["avail"], parts["used"], ring.kick_fd, ring.call_fd,
-                          ring.last_avail_idx, 0, polled=ring.polled, discard=self._discards(index))
+                          ring.last_avail_idx, None, polled=ring.polled, discard=self._discards(index))
         try:
-            cfg.check_addresses(self.mem, event_idx)
+            cfg.check_addresses(self.mem, event_idx, packed)
         except ConfigError as e:
             raise ProtocolError(name, "addresses", f"ring {index}: {e}") from None
         return cfg
@@ -500,8 +519,12 @@ class Session:
             cfg = self._queue_config("ring start", q)
             # The used index is the ring's in guest memory (a front end that reconnects, or was handed
             # a ring by another back end, never tells it): read it when the ring starts fresh.
-            cfg.used_idx = ring.used_idx if ring.used_idx is not None else struct.unpack(
-                "<H", self.mem.read(cfg.used + 2, 2))[0]
+            if ring.used_idx is not None:
+                cfg.used_idx = ring.used_idx
+            elif self._packed():
+                cfg.used_idx = cfg.last_avail_idx
+            else:
+                cfg.used_idx = struct.unpack("<H", self.mem.read(cfg.used + 2, 2))[0]
             self.dev.set_queue(q, cfg)
         self.dev.start()
 
