@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <string.h>
 
+static void set_event_flags(struct vnb_drv_vq *q, uint16_t flags);
+
 static inline void advance(const struct vnb_drv_vq *q, uint16_t *idx, uint8_t *wrap)
 {
     if (++*idx == q->num) {
@@ -27,6 +29,14 @@ int drv_packed_init(struct vnb_drv_vq *q, const struct vnb_mem *mem, uint64_t de
     q->avail_wrap = q->used_wrap = 1;
     q->pending = 0;
     q->event_flags = VRING_PACKED_EVENT_FLAG_ENABLE;
+    if (q->flags & VNB_F_EVENT_IDX) {
+        /* As the split ring's used_event of 0: a notification when slot 0 is first used, and then
+         * only where the driver moves the event (zeroed memory would say ENABLE: one for every flush). */
+        struct vring_packed_desc_event *drv = q->avail;
+        vnb_store_relaxed(&drv->off_wrap, (uint16_t)VNB_PACKED_WRAP);
+        q->event_flags = VRING_PACKED_EVENT_FLAG_DISABLE;   /* force the store below */
+        set_event_flags(q, VRING_PACKED_EVENT_FLAG_DESC);
+    }
     return 0;
 }
 

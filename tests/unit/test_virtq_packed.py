@@ -355,3 +355,19 @@ def test_a_used_id_the_device_never_popped_writes_nothing(mem):
     lib.vnb_vq_add_used(r.vq, 0xFFFF, 10)
     lib.vnb_vq_flush_used(r.vq)
     assert mem.read(r.desc, 16 * 8) == before
+
+
+def test_a_fresh_event_idx_driver_is_notified_once_until_it_moves_its_event(mem):
+    # As the split ring's used_event of 0 (test_rx_flood_loses_nothing_and_keeps_order bounds the
+    # interrupts by the guest's waits + 1): zeroed memory would say ENABLE, an interrupt every flush.
+    r = Ring(mem, 16, packed=True, event_idx=True)
+    buf = mem.alloc(4096)
+    for t in range(6):
+        r.add([(buf, 10, 1)], token=t)
+    r.publish()
+    heads = [r.pop()[1]["head"] for _ in range(6)]
+    fired = []
+    for h in heads:
+        r.push_used(h, 1)
+        fired.append(r.should_notify())
+    assert fired == [True] + [False] * 5
