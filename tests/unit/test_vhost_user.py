@@ -25,7 +25,7 @@ from vnbtest.leaks import assert_nothing_left, footprint
 from vnbtest.wait import wait_for
 
 from vnetbe import spec
-from vnetbe.errors import ProtocolError
+from vnetbe.errors import ProtocolError, VnetError
 from vnetbe.vhost_user import Session
 from vnetbe.vhost_user import protocol as P
 from vnetbe.vhost_user.protocol import MemRegion, Request
@@ -102,6 +102,22 @@ def test_packed_rings_cross_the_server_and_their_base_is_position_and_wrap_both_
         assert rig.link.sent(2.0)[12:] == _frame(64, 9)
         dev = rig.server.stats()["device"]
         assert (dev["tx_frames"], dev["rx_frames"], dev["faults"]) == (8, 7, {})
+    finally:
+        fr.close()
+
+
+def test_a_packed_base_beyond_the_ring_is_refused_by_name(rig):
+    fr = FrontendRig(rig.path, packed=True, queue_size=5)
+    try:
+        fr.fe.get_vring_base(1)
+        cfg = fr.fe.queues[1]
+        cfg.last_avail_idx = 7 | spec.PACKED_WRAP          # position 7 in a ring of 5
+        try:
+            fr.fe.start_ring(1, cfg)
+        except (OSError, VnetError):
+            pass                                            # the server hung up mid-sequence
+        assert wait_for(lambda: any("base" in t and "beyond the ring size 5" in t for t in rig.refusals()),
+                        timeout=3), rig.events
     finally:
         fr.close()
 
