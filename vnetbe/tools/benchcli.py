@@ -62,6 +62,15 @@ WHERE_HOST = "host"
 WHERE_LAB = "lab (software-emulated)"
 
 
+
+def _env_int(name: str) -> int | None:
+    """A default from the environment (the test command shortens runs this way), or None."""
+    v = os.environ.get(name, "").strip()
+    try:
+        return int(v) if v else None
+    except ValueError:
+        raise SystemExit(f"vnetbe bench: {name}={v!r} is not a whole number") from None
+
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure the datapaths (tx, rx, rxsat, vm2vm, rr) against the raw baseline",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,12 +98,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", default="64,1500",
                    help="frame sizes, comma list of bytes (26..9014) and 64k (TSO super-frames; tx and vm2vm "
                         "only) (default 64,1500)")
-    p.add_argument("--count", type=int, default=None,
-                   help=f"frames per run (default {HOST_COUNT}; {LAB_COUNT} in the lab); 64k runs move "
-                        f"count/{TSO_DIV} super-frames")
+    p.add_argument("--count", type=int, default=_env_int("VNETBE_BENCH_COUNT"),
+                   help=f"frames per run (default {HOST_COUNT}; {LAB_COUNT} in the lab; VNETBE_BENCH_COUNT when "
+                        f"set); 64k runs move count/{TSO_DIV} super-frames")
     p.add_argument("--rr-count", type=int, default=None,
                    help=f"round trips per rr run (default {HOST_RR}, {LAB_RR} in the lab, at most --count)")
-    p.add_argument("--repeat", type=int, default=5, help="runs per configuration; the median is reported (default 5)")
+    p.add_argument("--repeat", type=int, default=_env_int("VNETBE_BENCH_REPEAT") or 5,
+                   help="runs per configuration; the median is reported (default 5; VNETBE_BENCH_REPEAT when set)")
     p.add_argument("--queue-size", default="256", help="virtqueue size, or a comma list to compare (default 256)")
     p.add_argument("--event-idx", default="on", help="VIRTIO_RING_F_EVENT_IDX: on, off, or on,off for both (default on)")
     p.add_argument("--no-event-idx", action="store_true", help=argparse.SUPPRESS)   # old spelling of --event-idx off
@@ -106,10 +116,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                         "the guest and the peer on the first. auto: tx only, where it was measured to help (with "
                         "2+ CPUs); on: every scenario; off; or e.g. device=1,guest=0,peer=0 (every scenario). "
                         "Recorded in the JSON (default auto)")
-    p.add_argument("--max-cv", default="auto",
+    p.add_argument("--max-cv", default=os.environ.get("VNETBE_BENCH_MAX_CV") or "auto",
                    help="spread bound in percent (coefficient of variation of pps over the runs): a configuration "
                         "above it gets more runs, up to --max-repeat; the table names those still above "
-                        "(default auto: 10 in the kernel lab, off on a host)")
+                        "(default auto: 10 in the kernel lab, off on a host; VNETBE_BENCH_MAX_CV when set)")
     p.add_argument("--max-repeat", type=int, default=None,
                    help="most runs per configuration while the spread is above --max-cv (default 2 x --repeat)")
     p.add_argument("--no-baseline", action="store_true", help="skip the raw loops")
