@@ -44,8 +44,8 @@ if [ ! -e /dev/vhost-net ]; then
     VNETBE_LOAD_FRAMES=2000000 VNETBE_CYCLES=300 VNETBE_BENCH_COUNT="${VNETBE_BENCH_COUNT:-20000}" \
         sh tests/lab/run_in_lab.sh --shell '
         s=0
-        python3 -m pytest -m "vhost or (uring and not slow)" tests -q -p no:cacheprovider || s=$?
-        python3 -m pytest -q -p no:cacheprovider --benchmark-disable bench/test_bench_tx.py \
+        python3 -m pytest -m "vhost or (uring and not slow)" tests -q || s=$?
+        python3 -m pytest -q --benchmark-disable bench/test_bench_tx.py \
             bench/test_bench_rx.py bench/test_bench_vm2vm.py bench/test_bench_rr.py || s=$?
         exit $s' || status=$?
 fi
