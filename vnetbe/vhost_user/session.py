@@ -482,9 +482,11 @@ class Session:
             cfg.check_addresses(self.mem, event_idx, packed)
         except ConfigError as e:
             raise ProtocolError(name, "addresses", f"ring {index}: {e}") from None
-        if packed and (cfg.base(True)[0] & ~spec.PACKED_WRAP) >= ring.num:
-            raise ProtocolError(name, "base", f"ring {index}: packed position {cfg.base(True)[0] & ~spec.PACKED_WRAP} "
-                                              f"beyond the ring size {ring.num}")
+        if packed:
+            try:
+                cfg.check_packed_base()
+            except ConfigError as e:
+                raise ProtocolError(name, "base", f"ring {index}: {e}") from None
         return cfg
 
     def _stop_device(self) -> None:
