@@ -481,7 +481,7 @@ static int handle_rx_uring(struct vnb_dp *dp)
         }
         /* Walk the next chain now, as the plain path does before its read: a hostile ring faults
          * when kicked, not only once a frame comes. Given back at once; placing pops it again. */
-        uint32_t navail = (uint16_t)vnb_vq_avail_pending(vq);
+        uint32_t navail = (uint32_t)vnb_vq_avail_count(vq, (uint16_t)u->batch);
         r = navail ? rx_pop(dp) : RX_NEED_BUFFERS;
         if (r == RX_FAULT)
             break;
@@ -502,7 +502,7 @@ static int handle_rx_uring(struct vnb_dp *dp)
         /* No more reads than chains posted: every frame read has a buffer to go to, so a stop (or a
          * hand-over) finds the pool empty unless a frame needs more buffers than one. A hostile
          * avail index (moved by more than num) faults at the pop above. */
-        rx_read_batch(dp, u->batch < navail ? u->batch : navail);
+        rx_read_batch(dp, navail);
     }
     flush_and_notify(dp, RXQ);
     return more;

@@ -65,6 +65,14 @@ int vnb_vq_avail_pending(struct vnb_vq *vq)
     return vnb_vq_packed(vq) ? packed_avail_pending(vq) : split_avail_pending(vq);
 }
 
+int vnb_vq_avail_count(struct vnb_vq *vq, uint16_t max)
+{
+    if (vnb_vq_packed(vq))
+        return packed_avail_count(vq, max);
+    int n = split_avail_pending(vq);
+    return n < max ? n : max;
+}
+
 /* Take the next available chain. Returns 1 with *c filled, 0 if the ring is empty, or -fault after
  * stopping the queue. Like vhost, a buffer that merely has odd lengths is the caller's business;
  * only what makes the ring itself untrustworthy is a fault. */

@@ -74,6 +74,8 @@ int vnb_vq_pop(struct vnb_vq *vq, struct vnb_chain *c);
 void vnb_vq_unpop(struct vnb_vq *vq, uint16_t n);
 /* Buffers the driver has made available and we have not popped: split, how many; packed, 1 or 0. */
 int vnb_vq_avail_pending(struct vnb_vq *vq);
+/* Buffers available and not popped, counted up to max (packed: by walking the ring's flags). */
+int vnb_vq_avail_count(struct vnb_vq *vq, uint16_t max);
 void vnb_vq_add_used(struct vnb_vq *vq, uint16_t head, uint32_t len);
 void vnb_vq_flush_used(struct vnb_vq *vq);
 int vnb_vq_should_notify(struct vnb_vq *vq);

@@ -30,6 +30,7 @@ VNB_VQ_INTERNAL int packed_init(struct vnb_vq *vq, uint64_t desc_gpa, uint64_t d
 VNB_VQ_INTERNAL int packed_pop(struct vnb_vq *vq, struct vnb_chain *c);
 VNB_VQ_INTERNAL void packed_unpop(struct vnb_vq *vq, uint16_t n);
 VNB_VQ_INTERNAL int packed_avail_pending(struct vnb_vq *vq);
+VNB_VQ_INTERNAL int packed_avail_count(struct vnb_vq *vq, uint16_t max);
 VNB_VQ_INTERNAL void packed_add_used(struct vnb_vq *vq, uint16_t id, uint32_t len);
 VNB_VQ_INTERNAL void packed_flush_used(struct vnb_vq *vq);
 VNB_VQ_INTERNAL int packed_should_notify(struct vnb_vq *vq);

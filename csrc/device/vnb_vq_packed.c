@@ -48,6 +48,27 @@ int packed_avail_pending(struct vnb_vq *vq)
     return desc_avail(vnb_load_acquire(&ring[vq->last_avail_idx].flags), vq->avail_wrap);
 }
 
+int packed_avail_count(struct vnb_vq *vq, uint16_t max)
+{
+    const struct vring_packed_desc *ring = vq->desc;
+    uint16_t idx = vq->last_avail_idx;
+    uint8_t wrap = vq->avail_wrap;
+    uint32_t n = 0;
+    /* At most the ring's free slots are looked at: bounded however the guest sets the flags. A
+     * count is a hint (pop validates each chain); a buffer's head flags are released last, so a
+     * chain whose head is seen available is whole. */
+    for (uint32_t seen = vq->inflight_desc; n < max && seen < vq->num; seen++) {
+        /* Acquire: as in packed_pop, what this slot describes is at least as new as its flags. */
+        uint16_t flags = vnb_load_acquire(&ring[idx].flags);
+        if (!desc_avail(flags, wrap))
+            break;
+        if (!(flags & VRING_DESC_F_NEXT))
+            n++;
+        advance(vq, &idx, &wrap, 1);
+    }
+    return (int)n;
+}
+
 /* An indirect table of packed descriptors: used in order, all of it (§2.8.7: only WRITE counts in
  * its entries, NEXT and the buffer id are ignored). An INDIRECT entry is refused, as in the split ring. */
 static int walk_indirect(struct vnb_vq *vq, struct vnb_chain *c, const struct vring_packed_desc *ind)

@@ -270,6 +270,32 @@ def test_a_slot_with_the_bits_of_the_other_lap_is_not_available(mem):
     assert r.pop() == (0, None) and fault(r) == 0
 
 
+def test_avail_count_counts_whole_buffers_up_to_its_limit(mem):
+    r = Ring(mem, 8, packed=True, table_slots=4)
+    buf = mem.alloc(4096)
+    assert lib.vnb_vq_avail_count(r.vq, 32) == 0
+    for t, n in enumerate([1, 3, 2]):                                # 6 slots, 3 buffers
+        r.add([(buf + 64 * k, 10, 1) for k in range(n)], token=t)
+    assert lib.vnb_vq_avail_count(r.vq, 32) == 0, "nothing published yet"
+    r.publish()
+    assert lib.vnb_vq_avail_count(r.vq, 32) == 3
+    assert lib.vnb_vq_avail_count(r.vq, 2) == 2
+    assert r.pop()[0] == 1 and lib.vnb_vq_avail_count(r.vq, 32) == 2
+
+
+def test_avail_count_on_a_ring_whose_every_slot_says_available_stays_bounded(mem):
+    # A hostile ring: every slot available, none ends a chain, then none carries a buffer end at
+    # all for the lap after. The count looks at no more than the ring's free slots.
+    r, buf = hostile(mem, 4)
+    for i in range(4):
+        r.write_packed_desc(i, buf, 10, i, avail() | F_NEXT)
+    assert lib.vnb_vq_avail_count(r.vq, 0xFFFF) == 0
+    for i in range(4):
+        r.write_packed_desc(i, buf, 10, i, avail())
+    assert lib.vnb_vq_avail_count(r.vq, 0xFFFF) == 4, "one lap, not more"
+    assert fault(r) == 0, "counting is a hint: faults are pop's to raise"
+
+
 @pytest.mark.parametrize("buf_id", [8, 0xFFFF])
 def test_a_buffer_id_beyond_the_ring_is_a_fault(mem, buf_id):
     r, buf = hostile(mem)
