@@ -198,6 +198,29 @@ def test_table_on_stdout(bench_run):
 
 
 @pytest.mark.root
+def test_ring_split_packed_compares_both_formats_in_one_run(tmp_path):
+    from vnetbe.tools.topology import cleanup_stale
+
+    tag = f"R{secrets.token_hex(3)}"
+    p = _vnetbe("vnetbe", "bench", "--datapath", "user,uring", "--scenario", "tx,rx", "--sizes", "64",
+                "--ring", "split,packed", "--count", "2000", "--repeat", "2", "--json", "--tag", tag, timeout=300)
+    leftovers = cleanup_stale(f"vnb{tag}")
+    assert p.returncode == 0, p.stderr
+    assert not leftovers, f"the bench left {leftovers} behind"
+    doc = json.loads(p.stdout)
+    got = {(r["datapath"], r["scenario"], r["options"]["ring"]): r for r in doc["results"]}
+    assert set(got) == {(d, s, f) for d in ("user", "uring") for s in ("tx", "rx") for f in ("split", "packed")}
+    for r in got.values():
+        assert r["frames"] + sum((r.get("drops") or {}).values()) == r["offered"], r
+    text = benchcli.format_table(doc)
+    assert "vs split" in text
+    packed_rows = [ln for ln in text.splitlines() if ln.split()[:1] in (["user"], ["uring"]) and " packed " in ln]
+    assert len(packed_rows) == 4, text
+    comps = [c for c in benchcli.comparisons(doc) if c["reference"] == "split"]
+    assert len(comps) == 4 and all(c["options"]["ring"] == "packed" for c in comps)
+
+
+@pytest.mark.root
 @pytest.mark.parametrize("fmt", ["md", "html"])
 def test_report_writes_a_file(bench_run, tmp_path, fmt):
     out = bench_run[1]
@@ -230,6 +253,7 @@ def test_plan_expands_options_and_skips_what_cannot_run():
                                     busyloop_us="0,50", count=1000), lab=False)
     assert plan.sizes == [64, "64k"] and plan.event_idx == [True, False]
     assert len(plan.variants()) == 4   # queue size x EVENT_IDX x busy polling, on both paths
+    assert {v["ring"] for v in plan.variants()} == {"split"}, "split rings unless asked"
     assert plan.skipped == [{"scenario": "rr", "size": "64k", "why": plan.skipped[0]["why"]}]
     assert plan.rr_count == 1000
 
@@ -239,8 +263,16 @@ def test_lab_defaults_are_smaller():
     assert benchcli.make_plan(_args(), lab=False).count == benchcli.HOST_COUNT
 
 
+def test_plan_runs_packed_rings_everywhere_but_on_vhost():
+    plan = benchcli.make_plan(_args(datapath="user,vhost", ring="split,packed", queue_size="128,256"), lab=False)
+    assert [v["ring"] for v in plan.variants("user")] == ["split", "split", "packed", "packed"]
+    assert {v["ring"] for v in plan.variants("vhost")} == {"split"}
+    assert any(s.get("what") == "vhost with packed rings" for s in plan.skipped)
+
+
 @pytest.mark.parametrize("bad", [dict(scenario="tx,bogus"), dict(sizes="10"), dict(event_idx="maybe"),
-                                 dict(datapath="kernel"), dict(scenario="rx", sizes="64k"), dict(queue_size="100")])
+                                 dict(datapath="kernel"), dict(scenario="rx", sizes="64k"), dict(queue_size="100"),
+                                 dict(ring="ring"), dict(ring="packed", datapath="vhost")])
 def test_plan_rejects_bad_options(bad):
     with pytest.raises(ConfigError):
         benchcli.make_plan(_args(**bad), lab=False)

@@ -36,6 +36,7 @@ from .bench import BenchTopology, summarize
 from .bench import guest_tcp as guest_tcp_bench
 from .bench import testpmd as testpmd_bench
 from .results import (
+    RINGS,
     SCENARIOS,
     THROUGHPUT_SCENARIOS,
     TSO_LABEL,
@@ -45,6 +46,7 @@ from .results import (
     label,
     loss_text,
     opts_text,
+    ring_of,
     parse_size,
     rows_in_order,
     supported,
@@ -106,6 +108,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=_env_int("VNETBE_BENCH_REPEAT") or 5,
                    help="runs per configuration; the median is reported (default 5; VNETBE_BENCH_REPEAT when set)")
     p.add_argument("--queue-size", default="256", help="virtqueue size, or a comma list to compare (default 256)")
+    p.add_argument("--ring", default="split",
+                   help="virtqueue format: split, packed, or split,packed to compare in the same run (default split;"
+                        " vhost has no packed rings and runs split only)")
     p.add_argument("--event-idx", default="on", help="VIRTIO_RING_F_EVENT_IDX: on, off, or on,off for both (default on)")
     p.add_argument("--no-event-idx", action="store_true", help=argparse.SUPPRESS)   # old spelling of --event-idx off
     p.add_argument("--busyloop-us", default="0",
@@ -170,6 +175,7 @@ class Plan:
     pin_text: str = "auto"
     max_cv: float | None = None      # a fraction, not percent
     max_repeat: int = 0
+    rings: list[str] = field(default_factory=lambda: ["split"])
 
     @property
     def tso_count(self) -> int:
@@ -179,10 +185,11 @@ class Plan:
         """Frames (rr: round trips; 64k: super-frames) per run."""
         return self.rr_count if scenario == "rr" else self.tso_count if size == TSO_LABEL else self.count
 
-    def variants(self) -> list[dict]:
-        """Every combination of the options asked for; each datapath runs them all."""
-        return [{"queue_size": q, "event_idx": e, "busyloop_us": b}
-                for q, e, b in itertools.product(self.queue_sizes, self.event_idx, self.busyloop_us)]
+    def variants(self, datapath: str | None = None) -> list[dict]:
+        """Every combination of the options asked for that ``datapath`` can run (vhost: split rings only)."""
+        rings = [r for r in self.rings if not (r == "packed" and datapath == "vhost")]
+        return [{"queue_size": q, "event_idx": e, "busyloop_us": b, "ring": r}
+                for r, q, e, b in itertools.product(rings, self.queue_sizes, self.event_idx, self.busyloop_us)]
 
 
 def make_plan(args, lab: bool | None = None) -> Plan:
@@ -223,9 +230,19 @@ def make_plan(args, lab: bool | None = None) -> Plan:
         raise ConfigError("--rr-count must be at least 1")
     if args.repeat < 1:
         raise ConfigError("--repeat must be at least 1")
+    rings = list(dict.fromkeys(v.lower() for v in _list(getattr(args, "ring", "split"))))
+    for v in rings:
+        if v not in RINGS:
+            raise ConfigError(f"--ring {v!r}: split, packed, or split,packed")
+    if not rings:
+        raise ConfigError("--ring: give split, packed, or split,packed")
+    if rings == ["packed"] and datapaths == ["vhost"]:
+        raise ConfigError("--ring packed with --datapath vhost: the kernel's vhost-net has no packed rings; "
+                          "add user or uring, or use --ring split")
     queue_sizes = _ints(args.queue_size, "--queue-size", 1)
     for q in queue_sizes:
-        spec.check_queue_size(q)
+        for r in rings:
+            spec.check_queue_size(q, r == "packed")
     busyloop = _ints(args.busyloop_us, "--busyloop-us", 0)
     if max(busyloop) > MAX_BUSYLOOP_US:   # here, not after the topology is up or the lab has booted
         raise ConfigError(f"--busyloop-us {args.busyloop_us!r}: every value must be <= {MAX_BUSYLOOP_US} (10 s)")
@@ -246,11 +263,15 @@ def make_plan(args, lab: bool | None = None) -> Plan:
     if max_repeat < args.repeat:
         raise ConfigError(f"--max-repeat {max_repeat} is below --repeat {args.repeat}")
     plan = Plan(datapaths, scenarios, sizes, count, rr, args.repeat, queue_sizes, list(dict.fromkeys(eidx or [True])),
-                busyloop, not args.no_baseline, args.tag, pin_text=pin_text, max_cv=max_cv, max_repeat=max_repeat)
+                busyloop, not args.no_baseline, args.tag, pin_text=pin_text, max_cv=max_cv, max_repeat=max_repeat,
+                rings=rings)
     plan.pin, plan.pin_scenarios = parse_pin(pin_text, scenarios)
     plan.skipped = [{"scenario": s, "size": z, "why": "the peer (an AF_PACKET socket) cannot send frames above "
                      "its MTU: 64k runs as tx and vm2vm only"}
                     for s in scenarios for z in sizes if not supported(s, z)]
+    if "packed" in rings and "vhost" in datapaths:
+        plan.skipped.append({"scenario": "*", "size": "*", "what": "vhost with packed rings",
+                             "why": "the kernel's vhost-net has no packed rings: vhost runs split only"})
     if not any(supported(s, z) for s in scenarios for z in sizes):
         raise ConfigError("nothing to run: rx and rr have no 64k (TSO) size; add tx or vm2vm, or a size in bytes")
     return plan
@@ -283,7 +304,7 @@ def _start_info(plan: Plan, where: str) -> dict:
             "sizes": [str(s) for s in plan.sizes], "count": plan.count, "rr_count": plan.rr_count,
             "tso_count": plan.tso_count,
             "repeat": plan.repeat, "queue_sizes": plan.queue_sizes, "event_idx": plan.event_idx,
-            "busyloop_us": plan.busyloop_us, "baseline": plan.baseline,
+            "busyloop_us": plan.busyloop_us, "rings": plan.rings, "baseline": plan.baseline,
             "pin": plan.pin, "pin_scenarios": list(plan.pin_scenarios), "max_cv": plan.max_cv,
             "max_repeat": plan.max_repeat}
 
@@ -312,7 +333,7 @@ def collect(plan: Plan, progress: _Progress | None = None, with_costs: bool = Fa
                 configs = []
                 if plan.baseline and has_baseline(scen):
                     configs.append(("raw", {}))
-                configs += [(dp, v) for dp in plan.datapaths for v in plan.variants()]
+                configs += [(dp, v) for dp in plan.datapaths for v in plan.variants(dp)]
                 runs: list[list] = [[] for _ in configs]
                 for i in range(plan.repeat):
                     for k, (dp, opts) in enumerate(configs):
@@ -348,6 +369,8 @@ def _opts_label(opts: dict, plan: Plan) -> str:
         parts.append(f"q={opts['queue_size']}")
     if len(plan.event_idx) > 1 and "event_idx" in opts:
         parts.append(f"eidx={'on' if opts['event_idx'] else 'off'}")
+    if len(plan.rings) > 1 and "ring" in opts:
+        parts.append(opts["ring"])
     if opts.get("busyloop_us"):
         parts.append(f"busy={opts['busyloop_us']}us")
     return (" " + " ".join(parts)) if parts else ""
@@ -367,6 +390,7 @@ def _lab_argv(plan: Plan, with_costs: bool, progress: bool) -> list[str]:
             "--rr-count", str(plan.rr_count), "--repeat", str(plan.repeat),
             "--queue-size", ",".join(map(str, plan.queue_sizes)),
             "--event-idx", ",".join("on" if e else "off" for e in plan.event_idx),
+            "--ring", ",".join(plan.rings),
             "--busyloop-us", ",".join(map(str, plan.busyloop_us)), "--tag", plan.tag,
             "--pin", plan.pin_text, "--max-cv", "off" if plan.max_cv is None else str(plan.max_cv * 100),
             "--max-repeat", str(plan.max_repeat),
@@ -515,16 +539,20 @@ def format_table(doc: dict) -> str:
         fixed.append(f"queue {r0['queue_size']}")
     if "event_idx" not in varied and "event_idx" in r0:
         fixed.append(f"EVENT_IDX {'on' if r0['event_idx'] else 'off'}")
+    if "ring" not in varied and doc["results"]:
+        fixed.append(f"{ring_of(doc['results'][0])} rings")
     where = s.get("where", WHERE_HOST)
     lines = [f"vnetbe bench on {s['host']} ({where}; kernel {s['kernel']}, {s['cpus']} cpus), "
              f"{s['count']} frames x {_runs_text(doc)} runs, median [min..max]" + (f"; {', '.join(fixed)}" if fixed else "")]
     ocol = bool(varied) or any((r.get("options") or {}).get("busyloop_us") for r in doc["results"])
+    rcol = "ring" in varied
 
     thr = rows_in_order(doc, THROUGHPUT_SCENARIOS)
     comps = comparisons(doc)
     if thr:
         head = (f"{'path':12} {'scen':5} {'size':>5} " + (f"{'options':14} " if ocol else "")
-                + f"{'kpps':>8} {'[min..max]':>15} {'cv%':>4} {'Gbit/s':>7} {'vs raw':>6} {'vs user':>7} {'lost%':>6} "
+                + f"{'kpps':>8} {'[min..max]':>15} {'cv%':>4} {'Gbit/s':>7} {'vs raw':>6} {'vs user':>7} "
+                + (f"{'vs split':>8} " if rcol else "") + f"{'lost%':>6} "
                   f"{'sys/pkt':>7} {'kick/pkt':>8} {'irq/pkt':>8} {'wake/pkt':>8} {'cpu ns/pkt':>10}")
         lines += ["", head]
         for r, b in thr:
@@ -535,12 +563,14 @@ def format_table(doc: dict) -> str:
                 return f"{c['ratio']:.2f}{mark(c)}" if c and c["ratio"] is not None else "-"
             ratio = "1.00" if r["datapath"] == "raw" else vs("raw")
             vs_user = vs("user") if r["datapath"] not in ("raw", "user") else ""
+            vs_split = (f"{vs('split') if ring_of(r) == 'packed' else '':>8} " if rcol else "")
             mm = f"[{r['pps_min'] / 1e3:.0f}..{r['pps_max'] / 1e3:.0f}]"
             cvp = f"{100 * r['pps_cv']:.0f}" if r.get("pps_cv") is not None else "-"
             lost = f"{100 * (1 - r['frames'] / r['offered']):.2f}" if r.get("offered") else "-"
             lines.append(f"{r['datapath']:12} {r['scenario']:5} {label(r):>5} "
                          + (f"{opts_text(r, varied):14} " if ocol else "")
-                         + f"{r['pps'] / 1e3:8.1f} {mm:>15} {cvp:>4} {r['gbps']:7.3f} {ratio:>6} {vs_user:>7} {lost:>6} "
+                         + f"{r['pps'] / 1e3:8.1f} {mm:>15} {cvp:>4} {r['gbps']:7.3f} {ratio:>6} {vs_user:>7} "
+                         + vs_split + f"{lost:>6} "
                            f"{pp.get('syscalls', 0):7.3f} {pp.get('kicks', 0):8.4f} {pp.get('interrupts', 0):8.4f} "
                            f"{pp.get('wakeups', 0):8.4f} {pp.get('cpu_ns', 0):10.0f}")
         lossy = [(r, loss_text(r)) for r, _ in thr if loss_text(r)]
@@ -594,7 +624,7 @@ def format_table(doc: dict) -> str:
                      "kpps counts super-frames, Gbit/s their TCP payload")
     skipped: dict[str, list[str]] = {}
     for sk in doc.get("skipped") or []:
-        skipped.setdefault(sk["why"], []).append(f"{sk['scenario']} at {sk['size']}")
+        skipped.setdefault(sk["why"], []).append(sk.get("what") or f"{sk['scenario']} at {sk['size']}")
     for why, what in skipped.items():
         notes.append(f"not run: {', '.join(what)}: {why}")
     if where != WHERE_HOST:

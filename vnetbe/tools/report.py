@@ -34,6 +34,7 @@ from .results import (
     loss_text,
     opts_text,
     rows_in_order,
+    ring_of,
     varied_options,
 )
 
@@ -90,13 +91,14 @@ def _throughput_table(doc: dict) -> tuple[list[str], list[list[str]]] | None:
         return [r["datapath"], r["scenario"], label(r), _options(r, varied),
                 f"{r['pps'] / 1e3:.1f}", f"{r['pps_min'] / 1e3:.0f}..{r['pps_max'] / 1e3:.0f}", cvp, f"{r['gbps']:.3f}",
                 vs(r, "raw"), vs(r, "user") if r["datapath"] not in ("raw", "user") else "",
+                vs(r, "split") if ring_of(r) == "packed" else "",
                 f"{r.get('offered', 0)}", f"{r.get('frames', 0)}", loss_text(r) or "none",
                 f"{pp.get('syscalls', 0):.3f}", f"{pp.get('kicks', 0):.4f}",
                 f"{pp.get('interrupts', 0):.4f}", f"{pp.get('wakeups', 0):.4f}", f"{pp.get('cpu_ns', 0):.0f}"]
 
     return _result_table(doc, THROUGHPUT_SCENARIOS,
                          ["path", "scenario", "size", "options", "kpps delivered (median)", "min..max", "cv %", "Gbit/s",
-                          "vs raw", "vs user", "offered", "delivered", "not delivered, by reason",
+                          "vs raw", "vs user", "packed vs split", "offered", "delivered", "not delivered, by reason",
                           "syscalls", "kicks", "interrupts", "wake-ups", "CPU ns"], cells)
 
 
@@ -288,7 +290,8 @@ def build(doc: dict, costs_doc: dict | None, preds: list[dict] | None, charts: l
         blocks += [("h", 2, "CPU per packet by thread (ns)"), ("table", *t)]
     skipped = doc.get("skipped") or []
     if skipped:
-        blocks.append(("p", "Not run: " + "; ".join(f"{x['scenario']} at {x['size']} ({x['why']})" for x in skipped)))
+        blocks.append(("p", "Not run: " + "; ".join(f"{x.get('what') or x['scenario'] + ' at ' + x['size']} ({x['why']})"
+                                            for x in skipped)))
 
     blocks.append(("h", 2, "Where the time goes: predicted vs measured"))
     if costs_doc:

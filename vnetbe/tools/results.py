@@ -10,6 +10,7 @@ from .noise import compare
 # Every scenario in table order, and those measured in frames per second (rr measures round trips).
 SCENARIOS = ("tx", "rx", "rxsat", "vm2vm", "rr")
 THROUGHPUT_SCENARIOS = SCENARIOS[:-1]
+RINGS = ("split", "packed")   # virtqueue formats (VIRTIO 1.2 §2.7 and §2.8)
 TSO_LABEL = "64k"
 MIN_SIZE = packet.TAG_HDR_LEN + 4   # a tagged frame whose sequence number is covered by its payload
 MAX_SIZE = 9000 + packet.ETH_HLEN
@@ -55,9 +56,16 @@ def opts_text(r: dict, varied: set[str]) -> str:
         parts.append(f"q{o['queue_size']}")
     if "event_idx" in varied and "event_idx" in o:
         parts.append("eidx" if o["event_idx"] else "no-eidx")
+    if "ring" in varied and "ring" in o:
+        parts.append(o["ring"])
     if o.get("busyloop_us"):
         parts.append(f"busy{o['busyloop_us']}")
     return " ".join(parts) or "-"
+
+
+def ring_of(r: dict) -> str:
+    """"split" or "packed": the ring format of a result (documents from before the option: split)."""
+    return (r.get("options") or {}).get("ring") or "split"
 
 
 def varied_options(doc: dict) -> set[str]:
@@ -66,6 +74,8 @@ def varied_options(doc: dict) -> set[str]:
         vals = {(r.get("options") or {}).get(k) for r in doc["results"]}
         if len(vals) > 1:
             out.add(k)
+    if len({ring_of(r) for r in doc["results"]}) > 1:
+        out.add("ring")
     return out
 
 
@@ -98,9 +108,9 @@ PAIRS = (("user", "raw"), ("uring", "raw"), ("uring-sqpoll", "raw"), ("vhost", "
          ("uring", "user"), ("uring-sqpoll", "user"), ("vhost", "user"), ("uring", "vhost"), ("uring-sqpoll", "vhost"))
 
 
-def _variant(r: dict) -> tuple:
+def _variant(r: dict, ring: bool = True) -> tuple:
     o = r.get("options") or {}
-    return tuple(o.get(k) for k in ("queue_size", "event_idx", "busyloop_us"))
+    return tuple(o.get(k) for k in ("queue_size", "event_idx", "busyloop_us")) + ((ring_of(r),) if ring else ())
 
 
 def comparisons(doc: dict) -> list[dict]:
@@ -120,6 +130,15 @@ def comparisons(doc: dict) -> list[dict]:
                     c = compare(r["pps_runs"], ref["pps_runs"])
                     out.append({"scenario": r["scenario"], "size": label(r), "path": a, "reference": b,
                                 "options": r.get("options") or {}, **c})
+        # A packed row against the split row of its datapath with the same other options.
+        if ring_of(r) == "packed":
+            for ref in rows:
+                if (ref["datapath"] == r["datapath"] and ref["scenario"] == r["scenario"]
+                        and _size_key(ref) == _size_key(r) and ring_of(ref) == "split"
+                        and _variant(ref, ring=False) == _variant(r, ring=False) and "pps_runs" in ref):
+                    c = compare(r["pps_runs"], ref["pps_runs"])
+                    out.append({"scenario": r["scenario"], "size": label(r), "path": r["datapath"],
+                                "reference": "split", "options": r.get("options") or {}, **c})
     return out
 
 

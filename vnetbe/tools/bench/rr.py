@@ -70,10 +70,11 @@ def _rr_measure(self, responder, size: int, count: int, warmup: int, meter: Mete
     return rtts, syscalls, cpu, dt, out
 
 def rr(self, datapath: str, size: int, count: int, *, queue_size: int = 256, event_idx: bool = True,
-       busyloop_us: int = 0, warmup: int = 50) -> RunResult:
+       busyloop_us: int = 0, ring: str = "split", warmup: int = 50) -> RunResult:
     if size == TSO_LABEL:
         raise ConfigError("rr at 64k: the peer (an AF_PACKET socket) cannot send frames above its MTU")
-    with self.guest(datapath, queue_size=queue_size, event_idx=event_idx, busyloop_us=busyloop_us) as (dev, g):
+    with self.guest(datapath, queue_size=queue_size, event_idx=event_idx, busyloop_us=busyloop_us,
+                    ring=ring) as (dev, g):
         reply = packet.tagged_frame(0, size, self.peer_mac, dev.link.mac, flow=RR_FLOW)
 
         def respond(stop, out: dict) -> None:
@@ -91,7 +92,7 @@ def rr(self, datapath: str, size: int, count: int, *, queue_size: int = 256, eve
         cpu["guest"] = out["cpu_ns"]
         dstats, gstats = delta(dev.stats(), dev0), delta(g.stats(), g0)
     return self._rr_result(datapath, size, count, warmup, rtts, psys, cpu, dt, dstats, gstats,
-                           self._options(queue_size, event_idx, busyloop_us, size))
+                           self._options(queue_size, event_idx, busyloop_us, size, packed=ring == "packed"))
 
 def raw_rr(self, size: int, count: int, warmup: int = 50) -> RunResult:
     """Baseline: a thread answers straight on the macvtap fd (poll, read, write): what rr costs

@@ -47,11 +47,12 @@ def rx_run(self, dev: VirtioNet, guest: GuestDriver, size: int, count: int, pace
     return RunResult(dev.datapath_name, "rx" if senders == 1 else "rxsat", size, got, dt, pps, gbps,
                      offered=count, per_packet=pp, cpu_ns=cpu_pp, drops=drops,
                      options=self._options(guest.rings[spec.RX_QUEUE][0], guest.event_idx,
-                                           dev.busyloop_us, size, **extra))
+                                           dev.busyloop_us, size, packed=guest.packed, **extra))
 
 def rx(self, datapath: str, size: int, count: int, *, queue_size: int = 256, event_idx: bool = True,
-       busyloop_us: int = 0, pace_ns: int = 0, senders: int = 1) -> RunResult:
-    with self.guest(datapath, queue_size=queue_size, event_idx=event_idx, busyloop_us=busyloop_us) as (dev, g):
+       busyloop_us: int = 0, ring: str = "split", pace_ns: int = 0, senders: int = 1) -> RunResult:
+    with self.guest(datapath, queue_size=queue_size, event_idx=event_idx, busyloop_us=busyloop_us,
+                    ring=ring) as (dev, g):
         return self.rx_run(dev, g, size, count, pace_ns, senders)
 
 def rxsat(self, datapath: str, size: int, count: int, **opts) -> RunResult:

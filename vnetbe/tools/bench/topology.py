@@ -12,7 +12,7 @@ from ... import spec
 from ...device import VirtioNet
 from ...errors import ConfigError
 from ...memory import GuestMemory
-from ..guest import GuestDriver
+from ..guest import DEFAULT_FEATURES, GuestDriver
 from ..peer import Peer
 from ..results import SCENARIOS, TSO_LABEL, supported
 from ..topology import Topology
@@ -83,19 +83,20 @@ class BenchTopology:
 
     @staticmethod
     def _features(event_idx: bool) -> int:
-        f = spec.DEVICE_FEATURES
+        # The guest's own default (split rings): the ring format is the ``ring`` option, never implied.
+        f = DEFAULT_FEATURES
         if not event_idx:
             f &= ~spec.bit(spec.VIRTIO_RING_F_EVENT_IDX)
         return f
 
     @contextmanager
     def guest(self, datapath: str, *, link=None, queue_size: int = 256, event_idx: bool = True,
-              busyloop_us: int = 0) -> Iterator[tuple[VirtioNet, GuestDriver]]:
+              busyloop_us: int = 0, ring: str = "split") -> Iterator[tuple[VirtioNet, GuestDriver]]:
         """A started device on ``link`` (default ``self.link``) with its GuestDriver; closed after. With
         a placement the device's threads and the calling (guest) thread are pinned meanwhile."""
         mem, dev = self.device(datapath, link=link, busyloop_us=busyloop_us)
         with mem, dev:
-            g = GuestDriver(dev, queue_size=queue_size, features=self._features(event_idx))
+            g = GuestDriver(dev, queue_size=queue_size, features=self._features(event_idx), packed=ring == "packed")
             self.pin_failed += pin_tids(dev.threads(), self.cpu("device"))
             with pinned(self.cpu("guest")):
                 yield dev, g
@@ -103,8 +104,10 @@ class BenchTopology:
     def cpu(self, role: str) -> int | None:
         return self.pin.get(role)
 
-    def _options(self, queue_size: int, event_idx: bool, busyloop_us: int, size, **extra) -> dict:
-        o = {"queue_size": queue_size, "event_idx": event_idx, "busyloop_us": busyloop_us}
+    def _options(self, queue_size: int, event_idx: bool, busyloop_us: int, size, *, packed: bool = False,
+                 **extra) -> dict:
+        o = {"queue_size": queue_size, "event_idx": event_idx, "busyloop_us": busyloop_us,
+             "ring": "packed" if packed else "split"}
         if self.pin:
             o["pin"] = dict(self.pin)
         if size == TSO_LABEL:

@@ -78,13 +78,15 @@ def tx_run(self, dev: VirtioNet, guest: GuestDriver, size: int | str, count: int
     return RunResult(dev.datapath_name, "tx", nbytes, delivered, dt, pps, gbps, offered=count, per_packet=pp,
                      cpu_ns=cpu_pp, drops=drops,
                      options=self._options(guest.rings[spec.TX_QUEUE][0], guest.event_idx, dev.busyloop_us, size,
+                                           packed=guest.packed,
                                            consumed_pps=round(sent * 1e9 / max(t_consumed, 1)),
                                            **({"foreign_drops": foreign} if foreign else {})))
 
 
 def tx(self, datapath: str, size: int | str, count: int, *, queue_size: int = 256, event_idx: bool = True,
-       busyloop_us: int = 0) -> RunResult:
-    with self.guest(datapath, queue_size=queue_size, event_idx=event_idx, busyloop_us=busyloop_us) as (dev, g):
+       busyloop_us: int = 0, ring: str = "split") -> RunResult:
+    with self.guest(datapath, queue_size=queue_size, event_idx=event_idx, busyloop_us=busyloop_us,
+                    ring=ring) as (dev, g):
         return self.tx_run(dev, g, size, count)
 
 

@@ -13,8 +13,8 @@ from .measure import Meter, RunResult, add, delta, dev_threads, per_packet, rate
 
 
 def vm2vm(self, datapath: str, size: int | str, count: int, *, queue_size: int = 256, event_idx: bool = True,
-          busyloop_us: int = 0) -> RunResult:
-    kw = dict(queue_size=queue_size, event_idx=event_idx, busyloop_us=busyloop_us)
+          busyloop_us: int = 0, ring: str = "split") -> RunResult:
+    kw = dict(queue_size=queue_size, event_idx=event_idx, busyloop_us=busyloop_us, ring=ring)
     link_b = self.link_b
     with self.guest(datapath, **kw) as (dev_a, ga), self.guest(datapath, link=link_b, **kw) as (dev_b, gb):
         tso = size == TSO_LABEL
@@ -63,6 +63,6 @@ def vm2vm(self, datapath: str, size: int | str, count: int, *, queue_size: int =
     drops, foreign = account(count, got, {**dstats.get("drops", {}), "not_taken": count - sent, "damaged": out["bad"]},
                              {"macvtap_tx_queue": la.tx_dropped, "macvtap_rx_queue": lb.rx_dropped})
     return RunResult(datapath, "vm2vm", nbytes, got, dt, pps, gbps, offered=count, per_packet=pp, cpu_ns=cpu_pp,
-                     drops=drops, options=self._options(queue_size, ga.event_idx, busyloop_us, size,
+                     drops=drops, options=self._options(queue_size, ga.event_idx, busyloop_us, size, packed=ga.packed,
                                                         out_of_order=out["ooo"],
                                                         **({"foreign_drops": foreign} if foreign else {})))
