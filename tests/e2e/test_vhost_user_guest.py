@@ -17,6 +17,7 @@ import threading
 import pytest
 
 from test_vhost_user_clients import Serve
+from vnetbe import spec
 from vnetbe.tools import linux_guest as LG
 from vnetbe.tools import lab
 from vnetbe.tools.topology import Topology
@@ -30,7 +31,8 @@ def _guest_result(out: str) -> dict:
     return json.loads(lines[-1][len("GUEST "):])
 
 
-def test_a_linux_guest_pings_and_moves_50_mb_each_way_through_vnetbe_serve(tmp_path):
+@pytest.mark.parametrize("ring", ["split", "packed"])
+def test_a_linux_guest_pings_and_moves_50_mb_each_way_through_vnetbe_serve(tmp_path, ring):
     topo = Topology("vg", mtu=9000)
     sock = str(tmp_path / "vu.sock")
     serve = peer = None
@@ -46,8 +48,8 @@ def test_a_linux_guest_pings_and_moves_50_mb_each_way_through_vnetbe_serve(tmp_p
         out = tmp_path / "guest.out"
         with open(out, "w") as f:
             rc = lab.run([sys.executable, "-c", LG.GUEST_SCRIPT, LG.GUEST_IP, LG.PEER_IP, "9000", str(LG.PORT),
-                          str(LG.DATA_BYTES)], memory=LG.MEMORY, qemu_opts=LG.qemu_opts(sock),
-                         timeout=600, stdout=f, stderr=f)
+                          str(LG.DATA_BYTES)], memory=LG.MEMORY,
+                         qemu_opts=LG.qemu_opts(sock, packed=ring == "packed"), timeout=600, stdout=f, stderr=f)
         serve.stop()
         guest = _guest_result(out.read_text())
         assert rc == 0, out.read_text()[-3000:] + "\nserve: " + "".join(serve.lines[-40:]) + serve.stderr[-2000:]
@@ -60,6 +62,11 @@ def test_a_linux_guest_pings_and_moves_50_mb_each_way_through_vnetbe_serve(tmp_p
             serve.stop()
         topo.close()
     assert guest["ifname"] and guest["mtu"] == 9000
+    bits = guest["features"]
+    negotiated = {b for b in (spec.VIRTIO_F_RING_PACKED, spec.VIRTIO_RING_F_EVENT_IDX, spec.VIRTIO_NET_F_MRG_RXBUF)
+                  if b < len(bits) and bits[b] == "1"}
+    assert (spec.VIRTIO_F_RING_PACKED in negotiated) == (ring == "packed"), bits
+    assert {spec.VIRTIO_RING_F_EVENT_IDX, spec.VIRTIO_NET_F_MRG_RXBUF} <= negotiated, bits
     for feature in ("tx-checksumming", "rx-checksumming", "tcp-segmentation-offload", "scatter-gather"):
         assert guest["offloads"][feature] == "on", (feature, guest["offloads"][feature])
     assert guest["ping_rc"] == 0, guest["ping_tail"]

@@ -33,12 +33,14 @@ NEEDS = (Need("ping", "ping not found", lambda: shutil.which("ping"), "qemu", _S
 QEMU_OPTS = ("-object memory-backend-memfd,id=vnbmem,size={mem},share=on -numa node,memdev=vnbmem "
              "-chardev socket,id=vnbchr,path={sock}{reconnect} "
              "-netdev vhost-user,id=vnbnet,chardev=vnbchr "
-             "-device virtio-net-pci,netdev=vnbnet,mac={mac},vectors=0,host_mtu={mtu}")
+             "-device virtio-net-pci,netdev=vnbnet,mac={mac},vectors=0,host_mtu={mtu}{packed}")
 
 
-def qemu_opts(sock: str, mtu: int = 9000, reconnect: int = 0) -> str:
+def qemu_opts(sock: str, mtu: int = 9000, reconnect: int = 0, packed: bool = False) -> str:
+    """``packed``: the NIC offers packed rings (``packed=on``), so the guest's driver uses them."""
     return QEMU_OPTS.format(mem=MEMORY, sock=sock, mac=GUEST_MAC, mtu=mtu,
-                            reconnect=f",reconnect={reconnect}" if reconnect else "")
+                            reconnect=f",reconnect={reconnect}" if reconnect else "",
+                            packed=",packed=on" if packed else "")
 
 
 def data(seed: int, n: int = DATA_BYTES) -> bytes:
@@ -69,6 +71,8 @@ sh("ip", "link", "set", "lo", "up")
 k = sh("ethtool", "-k", ifname)
 out["offloads"] = {l.split(":")[0].strip(): l.split(":")[1].split()[0] for l in k.splitlines()[1:] if ":" in l}
 out["mtu"] = int(open(f"/sys/class/net/{ifname}/mtu").read())
+# The virtio device's negotiated feature bits, one character per bit from bit 0 (drivers/virtio).
+out["features"] = open(f"/sys/class/net/{ifname}/device/features").read().strip()
 '''
 
 # The peer, in the topology's namespace: argv ip, port, n, rounds. Each round: receive a stream and
