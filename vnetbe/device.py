@@ -274,11 +274,12 @@ class VirtioNet:
 
     def stats(self) -> dict:
         """The datapath's counters (DatapathStats, as a dict) summed over every datapath this device
-        has had, with ``datapath`` and ``status``."""
+        has had, with ``datapath``, ``status`` and the negotiated ``features``."""
         cur = self._datapath.stats().as_dict()
         out = _sum_stats(self._retired, cur) if self._retired else cur
         out["datapath"] = self.datapath_name
         out["status"] = self.status
+        out["features"] = self.driver_features
         return out
 
     def threads(self) -> list[int]:

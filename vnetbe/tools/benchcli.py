@@ -192,6 +192,16 @@ class Plan:
                 for r, q, e, b in itertools.product(rings, self.queue_sizes, self.event_idx, self.busyloop_us)]
 
 
+def _rings(args) -> list[str]:
+    rings = list(dict.fromkeys(v.lower() for v in _list(getattr(args, "ring", "split"))))
+    for v in rings:
+        if v not in RINGS:
+            raise ConfigError(f"--ring {v!r}: split, packed, or split,packed")
+    if not rings:
+        raise ConfigError("--ring: give split, packed, or split,packed")
+    return rings
+
+
 def make_plan(args, lab: bool | None = None) -> Plan:
     """Validate the options; defaults depend on where the bench runs (``lab``; default: here)."""
 
@@ -230,12 +240,7 @@ def make_plan(args, lab: bool | None = None) -> Plan:
         raise ConfigError("--rr-count must be at least 1")
     if args.repeat < 1:
         raise ConfigError("--repeat must be at least 1")
-    rings = list(dict.fromkeys(v.lower() for v in _list(getattr(args, "ring", "split"))))
-    for v in rings:
-        if v not in RINGS:
-            raise ConfigError(f"--ring {v!r}: split, packed, or split,packed")
-    if not rings:
-        raise ConfigError("--ring: give split, packed, or split,packed")
+    rings = _rings(args)
     if rings == ["packed"] and datapaths == ["vhost"]:
         raise ConfigError("--ring packed with --datapath vhost: the kernel's vhost-net has no packed rings; "
                           "add user or uring, or use --ring split")
@@ -476,7 +481,8 @@ def _run_frontend(args) -> int:
     if args.frontend == "testpmd":
         mod = testpmd_bench
         backends = ["vnetbe-" + d for d in _list(args.datapath)] + ["dpdk-vhost", "kernel"]
-        doc = mod.run(backends, seconds=args.seconds, repeat=args.repeat, tag=args.tag[:4], progress=progress)
+        doc = mod.run(backends, seconds=args.seconds, repeat=args.repeat, tag=args.tag[:4], progress=progress,
+                      rings=_rings(args))
     else:
         mod = guest_tcp_bench
         doc = mod.run(lab.run, rounds=args.repeat, tag=args.tag[:4], progress=progress)

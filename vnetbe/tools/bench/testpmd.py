@@ -29,6 +29,7 @@ from ..peer import Peer
 from ..topology import Bridge, Topology
 
 BACKENDS = ("vnetbe-user", "vnetbe-uring", "vnetbe-vhost", "dpdk-vhost", "kernel")
+VHOST_NET_BACKENDS = ("vnetbe-vhost", "kernel")
 FRONTEND_LCORES = "0@1,1@1"
 BACKEND_LCORES = "0@0,1@0"
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -96,10 +97,11 @@ def _wait_path(path: str, timeout: float = 20.0) -> None:
 class _Backend:
     """One back end up, its tap on the bridge; ``vdev`` is what the front end testpmd is given."""
 
-    def __init__(self, kind: str, tag: str, sock: str, bridge: Bridge, mac: str):
+    def __init__(self, kind: str, tag: str, sock: str, bridge: Bridge, mac: str, ring: str = "split"):
         self.kind, self.proc, self.pmd, self.cpu_pid = kind, None, None, None
         tap = f"vnb{tag}t{BACKENDS.index(kind)}"
-        self.vdev = f"net_virtio_user0,path={sock},queues=1,mac={mac}"
+        vq = ",packed_vq=1" if ring == "packed" else ""   # virtio-user asks for packed rings
+        self.vdev = f"net_virtio_user0,path={sock},queues=1,mac={mac}{vq}"
         if kind.startswith("vnetbe-"):
             self.proc = subprocess.Popen([sys.executable, "-m", "vnetbe", "serve", "--socket", sock, "--tap", tap,
                                           "--bridge", bridge.name, "--datapath", kind.split("-")[1]],
@@ -119,7 +121,7 @@ class _Backend:
             bridge.add_port(tap)
             self.cpu_pid = self.pmd.pid
         else:
-            self.vdev = f"net_virtio_user0,path={DEV_PATH},queues=1,iface={tap},mac={mac}"
+            self.vdev = f"net_virtio_user0,path={DEV_PATH},queues=1,iface={tap},mac={mac}{vq}"
         self.tap, self.bridge = tap, bridge
 
     def after_frontend_started(self, frontend: dpdk.Testpmd) -> None:
@@ -153,13 +155,13 @@ class _Backend:
 
 
 def _one(kind: str, mode: str, topo: Topology, bridge: Bridge, peer: Peer, seconds: float, tag: str,
-         sockdir: str) -> dict:
+         sockdir: str, ring: str = "split") -> dict:
     sock = os.path.join(sockdir, f"{kind}.sock")
     mac = "02:00:00:00:7e:01"
     # rx frames go to a MAC no port has, which the bridge floods to the one back end's tap: what the
     # bridge learned or keeps as local for the port's MAC cannot decide what a back end gets.
     rx_dst = "02:00:00:00:7e:ff"
-    be = _Backend(kind, tag, sock, bridge, mac)
+    be = _Backend(kind, tag, sock, bridge, mac, ring)
     fe = None
     try:
         rx_before = _rx_packets(topo.netns, topo.peer)
@@ -200,11 +202,17 @@ def _one(kind: str, mode: str, topo: Topology, bridge: Bridge, peer: Peer, secon
 
 
 def run(backends=BACKENDS, modes=("tx", "rx"), seconds: float = 5.0, repeat: int = 3, tag: str = "T",
-        progress=lambda msg: None) -> dict:
-    """Every back end, every mode, ``repeat`` times, interleaved (a slow spell of the machine hits all
-    of them alike). Medians, ranges and ratios to ``dpdk-vhost`` in ``rows``."""
+        progress=lambda msg: None, rings=("split",)) -> dict:
+    """Every back end, every mode and ring format, ``repeat`` times, interleaved (a slow spell of the
+    machine hits all of them alike). Medians, ranges and ratios to ``dpdk-vhost`` (same mode and ring)
+    in ``rows``. Packed rings (virtio-user ``packed_vq=1``) leave out the back ends on vhost-net."""
     dpdk.testpmd()
     chosen, notes = available(backends)
+    configs = [(ring, kind) for ring in rings for kind in chosen
+               if not (ring == "packed" and kind in VHOST_NET_BACKENDS)]
+    if "packed" in rings and any(k in VHOST_NET_BACKENDS for k in chosen):
+        notes.append("packed: " + ", ".join(k for k in chosen if k in VHOST_NET_BACKENDS)
+                     + " left out, the kernel's vhost-net has no packed rings")
     topo = Topology(tag, mtu=1500)
     bridge = None
     sockdir = f"/tmp/vnb{tag}-testpmd"
@@ -217,10 +225,10 @@ def run(backends=BACKENDS, modes=("tx", "rx"), seconds: float = 5.0, repeat: int
         try:
             for r in range(repeat):
                 for mode in modes:
-                    for kind in chosen:
-                        progress(f"testpmd {mode} via {kind}, run {r + 1}/{repeat}")
-                        runs.setdefault((mode, kind), []).append(_one(kind, mode, topo, bridge, peer, seconds, tag,
-                                                                      sockdir))
+                    for ring, kind in configs:
+                        progress(f"testpmd {mode} via {kind} ({ring}), run {r + 1}/{repeat}")
+                        runs.setdefault((mode, ring, kind), []).append(
+                            _one(kind, mode, topo, bridge, peer, seconds, tag, sockdir, ring))
         finally:
             peer.close()
     finally:
@@ -231,32 +239,35 @@ def run(backends=BACKENDS, modes=("tx", "rx"), seconds: float = 5.0, repeat: int
             os.unlink(os.path.join(sockdir, f))
         os.rmdir(sockdir)
     rows = []
-    for (mode, kind), rs in runs.items():
+    for (mode, ring, kind), rs in runs.items():
         pps = [x["pps"] for x in rs]
         cpu = [x["cpu_ns_per_frame"] for x in rs if x["cpu_ns_per_frame"] is not None]
-        rows.append({"mode": mode, "backend": kind, "pps_median": statistics.median(pps), "pps_min": min(pps),
+        rows.append({"mode": mode, "ring": ring, "backend": kind, "pps_median": statistics.median(pps), "pps_min": min(pps),
                      "pps_max": max(pps), "offered": sum(x["offered"] for x in rs),
                      "delivered": sum(x["delivered"] for x in rs), "lost": sum(x["lost"] for x in rs),
                      "cpu_ns_per_frame": statistics.median(cpu) if cpu else None, "runs": rs})
     for row in rows:
-        ref = next((x for x in rows if x["mode"] == row["mode"] and x["backend"] == "dpdk-vhost"), None)
+        ref = next((x for x in rows if x["mode"] == row["mode"] and x["ring"] == row["ring"]
+                    and x["backend"] == "dpdk-vhost"), None)
         row["vs_dpdk"] = row["pps_median"] / ref["pps_median"] if ref and ref["pps_median"] else None
         # Within noise: the two ranges overlap.
         row["within_noise_of_dpdk"] = bool(ref) and not (row["pps_min"] > ref["pps_max"] or row["pps_max"] < ref["pps_min"])
-    return {"frontend": "testpmd", "seconds": seconds, "repeat": repeat, "size": 64, "rows": rows, "notes": notes}
+    return {"frontend": "testpmd", "seconds": seconds, "repeat": repeat, "size": 64, "rings": list(rings),
+            "rows": rows, "notes": notes}
 
 
 def format_table(doc: dict) -> str:
     lines = [f"testpmd (virtio-user) through each back end, 64 B, {doc['repeat']} x {doc['seconds']:g} s, "
              "rates are frames that arrived (tx: at the peer, rx: at testpmd)",
-             f"{'mode':<5}{'back end':<14}{'kpps median':>12}{'range':>18}{'vs dpdk':>9}{'offered':>12}"
+             f"{'mode':<5}{'ring':<7}{'back end':<14}{'kpps median':>12}{'range':>18}{'vs dpdk':>9}{'offered':>12}"
              f"{'lost':>10}{'cpu ns/f':>10}"]
-    for r in sorted(doc["rows"], key=lambda x: (x["mode"], BACKENDS.index(x["backend"]))):
+    for r in sorted(doc["rows"], key=lambda x: (x["mode"], x.get("ring", "split") != "split",
+                                                BACKENDS.index(x["backend"]))):
         vs = f"{r['vs_dpdk']:.2f}{'~' if r['within_noise_of_dpdk'] and r['backend'] != 'dpdk-vhost' else ''}" \
             if r["vs_dpdk"] is not None else "-"
         cpu = f"{r['cpu_ns_per_frame']:.0f}" if r["cpu_ns_per_frame"] is not None else "-"
         rng = f"[{r['pps_min'] / 1e3:.1f}..{r['pps_max'] / 1e3:.1f}]"
-        lines.append(f"{r['mode']:<5}{r['backend']:<14}{r['pps_median'] / 1e3:>12.1f}{rng:>18}"
+        lines.append(f"{r['mode']:<5}{r.get('ring', 'split'):<7}{r['backend']:<14}{r['pps_median'] / 1e3:>12.1f}{rng:>18}"
                      f"{vs:>9}{r['offered']:>12}{r['lost']:>10}{cpu:>10}")
     lines.append("~ : the ranges overlap, the difference is within this run's noise")
     lines += doc["notes"]
