@@ -54,6 +54,7 @@ int packed_avail_count(struct vnb_vq *vq, uint16_t max)
     uint16_t idx = vq->last_avail_idx;
     uint8_t wrap = vq->avail_wrap;
     uint32_t n = 0;
+    int open = 0;   /* the walk is inside a chain */
     /* At most the ring's free slots are looked at: bounded however the guest sets the flags. A
      * count is a hint (pop validates each chain); a buffer's head flags are released last, so a
      * chain whose head is seen available is whole. */
@@ -62,11 +63,14 @@ int packed_avail_count(struct vnb_vq *vq, uint16_t max)
         uint16_t flags = vnb_load_acquire(&ring[idx].flags);
         if (!desc_avail(flags, wrap))
             break;
-        if (!(flags & VRING_DESC_F_NEXT))
-            n++;
+        open = !!(flags & VRING_DESC_F_NEXT);
+        n += !open;
         advance(vq, &idx, &wrap, 1);
     }
-    return (int)n;
+    /* A chain that runs into a slot not available, or past the free slots, is a buffer too: pop
+     * refuses it as a fault. Counting it keeps the count above 0 whenever avail_pending says 1, which
+     * callers that loop on "buffers came" (rx_out_of_buffers) rely on. */
+    return (int)(n + (open && n < max));
 }
 
 /* An indirect table of packed descriptors: used in order, all of it (§2.8.7: only WRITE counts in
