@@ -18,10 +18,17 @@
  * reads go only to the device's own pool (never guest memory), every READ carries RWF_NOWAIT (none
  * can wait posted), and after the stop every frame read was placed or dropped with a reason.
  *
- * Input: [0] RX queue size, [1] TX queue size (powers of two up to 64), [2] flags (EVENT_IDX,
- * INDIRECT, MRG_RXBUF, bit 3: legacy 10-byte header, bit 4: io_uring), [3..6] RX and TX ring
- * positions, [7] rounds (bits 0-1) and io_uring batch (bits 2-7), [8] script length S, then S script
- * bytes, then guest memory. */
+ * With bit 5 of the flags both queues are packed virtqueues (§2.8, any size up to 64): the descriptor
+ * ring where the split ring's is, the driver's and the device's event suppression structures where
+ * its avail and used rings are. The oracles then use the reference's packed walk: the device writes
+ * only the descriptor ring (used descriptors), its event structure and popped RX buffers; the slots
+ * it used are exactly the first k TX buffers' (counted frames sent or dropped as for split).
+ *
+ * Input: [0] RX queue size, [1] TX queue size (split: powers of two up to 64; packed: 1..64), [2] flags
+ * (EVENT_IDX, INDIRECT, MRG_RXBUF, bit 3: legacy 10-byte header, bit 4: io_uring, bit 5: packed),
+ * [3..6] RX and TX ring positions (packed: index | wrap << 15, the index taken modulo the size), [7]
+ * rounds (bits 0-1) and io_uring batch (bits 2-7), [8] script length S, then S script bytes, then
+ * guest memory. */
 #include "vnb_datapath.h"
 #include "vnb_mem.h"
 #include "vnb_net.h"
@@ -361,10 +368,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         init = 1;
     }
+    int packed = !!(data[2] & 32);
     uint32_t num[2] = { 1u << (data[0] % 7), 1u << (data[1] % 7) };
     uint32_t flags = data[2] & (VNB_F_EVENT_IDX | VNB_F_INDIRECT | VNB_F_MRG_RXBUF);
     uint32_t hdr_len = (data[2] & 8) && !(flags & VNB_F_MRG_RXBUF) ? VNB_NET_HDR_LEN_LEGACY : VNB_NET_HDR_LEN;
     uint16_t base[2] = { (uint16_t)(data[3] | data[4] << 8), (uint16_t)(data[5] | data[6] << 8) };
+    if (packed) {
+        flags |= VNB_F_PACKED;
+        for (int q = 0; q < 2; q++) {
+            num[q] = 1 + data[q] % 64;
+            base[q] = (uint16_t)((base[q] & 0x7fff) % num[q] | (base[q] & 0x8000));
+        }
+    }
     int rounds = 1 + data[7] % 4;
     int uring = !!(data[2] & 16);
     uint32_t batch = 1 + (data[7] >> 2) % 32;
@@ -386,7 +401,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct vnb_mem mem = { 0 };
     for (int r = 0; r < 3; r++)
         CHECK(vnb_mem_add_region(&mem, GPA[r], RSIZE, (uint64_t)(uintptr_t)host[r]) == 0, "region");
-    for (int q = 0; q < 2; q++)
+    for (int q = 0; q < 2 && !packed; q++)
         memcpy(host[0] + USED[q] + 2, &base[q], 2);   /* used->idx where the device starts */
 
     struct vnb_dp *dp = vnb_dp_new();
@@ -401,15 +416,44 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(vnb_dp_fuzz_setup(dp, EP_FD) == 0, "fuzz_setup");
 
     /* What may change, computed before the device runs (the guest does not touch memory meanwhile). */
-    for (int q = 0; q < 2; q++)
-        mark(allowed, USED[q], 6 + 8ull * num[q]);
+    for (int q = 0; q < 2; q++) {
+        if (packed) {   /* used descriptors over the ring, and the device's event structure */
+            mark(allowed, DESC[q], 16ull * num[q]);
+            mark(allowed, USED[q], 4);
+        } else {
+            mark(allowed, USED[q], 6 + 8ull * num[q]);
+        }
+    }
     /* The rings and the indirect tables of the chains on offer: a guest that posts an RX buffer over
      * one of them rewrites its own rings as frames land, and the reference, walked once here, would
      * not follow. Such inputs are skipped (the hostile-ring property tests cover self-overwriting). */
     static uint8_t meta[3][RSIZE];
     memset(meta, 0, sizeof(meta));
     static struct ref_chain c;
-    for (int q = 0; q < 2; q++) {
+    static struct ref_packed rp;
+    /* packed TX: slots held by the first k buffers on offer, for k = 0.. (the used count's oracle) */
+    static uint32_t tx_cum[VNB_MAX_QUEUE_SIZE + 1];
+    uint32_t tx_bufs = 0;
+    for (int q = 0; q < 2 && packed; q++) {
+        mark(meta, DESC[q], 16ull * num[q]);
+        mark(meta, AVAIL[q], 4);
+        mark(meta, USED[q], 4);
+        memset(&rp, 0, sizeof(rp));
+        rp.idx = base[q] & 0x7fff;
+        rp.wrap = base[q] >> 15;
+        uint32_t slots, total = 0;
+        tx_cum[0] = 0;
+        while (ref_pop_packed(DESC[q], num[q], &rp, !!(flags & VNB_F_INDIRECT), &c, &slots) == 1) {
+            if (c.ind_len)
+                mark(meta, c.ind_gpa, c.ind_len);
+            for (int i = 0; q == 0 && i < c.nin; i++)
+                allow_piece(&c.in[i]);
+            total += slots;
+            if (q == 1)
+                tx_cum[++tx_bufs] = total;
+        }
+    }
+    for (int q = 0; q < 2 && !packed; q++) {
         mark(meta, DESC[q], 16ull * num[q]);
         mark(meta, AVAIL[q], 6 + 2ull * num[q]);
         mark(meta, USED[q], 6 + 8ull * num[q]);
@@ -451,6 +495,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     vnb_dp_get_stats(dp, &s);
     for (int q = 0; q < 2; q++) {
         CHECK(vnb_dp_get_qstate(dp, q, &st[q]) == 0, "qstate");
+        if (packed) {
+            CHECK(ref_packed_dist(st[q].used_idx, st[q].last_avail_idx, num[q]) <= num[q],
+                  "queue %d holds more than the ring", q);
+            continue;
+        }
         uint16_t uidx;
         memcpy(&uidx, host[0] + USED[q] + 2, 2);
         /* Unless the guest posted an RX buffer over this used->idx, where a frame may land. */
@@ -459,12 +508,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK((uint16_t)(st[q].last_avail_idx - st[q].used_idx) <= num[q], "queue %d holds more than the ring", q);
     }
     uint64_t tx_used = (uint16_t)(st[1].used_idx - base[1]);
+    uint16_t held = (uint16_t)(st[1].last_avail_idx - st[1].used_idx);
+    if (packed) {
+        /* Used in order here (one TX thread): the slots used are those of the first tx_used buffers. */
+        uint32_t used_slots = ref_packed_dist(base[1], st[1].used_idx, num[1]);
+        tx_used = 0;
+        while (tx_used < tx_bufs && tx_cum[tx_used] < used_slots)
+            tx_used++;
+        CHECK(tx_cum[tx_used] == used_slots, "TX: %u slots used, not the slots of whole buffers", used_slots);
+        held = (uint16_t)ref_packed_dist(st[1].used_idx, st[1].last_avail_idx, num[1]);
+    }
     uint64_t tx_dropped = s.drops[VNB_DROP_TX_SHORT] + s.drops[VNB_DROP_TX_OVERSIZE] +
                           s.drops[VNB_DROP_TX_TAP_REFUSED] + s.drops[VNB_DROP_TX_TAP_ERROR];
     /* Every TX chain popped is used, but the one a fault stopped the queue on (a writable
      * descriptor is only seen once the chain is popped): it stays with the device, which needs a reset. */
-    uint16_t held = (uint16_t)(st[1].last_avail_idx - st[1].used_idx);
-    CHECK(held == 0 || (held == 1 && st[1].broken && st[1].fault == VNB_FAULT_TX_WRITABLE),
+    /* packed: the buffer held is the next one on offer, with its slots */
+    uint32_t one = packed ? (tx_used < tx_bufs ? tx_cum[tx_used + 1] - tx_cum[tx_used] : 0) : 1;
+    CHECK(held == 0 || (held == one && st[1].broken && st[1].fault == VNB_FAULT_TX_WRITABLE),
           "a TX chain popped and not used (%u held, fault %d)", held, st[1].fault);
     CHECK(tx_used == s.tx_frames + tx_dropped, "TX: %llu used, %llu sent + %llu dropped",
           (unsigned long long)tx_used, (unsigned long long)s.tx_frames, (unsigned long long)tx_dropped);

@@ -100,10 +100,37 @@ def datapath_seeds():
 
 
 P_AVAIL, P_USED = 1 << 7, 1 << 15
+PACKED = 32   # fuzz_datapath.c's flag: both queues packed
 
 
 def pdesc(addr, length, buf_id=0, flags=0, wrap=1):
     return struct.pack("<QIHH", addr, length, buf_id, flags | (P_AVAIL if wrap else P_USED))
+
+
+def dp_packed_seed(flags, script, rx=(), tx=(), rx_num=8, tx_num=8, rounds=1, extra=(), batch=1):
+    """fuzz_datapath.c with packed rings: rx/tx are packed descriptors written from slot 0; both
+    queues start at slot 0 of the first lap (wrap counter 1)."""
+    a = bytearray(RSIZE)
+    for base_desc, descs in ((RX_DESC, rx), (TX_DESC, tx)):
+        for i, d in enumerate(descs):
+            a[base_desc + 16 * i:base_desc + 16 * i + 16] = d
+    for gpa, blob in extra:
+        a[gpa:gpa + len(blob)] = blob
+    return (bytes([rx_num - 1, tx_num - 1, flags | PACKED, 0, 0x80, 0, 0x80, (rounds - 1) | (batch - 1) << 2,
+                   len(script)]) + bytes(script) + bytes(a))
+
+
+def datapath_packed_seeds():
+    tx3 = [pdesc(BUF + 128 * i, 12 + 60, i) for i in range(3)]
+    rx4 = [pdesc(BUF + 2048 * i, 2048, i, WRITE) for i in range(4)]
+    yield "packed_tx_three_frames", dp_packed_seed(EV | IND, b"\0\0\0", tx=tx3)
+    yield "packed_tx_chain", dp_packed_seed(EV | IND, b"\0", tx=[pdesc(BUF, 12, 0, NEXT), pdesc(BUF + 64, 60, 0)],
+                                            tx_num=5)
+    yield "packed_rx_frames", dp_packed_seed(EV | IND, frames(72, 1514, 60), rx=rx4, rx_num=5)
+    yield "packed_rx_mergeable", dp_packed_seed(EV | IND | MRG, frames(1000, 300),
+                                                rx=[pdesc(BUF + 256 * i, 256, i, WRITE) for i in range(8)], rounds=2)
+    yield "packed_uring_both", dp_packed_seed(EV | IND | MRG | URING, frames(200) + b"\0\0" + frames(64), rx=rx4,
+                                              tx=tx3, rounds=3, batch=4)
 
 
 def packed_seed(num, flags, descs, ops, extra=()):
@@ -135,7 +162,8 @@ def packed_seeds():
 
 
 def main():
-    for target, seeds in (("virtq", virtq_seeds()), ("packed", packed_seeds()), ("datapath", datapath_seeds())):
+    for target, seeds in (("virtq", virtq_seeds()), ("packed", packed_seeds()), ("datapath", datapath_seeds()),
+                          ("datapath", datapath_packed_seeds())):
         d = OUT / target
         d.mkdir(parents=True, exist_ok=True)
         for name, blob in seeds:

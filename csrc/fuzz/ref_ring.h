@@ -1,5 +1,5 @@
-/* The fuzz targets' reference walker of a split-ring chain, written from VIRTIO 1.2 §2.7 and the
- * bounds in vnb_virtq.h, independent of vnb_virtq.c: guest-physical reads go through the target's own
+/* The fuzz targets' reference walker of a split-ring chain (VIRTIO 1.2 §2.7) and of a packed-ring
+ * buffer (§2.8), written from the spec and the bounds in vnb_virtq.h, independent of vnb_virtq.c: guest-physical reads go through the target's own
  * region list (GPA[], host[], RSIZE, which the including file defines), nothing shared with vnb_mem.c. */
 #ifndef FUZZ_REF_RING_H
 #define FUZZ_REF_RING_H
@@ -154,6 +154,95 @@ static int ref_pop(uint64_t desc_gpa, uint64_t avail_gpa, uint32_t num, uint16_t
             return -VNB_FAULT_NEXT_RANGE;
         i = d.next;
     }
+}
+
+/* ---- packed rings (§2.8) ---- */
+
+struct ref_packed {
+    uint16_t idx;          /* the next slot to look at, and its lap's wrap counter */
+    uint8_t wrap;
+    uint32_t inflight;     /* slots held by buffers taken */
+};
+
+static int ref_packed_avail(uint16_t flags, uint8_t wrap)
+{
+    return !!(flags & VNB_PACKED_F_AVAIL) == wrap && !!(flags & VNB_PACKED_F_USED) != wrap;
+}
+
+/* §2.8.7: an indirect table's entries are used in order, all of them; only WRITE counts. */
+static int ref_indirect_packed(struct ref_chain *c, uint64_t addr, uint32_t len, int negotiated)
+{
+    if (!negotiated)
+        return VNB_FAULT_INDIRECT_NOT_NEGOTIATED;
+    if (len == 0 || len % 16 || len / 16 > VNB_MAX_INDIRECT)
+        return VNB_FAULT_INDIRECT_LEN;
+    if (addr + len < addr || !ref_inside_one(addr, len))
+        return VNB_FAULT_DESC_ADDR;
+    c->ind_gpa = addr;
+    c->ind_len = len;
+    for (uint32_t i = 0; i < len / 16; i++) {
+        struct vring_packed_desc p;
+        ref_read(addr + 16ull * i, &p, 16);
+        if (p.flags & VRING_DESC_F_INDIRECT)
+            return VNB_FAULT_NESTED_INDIRECT;
+        struct rdesc d = { p.addr, p.len, (uint16_t)(p.flags & VRING_DESC_F_WRITE), 0 };
+        int f = ref_add(c, &d);
+        if (f)
+            return f;
+    }
+    return 0;
+}
+
+/* The next buffer of a packed ring: 1 with *c (c->head is its id) and *rp advanced, 0 if none, or
+ * -fault. *nslots: the ring slots the buffer holds. A walk made before the device runs cannot know
+ * which buffers the device will have used by then, so an id taken twice is not refused here (the
+ * device refuses it only while in flight): the buffers allowed are then a superset, never fewer. */
+static int ref_pop_packed(uint64_t desc_gpa, uint32_t num, struct ref_packed *rp, int indirect,
+                          struct ref_chain *c, uint32_t *nslots)
+{
+    uint16_t idx = rp->idx;
+    uint8_t wrap = rp->wrap;
+    struct vring_packed_desc p;
+    ref_read(desc_gpa + 16ull * idx, &p, 16);
+    if (!ref_packed_avail(p.flags, wrap))
+        return 0;
+    memset(c, 0, sizeof(*c));
+    uint32_t seen = 0;
+    for (;;) {
+        ref_read(desc_gpa + 16ull * idx, &p, 16);
+        if (!ref_packed_avail(p.flags, wrap))
+            return -VNB_FAULT_CHAIN_FLAGS;
+        if (++seen + rp->inflight > num)
+            return seen > num ? -VNB_FAULT_LOOP : -VNB_FAULT_AVAIL_IDX;
+        if ((p.flags & VRING_DESC_F_INDIRECT) && (p.flags & VRING_DESC_F_NEXT))
+            return -VNB_FAULT_INDIRECT_NEXT;
+        struct rdesc d = { p.addr, p.len, (uint16_t)(p.flags & VRING_DESC_F_WRITE), 0 };
+        int f = (p.flags & VRING_DESC_F_INDIRECT) ? ref_indirect_packed(c, p.addr, p.len, indirect) : ref_add(c, &d);
+        if (f)
+            return -f;
+        if (++idx == num) {
+            idx = 0;
+            wrap ^= 1;
+        }
+        if (!(p.flags & VRING_DESC_F_NEXT))
+            break;
+    }
+    if (p.id >= num)
+        return -VNB_FAULT_BUFFER_ID;
+    rp->inflight += seen;
+    rp->idx = idx;
+    rp->wrap = wrap;
+    c->head = p.id;
+    *nslots = seen;
+    return 1;
+}
+
+/* Slots from position a to position b (vhost-user encoding: index | wrap << 15) going forward, with
+ * at most one lap between them. */
+static uint32_t ref_packed_dist(uint16_t a, uint16_t b, uint32_t num)
+{
+    uint32_t la = (a & 0x7fffu) + ((a >> 15) ? 0 : num), lb = (b & 0x7fffu) + ((b >> 15) ? 0 : num);
+    return (lb + 2 * num - la) % (2 * num);
 }
 
 #endif

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Build and run the libFuzzer targets (clang, -fsanitize=fuzzer,address,undefined), each for SECONDS,
-# starting from the seed corpus in csrc/fuzz/corpus/<target>. vhost_user is the vhost-user message
+# starting from the seed corpus in csrc/fuzz/corpus/<target>; an input that runs over 10 s is a failure
+# (a hang). vhost_user is the vhost-user message
 # parser and session (Python, libFuzzer through atheris: fuzz_vhost_user.py). Exits non-zero if a target crashes or an
 # oracle fails; the input that did it is left in build/fuzz/<target>/crash-*.
 #
@@ -55,7 +56,7 @@ for t in $targets; do
     # shellcheck disable=SC2086
     rc=0
     (cd "$out" && ./fuzz -max_total_time="$secs" -print_final_stats=1 ${FUZZ_JOBS:+-jobs=$FUZZ_JOBS -workers=$FUZZ_JOBS} \
-        corpus "../../../csrc/fuzz/corpus/$t" 2>fuzz.log) || rc=$?
+        -timeout=10 corpus "../../../csrc/fuzz/corpus/$t" 2>fuzz.log) || rc=$?
     report "$t" "$rc"
 done
 exit $status
