@@ -69,7 +69,10 @@ int packed_avail_count(struct vnb_vq *vq, uint16_t max)
     }
     /* A chain that runs into a slot not available, or past the free slots, is a buffer too: pop
      * refuses it as a fault. Counting it keeps the count above 0 whenever avail_pending says 1, which
-     * callers that loop on "buffers came" (rx_out_of_buffers) rely on. */
+     * callers that loop on "buffers came" (rx_out_of_buffers) rely on; so does the head of a ring
+     * whose every slot is in flight (the walk above looked at nothing). */
+    if (!n && !open && max)
+        return packed_avail_pending(vq);
     return (int)(n + (open && n < max));
 }
 

@@ -308,6 +308,18 @@ def test_avail_count_is_above_zero_whenever_a_buffer_is_pending(mem):
     assert r.pop()[0] == -lib.VNB_FAULT_CHAIN_FLAGS
 
 
+def test_avail_count_on_a_ring_with_every_slot_in_flight_follows_avail_pending(mem):
+    # Every slot held by a popped buffer, and a hostile driver marks the head available for the next
+    # lap: the count walks nothing, yet must say what avail_pending says, and pop faults.
+    r, buf = hostile(mem, 4)
+    for i in range(4):
+        r.write_packed_desc(i, buf, 10, i, avail())
+        assert r.pop()[0] == 1
+    r.write_packed_desc(0, buf, 10, 0, avail(0))
+    assert lib.vnb_vq_avail_pending(r.vq) == 1 == lib.vnb_vq_avail_count(r.vq, 32)
+    assert r.pop()[0] == -lib.VNB_FAULT_AVAIL_IDX
+
+
 @pytest.mark.parametrize("buf_id", [8, 0xFFFF])
 def test_a_buffer_id_beyond_the_ring_is_a_fault(mem, buf_id):
     r, buf = hostile(mem)
