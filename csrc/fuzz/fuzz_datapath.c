@@ -415,18 +415,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(vnb_dp_set_uring(dp, uring ? batch : 0, 0, 0) == 0, "set_uring");
     CHECK(vnb_dp_fuzz_setup(dp, EP_FD) == 0, "fuzz_setup");
 
-    /* What may change, computed before the device runs (the guest does not touch memory meanwhile). */
+    /* What may change, computed before the device runs (the guest does not touch memory meanwhile):
+     * the ring parts the device writes (ringw), then the RX buffers on offer. */
+    static uint8_t ringw[3][RSIZE], tables[3][RSIZE];
+    memset(ringw, 0, sizeof(ringw));
+    memset(tables, 0, sizeof(tables));
     for (int q = 0; q < 2; q++) {
         if (packed) {   /* used descriptors over the ring, and the device's event structure */
-            mark(allowed, DESC[q], 16ull * num[q]);
-            mark(allowed, USED[q], 4);
+            mark(ringw, DESC[q], 16ull * num[q]);
+            mark(ringw, USED[q], 4);
         } else {
-            mark(allowed, USED[q], 6 + 8ull * num[q]);
+            mark(ringw, USED[q], 6 + 8ull * num[q]);
         }
     }
+    for (int r = 0; r < 3; r++)
+        memcpy(allowed[r], ringw[r], RSIZE);
     /* The rings and the indirect tables of the chains on offer: a guest that posts an RX buffer over
      * one of them rewrites its own rings as frames land, and the reference, walked once here, would
-     * not follow. Such inputs are skipped (the hostile-ring property tests cover self-overwriting). */
+     * not follow; nor would it where the device's own ring writes (used entries, event structure)
+     * land in an indirect table. Such inputs are skipped (the hostile-ring property tests cover
+     * self-overwriting). */
     static uint8_t meta[3][RSIZE];
     memset(meta, 0, sizeof(meta));
     static struct ref_chain c;
@@ -444,8 +452,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint32_t slots, total = 0;
         tx_cum[0] = 0;
         while (ref_pop_packed(DESC[q], num[q], &rp, !!(flags & VNB_F_INDIRECT), &c, &slots) == 1) {
-            if (c.ind_len)
+            if (c.ind_len) {
                 mark(meta, c.ind_gpa, c.ind_len);
+                mark(tables, c.ind_gpa, c.ind_len);
+            }
             for (int i = 0; q == 0 && i < c.nin; i++)
                 allow_piece(&c.in[i]);
             total += slots;
@@ -462,15 +472,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (uint16_t pos = base[q]; (uint16_t)(pos - base[q]) < num[q] && pos != avail_idx; pos++) {
             if (ref_pop(DESC[q], AVAIL[q], num[q], pos, !!(flags & VNB_F_INDIRECT), &c) != 1)
                 break;
-            if (c.ind_len)
+            if (c.ind_len) {
                 mark(meta, c.ind_gpa, c.ind_len);
+                mark(tables, c.ind_gpa, c.ind_len);
+            }
             for (int i = 0; q == 0 && i < c.nin; i++)
                 allow_piece(&c.in[i]);
         }
     }
     for (int r = 0; r < 3; r++)
         for (uint32_t i = 0; i < RSIZE; i++)
-            if (meta[r][i] && rx_buffer[r][i])
+            if ((meta[r][i] && rx_buffer[r][i]) || (tables[r][i] && ringw[r][i]))
                 goto skip;
     static uint8_t before[3][RSIZE];
     for (int r = 0; r < 3; r++)
@@ -495,6 +507,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     vnb_dp_get_stats(dp, &s);
     for (int q = 0; q < 2; q++) {
         CHECK(vnb_dp_get_qstate(dp, q, &st[q]) == 0, "qstate");
+        /* packed: a used descriptor is written over the slot where its buffer began, from where the
+         * device started up to its used position, and only its len, id and flags (bytes 8..15). */
+        for (uint32_t k = 0; packed && k < 16 * num[q]; k++) {
+            uint32_t slot = k / 16, from_base = (slot + num[q] - (base[q] & 0x7fffu)) % num[q];
+            uint32_t used = ref_packed_dist(base[q], st[q].used_idx, num[q]);
+            int may = k % 16 >= 8 && (from_base < used || used == num[q]);
+            CHECK(host[0][DESC[q] + k] == before[0][DESC[q] + k] || may || rx_buffer[0][DESC[q] + k],
+                  "queue %d: the device wrote byte %u of ring slot %u, not a used descriptor's", q, k % 16, slot);
+        }
         if (packed) {
             CHECK(ref_packed_dist(st[q].used_idx, st[q].last_avail_idx, num[q]) <= num[q],
                   "queue %d holds more than the ring", q);

@@ -5,8 +5,8 @@
  *    VNB_MAX_CHAIN_DESC descriptors;
  *  - a popped buffer id is below num and not already in flight; the slots in flight never exceed num;
  *  - an unpop gives back exactly the last buffers popped: popping again returns the same ids, unless
- *    the device itself wrote guest memory since they were popped (its event structure or a used
- *    descriptor may lie inside a chain's indirect table: then the buffers may differ, or fault);
+ *    the bytes the device writes (used descriptors, its event structure) changed since they were
+ *    popped: a hostile indirect table may lie over them, and then the buffers may differ, or fault;
  *  - the device writes only the descriptor ring (used descriptors) and its own event suppression
  *    structure, and each used descriptor it wrote carries the id it was given;
  *  - a queue that faulted stays stopped with its first fault.
@@ -40,6 +40,25 @@ static void check_iov(const struct iovec *iov, int n)
                       (uint8_t *)iov[i].iov_base + iov[i].iov_len <= host[r] + RSIZE;
         CHECK(inside && iov[i].iov_len > 0, "iovec %d outside guest memory or empty", i);
     }
+}
+
+/* FNV-1a over every byte the device may write: the descriptor ring and its event structure (the only
+ * guest memory that changes during a run: no driver runs here). */
+static uint64_t device_bytes_sum(uint32_t num)
+{
+    uint64_t h = 1469598103934665603ull;
+    const uint8_t *p = host[0] + DESC_GPA;
+    for (uint32_t i = 0; i < 16 * num; i++)
+        h = (h ^ p[i]) * 1099511628211ull;
+    for (uint32_t i = 0; i < 4; i++)
+        h = (h ^ host[0][DEVICE_GPA + i]) * 1099511628211ull;
+    return h;
+}
+
+/* What identifies a popped chain beyond its id: its ring slots, descriptors and byte counts. */
+static uint64_t chain_shape(const struct vnb_chain *c)
+{
+    return (uint64_t)c->nring | (uint64_t)c->ndesc << 16 | (c->out_len + 3 * c->in_len) << 32;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -82,8 +101,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint32_t n_in = 0, first_fault = 0;
     static uint8_t written[256];        /* ring slots the device wrote a used descriptor to */
     static uint16_t written_id[256];
-    static uint32_t popped_gen[256];   /* dev_writes when each id was popped */
-    uint32_t dev_writes = 0;           /* ops after which the device may have written guest memory */
+    static uint64_t popped_sum[256];   /* device_bytes_sum() when each id was popped */
+    static uint64_t popped_shape[256]; /* chain_shape() of what was popped under each id */
     memset(written, 0, sizeof(written));
     memset(is_inflight, 0, sizeof(is_inflight));
     for (size_t k = 0; k < nops; k++) {
@@ -108,7 +127,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check_iov(c.iov, c.nout + c.nin);
             inflight[n_in++] = c.head;
             is_inflight[c.head] = 1;
-            popped_gen[c.head] = dev_writes;
+            popped_sum[c.head] = device_bytes_sum(num);
+            popped_shape[c.head] = chain_shape(&c);
             break;
         }
         case 3: {   /* unpop the last 1..4, then pop them again: the same ids come back */
@@ -116,19 +136,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (n > n_in || first_fault)
                 break;
             uint16_t want[4];
-            int same = 1;   /* the bytes these buffers were popped from are still as they were */
+            int same = 1;   /* the bytes the device writes are as they were when these were popped */
+            uint64_t now = device_bytes_sum(num);
             for (uint32_t i = 0; i < n; i++) {
                 want[i] = inflight[n_in - n + i];
                 is_inflight[want[i]] = 0;
-                same &= popped_gen[want[i]] == dev_writes;
+                same &= popped_sum[want[i]] == now;
             }
             n_in -= n;
             vnb_vq_unpop(&vq, (uint16_t)n);
             for (uint32_t i = 0; i < n; i++) {
                 int rc = vnb_vq_pop(&vq, &c);
                 /* No guest runs here: unless the device wrote meanwhile, the same bytes give the same buffers. */
-                CHECK(!same || (rc == 1 && c.head == want[i]), "unpopped buffer %u came back as %d/%u",
-                      want[i], rc, c.head);
+                CHECK(!same || (rc == 1 && c.head == want[i] && chain_shape(&c) == popped_shape[want[i]]),
+                      "unpopped buffer %u came back as %d/%u (or with other descriptors)", want[i], rc, c.head);
                 if (rc < 0) {
                     first_fault = (uint32_t)-rc;
                     CHECK(vq.broken && vq.fault == -rc, "fault %d without a stopped queue", rc);
@@ -140,7 +161,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 check_iov(c.iov, c.nout + c.nin);
                 inflight[n_in++] = c.head;
                 is_inflight[c.head] = 1;
-                popped_gen[c.head] = dev_writes;
+                popped_sum[c.head] = now;
+                popped_shape[c.head] = chain_shape(&c);
             }
             break;
         }
@@ -154,17 +176,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 vnb_vq_add_used(&vq, id, op);
                 written[slot] = 1;
                 written_id[slot] = id;
-                dev_writes++;
             }
             break;
         }
         case 6:
             vnb_vq_flush_used(&vq);
             (void)vnb_vq_should_notify(&vq);
-            dev_writes++;
             break;
         case 7:
-            dev_writes++;
             if (op & 8)
                 (void)vnb_vq_enable_notify(&vq);
             else

@@ -153,6 +153,8 @@ def packed_seeds():
     table = [(TABLE, pdesc(BUF, 12, 0, 0)[:14] + b"\0\0" + pdesc(BUF + 512, 256, 0, WRITE)[:14] + struct.pack("<H", WRITE))]
     script = [DISABLE, POP, POP, POP, UNPOP2, POP, USE4, FLUSH, ENABLE, POP, USE4, FLUSH]
     yield "chains_indirect_unpop", packed_seed(8, ev_ind, chains, script, table)
+    yield "unpop_chain", packed_seed(8, ev_ind, [pdesc(BUF, 12, 0, NEXT), pdesc(BUF + 64, 60, 0), pdesc(BUF, 60, 1)],
+                                     [POP, POP, UNPOP2, POP, 3, POP])
     yield "laps", packed_seed(3, 1, [pdesc(BUF + 64 * i, 60, i) for i in range(3)], [POP, USE4, FLUSH] * 8)
     yield "odd_size", packed_seed(5, 0, [pdesc(BUF, 60, i % 5) for i in range(5)], [POP] * 6 + [USE4, USE4, FLUSH])
     yield "wrong_wrap_mid_chain", packed_seed(8, ev_ind, [pdesc(BUF, 12, 0, NEXT), pdesc(BUF, 12, 0, 0, wrap=0)], [POP])
