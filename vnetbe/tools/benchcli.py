@@ -47,6 +47,7 @@ from .results import (
     loss_text,
     opts_text,
     ring_of,
+    skipped_text,
     parse_size,
     rows_in_order,
     supported,
@@ -276,7 +277,8 @@ def make_plan(args, lab: bool | None = None) -> Plan:
                     for s in scenarios for z in sizes if not supported(s, z)]
     if "packed" in rings and "vhost" in datapaths:
         plan.skipped.append({"scenario": "*", "size": "*", "what": "vhost with packed rings",
-                             "why": "the kernel's vhost-net has no packed rings: vhost runs split only"})
+                             "why": "the kernel's vhost-net has no packed rings"
+                                    + (": vhost runs split only" if "split" in rings else "")})
     if not any(supported(s, z) for s in scenarios for z in sizes):
         raise ConfigError("nothing to run: rx and rr have no 64k (TSO) size; add tx or vm2vm, or a size in bytes")
     return plan
@@ -630,7 +632,7 @@ def format_table(doc: dict) -> str:
                      "kpps counts super-frames, Gbit/s their TCP payload")
     skipped: dict[str, list[str]] = {}
     for sk in doc.get("skipped") or []:
-        skipped.setdefault(sk["why"], []).append(sk.get("what") or f"{sk['scenario']} at {sk['size']}")
+        skipped.setdefault(sk["why"], []).append(skipped_text(sk))
     for why, what in skipped.items():
         notes.append(f"not run: {', '.join(what)}: {why}")
     if where != WHERE_HOST:

@@ -35,6 +35,7 @@ from .results import (
     opts_text,
     rows_in_order,
     ring_of,
+    skipped_text,
     varied_options,
 )
 
@@ -258,7 +259,8 @@ def build(doc: dict, costs_doc: dict | None, preds: list[dict] | None, charts: l
              f"sizes {', '.join(s.get('sizes') or [])}",
              f"{s.get('count')} frames per run ({s.get('rr_count')} round trips for rr), {s.get('repeat')} runs per "
              f"configuration, median with min..max; queue sizes {s.get('queue_sizes')}, EVENT_IDX "
-             f"{['on' if e else 'off' for e in s.get('event_idx') or []]}, busy polling {s.get('busyloop_us')} µs"]
+             f"{['on' if e else 'off' for e in s.get('event_idx') or []]}, busy polling {s.get('busyloop_us')} µs, "
+             f"rings {', '.join(s.get('rings') or ['split'])}"]
     blocks.append(("list", facts))
     if where != "host":
         blocks.append(("p", "Numbers from the software-emulated lab compare the paths with each other; they say "
@@ -290,8 +292,7 @@ def build(doc: dict, costs_doc: dict | None, preds: list[dict] | None, charts: l
         blocks += [("h", 2, "CPU per packet by thread (ns)"), ("table", *t)]
     skipped = doc.get("skipped") or []
     if skipped:
-        blocks.append(("p", "Not run: " + "; ".join(f"{x.get('what') or x['scenario'] + ' at ' + x['size']} ({x['why']})"
-                                            for x in skipped)))
+        blocks.append(("p", "Not run: " + "; ".join(f"{skipped_text(x)} ({x['why']})" for x in skipped)))
 
     blocks.append(("h", 2, "Where the time goes: predicted vs measured"))
     if costs_doc:

@@ -63,6 +63,11 @@ def opts_text(r: dict, varied: set[str]) -> str:
     return " ".join(parts) or "-"
 
 
+def skipped_text(sk: dict) -> str:
+    """What a skipped entry of the bench document left out, in words."""
+    return sk.get("what") or f"{sk['scenario']} at {sk['size']}"
+
+
 def ring_of(r: dict) -> str:
     """"split" or "packed": the ring format of a result (documents from before the option: split)."""
     return (r.get("options") or {}).get("ring") or "split"

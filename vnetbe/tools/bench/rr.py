@@ -92,7 +92,7 @@ def rr(self, datapath: str, size: int, count: int, *, queue_size: int = 256, eve
         cpu["guest"] = out["cpu_ns"]
         dstats, gstats = delta(dev.stats(), dev0), delta(g.stats(), g0)
     return self._rr_result(datapath, size, count, warmup, rtts, psys, cpu, dt, dstats, gstats,
-                           self._options(queue_size, event_idx, busyloop_us, size, packed=ring == "packed"))
+                           self._options(queue_size, event_idx, busyloop_us, size, packed=g.packed))
 
 def raw_rr(self, size: int, count: int, warmup: int = 50) -> RunResult:
     """Baseline: a thread answers straight on the macvtap fd (poll, read, write): what rr costs
