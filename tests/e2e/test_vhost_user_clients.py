@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import select
 import signal
 import subprocess
 import sys
@@ -251,3 +252,54 @@ def test_serve_says_what_is_wrong_in_one_line():
                         "vnb-nosuch0"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "vnb-nosuch0 does not exist" in r.stderr, r.stderr
+
+
+def test_a_burst_of_stats_signals_while_stdout_is_full_is_answered_and_serve_lives(topo, tmp_path):
+    """SIGUSR1 asks for the counters. Hundreds of them while nobody reads serve's stdout fill the pipe:
+    a write blocks, and more signals arrive during it. serve answers with whole lines once the pipe
+    drains (signals that arrive while one is pending merge: up to one line each), answers the next
+    request, and exits cleanly (a handler that wrote itself re-entered stdout's buffer: serve died of
+    RuntimeError, or hung)."""
+    sock = str(tmp_path / "vu.sock")
+    p = subprocess.Popen([sys.executable, "-m", "vnetbe", "serve", "--socket", sock, "--parent", topo.parent,
+                          "--mode", "bridge", "--name", "vnbvdm0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = b""
+    stats_line = b'{"stats"'
+
+    def read_until(pred, timeout: float) -> bool:
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while not pred(out):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([p.stdout], [], [], left)[0]:
+                return False
+            chunk = os.read(p.stdout.fileno(), 1 << 16)
+            if not chunk:
+                return pred(out)
+            out += chunk
+        return True
+
+    try:
+        assert read_until(lambda o: b"listening" in o, 60), out
+        out = b""
+        n, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < 1.5:   # ~1000 requests of ~1.4 KB lines: the 64 KiB pipe fills
+            p.send_signal(signal.SIGUSR1)
+            n += 1
+            time.sleep(0.001)
+        time.sleep(0.5)
+        assert p.poll() is None, p.stderr.read().decode()
+        read_until(lambda o: False, 3.0)  # everything it has to say, until 3 s of quiet
+        first = out.count(stats_line)
+        assert 100 <= first <= n, f"{first} stats lines for {n} requests"
+        p.send_signal(signal.SIGUSR1)     # and it still answers
+        assert read_until(lambda o: o.count(stats_line) > first, 20), "no answer after the burst"
+        lines = out.decode().splitlines()
+        assert all(json.loads(line)["stats"]["connected"] is False for line in lines), "a torn line"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0 and b"Traceback" not in err, err.decode()

@@ -234,14 +234,36 @@ def _run(servers: list[VhostUserServer], interval: float) -> None:
         for server in servers:
             server.stop()
 
-    def dump(*_):
+    def dump() -> None:
         for server in servers:
             line = {"stats": server.stats(), "time": time.time()}
             if len(servers) > 1:
                 line["socket"] = server.path
             _line(json.dumps(line, default=str))
 
-    old = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGUSR1, dump))}
+    # SIGUSR1 only wakes the dumper thread: a handler that wrote itself could run inside another
+    # line's write (a write blocked on a full pipe returns EINTR to a signal) and stdout's buffer
+    # refuses a reentrant write: serve died of RuntimeError under a burst of SIGUSR1.
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(wake_w, False)
+
+    def on_usr1(*_):
+        try:
+            os.write(wake_w, b"\0")
+        except BlockingIOError:   # 64 KiB of requests already waiting: this one joins them
+            pass
+
+    def dumper() -> None:
+        while True:
+            n = len(os.read(wake_r, 4096))
+            if not n:   # the write end closed: serve is ending
+                return
+            for _ in range(n):
+                dump()
+
+    dumping = threading.Thread(target=dumper, name="vnetbe-serve-stats", daemon=True)
+    dumping.start()
+    old = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGUSR1, on_usr1))}
     ticker = None
     if interval > 0:
         ticking = threading.Event()
@@ -263,6 +285,9 @@ def _run(servers: list[VhostUserServer], interval: float) -> None:
             ticker.join()
         for s, h in old.items():
             signal.signal(s, h)
+        os.close(wake_w)
+        dumping.join(10)
+        os.close(wake_r)
 
 
 if __name__ == "__main__":
