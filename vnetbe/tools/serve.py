@@ -80,9 +80,9 @@ def add_parser(subparsers):
                       add_arguments)
 
 
-# One line at a time: each device's server thread reports on its own. Reentrant: the signal handlers
-# (SIGUSR1's counters, SIGTERM's "stopping") run in the main thread, possibly inside a line of its own.
-_OUT = threading.RLock()
+# One line at a time: each device's server thread and the stats thread report on their own. Signal
+# handlers never write (see _run): a handler inside a write would re-enter stdout's buffer.
+_OUT = threading.Lock()
 
 
 def _line(text: str) -> None:
@@ -230,9 +230,9 @@ def _sayer(tag: str):
 
 def _run(servers: list[VhostUserServer], interval: float) -> None:
     def stop(signum, _frame):
-        _say("stopping", signal.Signals(signum).name)
         for server in servers:
             server.stop()
+        wake(signum)   # "stopping" is said by the stats thread: no write from a handler (below)
 
     def dump() -> None:
         for server in servers:
@@ -241,25 +241,32 @@ def _run(servers: list[VhostUserServer], interval: float) -> None:
                 line["socket"] = server.path
             _line(json.dumps(line, default=str))
 
-    # SIGUSR1 only wakes the dumper thread: a handler that wrote itself could run inside another
-    # line's write (a write blocked on a full pipe returns EINTR to a signal) and stdout's buffer
-    # refuses a reentrant write: serve died of RuntimeError under a burst of SIGUSR1.
+    # Handlers never write: one that did could run inside another line's write (a write blocked on a
+    # full pipe returns EINTR to a signal) and stdout's buffer refuses a reentrant write: serve died
+    # of RuntimeError under a burst of SIGUSR1. They write a byte to a self-pipe (0: counters, else
+    # the signal that stops serve) and the stats thread says it.
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC)
     os.set_blocking(wake_w, False)
 
-    def on_usr1(*_):
+    def wake(what: int) -> None:
         try:
-            os.write(wake_w, b"\0")
+            os.write(wake_w, bytes([what]))
         except BlockingIOError:   # 64 KiB of requests already waiting: this one joins them
             pass
 
+    def on_usr1(*_):
+        wake(0)
+
     def dumper() -> None:
         while True:
-            n = len(os.read(wake_r, 4096))
-            if not n:   # the write end closed: serve is ending
+            data = os.read(wake_r, 4096)
+            if not data:   # the write end closed: serve is ending
                 return
-            for _ in range(n):
-                dump()
+            for what in data:
+                if what:
+                    _say("stopping", signal.Signals(what).name)
+                else:
+                    dump()
 
     dumping = threading.Thread(target=dumper, name="vnetbe-serve-stats", daemon=True)
     dumping.start()
