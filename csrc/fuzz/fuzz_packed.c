@@ -61,6 +61,35 @@ static uint64_t chain_shape(const struct vnb_chain *c)
     return (uint64_t)c->nring | (uint64_t)c->ndesc << 16 | (c->out_len + 3 * c->in_len) << 32;
 }
 
+static struct vnb_vq vq;
+static struct vnb_chain c;
+static uint16_t inflight[256];      /* ids popped and not used, oldest first */
+static uint8_t is_inflight[256];
+static uint32_t n_in, first_fault;
+static uint64_t popped_sum[256];    /* device_bytes_sum() when each id was popped */
+static uint64_t popped_shape[256];  /* chain_shape() of what was popped under each id */
+
+/* A pop's result checked and recorded: 1 if it took a buffer (now in flight), else 0. */
+static int took(int rc, uint32_t num)
+{
+    if (rc < 0) {
+        first_fault = (uint32_t)-rc;
+        CHECK(vq.broken && vq.fault == -rc, "fault %d without a stopped queue", rc);
+        return 0;
+    }
+    if (rc == 0)
+        return 0;
+    CHECK(c.ndesc <= VNB_MAX_CHAIN_DESC, "one pop walked %u descriptors", c.ndesc);
+    CHECK(c.head < num && !is_inflight[c.head], "id %u out of range or in flight", c.head);
+    CHECK(vq.inflight_desc <= num, "%u slots in flight in a ring of %u", vq.inflight_desc, num);
+    check_iov(c.iov, c.nout + c.nin);
+    inflight[n_in++] = c.head;
+    is_inflight[c.head] = 1;
+    popped_sum[c.head] = device_bytes_sum(num);
+    popped_shape[c.head] = chain_shape(&c);
+    return 1;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 3)
@@ -87,7 +116,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct vnb_mem mem = { 0 };
     for (int r = 0; r < 3; r++)
         CHECK(vnb_mem_add_region(&mem, GPA[r], RSIZE, (uint64_t)(uintptr_t)host[r]) == 0, "region");
-    static struct vnb_vq vq;
     CHECK(vnb_vq_init(&vq, &mem, num, DESC_GPA, DRIVER_GPA, DEVICE_GPA, flags) == 0, "vq_init");
     static uint8_t before[RSIZE];
     memcpy(before, host[0], RSIZE);
@@ -95,14 +123,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(before_bc[0], host[1], RSIZE);
     memcpy(before_bc[1], host[2], RSIZE);
 
-    static struct vnb_chain c;
-    static uint16_t inflight[256];      /* ids popped and not used, oldest first */
-    static uint8_t is_inflight[256];
-    uint32_t n_in = 0, first_fault = 0;
+    n_in = first_fault = 0;
     static uint8_t written[256];        /* ring slots the device wrote a used descriptor to */
     static uint16_t written_id[256];
-    static uint64_t popped_sum[256];   /* device_bytes_sum() when each id was popped */
-    static uint64_t popped_shape[256]; /* chain_shape() of what was popped under each id */
     memset(written, 0, sizeof(written));
     memset(is_inflight, 0, sizeof(is_inflight));
     for (size_t k = 0; k < nops; k++) {
@@ -114,21 +137,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 CHECK(rc == -(int)first_fault, "a stopped queue popped (%d, first fault %u)", rc, first_fault);
                 break;
             }
-            if (rc < 0) {
-                first_fault = (uint32_t)-rc;
-                CHECK(vq.broken && vq.fault == -rc, "fault %d without a stopped queue", rc);
-                break;
-            }
-            if (rc == 0)
-                break;
-            CHECK(c.ndesc <= VNB_MAX_CHAIN_DESC, "one pop walked %u descriptors", c.ndesc);
-            CHECK(c.head < num && !is_inflight[c.head], "id %u out of range or in flight", c.head);
-            CHECK(vq.inflight_desc <= num, "%u slots in flight in a ring of %u", vq.inflight_desc, num);
-            check_iov(c.iov, c.nout + c.nin);
-            inflight[n_in++] = c.head;
-            is_inflight[c.head] = 1;
-            popped_sum[c.head] = device_bytes_sum(num);
-            popped_shape[c.head] = chain_shape(&c);
+            (void)took(rc, num);
             break;
         }
         case 3: {   /* unpop the last 1..4, then pop them again: the same ids come back */
@@ -150,19 +159,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 /* No guest runs here: unless the device wrote meanwhile, the same bytes give the same buffers. */
                 CHECK(!same || (rc == 1 && c.head == want[i] && chain_shape(&c) == popped_shape[want[i]]),
                       "unpopped buffer %u came back as %d/%u (or with other descriptors)", want[i], rc, c.head);
-                if (rc < 0) {
-                    first_fault = (uint32_t)-rc;
-                    CHECK(vq.broken && vq.fault == -rc, "fault %d without a stopped queue", rc);
+                if (!took(rc, num))
                     break;
-                }
-                if (rc == 0)
-                    break;
-                CHECK(c.head < num && !is_inflight[c.head], "id %u out of range or in flight", c.head);
-                check_iov(c.iov, c.nout + c.nin);
-                inflight[n_in++] = c.head;
-                is_inflight[c.head] = 1;
-                popped_sum[c.head] = now;
-                popped_shape[c.head] = chain_shape(&c);
             }
             break;
         }
