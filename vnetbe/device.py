@@ -42,10 +42,15 @@ class VirtioNet:
     Lifecycle follows the spec's status bits: the driver reads ``device_features``, calls
     ``set_driver_features`` (FEATURES_OK), ``set_queue`` for RX (0) and TX (1), then ``start``
     (DRIVER_OK). A guest fault stops its queue and sets DEVICE_NEEDS_RESET; ``check()`` raises it.
+
+    With ``queues`` = N > 1 pairs the device offers MQ and CTRL_VQ and has virtqueues rx0, tx0, rx1,
+    tx1, ... (2N of them; the control queue, 2N, is the caller's): only pair 0 runs until
+    ``set_queue_pairs`` (what the driver's VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET asks) says more. The link
+    gets one queue fd per pair.
     """
 
     def __init__(self, mem, link, datapath: str = "user", *, features: int | None = None,
-                 mac: str | None = None, mtu: int | None = None, busyloop_us: int = 0):
+                 mac: str | None = None, mtu: int | None = None, busyloop_us: int = 0, queues: int = 1):
         self.mem = mem
         self.link = link
         self.datapath_name = datapath
@@ -53,9 +58,17 @@ class VirtioNet:
         self.busyloop_us = busyloop_us
         if not 0 <= self.busyloop_us <= MAX_BUSYLOOP_US:
             raise ConfigError(f"busyloop_us: 0 .. {MAX_BUSYLOOP_US} (10 s)")
-        self._datapath = make_datapath(datapath)
-        offered = spec.DEVICE_FEATURES if features is None else features
-        self.device_features = offered & self._datapath.supported_features
+        if not isinstance(queues, int) or not 1 <= queues <= spec.MAX_QUEUE_PAIRS:
+            raise ConfigError(f"queues={queues!r}: a device has 1 .. {spec.MAX_QUEUE_PAIRS} queue pairs")
+        self.max_queue_pairs = queues
+        self.queue_pairs = 1      # pairs the driver runs (VQ_PAIRS_SET); only pair 0 until it says more
+        if link.queue_fds != [link.fd] or queues > 1:
+            link.set_queues(queues)
+        self._datapath = make_datapath(datapath, queues)
+        mq = spec.MQ_FEATURES if queues > 1 else 0
+        offered = (spec.DEVICE_FEATURES | mq) if features is None else features
+        # MQ and CTRL_VQ are the device model's: every datapath serves pairs (one each).
+        self.device_features = offered & (self._datapath.supported_features | spec.MQ_FEATURES)
         self.mac = mac or link.mac
         self.mtu = mtu or link.mtu
         self.driver_features = 0
@@ -87,7 +100,8 @@ class VirtioNet:
         reads any window of it (Cloud Hypervisor asks for the first 17 bytes). The link is up until
         the datapath has lost it."""
         link_status = 0 if self._datapath.link_down() else spec.VIRTIO_NET_S_LINK_UP
-        return (bytes.fromhex(self.mac.replace(":", "")) + struct.pack("<HHH", link_status, 1, self.mtu)
+        return (bytes.fromhex(self.mac.replace(":", "")) + struct.pack("<HHH", link_status, self.max_queue_pairs,
+                                                                     self.mtu)
                 + struct.pack("<IBBHI", 0xFFFFFFFF, 0xFF, 0, 0, 0))
 
     # --- negotiation ---
@@ -112,9 +126,11 @@ class VirtioNet:
         return features
 
     def set_queue(self, index: int, cfg: QueueConfig | None = None, **kw) -> None:
-        """Describe queue ``index`` (0 = RX, 1 = TX): a QueueConfig or its fields as keywords."""
-        if index not in (spec.RX_QUEUE, spec.TX_QUEUE):
-            raise ConfigError(f"queue index {index}: this device has RX (0) and TX (1)")
+        """Describe queue ``index`` (2p = RX, 2p+1 = TX of pair p): a QueueConfig or its fields as keywords."""
+        if not isinstance(index, int) or not 0 <= index < 2 * self.max_queue_pairs:
+            raise ConfigError(f"queue index {index}: this device has RX (0) and TX (1)" if self.max_queue_pairs == 1
+                              else f"queue index {index}: this device has queues 0 .. {2 * self.max_queue_pairs - 1}"
+                                   f" ({self.max_queue_pairs} pairs)")
         cfg = cfg or QueueConfig(**kw)
         if self.mem is None:
             raise ConfigError("set_queue() before the guest memory is known: call set_memory() first")
@@ -134,13 +150,34 @@ class VirtioNet:
             raise ConfigError("guest memory can only change while the device is stopped")
         self.mem = mem
 
+    def set_queue_pairs(self, n: int) -> None:
+        """How many queue pairs run (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, §5.1.6.5.5): pairs 0 .. n-1. A
+        running device stops and starts again over them, each ring from where it stood."""
+        if not isinstance(n, int) or not 1 <= n <= self.max_queue_pairs:
+            raise ConfigError(f"{n!r} queue pairs: this device has 1 .. {self.max_queue_pairs}")
+        if n > 1 and self.driver_features and not self.has(spec.VIRTIO_NET_F_MQ):
+            raise ConfigError(f"{n} queue pairs without VIRTIO_NET_F_MQ negotiated")
+        if n == self.queue_pairs:
+            return
+        running = self.running
+        self.stop()
+        self.queue_pairs = n
+        if running:
+            self._datapath_start()
+            self.running = True
+            self.status |= spec.DRIVER_OK
+
+    def served_queues(self) -> dict[int, QueueConfig]:
+        """The queues the datapath serves: those set up, of the pairs that run."""
+        return {q: cfg for q, cfg in self.queues.items() if q // 2 < self.queue_pairs}
+
     # --- running ---
     def start(self) -> None:
         if not self.status & spec.FEATURES_OK:
             raise ConfigError("start() before set_driver_features(): negotiate features first")
         if self.mem is None:
             raise ConfigError("start() without guest memory: call set_memory() first")
-        if not self.queues:
+        if not self.served_queues():
             raise ConfigError("start() with no queues: call set_queue for RX (0) and/or TX (1)")
         self._configure_link()
         self._datapath_start()
@@ -153,8 +190,8 @@ class VirtioNet:
         self.link.set_offload(tun_offload_from_virtio(self.driver_features))
 
     def _datapath_start(self) -> None:
-        self._datapath.start(self.mem, self.driver_features, self.hdr_len, self.queues, self.link, self.err_fd,
-                             self.busyloop_us)
+        self._datapath.start(self.mem, self.driver_features, self.hdr_len, self.served_queues(), self.link,
+                             self.err_fd, self.busyloop_us)
 
     def stop(self) -> dict[int, QueueState]:
         """Stop the datapath; the rings keep their state (returned, and kept for a later start)."""
@@ -172,7 +209,7 @@ class VirtioNet:
         """Hand the live rings to another datapath: stop, carry last_avail_idx/used_idx over, start."""
         if name == self.datapath_name:
             return {}
-        new = make_datapath(name)
+        new = make_datapath(name, self.max_queue_pairs)
         odd = [q for q, cfg in self.queues.items() if cfg.polled or cfg.discard]
         if odd and not new.ring_modes:
             new.close()
@@ -196,7 +233,7 @@ class VirtioNet:
         have posted buffers without kicking (the old datapath was polling), and vhost only looks at a
         TX ring when kicked; the driver may be waiting for an interrupt the old datapath suppressed.
         Both sides treat a spurious notification as a cue to look at the ring, so this is always safe."""
-        for cfg in self.queues.values():
+        for cfg in self.served_queues().values():
             os.eventfd_write(cfg.kick_fd, 1)
             os.eventfd_write(cfg.call_fd, 1)
 
@@ -212,8 +249,9 @@ class VirtioNet:
         self.stop()
         self._retired = _sum_stats(self._retired, self._datapath.stats().as_dict())
         self._datapath.close()
-        self._datapath = make_datapath(self.datapath_name)
+        self._datapath = make_datapath(self.datapath_name, self.max_queue_pairs)
         self.queues = {}
+        self.queue_pairs = 1
         self.driver_features = 0
         self._status = 0
         try:
@@ -280,6 +318,9 @@ class VirtioNet:
         out["datapath"] = self.datapath_name
         out["status"] = self.status
         out["features"] = self.driver_features
+        out["queue_pairs"] = self.queue_pairs
+        # Per pair, this datapath's since it started (a hand-over's earlier datapaths are in the totals).
+        out["pairs"] = self._datapath.pair_stats()
         return out
 
     def threads(self) -> list[int]:

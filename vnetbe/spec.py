@@ -24,6 +24,7 @@ VIRTIO_NET_F_HOST_UFO = lib.VIRTIO_NET_F_HOST_UFO
 VIRTIO_NET_F_MRG_RXBUF = lib.VIRTIO_NET_F_MRG_RXBUF
 VIRTIO_NET_F_STATUS = lib.VIRTIO_NET_F_STATUS
 VIRTIO_NET_F_MQ = lib.VIRTIO_NET_F_MQ
+VIRTIO_NET_F_CTRL_VQ = lib.VIRTIO_NET_F_CTRL_VQ
 VIRTIO_F_NOTIFY_ON_EMPTY = lib.VIRTIO_F_NOTIFY_ON_EMPTY
 VIRTIO_F_ANY_LAYOUT = lib.VIRTIO_F_ANY_LAYOUT
 VIRTIO_RING_F_INDIRECT_DESC = lib.VIRTIO_RING_F_INDIRECT_DESC
@@ -42,6 +43,8 @@ FEATURE_NAMES = {
     VIRTIO_NET_F_HOST_TSO6: "HOST_TSO6",
     VIRTIO_NET_F_MRG_RXBUF: "MRG_RXBUF",
     VIRTIO_NET_F_STATUS: "STATUS",
+    VIRTIO_NET_F_CTRL_VQ: "CTRL_VQ",
+    VIRTIO_NET_F_MQ: "MQ",
     VIRTIO_RING_F_INDIRECT_DESC: "INDIRECT_DESC",
     VIRTIO_RING_F_EVENT_IDX: "EVENT_IDX",
     VIRTIO_F_VERSION_1: "VERSION_1",
@@ -57,8 +60,15 @@ def features_to_names(features: int) -> list[str]:
     return [name for b, name in sorted(FEATURE_NAMES.items()) if features & bit(b)]
 
 
+# Multiqueue (§5.1.6.5): the device model's, not a datapath's. MQ needs CTRL_VQ; the control queue
+# is the caller's (a vhost-user front end's or a VMM's), which says how many pairs run (set_queue_pairs).
+MQ_FEATURES = bit(VIRTIO_NET_F_MQ) | bit(VIRTIO_NET_F_CTRL_VQ)
+
 # Everything the userspace datapath implements; the vhost path offers the intersection with the kernel's.
-DEVICE_FEATURES = sum(bit(b) for b in FEATURE_NAMES)
+DEVICE_FEATURES = sum(bit(b) for b in FEATURE_NAMES) & ~MQ_FEATURES
+
+# Queue pairs a device may have: a thread (or a /dev/vhost-net) per pair, and one tap queue each.
+MAX_QUEUE_PAIRS = 16
 
 # --- device status (§2.1) ---
 ACKNOWLEDGE = lib.VIRTIO_CONFIG_S_ACKNOWLEDGE
@@ -96,6 +106,11 @@ GSO_TYPES = {"tcpv4": VIRTIO_NET_HDR_GSO_TCPV4, "tcpv6": VIRTIO_NET_HDR_GSO_TCPV
 
 RX_QUEUE = 0
 TX_QUEUE = 1
+
+
+def is_tx_queue(q: int) -> bool:
+    """Virtqueue q of the device is a TX queue: rx0, tx0, rx1, tx1, ... (§5.1.2)."""
+    return q % 2 == 1
 
 
 def desc_table_size(num: int) -> int:

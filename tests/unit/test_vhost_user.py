@@ -727,6 +727,7 @@ def test_rings_without_kick_fds_are_polled_and_carry_frames_both_ways(datapath):
 
 def test_a_polled_ring_is_refused_on_a_datapath_that_cannot_poll(rig):
     """vhost's kernel worker looks at a ring only when kicked: NOFD there is refused by name."""
+    from vnetbe.datapath import PairedDatapath
     from vnetbe.datapath.user import UserDatapath
 
     class NoModes(UserDatapath):
@@ -735,7 +736,7 @@ def test_a_polled_ring_is_refused_on_a_datapath_that_cannot_poll(rig):
     try:
         s.sendall(_owner())
         assert wait_for(lambda: rig.server.session is not None and rig.server.session.owner, 2.0)
-        rig.server.session.dev._datapath = NoModes()
+        rig.server.session.dev._datapath = PairedDatapath(NoModes, 1)
         s.sendall(P.request(Request.SET_VRING_KICK, P.U64.pack(P.VRING_NOFD_MASK)))
         assert closed_by_peer(s)
         assert "cannot poll a ring" in rig.refusals()[-1]

@@ -11,6 +11,8 @@ from vnetbe.link import LinkStats
 
 
 class PairLink:
+    """Queue 0 of the stand-in; ``set_queues(n)`` gives it n queues, each its own socketpair
+    (``queue(p)`` is queue p, with ``inject``/``sent`` on that queue)."""
     name = "pair"
     ifindex = 0
     mac = "02:00:00:00:00:01"
@@ -26,12 +28,35 @@ class PairLink:
         self.fd = self.a.fileno()
         self.vnet_hdr_len = None
         self.offload = None
+        self._sndbuf = sndbuf
+        self._more: list[PairLink] = []     # queues 1..
+        self.attached: dict[int, bool] = {}  # TUNSETQUEUE as the device asked it
+
+    @property
+    def queue_fds(self) -> list[int]:
+        return [self.fd] + [q.fd for q in self._more]
+
+    def set_queues(self, n: int) -> None:
+        while len(self._more) > n - 1:
+            self._more.pop().close()
+        while len(self._more) < n - 1:
+            q = PairLink(self._sndbuf)
+            q.vnet_hdr_len, q.offload = self.vnet_hdr_len, self.offload
+            self._more.append(q)
+
+    def queue(self, p: int) -> "PairLink":
+        return self if p == 0 else self._more[p - 1]
+
+    def set_queue_attached(self, p: int, attached: bool) -> None:
+        self.attached[p] = attached
 
     def set_vnet_hdr_len(self, n: int) -> None:
-        self.vnet_hdr_len = n
+        for q in [self] + self._more:
+            q.vnet_hdr_len = n
 
     def set_offload(self, flags: int) -> None:
-        self.offload = flags
+        for q in [self] + self._more:
+            q.offload = flags
 
     def stats(self) -> LinkStats:
         """A socketpair keeps no interface counters."""
@@ -50,6 +75,9 @@ class PairLink:
             return None
 
     def close(self) -> None:
+        for q in self._more:
+            q.close()
+        self._more = []
         self.a.close()
         self.peer.close()
 

@@ -34,6 +34,11 @@ TUNSETVNETHDRSZ = lib.TUNSETVNETHDRSZ
 IFF_TAP = lib.IFF_TAP
 IFF_NO_PI = lib.IFF_NO_PI
 IFF_VNET_HDR = lib.IFF_VNET_HDR
+IFF_MULTI_QUEUE = lib.IFF_MULTI_QUEUE
+IFF_ATTACH_QUEUE = lib.IFF_ATTACH_QUEUE
+IFF_DETACH_QUEUE = lib.IFF_DETACH_QUEUE
+TUNSETQUEUE = lib.TUNSETQUEUE
+_IFREQ_FLAGS = struct.Struct("16xH22x")   # struct ifreq with only ifr_flags set (TUNSETQUEUE)
 
 # TUNSETOFFLOAD flags: what the kernel may hand *up* the fd (i.e. what the guest can receive).
 TUN_F_CSUM = lib.TUN_F_CSUM
@@ -215,6 +220,9 @@ class Link:
         self._closed = False
         self._offload = 0
         self._vnet_hdr_len: int | None = None
+        self._queue_fds: list[int] = []      # queues 1.. of a multi-queue link (queue 0 is ``fd``)
+        self._views: dict[int, LinkQueue] = {}
+        self._detached: set[int] = set()
         try:
             self.refresh()
             if vnet_hdr_len is not None:
@@ -229,18 +237,18 @@ class Link:
         """So a Link can be given to select/poll/epoll directly."""
         return self.fd
 
-    def _ioctl_int_in(self, request: int, value: int, call: str) -> None:
+    def _ioctl_int_in(self, request: int, value: int, call: str, fd: int | None = None) -> None:
         self._check_open()
         try:
-            fcntl.ioctl(self.fd, request, struct.pack("i", value))
+            fcntl.ioctl(self.fd if fd is None else fd, request, struct.pack("i", value))
         except OSError as e:
             raise KernelRefused(f"{call} on {self.name}", e.errno) from None
 
-    def _ioctl_int_out(self, request: int, call: str) -> int:
+    def _ioctl_int_out(self, request: int, call: str, fd: int | None = None) -> int:
         self._check_open()
         buf = bytearray(4)
         try:
-            fcntl.ioctl(self.fd, request, buf, True)
+            fcntl.ioctl(self.fd if fd is None else fd, request, buf, True)
         except OSError as e:
             raise KernelRefused(f"{call} on {self.name}", e.errno) from None
         return struct.unpack("i", buf)[0]
@@ -253,10 +261,12 @@ class Link:
         """
         if not isinstance(n, int) or n < 10:
             raise ConfigError(f"vnet header length {n!r} is too small: use 10, or 12 with VERSION_1/MRG_RXBUF")
-        self._ioctl_int_in(TUNSETVNETHDRSZ, n, "TUNSETVNETHDRSZ")
-        got = self.get_vnet_hdr_len()
-        if got != n:
-            raise LinkError(f"{self.name}: vnet header length reads back {got} after setting {n}; kernel bug?")
+        # macvtap keeps the length per queue, tun per device: set it on every queue's fd.
+        for fd in self.queue_fds:
+            self._ioctl_int_in(TUNSETVNETHDRSZ, n, "TUNSETVNETHDRSZ", fd)
+            got = self._ioctl_int_out(TUNGETVNETHDRSZ, "TUNGETVNETHDRSZ", fd)
+            if got != n:
+                raise LinkError(f"{self.name}: vnet header length reads back {got} after setting {n}; kernel bug?")
         self._vnet_hdr_len = n
 
     def get_vnet_hdr_len(self) -> int:
@@ -272,7 +282,8 @@ class Link:
         if tun_flags & ~allowed:
             raise ConfigError(f"unknown TUN_F_* bits {tun_flags & ~allowed:#x} in offload flags {tun_flags:#x}")
         try:
-            fcntl.ioctl(self.fd, TUNSETOFFLOAD, tun_flags)
+            for fd in self.queue_fds:
+                fcntl.ioctl(fd, TUNSETOFFLOAD, tun_flags)
         except OSError as e:
             raise KernelRefused(f"TUNSETOFFLOAD {tun_flags:#x} on {self.name}", e.errno) from None
         self._offload = tun_flags
@@ -282,6 +293,61 @@ class Link:
     def _open_fd(self) -> int:
         """Open a fresh fd on the interface's character device; subclasses know which one."""
         raise NotImplementedError
+
+    # --- queues (multiqueue: one fd per queue pair of the device) ---
+    @property
+    def queue_fds(self) -> list[int]:
+        """One fd per queue: ``fd`` first, then those ``set_queues`` opened."""
+        return [self.fd] + self._queue_fds
+
+    def _open_queue_fd(self) -> int:
+        """Another queue's fd on the same interface (macvtap: the device node again; tap: TUNSETIFF
+        with IFF_MULTI_QUEUE)."""
+        return self._open_fd()
+
+    def set_queues(self, n: int) -> None:
+        """Have exactly ``n`` queue fds, each with the header length and offloads of ``fd``."""
+        self._check_open()
+        if n < 1:
+            raise ConfigError(f"a link has at least one queue, not {n}")
+        while len(self.queue_fds) > n:
+            i = len(self.queue_fds) - 1
+            os.close(self._queue_fds.pop())
+            self._views.pop(i, None)
+            self._detached.discard(i)
+        while len(self.queue_fds) < n:
+            fd = self._open_queue_fd()
+            self._queue_fds.append(fd)
+            try:
+                if self._vnet_hdr_len is not None:
+                    self._ioctl_int_in(TUNSETVNETHDRSZ, self._vnet_hdr_len, "TUNSETVNETHDRSZ", fd)
+                if self._offload:
+                    fcntl.ioctl(fd, TUNSETOFFLOAD, self._offload)
+            except OSError as e:
+                raise KernelRefused(f"TUNSETOFFLOAD on {self.name}'s queue {len(self._queue_fds)}", e.errno) from None
+
+    def set_queue_attached(self, i: int, attached: bool) -> None:
+        """TUNSETQUEUE: a detached queue gets no frames from the kernel's steering (a queue pair nobody
+        serves); its fd stays open. Queue 0 of a single-queue link is never detached."""
+        self._check_open()
+        if attached == (i not in self._detached):
+            return
+        flag = IFF_ATTACH_QUEUE if attached else IFF_DETACH_QUEUE
+        try:
+            fcntl.ioctl(self.queue_fds[i], TUNSETQUEUE, _IFREQ_FLAGS.pack(flag))
+        except OSError as e:
+            raise KernelRefused(f"TUNSETQUEUE {'attach' if attached else 'detach'} on {self.name} queue {i}",
+                                e.errno) from None
+        (self._detached.discard if attached else self._detached.add)(i)
+
+    def queue(self, i: int) -> "Link | LinkQueue":
+        """Queue ``i`` as a datapath sees a link: the link itself for queue 0, else a view whose
+        ``fd`` is that queue's."""
+        if i == 0:
+            return self
+        if i not in self._views:
+            self._views[i] = LinkQueue(self, i)
+        return self._views[i]
 
     def _swap_fd(self) -> None:
         """Open the new fd before closing the old one, so the interface never loses its last fd."""
@@ -398,6 +464,12 @@ class Link:
             return
         self._closed = True
         first: BaseException | None = None
+        for fd in self._queue_fds:
+            try:
+                os.close(fd)
+            except OSError as e:
+                first = first or e
+        self._queue_fds = []
         if self.fd >= 0:
             try:
                 os.close(self.fd)
@@ -425,3 +497,22 @@ class Link:
         owned = "owned" if self.owned else "attached"
         return (f"<{type(self).__name__} {self.name} ifindex={self.ifindex} mac={self.mac} mtu={self.mtu}"
                 f" {state} {owned}>")
+
+
+class LinkQueue:
+    """Queue ``index`` of a multi-queue link, for a datapath serving one queue pair: the link in all but
+    ``fd``, which is that queue's."""
+
+    def __init__(self, link: Link, index: int):
+        self._link = link
+        self.index = index
+
+    @property
+    def fd(self) -> int:
+        return self._link.queue_fds[self.index]
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._link, name)

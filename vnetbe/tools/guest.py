@@ -29,20 +29,31 @@ class GuestDriver:
     bytes per RX buffer (default 2048 with mergeable buffers, else enough for the largest frame).
     ``tx_layout``: how a frame is laid out in descriptors (single, split_hdr, scatter, indirect).
     ``packed``: ask for packed rings (VIRTIO_F_RING_PACKED); ConfigError if the device does not offer them.
+    ``pair``: the queue pair it drives (virtqueues 2*pair, 2*pair+1). The driver of pair 0 negotiates
+    features (and asks for MQ when the device has several pairs); drivers of other pairs, made after it
+    with ``start=False`` on all but the last, share what it negotiated.
     """
 
     def __init__(self, dev, *, queue_size: int = 256, rx_queue_size: int | None = None,
                  features: int | None = None, rx_buf_size: int | None = None, rx_segs: int = 1,
-                 tx_layout: str = "single", start: bool = True, packed: bool = False):
+                 tx_layout: str = "single", start: bool = True, packed: bool = False, pair: int = 0):
         self.dev = dev
+        self.pair = pair
         mem = dev.mem
         want = DEFAULT_FEATURES if features is None else features
+        if features is None and dev.max_queue_pairs > 1:
+            want |= spec.MQ_FEATURES
         if packed:
             if not dev.device_features & spec.bit(spec.VIRTIO_F_RING_PACKED):
                 raise ConfigError("this device does not offer packed rings (VIRTIO_F_RING_PACKED): the vhost "
                                   "datapath cannot serve them; use user or uring")
             want |= spec.bit(spec.VIRTIO_F_RING_PACKED)
-        self.features = dev.set_driver_features(want & dev.device_features)
+        if pair:
+            if not dev.status & spec.FEATURES_OK:
+                raise ConfigError(f"the driver of pair {pair} needs pair 0's driver first (it negotiates features)")
+            self.features = dev.driver_features
+        else:
+            self.features = dev.set_driver_features(want & dev.device_features)
         self.packed = bool(self.features & spec.bit(spec.VIRTIO_F_RING_PACKED))
         self.event_idx = bool(self.features & spec.bit(spec.VIRTIO_RING_F_EVENT_IDX))
         self.mrg_rxbuf = bool(self.features & spec.bit(spec.VIRTIO_NET_F_MRG_RXBUF))
@@ -78,7 +89,7 @@ class GuestDriver:
         self.call_fd = {q: self._eventfd() for q in rings}
         self.rings = rings
         for q, (n, d, a, u) in rings.items():
-            dev.set_queue(q, QueueConfig(n, d, a, u, self.kick_fd[q], self.call_fd[q]))
+            dev.set_queue(2 * pair + q, QueueConfig(n, d, a, u, self.kick_fd[q], self.call_fd[q]))
 
         flags = spec.ring_flags(self.features)
         self._g = ffi.new("struct vnb_guest *")
