@@ -9,7 +9,11 @@ until the guest's DRIVER_OK, then SET_FEATURES (bit 30 included), SET_MEM_TABLE,
 both rings, per ring ADDR, BASE, CALL, KICK, then SET_VRING_ENABLE for both; every request after
 REPLY_ACK carries NEED_REPLY, and only the SET_* ones wait for an ack. A guest reset is
 SET_VRING_ENABLE(0) and GET_VRING_BASE per ring; a back-end restart is SET_OWNER, GET_FEATURES and the
-saved SET_PROTOCOL_FEATURES without asking again, then the activation."""
+saved SET_PROTOCOL_FEATURES without asking again, then the activation.
+
+``num_queues=4`` (two pairs) is the same sequence over rings 0..3: CH's net.rs asks the back end for
+num_queues virtqueues (GET_QUEUE_NUM must answer at least that), sets up every ring and enables them
+all at activation; the guest's VQ_PAIRS_SET stays in CH's own control queue handler."""
 from __future__ import annotations
 
 import os
@@ -33,7 +37,6 @@ CH_PROTOCOL = (1 << PF.MQ | 1 << PF.LOG_SHMFD | 1 << PF.REPLY_ACK | 1 << PF.CONF
                | 1 << PF.CONFIGURE_MEM_SLOTS | 1 << 19)          # 19: DEVICE_STATE
 assert CH_PROTOCOL == 0x8920B
 CH_FEATURE_MASK = 0x597462FFAB      # what CH keeps of the back end's offer (net.rs avail_features)
-NUM_QUEUES = 2
 CONFIG_READ = 17                    # CH's GET_CONFIG size
 ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
 
@@ -45,8 +48,9 @@ def _frame(n: int, seed: int = 0) -> bytes:
 class CloudHypervisorFrontend(VhostUserFrontend):
     """The device door GuestDriver drives, speaking in Cloud Hypervisor's order."""
 
-    def __init__(self, path: str, mem, *, saved_protocol: int | None = None):
+    def __init__(self, path: str, mem, *, saved_protocol: int | None = None, num_queues: int = 2):
         self.path, self.mem, self.timeout, self.poll_rings = path, mem, 5.0, False
+        self.num_queues, self.max_queue_pairs = num_queues, num_queues // 2
         self.sock = self._connect(path, 5.0)
         self._on_close: list = []
         self.queues: dict = {}
@@ -92,8 +96,8 @@ class CloudHypervisorFrontend(VhostUserFrontend):
             if protocol & 1 << PF.MQ:
                 backend_queues = P.U64.unpack(self._ask(Request.GET_QUEUE_NUM))[0]
                 assert backend_queues <= 0x8000
-                if NUM_QUEUES > backend_queues:   # net.rs: Error::BadQueueNum
-                    raise VnetError(f"vhost-user-net requested too many queues ({NUM_QUEUES}) since the "
+                if self.num_queues > backend_queues:   # net.rs: Error::BadQueueNum
+                    raise VnetError(f"vhost-user-net requested too many queues ({self.num_queues}) since the "
                                     f"backend only supports {backend_queues}")
             if protocol & 1 << PF.CONFIG:
                 body = self._ask(Request.GET_CONFIG, P.config_payload(0, CONFIG_READ, 1))
@@ -134,7 +138,8 @@ class CloudHypervisorFrontend(VhostUserFrontend):
 
 
 class Rig:
-    def __init__(self):
+    def __init__(self, pairs: int = 1):
+        self.pairs = pairs
         self.dir = tempfile.mkdtemp(prefix="vnb-ch-")
         self.path = os.path.join(self.dir, "sock")
         self.link = PairLink()
@@ -144,17 +149,19 @@ class Rig:
         self.fe = None
 
     def _server(self) -> VhostUserServer:
-        return VhostUserServer(self.path, self.link, on_event=lambda k, t: self.events.append((k, t))).start()
+        return VhostUserServer(self.path, self.link, on_event=lambda k, t: self.events.append((k, t)),
+                               queues=self.pairs).start()
 
     def restart_server(self) -> None:
         self.server.close()
         self.server = self._server()
 
     def traffic(self, guest, n: int, seed: int) -> None:
+        link = self.link.queue(guest.pair)
         for i in range(n):
             guest.send(_frame(60 + i, seed + i))
-            assert self.link.sent(2.0)[12:] == _frame(60 + i, seed + i)
-            self.link.inject(_frame(70 + i, seed + i))
+            assert link.sent(2.0)[12:] == _frame(60 + i, seed + i)
+            link.inject(_frame(70 + i, seed + i))
             assert guest.receive(timeout=2.0) == _frame(70 + i, seed + i)
 
     def close(self) -> None:
@@ -171,6 +178,34 @@ def rig():
     r = Rig()
     yield r
     r.close()
+
+
+@pytest.mark.parametrize("num_queues", [2, 4])
+def test_cloud_hypervisor_num_queues_brings_up_that_many_virtqueues_as_pairs(num_queues):
+    pairs = num_queues // 2
+    r = Rig(pairs)
+    try:
+        r.fe = CloudHypervisorFrontend(r.path, r.mem, num_queues=num_queues)
+        assert r.fe.offered & (1 << 22 | 1 << 17) == 1 << 22 | 1 << 17   # MQ and CTRL_VQ offered, so CH keeps them
+        guests = [GuestDriver(r.fe, queue_size=64, rx_buf_size=2048, pair=p, start=False) for p in range(pairs)]
+        r.fe.start()
+        for p, guest in enumerate(guests):
+            r.traffic(guest, 10, 10 * p)
+        session = r.server.session
+        assert sorted(session.dev.served_queues()) == list(range(num_queues))
+        assert [x["tx_frames"] for x in session.dev.stats()["pairs"]] == [10] * pairs
+        assert r.server.stats()["refused_messages"] == 0, r.events
+    finally:
+        r.close()
+
+
+def test_cloud_hypervisor_asking_more_queues_than_the_back_end_has_is_refused_on_its_side():
+    r = Rig(1)
+    try:
+        with pytest.raises(VnetError, match="requested too many queues"):
+            r.fe = CloudHypervisorFrontend(r.path, r.mem, num_queues=4)
+    finally:
+        r.close()
 
 
 def test_cloud_hypervisors_setup_order_is_served_and_frames_cross_both_ways(rig):

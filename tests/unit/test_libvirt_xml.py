@@ -98,7 +98,7 @@ def test_a_vhostuser_interface_names_the_socket_and_which_side_listens():
 @pytest.mark.parametrize("change,msg", [
     (("mode='client'", ""), "mode='client|server'"),
     (("path='/tmp/vnb-vu.sock' ", ""), "path='SOCKET'"),
-    (("queues='1'", "queues='4'"), "one queue pair so far"),
+    (("queues='1'", "queues='17'"), "up to 16 queue pairs"),
     (("queues='1'", "queues='x'"), "a number of queue pairs"),
     (("<driver queues='1'/>", "<driver name='vhost'/>"), "does not go with type='vhostuser'"),
 ])

@@ -26,6 +26,9 @@ from vnbtest.wait import wait_for
 
 from vnetbe import spec
 from vnetbe.errors import ProtocolError, VnetError
+from vnetbe.memory import GuestMemory
+from vnetbe.tools.guest import GuestDriver
+from vnetbe.tools.vhost_user_frontend import VhostUserFrontend
 from vnetbe.vhost_user import Session
 from vnetbe.vhost_user import protocol as P
 from vnetbe.vhost_user.protocol import MemRegion, Request
@@ -772,4 +775,63 @@ def test_a_started_but_disabled_ring_discards_tx_and_supplies_no_rx(datapath):
     finally:
         if fr is not None:
             fr.close()
+        rig.close()
+
+
+# --- multiqueue (VHOST_USER_PROTOCOL_F_MQ) ---
+
+def test_get_queue_num_answers_the_virtqueues_of_every_pair_and_rings_beyond_are_refused():
+    link = PairLink()
+    session = Session(link, "user", queues=3)
+    try:
+        session.handle(P.parse(Request.SET_OWNER, P.VERSION, b"", 0), [])
+        reply = session.handle(P.parse(Request.GET_QUEUE_NUM, P.VERSION, b"", 0), [])
+        assert P.U64.unpack(reply[P.HEADER_SIZE:])[0] == 6     # 2 x pairs: QEMU, DPDK and CH all attach
+        assert session.dev.device_features & spec.MQ_FEATURES == spec.MQ_FEATURES
+        for ring in (5, 6):
+            msg = P.parse(Request.SET_VRING_NUM, P.VERSION, P.VRING_STATE.pack(ring, 64), 0)
+            if ring == 5:
+                session.handle(msg, [])
+            else:
+                with pytest.raises(ProtocolError, match=r"ring 6; this device has rings 0 \.\. 5 \(3 pairs\)"):
+                    session.handle(msg, [])
+    finally:
+        session.close()
+        link.close()
+
+
+def test_pairs_are_served_as_the_front_end_enables_them_as_qemu_does_for_ethtool_combined():
+    """QEMU starts every pair's rings and enables pair 1 only when the guest asks (ethtool -L combined 2);
+    combined 1 disables rings 2 and 3 again: ring 3 (TX) then discards, ring 2 is not served and the
+    link's queue 1 is detached so the kernel steers nothing to it."""
+    rig = ServerRig(queues=2)
+    mem = GuestMemory(16 << 20)
+    fe = VhostUserFrontend(rig.path, mem)
+    fe.max_queue_pairs = 2
+    try:
+        g0 = GuestDriver(fe, queue_size=64, rx_buf_size=2048, start=False)
+        g1 = GuestDriver(fe, queue_size=64, rx_buf_size=2048, pair=1, start=False)
+        assert fe.driver_features & spec.MQ_FEATURES == spec.MQ_FEATURES
+        fe.start()
+        session = rig.server.session
+        assert wait_for(lambda: sorted(session.dev.served_queues()) == [0, 1, 2, 3], 2.0)
+        q1 = rig.link.queue(1)
+        for g, q, seed in ((g0, rig.link, 0), (g1, q1, 1)):
+            g.send(_frame(100, seed))
+            assert q.sent(2.0)[12:] == _frame(100, seed)
+            q.inject(_frame(90, seed))
+            assert g.receive(timeout=2.0) == _frame(90, seed)
+        for ring in (2, 3):                                  # ethtool -L combined 1
+            fe.send(Request.SET_VRING_ENABLE, P.VRING_STATE.pack(ring, 0))
+        assert wait_for(lambda: sorted(session.dev.served_queues()) == [0, 1, 3], 2.0)
+        assert session.dev.queues[3].discard and rig.link.attached[1] is False
+        g1.send(_frame(100, 7))                              # discarded, not sent
+        g1.drain_tx()
+        assert q1.sent(0.3) is None
+        g0.send(_frame(100, 8))                              # pair 0 goes on
+        assert rig.link.sent(2.0)[12:] == _frame(100, 8)
+        assert rig.refusals() == []
+    finally:
+        fe.close()
+        mem.close()
         rig.close()

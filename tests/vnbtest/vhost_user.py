@@ -16,12 +16,12 @@ from vnetbe.vhost_user import VhostUserServer
 class ServerRig:
     """vnetbe's server on a PairLink, listening on a fresh socket path; events are recorded."""
 
-    def __init__(self, datapath: str = "user"):
+    def __init__(self, datapath: str = "user", queues: int = 1):
         self.dir = tempfile.mkdtemp(prefix="vnb-vu-")
         self.path = os.path.join(self.dir, "sock")
         self.link = PairLink()
         self.events: list[tuple[str, str]] = []
-        self.server = VhostUserServer(self.path, self.link, datapath,
+        self.server = VhostUserServer(self.path, self.link, datapath, queues=queues,
                                       on_event=lambda k, t: self.events.append((k, t))).start()
 
     def refusals(self) -> list[str]:

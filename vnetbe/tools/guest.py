@@ -49,9 +49,9 @@ class GuestDriver:
                                   "datapath cannot serve them; use user or uring")
             want |= spec.bit(spec.VIRTIO_F_RING_PACKED)
         if pair:
-            if not dev.status & spec.FEATURES_OK:
-                raise ConfigError(f"the driver of pair {pair} needs pair 0's driver first (it negotiates features)")
-            self.features = dev.driver_features
+            if not 0 < pair < dev.max_queue_pairs:
+                raise ConfigError(f"pair {pair}: this device has {dev.max_queue_pairs} queue pairs")
+            self.features = dev.driver_features   # pair 0's driver negotiated them
         else:
             self.features = dev.set_driver_features(want & dev.device_features)
         self.packed = bool(self.features & spec.bit(spec.VIRTIO_F_RING_PACKED))

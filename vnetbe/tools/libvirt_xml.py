@@ -15,6 +15,7 @@ import xml.parsers.expat
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from ..spec import MAX_QUEUE_PAIRS
 
 # libvirt's spellings of the macvtap modes; libvirt's default is vepa.
 MODES = {"vepa": "vepa", "bridge": "bridge", "private": "private", "passthrough": "passthru"}
@@ -77,9 +78,9 @@ def parse_interface(text: str, where: str = "interface XML") -> InterfaceSpec:
     if not queues_attr.isdigit() or int(queues_attr) < 1:
         raise ConfigError(f"{where}: <driver queues='{queues_attr}'/>: a number of queue pairs, 1 or more")
     queues = int(queues_attr)
-    if queues > 1:
-        raise ConfigError(f"{where}: <driver queues='{queues}'/>: vnetbe serves one queue pair so far; "
-                          "use queues='1' (or leave it out)")
+    if queues > MAX_QUEUE_PAIRS:
+        raise ConfigError(f"{where}: <driver queues='{queues}'/>: vnetbe serves up to {MAX_QUEUE_PAIRS} "
+                          "queue pairs")
     mac = root.find("mac")
     mac_addr = mac.get("address") if mac is not None else None
     target = root.find("target")

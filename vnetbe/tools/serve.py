@@ -31,6 +31,7 @@ from ..datapath.vhost_ioctl import DEV_PATH
 from ..errors import ConfigError, SetupError
 from ..link import Macvtap, Tap
 from ..link.base import NOT_ROOT_MSG, random_mac
+from ..spec import MAX_QUEUE_PAIRS
 from ..vhost_user import VhostUserServer
 from .cliutil import standalone, subcommand
 from .libvirt_xml import parse_interface
@@ -69,6 +70,9 @@ def add_arguments(p):
     p.add_argument("--name", help="name of the macvtap --parent creates (default vnb-srv<pid>)")
     p.add_argument("--bridge", metavar="BR", help="with --tap: enslave the tap to this bridge")
     p.add_argument("--mtu", type=int, help="MTU of the link created")
+    p.add_argument("--queues", type=int, default=None, metavar="N", help="queue pairs of the device (default 1; "
+                   f"1..{MAX_QUEUE_PAIRS}): front ends ask for up to N (QEMU queues=N, testpmd queues=N, Cloud "
+                   "Hypervisor num_queues=2N); the link gets a queue per pair")
     p.add_argument("--busyloop-us", type=int, default=0, help="busy-poll this long before sleeping")
     p.add_argument("--stats-interval", type=float, default=0, metavar="S", help="print counters every S s")
     p.set_defaults(func=main)
@@ -96,7 +100,7 @@ def _say(kind: str, text: str) -> None:
 
 
 _DEVICE_KEYS = {"socket": str, "parent": str, "macvtap": str, "tap": str, "bridge": str, "mode": str, "mac": str,
-                "name": str, "mtu": int, "datapath": str, "libvirt": str, "client": bool}
+                "name": str, "mtu": int, "datapath": str, "libvirt": str, "client": bool, "queues": int}
 
 
 def parse_device(text: str, defaults) -> argparse.Namespace:
@@ -131,6 +135,9 @@ def _read_libvirt(args) -> list[str]:
     spec = parse_interface(text, args.libvirt)
     args.datapath = args.datapath or spec.datapath
     args.mac = args.mac or spec.mac
+    if args.queues is not None and spec.queues != 1 and args.queues != spec.queues:
+        raise ConfigError(f"{args.libvirt} says <driver queues='{spec.queues}'/>, the command line --queues {args.queues}")
+    args.queues = args.queues or spec.queues
     given = args.parent or args.macvtap or args.tap
     if spec.kind == "vhostuser":
         if args.socket is not None and args.socket != spec.socket:
@@ -154,6 +161,9 @@ def _make_link(args):
     if os.geteuid() != 0:
         raise SetupError(NOT_ROOT_MSG)
     notes = _read_libvirt(args) if args.libvirt else []
+    queues = args.queues or 1
+    if not 1 <= queues <= MAX_QUEUE_PAIRS:
+        raise ConfigError(f"--queues {queues}: 1 .. {MAX_QUEUE_PAIRS} queue pairs")
     if args.macvtap:
         return Macvtap.attach(args.macvtap), notes
     if args.parent:
@@ -165,7 +175,7 @@ def _make_link(args):
     # would deliver the guest's frames to itself. libvirt's rule: the guest's MAC with the first octet fe.
     tap_mac = "fe" + args.mac[2:] if args.mac else random_mac()
     try:
-        tap = Tap.create(args.tap, mac=tap_mac, mtu=args.mtu)
+        tap = Tap.create(args.tap, mac=tap_mac, mtu=args.mtu, queues=queues)
     except SetupError as e:
         if "already in use" not in str(e):
             raise
@@ -214,7 +224,7 @@ def main(args) -> int:
             for note in notes:
                 say("note", note)
             servers.append(VhostUserServer(dev.socket, link, datapath, client=dev.client, busyloop_us=dev.busyloop_us,
-                                           mac=dev.mac, on_event=say, fd=dev.fd))
+                                           mac=dev.mac, on_event=say, fd=dev.fd, queues=dev.queues or 1))
         _run(servers, args.stats_interval)
     finally:
         for server in servers:

@@ -22,6 +22,8 @@ _PROTO = 1 << P.VHOST_USER_F_PROTOCOL_FEATURES
 
 
 class VhostUserFrontend:
+    max_queue_pairs = 1   # GuestDriver's door: the pairs it may drive
+
     def __init__(self, path: str, mem, *, timeout: float = 5.0, connect_timeout: float = 5.0, slots: bool = False,
                  poll_rings: bool = False):
         """``slots``: send the memory one region at a time (ADD_MEM_REG, CONFIGURE_MEM_SLOTS), as QEMU

@@ -48,7 +48,7 @@ class VhostUserServer:
     (the CLI prints them). ``stats()`` gives the current device's counters and the server's own."""
 
     def __init__(self, path: str | None, link, datapath: str = "user", *, client: bool = False, busyloop_us: int = 0,
-                 mac: str | None = None, on_event=None, fd: int | None = None):
+                 mac: str | None = None, on_event=None, fd: int | None = None, queues: int = 1):
         """``fd`` instead of ``path``: a socket a manager made (the spec's "Backend program conventions",
         ``--fd``): a listening one is served as the path's would be; a connected one (a socketpair end)
         is served once, and the server stops when it ends. The server owns it from here."""
@@ -59,7 +59,7 @@ class VhostUserServer:
         if client and fd is not None:
             raise ConfigError("a socket fd is served as it is: client mode connects to a path")
         self.path, self.link, self.datapath, self.client = path, link, datapath, client
-        self.busyloop_us, self.mac = busyloop_us, mac
+        self.busyloop_us, self.mac, self.queues = busyloop_us, mac, queues
         self.on_event = on_event or (lambda kind, text: log.info("%s: %s", kind, text))
         self.session: Session | None = None
         self.counters = {"connections": 0, "refused_messages": 0, "refused_connections": 0, "faults": 0,
@@ -171,7 +171,8 @@ class VhostUserServer:
         with self._lock:
             self._conn = conn
             self.counters["connections"] += 1
-            self.session = Session(self.link, self.datapath, busyloop_us=self.busyloop_us, mac=self.mac)
+            self.session = Session(self.link, self.datapath, busyloop_us=self.busyloop_us, mac=self.mac,
+                                   queues=self.queues)
         self.on_event("connected", f"front end pid {_peer_pid(conn)} on {self.path}")
         poller = select.poll()
         poller.register(conn, select.POLLIN)

@@ -28,13 +28,15 @@ from .protocol import MemRegion, Message, Request
 
 log = logging.getLogger("vnetbe.vhost_user")
 
-NUM_QUEUES = 2          # one queue pair: RX (0) and TX (1)
-QUEUE_PAIRS = 1
-# GET_QUEUE_NUM's answer. Front ends read it differently: QEMU (net/vhost-user.c) compares its
-# queues= (pairs) with it, Cloud Hypervisor (virtio-devices/src/vhost_user/net.rs) its num_queues
-# (virtqueues, 2 by default) and refuses a back end that answers less. The virtqueue count satisfies
-# both; a front end that then sets up a ring beyond it is refused by name (the ring index check).
-QUEUE_NUM = NUM_QUEUES
+
+
+def queue_num(pairs: int) -> int:
+    """GET_QUEUE_NUM's answer for a device of ``pairs`` queue pairs. Front ends read it differently:
+    QEMU (net/vhost-user.c) compares its queues= (pairs) with it, Cloud Hypervisor
+    (virtio-devices/src/vhost_user/net.rs) its num_queues (virtqueues, 2 per pair) and refuses a back
+    end that answers less; DPDK's virtio-user reads pairs. The virtqueue count satisfies all of them;
+    a front end that then sets up a ring beyond 2 x pairs is refused by name (the ring index check)."""
+    return 2 * pairs
 
 # What a front end may ask before SET_OWNER: the negotiation QEMU does before it claims the device.
 _BEFORE_OWNER = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.SET_PROTOCOL_FEATURES,
@@ -60,15 +62,23 @@ class Session:
     """The back end for one front end. ``link`` and ``datapath`` as for VirtioNet; ``mtu`` and ``mac``
     override the link's in the device's config."""
 
-    def __init__(self, link, datapath: str = "user", *, busyloop_us: int = 0, mac: str | None = None):
+    def __init__(self, link, datapath: str = "user", *, busyloop_us: int = 0, mac: str | None = None,
+                 queues: int = 1):
         self.link = link
-        self.dev = VirtioNet(None, link, datapath, busyloop_us=busyloop_us, mac=mac)
+        # MQ and CTRL_VQ offered whatever the pair count: the control queue is the front end's (QEMU, DPDK
+        # and Cloud Hypervisor keep it), and Cloud Hypervisor gives its guest only what the back end offers.
+        self.dev = VirtioNet(None, link, datapath, busyloop_us=busyloop_us, mac=mac, queues=queues,
+                             features=spec.DEVICE_FEATURES | spec.MQ_FEATURES)
+        # Which pairs run is the front end's to say, ring by ring (SET_VRING_ENABLE).
+        self.dev.set_queue_pairs(queues)
+        self.pairs = queues
+        self.num_queues = 2 * queues
         self.features_acked: int | None = None
         self.protocol_acked = 0
         self.protocol_set = False         # SET_PROTOCOL_FEATURES came: the front end saw bit 30 offered
         self.owner = False
         self.status = 0                   # SET_STATUS's device status byte
-        self.rings = [Vring() for _ in range(NUM_QUEUES)]
+        self.rings = [Vring() for _ in range(self.num_queues)]
         self.regions: list[tuple[MemRegion, int]] = []    # with the fd each came with (ours to close)
         self.mem: GuestMemory | None = None
         self._own_fds: set[int] = set()                  # eventfds made for rings given no call fd
@@ -142,7 +152,7 @@ class Session:
         self.protocol_set = True
 
     def _get_queue_num(self, msg, fds, taken):
-        return P.reply_u64(msg.request, QUEUE_NUM)
+        return P.reply_u64(msg.request, queue_num(self.pairs))
 
     def _get_max_mem_slots(self, msg, fds, taken):
         return P.reply_u64(msg.request, P.MAX_MEM_SLOTS)
@@ -312,8 +322,9 @@ class Session:
 
     # --- rings ---
     def _ring(self, name: str, index: int) -> Vring:
-        if not 0 <= index < NUM_QUEUES:
-            raise ProtocolError(name, "index", f"ring {index}; this device has rings 0 (RX) and 1 (TX)")
+        if not 0 <= index < self.num_queues:
+            which = "0 (RX) and 1 (TX)" if self.pairs == 1 else f"0 .. {self.num_queues - 1} ({self.pairs} pairs)"
+            raise ProtocolError(name, "index", f"ring {index}; this device has rings {which}")
         return self.rings[index]
 
     def _set_vring_num(self, msg, fds, taken):
@@ -456,7 +467,7 @@ class Session:
         return bool(self.dev.driver_features & spec.bit(spec.VIRTIO_F_RING_PACKED))
 
     def _discards(self, index: int) -> bool:
-        return (index == spec.TX_QUEUE and not self._enabled(self.rings[index])
+        return (spec.is_tx_queue(index) and not self._enabled(self.rings[index])
                 and self.dev.datapath.ring_modes)
 
     def _queue_config(self, name: str, index: int) -> QueueConfig:
@@ -504,12 +515,12 @@ class Session:
 
     def _apply(self) -> None:
         """Run the device over exactly the rings that are ready (stopping it first if that set changed)."""
-        ready = [q for q in range(NUM_QUEUES) if self._ready(q)]
+        ready = [q for q in range(self.num_queues) if self._ready(q)]
         if self.dev.running:
             if set(ready) == set(self.dev.queues):
                 return
             self._stop_device()
-        for q in range(NUM_QUEUES):
+        for q in range(self.num_queues):
             self.dev.remove_queue(q)
         if not ready:
             return
@@ -546,8 +557,8 @@ class Session:
         if self.memory_gone and not isinstance(failure, GuestMemoryGone):
             lines.append("a memory file is smaller than its region now: the front end took its memory away")
         queue = getattr(failure, "queue", None)
-        for q in ([queue] if queue is not None else range(NUM_QUEUES)):
-            if 0 <= q < NUM_QUEUES and self.rings[q].err_fd >= 0:
+        for q in ([queue] if queue is not None else range(self.num_queues)):
+            if 0 <= q < self.num_queues and self.rings[q].err_fd >= 0:
                 os.eventfd_write(self.rings[q].err_fd, 1)
         return lines
 
@@ -571,7 +582,8 @@ class Session:
         self._release()
         self.features_acked = None
         self.status = 0
-        self.rings = [Vring() for _ in range(NUM_QUEUES)]
+        self.rings = [Vring() for _ in range(self.num_queues)]
+        self.dev.set_queue_pairs(self.pairs)
 
     def _release(self) -> None:
         for ring in self.rings:
