@@ -835,3 +835,35 @@ def test_pairs_are_served_as_the_front_end_enables_them_as_qemu_does_for_ethtool
         fe.close()
         mem.close()
         rig.close()
+
+
+def test_the_same_region_added_by_each_of_qemus_per_pair_devices_is_mapped_once_and_removed_last():
+    """QEMU runs a vhost device per queue pair on one socket, each with its own ADD_MEM_REG and
+    REM_MEM_REG of the same regions: a duplicate is a reference, not an overlap."""
+    link = PairLink()
+    session = Session(link, "user", queues=2)
+    pf = 1 << P.ProtocolFeature.CONFIGURE_MEM_SLOTS | 1 << P.ProtocolFeature.REPLY_ACK
+    try:
+        session.handle(P.parse(Request.SET_OWNER, P.VERSION, b"", 0), [])
+        session.handle(P.parse(Request.SET_PROTOCOL_FEATURES, P.VERSION, P.U64.pack(pf), 0), [])
+        region = MemRegion(0, 2 * _M, 1 << 40, 0)
+        add = lambda: session.handle(P.parse(Request.ADD_MEM_REG, P.VERSION | P.FLAG_NEED_REPLY,
+                                             P.mem_single_payload(region), 1), [_memfd(2 * _M)])
+        rem = lambda: session.handle(P.parse(Request.REM_MEM_REG, P.VERSION | P.FLAG_NEED_REPLY,
+                                             P.mem_single_payload(region), 0), [])
+        for _ in range(2):
+            assert P.U64.unpack(add()[P.HEADER_SIZE:])[0] == 0
+        assert len(session.regions) == 1 and len(session.mem.regions) == 1
+        rem()
+        assert len(session.mem.regions) == 1              # pair 1's device removed its reference
+        rem()
+        assert session.regions == [] and len(session.mem.regions) == 0
+        with pytest.raises(ProtocolError, match="no region"):
+            rem()
+        other = MemRegion(_M, 2 * _M, 1 << 41, 0)          # overlapping, not the same: refused as before
+        add()
+        with pytest.raises(ProtocolError, match="overlap"):
+            session.handle(P.parse(Request.ADD_MEM_REG, P.VERSION, P.mem_single_payload(other), 1), [_memfd(2 * _M)])
+    finally:
+        session.close()
+        link.close()

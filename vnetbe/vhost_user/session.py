@@ -43,6 +43,10 @@ _BEFORE_OWNER = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, 
                            Request.GET_QUEUE_NUM, Request.GET_MAX_MEM_SLOTS, Request.SET_OWNER})
 
 
+def _region_key(r: MemRegion) -> tuple[int, int, int, int]:
+    return (r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset)
+
+
 @dataclass
 class Vring:
     num: int = 0
@@ -80,6 +84,10 @@ class Session:
         self.status = 0                   # SET_STATUS's device status byte
         self.rings = [Vring() for _ in range(self.num_queues)]
         self.regions: list[tuple[MemRegion, int]] = []    # with the fd each came with (ours to close)
+        # ADD_MEM_REGs of the same region beyond its first: QEMU runs a vhost device per queue pair on one
+        # socket and each adds (and removes) the regions itself, as libvhost-user expects (it ignores a
+        # duplicate). Keyed by the region's identity; a REM_MEM_REG unmaps only the last reference.
+        self._region_refs: dict[tuple[int, int, int, int], int] = {}
         self.mem: GuestMemory | None = None
         self._own_fds: set[int] = set()                  # eventfds made for rings given no call fd
         self.messages = 0
@@ -237,6 +245,10 @@ class Session:
         if len(self.regions) >= P.MAX_MEM_SLOTS:
             raise ProtocolError(msg.name, "slots", f"all {P.MAX_MEM_SLOTS} memory slots are in use")
         new = (msg.payload, fds[0])
+        key = _region_key(msg.payload)
+        if any(_region_key(x) == key for x, _ in self.regions):
+            self._region_refs[key] = self._region_refs.get(key, 1) + 1
+            return                                  # already mapped: the fd is closed by handle()
         self._check_fds(msg.name, [new])
         P.check_no_overlap(msg.name, [r for r, _ in self.regions] + [msg.payload])
         if self.mem is None:
@@ -260,6 +272,13 @@ class Session:
         if not self.protocol_acked & (1 << P.ProtocolFeature.CONFIGURE_MEM_SLOTS):
             raise ProtocolError(msg.name, "order", "CONFIGURE_MEM_SLOTS protocol feature not negotiated")
         r = msg.payload
+        key = (r.guest_phys_addr, r.memory_size, r.userspace_addr)
+        same = [x for x, _ in self.regions if _region_key(x)[:3] == key]
+        if same and self._region_refs.get(_region_key(same[0]), 1) > 1:
+            self._region_refs[_region_key(same[0])] -= 1   # another of the front end's devices still has it
+            return
+        if same:
+            self._region_refs.pop(_region_key(same[0]), None)
         keep = [(x, fd) for x, fd in self.regions
                 if (x.guest_phys_addr, x.memory_size, x.userspace_addr) != (r.guest_phys_addr, r.memory_size,
                                                                             r.userspace_addr)]
@@ -305,6 +324,7 @@ class Session:
         old_mem, kept = self.mem, {fd for _, fd in regions}
         dropped = [fd for _, fd in self.regions if fd not in kept]
         self.mem, self.regions = mem, list(regions)
+        self._region_refs = {}
         taken.extend(new_fds)
         self.dev.set_memory(mem)
         if old_mem is not None:
@@ -600,6 +620,7 @@ class Session:
         for _, fd in self.regions:
             os.close(fd)
         self.regions = []
+        self._region_refs = {}
 
     def stats(self) -> dict:
         return self.dev.stats()
