@@ -82,6 +82,63 @@ def test_a_linux_guest_pings_and_moves_50_mb_each_way_through_vnetbe_serve(tmp_p
           f"peer -> guest {LG.DATA_BYTES * 8 / guest['recv_s'] / 1e6:.0f} Mbit/s")
 
 
+MQ_PAIRS = 2
+MQ_BYTES = 16 << 20
+
+
+def test_a_multiqueue_linux_guest_sets_its_pairs_and_moves_tcp_on_every_tx_queue(tmp_path):
+    """QEMU queues=2, mq=on: the guest's ethtool -L combined 1 then 2 (VQ_PAIRS_SET, which QEMU turns
+    into SET_VRING_ENABLE on rings 2 and 3), then two flows each way at once, one sent per TX queue,
+    every byte checked by sha256; the guest's ethtool -S shows packets on every TX queue and vnetbe
+    counts frames on both of its pairs."""
+    topo = Topology("vq", mtu=1500)
+    sock = str(tmp_path / "vu.sock")
+    serve = peer = None
+    try:
+        serve = Serve("--socket", sock, "--parent", topo.parent, "--mode", "bridge", "--name", "vnbvqm0",
+                      "--mac", LG.GUEST_MAC, "--queues", str(MQ_PAIRS))
+        serve.wait_line("listening on")
+        for cmd in (["ip", "addr", "add", f"{LG.PEER_IP}/24", "dev", topo.peer], ["ip", "link", "set", topo.peer, "up"]):
+            subprocess.run(["ip", "-n", topo.netns, *cmd[1:]], check=True)
+        peer = subprocess.Popen(["ip", "netns", "exec", topo.netns, sys.executable, "-c", LG.MQ_PEER_SCRIPT, LG.PEER_IP,
+                                 str(LG.PORT), str(MQ_BYTES), str(MQ_PAIRS)], stdout=subprocess.PIPE, text=True)
+        assert peer.stdout.readline().strip() == "listening"
+        out = tmp_path / "guest.out"
+        with open(out, "w") as f:
+            rc = lab.run([sys.executable, "-c", LG.MQ_GUEST_SCRIPT, LG.GUEST_IP, LG.PEER_IP, "1500", str(LG.PORT),
+                          str(MQ_BYTES), str(MQ_PAIRS)], memory=LG.MEMORY, cpus=2,
+                         qemu_opts=LG.qemu_opts(sock, mtu=1500, queues=MQ_PAIRS), timeout=600, stdout=f, stderr=f)
+        text = out.read_text()
+        served = serve.stats()
+        assert rc == 0, text[-3000:] + "\nserve: " + "".join(serve.lines[-40:]) + serve.stderr[-2000:]
+        guest = _guest_result(text)
+        peer_out = json.loads(peer.communicate(timeout=60)[0].split("PEER ", 1)[1])
+        serve.stop()
+    finally:
+        if peer is not None and peer.poll() is None:
+            peer.kill()
+            peer.communicate()
+        if serve is not None:
+            serve.stop()
+        topo.close()
+    bits = guest["features"]
+    assert bits[spec.VIRTIO_NET_F_MQ] == "1" and bits[spec.VIRTIO_NET_F_CTRL_VQ] == "1", bits
+    assert guest["combined_rc"] == [0, 0], guest["combined_err"]
+    for p in range(MQ_PAIRS):
+        sent = hashlib.sha256(LG.data(1 + p, MQ_BYTES)).hexdigest()
+        got = hashlib.sha256(LG.data(2 + p, MQ_BYTES)).hexdigest()
+        assert guest[f"sent_{p}"] == sent == peer_out[f"recv_{p}"] == guest[f"peer_got_{p}"], p
+        assert peer_out[f"sent_{p}"] == got == guest[f"recv_{p}"], p
+        assert guest[f"recv_bytes_{p}"] == peer_out[f"recv_bytes_{p}"] == MQ_BYTES
+    qs = guest["queue_stats"]
+    tx = [qs.get(f"tx_queue_{p}_packets", 0) for p in range(MQ_PAIRS)]
+    assert all(n > 100 for n in tx), qs            # each TX queue carried a flow (TSO: 64 KB a packet)
+    pairs = served["last_device"]["pairs"]         # QEMU has gone: the counters its connection left
+    assert len(pairs) == MQ_PAIRS and all(p["tx_frames"] > 100 for p in pairs), pairs
+    print(f"guest TX queue packets {tx}, rx {[qs.get(f'rx_queue_{p}_packets', 0) for p in range(MQ_PAIRS)]}; "
+          f"vnetbe pairs tx {[p['tx_frames'] for p in pairs]} rx {[p['rx_frames'] for p in pairs]}")
+
+
 class _Watch(io.TextIOBase):
     """The lab's output, to a file, with an event set once ``marker`` was printed."""
 

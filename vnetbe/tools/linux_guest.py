@@ -32,15 +32,17 @@ NEEDS = (Need("ping", "ping not found", lambda: shutil.which("ping"), "qemu", _S
 # vectors=0 makes the device use INTx. The guest's memory must be a shared fd the back end can map.
 QEMU_OPTS = ("-object memory-backend-memfd,id=vnbmem,size={mem},share=on -numa node,memdev=vnbmem "
              "-chardev socket,id=vnbchr,path={sock}{reconnect} "
-             "-netdev vhost-user,id=vnbnet,chardev=vnbchr "
-             "-device virtio-net-pci,netdev=vnbnet,mac={mac},vectors=0,host_mtu={mtu}{packed}")
+             "-netdev vhost-user,id=vnbnet,chardev=vnbchr{queues} "
+             "-device virtio-net-pci,netdev=vnbnet,mac={mac},vectors=0,host_mtu={mtu}{packed}{mq}")
 
 
-def qemu_opts(sock: str, mtu: int = 9000, reconnect: int = 0, packed: bool = False) -> str:
-    """``packed``: the NIC offers packed rings (``packed=on``), so the guest's driver uses them."""
+def qemu_opts(sock: str, mtu: int = 9000, reconnect: int = 0, packed: bool = False, queues: int = 1) -> str:
+    """``packed``: the NIC offers packed rings (``packed=on``), so the guest's driver uses them.
+    ``queues`` > 1: a multi-queue NIC (``queues=N`` on the netdev, ``mq=on`` on the device)."""
     return QEMU_OPTS.format(mem=MEMORY, sock=sock, mac=GUEST_MAC, mtu=mtu,
                             reconnect=f",reconnect={reconnect}" if reconnect else "",
-                            packed=",packed=on" if packed else "")
+                            packed=",packed=on" if packed else "",
+                            queues=f",queues={queues}" if queues > 1 else "", mq=",mq=on" if queues > 1 else "")
 
 
 def data(seed: int, n: int = DATA_BYTES) -> bytes:
@@ -174,6 +176,83 @@ GUEST_SCRIPT = PRELUDE + r"""
 r = subprocess.run(["ping", "-c", "3", "-W", "5", peer], capture_output=True, text=True)
 out["ping_rc"], out["ping_tail"] = r.returncode, r.stdout.strip().splitlines()[-1:]
 """ + TRANSFERS
+
+
+# Multiqueue: argv ip, peer, mtu, port, n, pairs. ethtool -L combined 1 then N (the guest's
+# VQ_PAIRS_SET, which QEMU turns into SET_VRING_ENABLE), then at once, per pair p: a flow to the peer
+# sent from a thread pinned to CPU p with XPS mapping CPU p to TX queue p (so every TX queue carries
+# one), and a flow from the peer; sha256 of each, and the per-queue counters of ethtool -S.
+MQ_GUEST_SCRIPT = PRELUDE + r"""
+import threading
+port, n, pairs = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+chan = lambda c: subprocess.run(["ethtool", "-L", ifname, "combined", str(c)], capture_output=True, text=True)
+r1, rn = chan(1), chan(pairs)
+out["combined_rc"] = [r1.returncode, rn.returncode]
+out["combined_err"] = (r1.stderr + rn.stderr).strip()[-300:]
+out["channels"] = sh("ethtool", "-l", ifname)
+for p in range(pairs):
+    open(f"/sys/class/net/{ifname}/queues/tx-{p}/xps_cpus", "w").write(format(1 << (p % os.cpu_count()), "x"))
+def conn(i):
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return socket.create_connection((peer, port + i), timeout=30)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+res = {}
+def send(p):
+    os.sched_setaffinity(0, {p % os.cpu_count()})
+    payload = random.Random(1 + p).randbytes(n)
+    s = conn(2 * p); s.sendall(payload); s.shutdown(socket.SHUT_WR)
+    res[f"peer_got_{p}"] = s.makefile().read().strip(); s.close()
+    res[f"sent_{p}"] = hashlib.sha256(payload).hexdigest()
+def recv(p):
+    s = conn(2 * p + 1); h = hashlib.sha256(); got = 0
+    while True:
+        b = s.recv(1 << 20)
+        if not b:
+            break
+        h.update(b); got += len(b)
+    res[f"recv_{p}"], res[f"recv_bytes_{p}"] = h.hexdigest(), got
+ths = [threading.Thread(target=f, args=(p,)) for p in range(pairs) for f in (send, recv)]
+[t.start() for t in ths]; [t.join(300) for t in ths]
+out.update(res)
+stats = sh("ethtool", "-S", ifname)
+out["queue_stats"] = {l.split(":")[0].strip(): int(l.split(":")[1]) for l in stats.splitlines()[1:]
+                      if ":" in l and l.split(":")[1].strip().isdigit()}
+print("GUEST " + json.dumps(out), flush=True)
+"""
+
+# The peer of MQ_GUEST_SCRIPT: argv ip, port, n, pairs. On port + 2p it receives pair p's flow and
+# answers its sha256; on port + 2p + 1 it sends seed 2 + p. All at once.
+MQ_PEER_SCRIPT = r'''
+import hashlib, json, random, socket, sys, threading
+ip, port, n, pairs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out = {}
+def listen(i):
+    ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); ls.bind((ip, port + i)); ls.listen(1)
+    return ls
+socks = [listen(i) for i in range(2 * pairs)]
+print("listening", flush=True)
+def take(p):
+    c, _ = socks[2 * p].accept(); h = hashlib.sha256(); got = 0
+    while True:
+        b = c.recv(1 << 20)
+        if not b:
+            break
+        h.update(b); got += len(b)
+    out[f"recv_{p}"], out[f"recv_bytes_{p}"] = h.hexdigest(), got
+    c.sendall(h.hexdigest().encode() + b"\n"); c.close()
+def give(p):
+    payload = random.Random(2 + p).randbytes(n)
+    c, _ = socks[2 * p + 1].accept(); c.sendall(payload); c.close()
+    out[f"sent_{p}"] = hashlib.sha256(payload).hexdigest()
+ths = [threading.Thread(target=f, args=(p,)) for p in range(pairs) for f in (take, give)]
+[t.start() for t in ths]; [t.join() for t in ths]
+print("PEER " + json.dumps(out), flush=True)
+'''
 
 
 def tap_qemu_opts(ifname: str, mtu: int = 1500) -> str:

@@ -62,6 +62,7 @@ class VhostUserServer:
         self.busyloop_us, self.mac, self.queues = busyloop_us, mac, queues
         self.on_event = on_event or (lambda kind, text: log.info("%s: %s", kind, text))
         self.session: Session | None = None
+        self._last_device: dict | None = None
         self.counters = {"connections": 0, "refused_messages": 0, "refused_connections": 0, "faults": 0,
                          "memory_gone": 0}
         self._lock = threading.RLock()
@@ -254,6 +255,7 @@ class VhostUserServer:
             self.session, self._conn = None, None
             if session is not None:
                 stats = session.stats()
+                self._last_device = stats
                 session.close()
                 self.on_event("disconnected", f"front end gone after {session.messages} messages; "
                                               f"tx {stats.get('tx_frames', 0)} rx {stats.get('rx_frames', 0)} frames")
@@ -277,6 +279,8 @@ class VhostUserServer:
             out["datapath"] = self.datapath
             if self.session is not None:
                 out["device"] = self.session.stats()
+            elif self._last_device is not None:
+                out["last_device"] = self._last_device   # the counters the last front end left
             return out
 
     def wait_connected(self, timeout: float) -> bool:
