@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import select
 import struct
+import threading
 import time
 
 from . import spec
+from .ctrl import CTRL_ERRORS, ControlQueue
 from .datapath import make as make_datapath
 from .errors import ConfigError, DatapathStalled, GuestFault, LinkGone
 from .faults import fault_from_code
@@ -43,10 +45,11 @@ class VirtioNet:
     ``set_driver_features`` (FEATURES_OK), ``set_queue`` for RX (0) and TX (1), then ``start``
     (DRIVER_OK). A guest fault stops its queue and sets DEVICE_NEEDS_RESET; ``check()`` raises it.
 
-    With ``queues`` = N > 1 pairs the device offers MQ and CTRL_VQ and has virtqueues rx0, tx0, rx1,
-    tx1, ... (2N of them; the control queue, 2N, is the caller's): only pair 0 runs until
-    ``set_queue_pairs`` (what the driver's VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET asks) says more. The link
-    gets one queue fd per pair.
+    With ``queues`` = N > 1 pairs the device offers MQ and has virtqueues rx0, tx0, rx1, tx1, ...,
+    the link one queue fd per pair; only pair 0 runs until the driver's VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET
+    says more. The control queue (CTRL_VQ, index 2N) is served by the device when the driver sets it
+    up (vnetbe/ctrl.py); a VMM that keeps it to itself says what its driver asked with
+    ``set_queue_pairs``.
     """
 
     def __init__(self, mem, link, datapath: str = "user", *, features: int | None = None,
@@ -65,10 +68,16 @@ class VirtioNet:
         if link.queue_fds != [link.fd] or queues > 1:
             link.set_queues(queues)
         self._datapath = make_datapath(datapath, queues)
-        mq = spec.MQ_FEATURES if queues > 1 else 0
-        offered = (spec.DEVICE_FEATURES | mq) if features is None else features
-        # MQ and CTRL_VQ are the device model's: every datapath serves pairs (one each).
-        self.device_features = offered & (self._datapath.supported_features | spec.MQ_FEATURES)
+        mq = spec.bit(spec.VIRTIO_NET_F_MQ) if queues > 1 else 0
+        offered = (spec.DEVICE_FEATURES | spec.CTRL_FEATURES | mq) if features is None else features
+        # MQ and the control queue's features are the device model's: every datapath serves pairs.
+        self.device_features = offered & (self._datapath.supported_features | spec.MODEL_FEATURES)
+        self.ctrl_index = 2 * queues
+        self._ctrl: ControlQueue | None = None
+        self._ctrl_faults: dict[int, int] = {}
+        self.ctrl_commands = dict.fromkeys(CTRL_ERRORS, 0)   # by verdict: "none" = carried out
+        # set_queue_pairs runs on the control queue's thread as well as the caller's.
+        self._lock = threading.RLock()
         self.mac = mac or link.mac
         self.mtu = mtu or link.mtu
         self.driver_features = 0
@@ -84,7 +93,7 @@ class VirtioNet:
     def status(self) -> int:
         """Device status (§2.1); DEVICE_NEEDS_RESET as soon as a datapath has stopped a queue or lost
         its link."""
-        if self._datapath.faults() or self._datapath.link_down():
+        if self._datapath.faults() or self._ctrl_faults or self._datapath.link_down():
             self._status |= spec.DEVICE_NEEDS_RESET
         return self._status
 
@@ -126,8 +135,12 @@ class VirtioNet:
         return features
 
     def set_queue(self, index: int, cfg: QueueConfig | None = None, **kw) -> None:
-        """Describe queue ``index`` (2p = RX, 2p+1 = TX of pair p): a QueueConfig or its fields as keywords."""
-        if not isinstance(index, int) or not 0 <= index < 2 * self.max_queue_pairs:
+        """Describe queue ``index`` (2p = RX, 2p+1 = TX of pair p, 2N the control queue): a QueueConfig
+        or its fields as keywords."""
+        if index == self.ctrl_index and isinstance(index, int):
+            if not self.has(spec.VIRTIO_NET_F_CTRL_VQ):
+                raise ConfigError(f"queue {index} is the control queue: negotiate VIRTIO_NET_F_CTRL_VQ first")
+        elif not isinstance(index, int) or not 0 <= index < 2 * self.max_queue_pairs:
             raise ConfigError(f"queue index {index}: this device has RX (0) and TX (1)" if self.max_queue_pairs == 1
                               else f"queue index {index}: this device has queues 0 .. {2 * self.max_queue_pairs - 1}"
                                    f" ({self.max_queue_pairs} pairs)")
@@ -157,15 +170,15 @@ class VirtioNet:
             raise ConfigError(f"{n!r} queue pairs: this device has 1 .. {self.max_queue_pairs}")
         if n > 1 and self.driver_features and not self.has(spec.VIRTIO_NET_F_MQ):
             raise ConfigError(f"{n} queue pairs without VIRTIO_NET_F_MQ negotiated")
-        if n == self.queue_pairs:
-            return
-        running = self.running
-        self.stop()
-        self.queue_pairs = n
-        if running:
-            self._datapath_start()
-            self.running = True
-            self.status |= spec.DRIVER_OK
+        with self._lock:
+            if n == self.queue_pairs:
+                return
+            if self.running:
+                self._datapath_stop()
+                self.queue_pairs = n
+                self._datapath_start()
+            else:
+                self.queue_pairs = n
 
     def served_queues(self) -> dict[int, QueueConfig]:
         """The queues the datapath serves: those set up, of the pairs that run."""
@@ -180,9 +193,36 @@ class VirtioNet:
         if not self.served_queues():
             raise ConfigError("start() with no queues: call set_queue for RX (0) and/or TX (1)")
         self._configure_link()
-        self._datapath_start()
-        self.status |= spec.DRIVER_OK
-        self.running = True
+        with self._lock:
+            self._datapath_start()
+            self.status |= spec.DRIVER_OK
+            self.running = True
+        self._ctrl_start()
+
+    def _ctrl_start(self) -> None:
+        cfg = self.queues.get(self.ctrl_index)
+        if cfg is None or self.ctrl_index in self._ctrl_faults:
+            return
+        self._ctrl = ControlQueue(self, self.ctrl_index, cfg)
+        self._ctrl.start()
+
+    def _ctrl_stop(self) -> None:
+        """Stop serving the control queue (before the datapath: a command may change the pairs)."""
+        if self._ctrl is None:
+            return
+        st = self._ctrl.stop()
+        self._ctrl = None
+        cfg = self.queues[self.ctrl_index]
+        cfg.last_avail_idx, cfg.used_idx = st.last_avail_idx, st.used_idx
+
+    def ctrl_counted(self, verdict: str) -> None:
+        """A control command was answered: ``verdict`` is "none" (done) or why it was refused."""
+        self.ctrl_commands[verdict] += 1
+
+    def ctrl_fault(self, index: int, code: int) -> None:
+        """The control queue's ring faulted: it stops, the device needs a reset, as for a data queue."""
+        self._ctrl_faults[index] = code
+        os.eventfd_write(self.err_fd, 1)
 
     def _configure_link(self) -> None:
         self.link.set_vnet_hdr_len(self.hdr_len)
@@ -193,16 +233,22 @@ class VirtioNet:
         self._datapath.start(self.mem, self.driver_features, self.hdr_len, self.served_queues(), self.link,
                              self.err_fd, self.busyloop_us)
 
-    def stop(self) -> dict[int, QueueState]:
-        """Stop the datapath; the rings keep their state (returned, and kept for a later start)."""
-        if not self.running:
-            return {}
+    def _datapath_stop(self) -> dict[int, QueueState]:
         states = self._datapath.stop()
         for q, st in states.items():
             self.queues[q].last_avail_idx = st.last_avail_idx
             self.queues[q].used_idx = st.used_idx
-        self.running = False
-        self.status &= ~spec.DRIVER_OK
+        return states
+
+    def stop(self) -> dict[int, QueueState]:
+        """Stop the datapath; the rings keep their state (returned, and kept for a later start)."""
+        if not self.running:
+            return {}
+        self._ctrl_stop()
+        with self._lock:
+            states = self._datapath_stop()
+            self.running = False
+            self.status &= ~spec.DRIVER_OK
         return states
 
     def switch_datapath(self, name: str) -> dict[int, QueueState]:
@@ -222,9 +268,11 @@ class VirtioNet:
         self._datapath = new
         self.datapath_name = name
         if was_running:
-            self._datapath_start()
-            self.running = True
-            self.status |= spec.DRIVER_OK
+            with self._lock:
+                self._datapath_start()
+                self.running = True
+                self.status |= spec.DRIVER_OK
+            self._ctrl_start()
             self._nudge()
         return states
 
@@ -252,6 +300,7 @@ class VirtioNet:
         self._datapath = make_datapath(self.datapath_name, self.max_queue_pairs)
         self.queues = {}
         self.queue_pairs = 1
+        self._ctrl_faults = {}
         self.driver_features = 0
         self._status = 0
         try:
@@ -265,7 +314,7 @@ class VirtioNet:
 
     # --- faults and counters ---
     def faults(self) -> dict[int, int]:
-        f = self._datapath.faults()
+        f = {**self._datapath.faults(), **self._ctrl_faults}
         if f:
             self.status |= spec.DEVICE_NEEDS_RESET
         return f
@@ -319,6 +368,7 @@ class VirtioNet:
         out["status"] = self.status
         out["features"] = self.driver_features
         out["queue_pairs"] = self.queue_pairs
+        out["ctrl_commands"] = dict(self.ctrl_commands)
         # Per pair, this datapath's since it started (a hand-over's earlier datapaths are in the totals).
         out["pairs"] = self._datapath.pair_stats()
         return out

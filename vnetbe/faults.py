@@ -9,15 +9,15 @@ from . import errors
 from ._native import ffi
 
 
-def _names(enum: str, prefix: str) -> list[str]:
+def enum_names(enum: str, prefix: str) -> list[str]:
     """Member names indexed by value, without the trailing *_MAX; the values must run 0..MAX-1."""
     members = {v: k for k, v in ffi.typeof(f"enum {enum}").relements.items() if not k.endswith("_MAX")}
     assert sorted(members) == list(range(len(members))), f"enum {enum} has gaps"
     return [members[v][len(prefix):].lower() for v in range(len(members))]
 
 
-FAULT_NAMES = _names("vnb_fault", "VNB_FAULT_")   # [0] is "none"
-DROP_REASONS = _names("vnb_drop", "VNB_DROP_")
+FAULT_NAMES = enum_names("vnb_fault", "VNB_FAULT_")   # [0] is "none"
+DROP_REASONS = enum_names("vnb_drop", "VNB_DROP_")
 
 
 def _fault_classes() -> dict[int, type[errors.GuestFault]]:

@@ -25,6 +25,10 @@ VIRTIO_NET_F_MRG_RXBUF = lib.VIRTIO_NET_F_MRG_RXBUF
 VIRTIO_NET_F_STATUS = lib.VIRTIO_NET_F_STATUS
 VIRTIO_NET_F_MQ = lib.VIRTIO_NET_F_MQ
 VIRTIO_NET_F_CTRL_VQ = lib.VIRTIO_NET_F_CTRL_VQ
+VIRTIO_NET_F_CTRL_RX = lib.VIRTIO_NET_F_CTRL_RX
+VIRTIO_NET_F_CTRL_RX_EXTRA = lib.VIRTIO_NET_F_CTRL_RX_EXTRA
+VIRTIO_NET_F_CTRL_MAC_ADDR = lib.VIRTIO_NET_F_CTRL_MAC_ADDR
+VIRTIO_NET_F_GUEST_ANNOUNCE = lib.VIRTIO_NET_F_GUEST_ANNOUNCE
 VIRTIO_F_NOTIFY_ON_EMPTY = lib.VIRTIO_F_NOTIFY_ON_EMPTY
 VIRTIO_F_ANY_LAYOUT = lib.VIRTIO_F_ANY_LAYOUT
 VIRTIO_RING_F_INDIRECT_DESC = lib.VIRTIO_RING_F_INDIRECT_DESC
@@ -44,6 +48,8 @@ FEATURE_NAMES = {
     VIRTIO_NET_F_MRG_RXBUF: "MRG_RXBUF",
     VIRTIO_NET_F_STATUS: "STATUS",
     VIRTIO_NET_F_CTRL_VQ: "CTRL_VQ",
+    VIRTIO_NET_F_CTRL_RX: "CTRL_RX",
+    VIRTIO_NET_F_CTRL_MAC_ADDR: "CTRL_MAC_ADDR",
     VIRTIO_NET_F_MQ: "MQ",
     VIRTIO_RING_F_INDIRECT_DESC: "INDIRECT_DESC",
     VIRTIO_RING_F_EVENT_IDX: "EVENT_IDX",
@@ -60,12 +66,15 @@ def features_to_names(features: int) -> list[str]:
     return [name for b, name in sorted(FEATURE_NAMES.items()) if features & bit(b)]
 
 
-# Multiqueue (§5.1.6.5): the device model's, not a datapath's. MQ needs CTRL_VQ; the control queue
-# is the caller's (a vhost-user front end's or a VMM's), which says how many pairs run (set_queue_pairs).
+# Multiqueue (§5.1.6.5). MQ needs CTRL_VQ; the control queue is the device's (vnetbe/ctrl.py) or the
+# caller's (a vhost-user front end's, a VMM's), which then says how many pairs run (set_queue_pairs).
 MQ_FEATURES = bit(VIRTIO_NET_F_MQ) | bit(VIRTIO_NET_F_CTRL_VQ)
+# What the control queue's commands need: the device model's, not a datapath's.
+CTRL_FEATURES = bit(VIRTIO_NET_F_CTRL_VQ) | bit(VIRTIO_NET_F_CTRL_RX) | bit(VIRTIO_NET_F_CTRL_MAC_ADDR)
+MODEL_FEATURES = MQ_FEATURES | CTRL_FEATURES
 
 # Everything the userspace datapath implements; the vhost path offers the intersection with the kernel's.
-DEVICE_FEATURES = sum(bit(b) for b in FEATURE_NAMES) & ~MQ_FEATURES
+DEVICE_FEATURES = sum(bit(b) for b in FEATURE_NAMES) & ~MODEL_FEATURES
 
 # Queue pairs a device may have: a thread (or a /dev/vhost-net) per pair, and one tap queue each.
 MAX_QUEUE_PAIRS = 16
@@ -80,6 +89,20 @@ FAILED = lib.VIRTIO_CONFIG_S_FAILED
 
 # --- config space status field (§5.1.4) ---
 VIRTIO_NET_S_LINK_UP = lib.VIRTIO_NET_S_LINK_UP
+
+# --- control virtqueue (§5.1.6.5): acks, classes and the commands the device acts on ---
+VIRTIO_NET_OK = lib.VIRTIO_NET_OK
+VIRTIO_NET_ERR = lib.VIRTIO_NET_ERR
+VIRTIO_NET_CTRL_RX = lib.VIRTIO_NET_CTRL_RX
+VIRTIO_NET_CTRL_RX_PROMISC = lib.VIRTIO_NET_CTRL_RX_PROMISC
+VIRTIO_NET_CTRL_RX_ALLMULTI = lib.VIRTIO_NET_CTRL_RX_ALLMULTI
+VIRTIO_NET_CTRL_MAC = lib.VIRTIO_NET_CTRL_MAC
+VIRTIO_NET_CTRL_MAC_TABLE_SET = lib.VIRTIO_NET_CTRL_MAC_TABLE_SET
+VIRTIO_NET_CTRL_MAC_ADDR_SET = lib.VIRTIO_NET_CTRL_MAC_ADDR_SET
+VIRTIO_NET_CTRL_ANNOUNCE = lib.VIRTIO_NET_CTRL_ANNOUNCE
+VIRTIO_NET_CTRL_ANNOUNCE_ACK = lib.VIRTIO_NET_CTRL_ANNOUNCE_ACK
+VIRTIO_NET_CTRL_MQ = lib.VIRTIO_NET_CTRL_MQ
+VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET = lib.VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET
 
 # --- split ring (§2.7) ---
 VRING_DESC_F_NEXT = lib.VRING_DESC_F_NEXT

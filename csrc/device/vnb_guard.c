@@ -78,10 +78,8 @@ uint64_t vnb_guard_recovered(void)
     return __atomic_load_n(&recovered, __ATOMIC_RELAXED);
 }
 
-/* Run fn(arg) with a recovery point armed for faults inside m: fn's result, or -EFAULT when the
- * memory behind m was gone (or the handler could not be installed). volatile: r must survive the
- * siglongjmp back into this frame. */
-static int run_guarded(const struct vnb_mem *m, int (*fn)(void *), void *arg)
+/* volatile: r must survive the siglongjmp back into this frame. */
+int vnb_run_guarded(const struct vnb_mem *m, int (*fn)(void *), void *arg)
 {
     if (vnb_guard_install())
         return -EFAULT;
@@ -122,13 +120,13 @@ static int do_tally(void *p)
 int vnb_vq_pop_guarded(struct vnb_vq *vq, struct vnb_chain *c)
 {
     struct pop_args a = { vq, c };
-    return run_guarded(vq->mem, do_pop, &a);
+    return vnb_run_guarded(vq->mem, do_pop, &a);
 }
 
 int vnb_vq_tally_used_guarded(const struct vnb_vq *vq, uint32_t hdr_len, struct vnb_used_tally *t)
 {
     struct tally_args a = { vq, hdr_len, t };
-    return run_guarded(vq->mem, do_tally, &a);
+    return vnb_run_guarded(vq->mem, do_tally, &a);
 }
 
 int vnb_mem_read(const struct vnb_mem *m, uint64_t gpa, void *dst, uint64_t len)
@@ -137,7 +135,7 @@ int vnb_mem_read(const struct vnb_mem *m, uint64_t gpa, void *dst, uint64_t len)
     if (!p)
         return -ERANGE;
     struct copy_args a = { dst, p, len };
-    return run_guarded(m, do_copy, &a);
+    return vnb_run_guarded(m, do_copy, &a);
 }
 
 int vnb_mem_write(const struct vnb_mem *m, uint64_t gpa, const void *src, uint64_t len)
@@ -146,5 +144,5 @@ int vnb_mem_write(const struct vnb_mem *m, uint64_t gpa, const void *src, uint64
     if (!p)
         return -ERANGE;
     struct copy_args a = { p, src, len };
-    return run_guarded(m, do_copy, &a);
+    return vnb_run_guarded(m, do_copy, &a);
 }

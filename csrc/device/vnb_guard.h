@@ -21,6 +21,9 @@ int vnb_guard_install(void);
 /* Make g this thread's recovery point for faults inside mem (its sigsetjmp must already be done). */
 void vnb_guard_arm(struct vnb_guard *g, const struct vnb_mem *mem);
 void vnb_guard_disarm(struct vnb_guard *g);
+/* Run fn(arg) with a recovery point armed for faults inside m: fn's result, or -EFAULT when the
+ * memory behind m was gone (or the handler could not be installed). */
+int vnb_run_guarded(const struct vnb_mem *m, int (*fn)(void *), void *arg);
 
 /* cffi:begin */
 /* Copy between guest memory and a host buffer, safely for the control plane: 0, -ERANGE when the

@@ -122,7 +122,7 @@ def test_the_device_offers_mq_and_says_its_pairs_in_the_config_space():
     with GuestMemory(1 << 20) as mem, PairLink() as link:
         one = VirtioNet(mem, link)
         try:
-            assert not one.device_features & spec.MQ_FEATURES
+            assert not one.device_features & spec.bit(spec.VIRTIO_NET_F_MQ)   # one pair: no MQ to offer
             assert struct.unpack_from("<H", one.config_space(), 8)[0] == 1
         finally:
             one.close()
@@ -148,7 +148,9 @@ def test_queues_and_pair_counts_beyond_the_device_are_refused_by_name():
         try:
             cfg = QueueConfig(64, 0x1000, 0x2000, 0x3000, 0, 0)
             with pytest.raises(ConfigError, match=r"queues 0 \.\. 3"):
-                dev.set_queue(4, cfg)              # the control queue (2N) is the caller's
+                dev.set_queue(5, cfg)
+            with pytest.raises(ConfigError, match="control queue: negotiate VIRTIO_NET_F_CTRL_VQ"):
+                dev.set_queue(4, cfg)              # 2N: the control queue, once CTRL_VQ is negotiated
             for n in (0, 3):
                 with pytest.raises(ConfigError, match="1 .. 2"):
                     dev.set_queue_pairs(n)

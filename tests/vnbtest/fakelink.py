@@ -50,6 +50,22 @@ class PairLink:
     def set_queue_attached(self, p: int, attached: bool) -> None:
         self.attached[p] = attached
 
+    # receive filters as a control queue sets them (a socketpair has none: recorded)
+    promisc = allmulti = False
+    multicast: list[bytes] = []
+
+    def set_promisc(self, on: bool) -> None:
+        self.promisc = on
+
+    def set_allmulti(self, on: bool) -> None:
+        self.allmulti = on
+
+    def set_multicast(self, macs: list[bytes]) -> None:
+        self.multicast = list(macs)
+
+    def set_mac(self, mac: str) -> None:
+        self.mac = mac
+
     def set_vnet_hdr_len(self, n: int) -> None:
         for q in [self] + self._more:
             q.vnet_hdr_len = n

@@ -12,6 +12,7 @@ import fcntl
 import os
 import random
 import re
+import socket
 import struct
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
@@ -223,6 +224,7 @@ class Link:
         self._queue_fds: list[int] = []      # queues 1.. of a multi-queue link (queue 0 is ``fd``)
         self._views: dict[int, LinkQueue] = {}
         self._detached: set[int] = set()
+        self._multicast: set[bytes] = set()   # addresses set_multicast added
         try:
             self.refresh()
             if vnet_hdr_len is not None:
@@ -410,6 +412,29 @@ class Link:
 
     def set_up(self) -> None:
         self._set("bring up", state="up")
+
+    # --- receive filters (what a driver's control queue asks: VIRTIO_NET_CTRL_RX, MAC_TABLE_SET) ---
+    def set_promisc(self, on: bool) -> None:
+        self._set("set promiscuity on", flags=lib.IFF_PROMISC if on else 0, change=lib.IFF_PROMISC)
+
+    def set_allmulti(self, on: bool) -> None:
+        self._set("set all-multicast on", flags=lib.IFF_ALLMULTI if on else 0, change=lib.IFF_ALLMULTI)
+
+    def set_multicast(self, macs: list[bytes]) -> None:
+        """The multicast addresses the interface takes (its filter: macvlan delivers a multicast frame
+        to a macvtap only if it is in it), replacing those set before; SIOCADDMULTI/SIOCDELMULTI."""
+        self._check_open()
+        want = set(macs)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for mac, req in [(m, lib.SIOCDELMULTI) for m in self._multicast - want] + \
+                            [(m, lib.SIOCADDMULTI) for m in want - self._multicast]:
+                ifr = struct.pack("16sH6s8x", self.name.encode(), socket.AF_UNSPEC, mac)
+                try:
+                    fcntl.ioctl(s.fileno(), req, ifr)
+                except OSError as e:
+                    raise KernelRefused(f"{'SIOCADDMULTI' if req == lib.SIOCADDMULTI else 'SIOCDELMULTI'} "
+                                        f"{mac.hex(':')} on {self.name}", e.errno) from None
+                (self._multicast.add if req == lib.SIOCADDMULTI else self._multicast.discard)(mac)
 
     def set_master(self, bridge: str) -> None:
         """Enslave the interface to an existing Linux bridge (libvirt's <interface type='bridge'>)."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import struct
+import time
 
 from .. import spec
 from ..errors import ConfigError, VnetError
@@ -32,17 +34,24 @@ class GuestDriver:
     ``pair``: the queue pair it drives (virtqueues 2*pair, 2*pair+1). The driver of pair 0 negotiates
     features (and asks for MQ when the device has several pairs); drivers of other pairs, made after it
     with ``start=False`` on all but the last, share what it negotiated.
+    ``ctrl``: pair 0's driver also sets up the control queue (CTRL_VQ, CTRL_RX, CTRL_MAC_ADDR asked);
+    ``ctrl_command`` sends a command on it, ``set_queue_pairs`` the VQ_PAIRS_SET of ``ethtool -L``.
     """
 
     def __init__(self, dev, *, queue_size: int = 256, rx_queue_size: int | None = None,
                  features: int | None = None, rx_buf_size: int | None = None, rx_segs: int = 1,
-                 tx_layout: str = "single", start: bool = True, packed: bool = False, pair: int = 0):
+                 tx_layout: str = "single", start: bool = True, packed: bool = False, pair: int = 0,
+                 ctrl: bool = False):
         self.dev = dev
         self.pair = pair
         mem = dev.mem
         want = DEFAULT_FEATURES if features is None else features
         if features is None and dev.max_queue_pairs > 1:
             want |= spec.MQ_FEATURES
+        if ctrl:
+            if pair:
+                raise ConfigError("the control queue is set up by pair 0's driver")
+            want |= spec.CTRL_FEATURES
         if packed:
             if not dev.device_features & spec.bit(spec.VIRTIO_F_RING_PACKED):
                 raise ConfigError("this device does not offer packed rings (VIRTIO_F_RING_PACKED): the vhost "
@@ -101,12 +110,83 @@ class GuestDriver:
         if rc < 0:
             self.close()
             raise ConfigError(f"guest driver setup failed ({os.strerror(-rc)}): check queue and buffer sizes")
+        self._ctrl = None
+        if ctrl:
+            self._ctrl_setup(dev, mem)
         self._rxbuf = ffi.new("uint8_t[]", spec.MAX_FRAME + 1)
         self._hdr = ffi.new("struct virtio_net_hdr_v1 *")
         # Post RX buffers before DRIVER_OK, as a real driver does: the device may start receiving at once.
         lib.vnb_guest_rx_fill(self._g)
         if start:
             dev.start()
+
+    # --- the control queue (§5.1.6.5) ---
+    CTRL_SIZE = 16
+
+    def _ctrl_setup(self, dev, mem) -> None:
+        if not self.features & spec.bit(spec.VIRTIO_NET_F_CTRL_VQ):
+            raise ConfigError("this device does not offer a control queue (VIRTIO_NET_F_CTRL_VQ)")
+        n = self.CTRL_SIZE
+        if self.packed:
+            d, a, u = (mem.alloc(spec.desc_table_size(n), 16), mem.alloc(spec.PACKED_EVENT_SIZE, 4),
+                       mem.alloc(spec.PACKED_EVENT_SIZE, 4))
+        else:
+            d, a, u = (mem.alloc(spec.desc_table_size(n), 16), mem.alloc(spec.avail_ring_size(n), 2),
+                       mem.alloc(spec.used_ring_size(n), 4))
+        q = ffi.new("struct vnb_drv_vq *")
+        if lib.vnb_drv_vq_init(q, mem.table, n, d, a, u, spec.ring_flags(self.features)) < 0:
+            raise ConfigError("control queue setup failed")
+        self._ctrl = q
+        self._ctrl_buf = mem.alloc(4096 + 8, 8)     # class, command, data; the ack after it
+        self.ctrl_kick, self.ctrl_call = self._eventfd(), self._eventfd()
+        dev.set_queue(dev.ctrl_index, QueueConfig(n, d, a, u, self.ctrl_kick, self.ctrl_call))
+
+    def ctrl_command(self, cls: int, cmd: int, data: bytes = b"", *, timeout: float = 2.0,
+                     segs: list[tuple[int, int, bool]] | None = None) -> int | None:
+        """Send one control command and wait for its ack (VIRTIO_NET_OK or VIRTIO_NET_ERR); None if the
+        device used the chain without an ack byte, or did not answer within ``timeout``. ``segs`` lays
+        the chain out by hand (gpa, len, writable) for tests of hostile layouts; the command bytes are
+        at ``ctrl_buf`` and the ack slot right after them."""
+        if self._ctrl is None:
+            raise ConfigError("this driver has no control queue: GuestDriver(..., ctrl=True)")
+        mem = self.dev.mem
+        body = bytes([cls, cmd]) + data
+        if len(body) > 4096:
+            raise ConfigError("a control command of more than 4094 data bytes")
+        mem.write(self._ctrl_buf, body)
+        layout = segs if segs is not None else [(self._ctrl_buf, len(body), False), (self._ctrl_buf + len(body), 1, True)]
+        ack_gpa = next((gpa for gpa, n, w in layout if w and n), None)
+        if ack_gpa is not None:
+            mem.write(ack_gpa, b"\xee")   # not an ack value: a device that wrote nothing shows
+        cs = ffi.new("struct vnb_seg[]", len(layout))
+        for k, (gpa, n, w) in enumerate(layout):
+            cs[k].gpa, cs[k].len, cs[k].write = gpa, n, int(w)
+        if lib.vnb_drv_add(self._ctrl, cs, len(layout), ffi.NULL, 0, 0) < 0:
+            raise ConfigError("control queue full")
+        lib.vnb_drv_publish(self._ctrl)
+        if lib.vnb_drv_kick_prepare(self._ctrl):
+            os.eventfd_write(self.ctrl_kick, 1)
+        ln, tok = ffi.new("uint32_t *"), ffi.new("uint32_t *")
+        deadline = time.monotonic() + timeout
+        while True:
+            r = lib.vnb_drv_get_used(self._ctrl, ln, tok)
+            if r > 0:
+                return mem.read(ack_gpa, 1)[0] if ln[0] >= 1 and ack_gpa is not None else None
+            if r < 0 or time.monotonic() > deadline:
+                return None
+            select.select([self.ctrl_call], [], [], 0.01)
+            try:
+                os.eventfd_read(self.ctrl_call)
+            except BlockingIOError:
+                pass
+
+    @property
+    def ctrl_buf(self) -> int:
+        return self._ctrl_buf
+
+    def set_queue_pairs(self, n: int) -> int | None:
+        """VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, what a Linux guest's ``ethtool -L eth0 combined n`` sends."""
+        return self.ctrl_command(spec.VIRTIO_NET_CTRL_MQ, spec.VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, struct.pack("<H", n))
 
     def _eventfd(self) -> int:
         fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
