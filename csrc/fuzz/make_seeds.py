@@ -163,9 +163,33 @@ def packed_seeds():
                                          [(TABLE, struct.pack("<QIHH", TABLE, 16, 0, INDIRECT))])
 
 
+def ctrl_seed(commands, features=31, max_pairs=3, flags=1):
+    """fuzz_ctrl.c: each command (bytes) a readable descriptor and a 1-byte writable ack after it."""
+    descs, heads, at = [], [], BUF
+    for k, body in enumerate(commands):
+        descs += [desc(at, len(body), NEXT, 2 * k + 1), desc(TABLE + k, 1, WRITE)]
+        heads.append(2 * k)
+        at += len(body) + 8
+    seed = bytearray(ring_seed(4, flags, descs, heads, len(commands)))
+    seed[2], seed[3] = features, max_pairs - 1
+    at = BUF
+    for body in commands:
+        seed[4 + at:4 + at + len(body)] = body
+        at += len(body) + 8
+    return bytes(seed)
+
+
+def ctrl_seeds():
+    pairs = lambda n: bytes([4, 0]) + struct.pack("<H", n)
+    table = struct.pack("<I", 1) + bytes(6) + struct.pack("<I", 2) + bytes.fromhex("01005e000001333300000001")
+    yield "pairs_and_rx", ctrl_seed([pairs(2), bytes([0, 0, 1]), bytes([0, 1, 0]), pairs(9)])
+    yield "mac_commands", ctrl_seed([bytes([1, 0]) + table, bytes([1, 1]) + bytes.fromhex("020000aabbcc")])
+    yield "unknown", ctrl_seed([bytes([9, 9]), bytes([3, 0]), bytes([2, 0, 1, 0]), bytes([4])])
+
+
 def main():
     for target, seeds in (("virtq", virtq_seeds()), ("packed", packed_seeds()), ("datapath", datapath_seeds()),
-                          ("datapath", datapath_packed_seeds())):
+                          ("datapath", datapath_packed_seeds()), ("ctrl", ctrl_seeds())):
         d = OUT / target
         d.mkdir(parents=True, exist_ok=True)
         for name, blob in seeds:

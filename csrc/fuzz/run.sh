@@ -6,7 +6,7 @@
 # oracle fails; the input that did it is left in build/fuzz/<target>/crash-*.
 #
 #   sh csrc/fuzz/run.sh                  # every target, 60 s each (the test command's short run)
-#   sh csrc/fuzz/run.sh 3600 virtq       # a long run of one target (virtq, packed, datapath, vhost_user)
+#   sh csrc/fuzz/run.sh 3600 virtq       # a long run of one target (virtq, packed, datapath, ctrl, vhost_user)
 #   FUZZ_JOBS=2 sh csrc/fuzz/run.sh 600  # libFuzzer -jobs/-workers for long runs
 #
 # New inputs found go to build/fuzz/<target>/corpus (not the tree); merge the interesting ones into
@@ -15,7 +15,7 @@ set -eu
 cd "$(dirname "$0")/../.."
 secs=${1:-60}
 [ "$#" -gt 0 ] && shift
-targets=${*:-"virtq packed datapath vhost_user"}
+targets=${*:-"virtq packed datapath ctrl vhost_user"}
 ring="csrc/device/vnb_virtq.c csrc/device/vnb_vq_chain.c csrc/device/vnb_vq_split.c csrc/device/vnb_vq_packed.c"
 cc=$(command -v clang-14 || command -v clang || true)
 if [ -z "$cc" ]; then
@@ -47,8 +47,9 @@ for t in $targets; do
     fi
     case $t in
         virtq|packed) srcs="$ring csrc/device/vnb_mem.c" ;;
+        ctrl) srcs="csrc/device/vnb_ctrl.c csrc/device/vnb_guard.c $ring csrc/device/vnb_mem.c" ;;
         datapath) srcs="csrc/device/vnb_datapath.c csrc/device/vnb_dp_core.c csrc/device/vnb_dp_plain.c csrc/device/vnb_dp_uring.c csrc/device/vnb_uring.c $ring csrc/device/vnb_mem.c csrc/device/vnb_guard.c" ;;
-        *) echo "csrc/fuzz/run.sh: unknown target $t (virtq, packed, datapath, vhost_user)" >&2; exit 2 ;;
+        *) echo "csrc/fuzz/run.sh: unknown target $t (virtq, packed, datapath, ctrl, vhost_user)" >&2; exit 2 ;;
     esac
     # shellcheck disable=SC2086
     "$cc" $flags -Icsrc/device "csrc/fuzz/fuzz_$t.c" $srcs -lpthread -o "$out/fuzz"
