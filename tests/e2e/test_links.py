@@ -24,7 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from vnetbe.errors import ConfigError, KernelRefused, LinkError, NotRoot, SetupError, VnetError
 from vnetbe.link import (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, Link, Macvtap, Tap,
                          tun_offload_from_virtio)
-from vnetbe.link.base import TUNSETIFF, TUNSETPERSIST, map_netlink_error
+from vnetbe.link.base import TUNGETVNETHDRSZ, TUNSETIFF, TUNSETPERSIST, map_netlink_error
 from vnetbe.tools.topology import (Bridge, Namespace, Topology, cleanup_stale, get_features, packet_socket,
                              veth_pair)
 
@@ -592,3 +592,84 @@ def test_bridge_ports_get_hairpin_only_when_asked(vnbl_session, topo_tag):
             assert modes == {f"vnb{topo_tag}h": 1, f"vnb{topo_tag}n": 0}
             with pytest.raises(LinkError):
                 br.add_port(f"vnb{topo_tag}a")  # lives in the root namespace
+
+
+# --- multiqueue and receive filters (a device's queue pairs, a driver's control queue) ---
+
+
+def _queues_of(name: str) -> int:
+    return len([q for q in os.listdir(f"/sys/class/net/{name}/queues") if q.startswith("tx-")])
+
+
+def test_a_multi_queue_tap_has_a_fd_per_queue_and_detached_queues_get_no_frames(vnbl_session, topo_tag):
+    name = f"vnb{topo_tag}q"
+    with Tap.create(name, queues=3) as t:
+        assert len(t.queue_fds) == 3 and len(set(t.queue_fds)) == 3
+        assert _queues_of(name) == 3
+        assert all(struct.unpack("i", fcntl.ioctl(fd, TUNGETVNETHDRSZ, bytes(4)))[0] == 12 for fd in t.queue_fds)
+        t.set_queue_attached(1, False)
+        t.set_queue_attached(2, False)
+        # Frames the host sends out of the tap now all come up queue 0 (a detached queue takes none).
+        with IPRoute() as ipr:
+            ipr.addr("add", index=t.ifindex, address="10.79.0.1", prefixlen=24)
+            ipr.neigh("add", dst="10.79.0.2", lladdr="02:00:00:00:00:99", ifindex=t.ifindex, state=0x80)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for port in range(20000, 20040):   # many flows: with all queues attached they would spread
+                s.sendto(b"x", ("10.79.0.2", port))
+        finally:
+            s.close()
+        time.sleep(0.2)
+        counts = [len(read_fd_frames(fd, 0.1)) for fd in t.queue_fds]
+        assert counts[0] > 0 and counts[1:] == [0, 0], counts
+        t.set_queue_attached(1, True)
+        t.set_queues(1)
+        assert len(t.queue_fds) == 1
+    assert not link_exists(name)
+
+
+def test_a_single_queue_tap_refuses_more_queues_by_name(vnbl_session, topo_tag):
+    with Tap.create(f"vnb{topo_tag}s") as t:
+        with pytest.raises(LinkError, match="single-queue"):
+            t.set_queues(2)
+        assert t.queue_fds == [t.fd]
+
+
+def test_a_macvtap_opened_again_per_queue_delivers_to_every_queue(topo):
+    with topo.macvtap("bridge") as m:
+        m.set_queues(2)
+        assert len(m.queue_fds) == 2
+        inj = topo.peer_socket(ETH_TEST)
+        with inj:
+            # Different UDP flows spread over the macvtap's queues by their hash (tap_get_queue).
+            for i in range(64):
+                ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 48, 0, 0, 64, 17, 0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+                udp = struct.pack("!HHHH", 1000 + i, 2000, 28, 0) + bytes([i]) * 20
+                inj.send(bytes.fromhex(m.mac.replace(":", "")) + bytes.fromhex("020000000001") + b"\x08\x00" + ip + udp)
+            time.sleep(0.2)
+            counts = [len(read_fd_frames(fd, 0.1)) for fd in m.queue_fds]
+        assert sum(counts) >= 64 and all(counts), counts
+
+
+def test_receive_filters_a_control_queue_sets_reach_the_interface(topo):
+    with topo.macvtap("bridge") as m:
+        m.set_promisc(True)
+        m.set_allmulti(True)
+        with IPRoute() as ipr:
+            flags = ipr.link("get", index=m.ifindex)[0]["flags"]
+        assert flags & 0x100 and flags & 0x200                 # IFF_PROMISC, IFF_ALLMULTI
+        m.set_promisc(False)
+        m.set_allmulti(False)
+        with IPRoute() as ipr:
+            assert not ipr.link("get", index=m.ifindex)[0]["flags"] & 0x300
+        groups = [bytes.fromhex("01005e0000fb"), bytes.fromhex("333300000fb0")]
+
+        def mcast() -> set[str]:
+            with open("/proc/net/dev_mcast") as f:
+                return {line.split()[4] for line in f if line.split()[1] == m.name}
+        m.set_multicast(groups)
+        assert {g.hex() for g in groups} <= mcast()
+        m.set_multicast(groups[:1])
+        assert groups[0].hex() in mcast() and groups[1].hex() not in mcast()
+        m.set_multicast([])
+        assert groups[0].hex() not in mcast()

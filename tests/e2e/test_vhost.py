@@ -109,7 +109,9 @@ def test_stats_have_the_same_keys_on_every_datapath(rig, datapath):
     guest.send(packet.tagged_frame(0, 128, peer_mac, link.mac))
     guest.drain_tx()
     st = dev.stats()
-    assert set(st) == set(DatapathStats().as_dict()) | {"datapath", "status", "features"}
+    assert set(st) == set(DatapathStats().as_dict()) | {"datapath", "status", "features", "queue_pairs", "pairs",
+                                                         "ctrl_commands"}
+    assert st["pairs"][0]["tx_frames"] == 1 and set(st["pairs"][0]) <= set(st)
     assert set(st["drops"]) == set(DROP_REASONS)
     assert set(st["not_counted"]) <= set(st)
     assert st["tx_frames"] == 1 and st["faults"] == {}

@@ -147,6 +147,38 @@ def test_testpmd_txonly_frames_reach_the_peer_through_vnetbe_serve(topo, tmp_pat
     assert rc == 0 and not os.path.exists(sock), serve.stderr
 
 
+def test_testpmd_with_two_queues_sends_on_both_pairs_and_every_frame_reaches_the_peer(topo, tmp_path, datapath):
+    """virtio-user queues=2 (cq=1: DPDK requires a control queue for multiqueue, which it keeps and turns
+    into SET_VRING_ENABLE), testpmd --txq=2 --rxq=2 txonly: both of vnetbe's pairs take frames, and
+    every frame the device took reached the peer."""
+    sock = str(tmp_path / "vu.sock")
+    serve = Serve("--socket", sock, "--parent", topo.parent, "--mode", "bridge", "--name", "vnbvdm0",
+                  "--datapath", datapath, "--queues", "2")
+    pmd = None
+    try:
+        serve.wait_line("listening on")
+        before = _link_counter(topo.netns, topo.peer, "packets")
+        pmd = dpdk.Testpmd(dpdk.command(f"net_virtio_user0,path={sock},queues=2,cq=1", "txonly", prefix="vnbmq",
+                                        extra=("--rxq=2", "--txq=2")))
+        serve.wait_line("connected: front end pid")
+        pairs = lambda: serve.stats()["device"]["pairs"]
+        assert wait_for(lambda: all(p["tx_frames"] > 10_000 for p in pairs()), 60.0), pairs()
+        st = serve.stats()["device"]
+        assert st["features"] & spec.bit(spec.VIRTIO_NET_F_MQ), hex(st["features"])
+        pmd.stop()
+        serve.wait_line("disconnected")
+        last = serve.stats()["last_device"]
+    finally:
+        if pmd is not None:
+            pmd.kill()
+        rc = serve.stop()
+    arrived = _link_counter(topo.netns, topo.peer, "packets") - before
+    dev_tx = last["tx_frames"]
+    assert dev_tx == sum(p["tx_frames"] for p in last["pairs"])
+    assert dev_tx <= arrived <= dev_tx + 16, (dev_tx, arrived, last["pairs"])
+    assert rc == 0
+
+
 def test_testpmd_txonly_to_the_peers_mac_keeps_flowing_through_vnetbe_serve(topo, tmp_path, datapath):
     """The options of issue 19's reported stall (txonly to the peer's own MAC, one forwarding core,
     stats every 4 s): the device keeps taking frames, sampled three times after the first, and each
