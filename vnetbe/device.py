@@ -230,8 +230,10 @@ class VirtioNet:
         self.link.set_offload(tun_offload_from_virtio(self.driver_features))
 
     def _datapath_start(self) -> None:
-        self._datapath.start(self.mem, self.driver_features, self.hdr_len, self.served_queues(), self.link,
-                             self.err_fd, self.busyloop_us)
+        # The model's features (MQ, the control queue's) are not the datapath's: the kernel's vhost-net
+        # does not know them, and a pair's datapath has nothing to do with them.
+        self._datapath.start(self.mem, self.driver_features & ~spec.MODEL_FEATURES, self.hdr_len,
+                             self.served_queues(), self.link, self.err_fd, self.busyloop_us)
 
     def _datapath_stop(self) -> dict[int, QueueState]:
         states = self._datapath.stop()

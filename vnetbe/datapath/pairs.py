@@ -11,9 +11,6 @@ from __future__ import annotations
 from ..queue import QueueConfig, QueueState
 from .stats import COUNTERS, DatapathStats
 
-# Counters of the link, not of a pair: every pair's datapath reads the same interface's.
-_LINK_WIDE = ("link_rx_dropped", "link_tx_dropped")
-
 
 def pair_of(q: int) -> tuple[int, int]:
     """Device virtqueue q -> (pair, 0 for RX or 1 for TX within it)."""
@@ -99,7 +96,8 @@ class PairedDatapath:
         return max(ages) if ages else None
 
     def pair_stats(self) -> list[dict]:
-        """Each pair's counters (frames, bytes, kicks, interrupts), the pairs never started at 0."""
+        """Each pair's counters (frames, bytes, kicks, interrupts), the pairs never started at 0. What a
+        datapath reads off the link (its ``link_wide``: vhost's tx_bytes) is the link's in every pair."""
         keep = ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "tx_kicks", "rx_kicks",
                 "tx_interrupts", "rx_interrupts", "syscalls", "wakeups")
         out = []
@@ -112,11 +110,13 @@ class PairedDatapath:
         used = sorted(self._used) or [0]
         parts = [self._pairs[p].stats() for p in used]
         total = DatapathStats()
+        # Counters a datapath reads off the link rather than its pair's rings are the link's: one value.
+        link_wide = set(getattr(self._pairs[0], "link_wide", ()))
         for st in parts:
             for k in COUNTERS:
                 if k == "link_down":
                     continue
-                if k in _LINK_WIDE:
+                if k in link_wide:
                     setattr(total, k, max(getattr(total, k), getattr(st, k)))
                 else:
                     setattr(total, k, getattr(total, k) + getattr(st, k))

@@ -35,6 +35,7 @@ class UserDatapath:
 
     supported_features = spec.DEVICE_FEATURES   # everything the device model offers
     ring_modes = True
+    link_wide = ("link_rx_dropped", "link_tx_dropped")   # the link's counters: one link for every pair
 
     def start(self, mem, features, hdr_len, queues, link, err_fd, busyloop_us: int = 0) -> None:
         dp = self._dp

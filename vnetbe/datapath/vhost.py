@@ -98,6 +98,8 @@ def diagnose(mem, cfg: QueueConfig, q: int, features: int, last_avail_idx: int) 
 class VhostDatapath:
     name = "vhost"
     ring_modes = False   # the kernel needs kicks, and has no started-but-disabled ring
+    # Counters read off the link, not off a pair's rings: every pair's /dev/vhost-net sees the same.
+    link_wide = ("tx_bytes", "link_rx_dropped", "link_tx_dropped")
 
     def __init__(self) -> None:
         self.fd = io.open_vhost_net()
@@ -124,13 +126,12 @@ class VhostDatapath:
         self._link_watch: LinkWatch | None = None
         self._final: DatapathStats | None = None
         self._workers0: dict[int, tuple[int, int]] = {}
-        # RX frames as the used ring shows them (a cffi vnb_vq over the RX ring, and its tally), and
-        # those of earlier starts: the macvtap counts a frame when it is queued, not when it reaches
-        # the guest, so at a hand-over its queue's frames would be counted by both datapaths or neither.
-        self._rx_vq = None
-        self._rx_tally = None
-        self._hdr_len = 0
-        self._rx_done = (0, 0)    # (frames, bytes) of earlier starts
+        # Frames as the used rings show them (a cffi vnb_vq over each ring, and its tally), and those
+        # of earlier starts. RX: the macvtap counts a frame when it is queued, not when it reaches the
+        # guest, so at a hand-over its queue's frames would be counted by both datapaths or neither.
+        # TX: the link's counters are the link's, shared by every queue pair's /dev/vhost-net.
+        self._tallies: dict[int, tuple] = {}          # queue -> (vnb_vq, vnb_used_tally, hdr_len)
+        self._done = {spec.RX_QUEUE: (0, 0), spec.TX_QUEUE: (0, 0)}   # (frames, bytes) of earlier starts
         self._tally_lock = threading.Lock()
         self._mem_gone = False      # the RX tally found guest memory gone (a shrunk memory file)
         self.running = False
@@ -166,7 +167,7 @@ class VhostDatapath:
             if busyloop_us:
                 io.set_vring_busyloop_timeout(fd, q, busyloop_us)
         self._mem, self._queues, self._features, self._link = mem, dict(queues), features, link
-        self._start_tally(mem, features, hdr_len, queues.get(spec.RX_QUEUE))
+        self._start_tallies(mem, features, hdr_len, queues)
         self._link_down = 0
         self._mem_gone = False
         # Counters run from the first start on, across stops and starts (a vhost-user front end stops
@@ -183,33 +184,37 @@ class VhostDatapath:
         self._watcher = threading.Thread(target=self._watch, args=(err_fd,), name="vnetbe-vhost-err", daemon=True)
         self._watcher.start()
 
-    def _start_tally(self, mem, features: int, hdr_len: int, cfg: QueueConfig | None) -> None:
-        self._rx_vq = self._rx_tally = None
-        if cfg is None:
-            return
-        vq = ffi.new("struct vnb_vq *")
-        if lib.vnb_vq_init(vq, mem.table, cfg.size, cfg.desc, cfg.avail, cfg.used, spec.ring_flags(features)) < 0:
-            return   # vhost refuses these addresses too: its ERR eventfd names the fault
-        tally = ffi.new("struct vnb_used_tally *")
-        # vhost takes up at the used index in memory (vhost_vq_init_access): so does the count.
-        # (GuestMemoryGone here fails the start: the device reports it as the session's error.)
-        tally.seen_idx = struct.unpack("<H", mem.read(cfg.used + 2, 2))[0]
-        self._rx_vq, self._rx_tally, self._hdr_len = vq, tally, hdr_len
+    def _start_tallies(self, mem, features: int, hdr_len: int, queues: dict[int, QueueConfig]) -> None:
+        self._tallies = {}
+        for q, cfg in queues.items():
+            flags = spec.ring_flags(features)
+            if q == spec.TX_QUEUE:   # a TX used entry is one frame, its length 0: no header to read
+                flags &= ~lib.VNB_F_MRG_RXBUF
+            vq = ffi.new("struct vnb_vq *")
+            if lib.vnb_vq_init(vq, mem.table, cfg.size, cfg.desc, cfg.avail, cfg.used, flags) < 0:
+                continue   # vhost refuses these addresses too: its ERR eventfd names the fault
+            tally = ffi.new("struct vnb_used_tally *")
+            # vhost takes up at the used index in memory (vhost_vq_init_access): so does the count.
+            # (GuestMemoryGone here fails the start: the device reports it as the session's error.)
+            tally.seen_idx = struct.unpack("<H", mem.read(cfg.used + 2, 2))[0]
+            self._tallies[q] = (vq, tally, hdr_len if q == spec.RX_QUEUE else 0)
 
-    def _rx_counted(self, fold: bool = False) -> tuple[int, int]:
-        """(frames, bytes) received so far, the used ring sampled now; with ``fold`` (at stop) this
-        start's count joins the earlier ones. Under the lock: the watcher samples concurrently."""
+    def _counted(self, fold: bool = False) -> dict[int, tuple[int, int]]:
+        """Per ring, (frames, bytes) so far, the used rings sampled now (TX bytes are not in the ring:
+        0); with ``fold`` (at stop) this start's count joins the earlier ones. Under the lock: the
+        watcher samples concurrently."""
         with self._tally_lock:
-            t = self._rx_tally
-            f, b = self._rx_done
-            if t is not None and lib.vnb_vq_tally_used_guarded(self._rx_vq, self._hdr_len, t) < 0:
-                self._mem_gone = True          # the watcher stops the rings; the count ends here
-                self._rx_vq = self._rx_tally = t = None
-            if t is not None:
-                f, b = f + t.frames, b + t.bytes
+            out = dict(self._done)
+            for q, (vq, t, hdr_len) in list(self._tallies.items()):
+                if lib.vnb_vq_tally_used_guarded(vq, hdr_len, t) < 0:
+                    self._mem_gone = True          # the watcher stops the rings; the count ends here
+                    del self._tallies[q]
+                    continue
+                f, b = out[q]
+                out[q] = (f + t.frames, b + t.bytes)
             if fold:
-                self._rx_done, self._rx_vq, self._rx_tally = (f, b), None, None
-            return f, b
+                self._done, self._tallies = out, {}
+            return out
 
     def _watch(self, dev_err_fd: int) -> None:
         by_fd = {efd: q for q, efd in self._err.items()}
@@ -229,7 +234,7 @@ class VhostDatapath:
             # The RX count is read off the used ring's 16-bit index: sampling every TALLY_MS keeps
             # fewer than 65536 entries between two samples up to 3 million frames/s per queue.
             ready = dict(poller.poll(TALLY_MS))
-            self._rx_counted()
+            self._counted()
             if self._stop_fd in ready:
                 return
             if self._mem_gone and not self._faults:
@@ -283,7 +288,7 @@ class VhostDatapath:
                 used_idx = last_avail      # nothing to resume over: the memory is gone
                 self._faults.setdefault(q, lib.VNB_FAULT_MEM_GONE)
             states[q] = QueueState(last_avail, used_idx, q in self._faults, self._faults.get(q, 0))
-        self._rx_counted(fold=True)   # the worker has flushed: the tally's last sample
+        self._counted(fold=True)   # the worker has flushed: the tallies' last sample
         self._final = self.stats()
         for efd in list(self._err.values()) + [self._stop_fd]:
             os.close(efd)
@@ -325,11 +330,13 @@ class VhostDatapath:
         for code in self._faults.values():
             name = FAULT_NAMES[code] if 0 < code < len(FAULT_NAMES) else VhostFault.name
             faults[name] = faults.get(name, 0) + 1
-        # The kernel keeps no per-vring counters: TX frames come from the macvtap's own counters (what
-        # the worker writes the macvtap transmits at once), RX frames from the used ring (placed in
-        # guest buffers), wake-ups from the worker's context switches.
-        rx_frames, rx_bytes = self._rx_counted()
-        return DatapathStats(tx_frames=d.tx_packets, tx_bytes=d.tx_bytes, rx_frames=rx_frames,
+        # The kernel keeps no per-vring counters: frames come from the used rings (TX: sent to the
+        # link; RX: placed in guest buffers), TX bytes from the link's own counters (the ring does not
+        # say them; with several queue pairs they are the link's, all pairs'), wake-ups from the
+        # worker's context switches.
+        counted = self._counted()
+        rx_frames, rx_bytes = counted[spec.RX_QUEUE]
+        return DatapathStats(tx_frames=counted[spec.TX_QUEUE][0], tx_bytes=d.tx_bytes, rx_frames=rx_frames,
                              rx_bytes=rx_bytes, syscalls=0, wakeups=wake, worker_cpu_ns=cpu,
                              link_rx_dropped=d.rx_dropped, link_tx_dropped=d.tx_dropped, faults=faults,
                              link_down=self._link_down, not_counted=_NOT_COUNTED)
