@@ -19,7 +19,7 @@ import threading
 
 from . import spec
 from ._native import ffi, lib
-from .errors import ConfigError, VnetError
+from .errors import ConfigError
 from .faults import enum_names
 from .queue import QueueConfig, QueueState
 
@@ -70,6 +70,7 @@ class ControlQueue:
         self._req = ffi.new("struct vnb_ctrl_req *")
         self._flags = ctrl_flags(dev.driver_features)
         self._stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._stopping = threading.Event()   # looked at between commands: a guest posting without end
         self._thread: threading.Thread | None = None
         self.fault = 0        # the ring fault (or VNB_FAULT_MEM_GONE) that stopped the queue
 
@@ -80,6 +81,7 @@ class ControlQueue:
     def stop(self) -> QueueState:
         """Stop the thread; where the ring stands (kept for a later start)."""
         if self._thread is not None:
+            self._stopping.set()
             os.eventfd_write(self._stop, 1)
             self._thread.join()
             self._thread = None
@@ -93,9 +95,9 @@ class ControlQueue:
         poller = select.poll()
         poller.register(self.cfg.kick_fd, select.POLLIN)
         poller.register(self._stop, select.POLLIN)
-        while not self.fault:
+        while not self.fault and not self._stopping.is_set():
             self._serve()          # also at once: commands may have come before the device started
-            if self.fault:
+            if self.fault or self._stopping.is_set():
                 return
             r = lib.vnb_ctrl_enable_notify(self._vq)
             if r < 0:
@@ -113,7 +115,7 @@ class ControlQueue:
 
     def _serve(self) -> None:
         req = self._req
-        while True:
+        while not self._stopping.is_set():
             r = lib.vnb_ctrl_pop(self._vq, req)
             if r == 0:
                 return
@@ -143,11 +145,14 @@ class ControlQueue:
             if cls == spec.VIRTIO_NET_CTRL_MQ and cmd == spec.VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET:
                 dev.set_queue_pairs(struct.unpack("<H", data)[0])
             elif cls == spec.VIRTIO_NET_CTRL_RX and cmd == spec.VIRTIO_NET_CTRL_RX_PROMISC:
-                link.set_promisc(bool(data[0]))
+                dev.link_filters.set_promisc(bool(data[0]))
             elif cls == spec.VIRTIO_NET_CTRL_RX and cmd == spec.VIRTIO_NET_CTRL_RX_ALLMULTI:
-                link.set_allmulti(bool(data[0]))
+                dev.link_filters.set_allmulti(bool(data[0]))
             elif cls == spec.VIRTIO_NET_CTRL_MAC and cmd == spec.VIRTIO_NET_CTRL_MAC_ADDR_SET:
-                link.set_mac(":".join(f"{b:02x}" for b in data))
+                # A macvtap's MAC is the guest's; a tap's is the host side's, which must differ from it.
+                if getattr(link, "kind", "pair") == "tap":
+                    return _UNSUPPORTED
+                dev.link_filters.set_mac(":".join(f"{b:02x}" for b in data))
                 dev.mac = link.mac
             elif cls == spec.VIRTIO_NET_CTRL_MAC and cmd == spec.VIRTIO_NET_CTRL_MAC_TABLE_SET:
                 unicast, multicast = mac_table(data)
@@ -157,9 +162,47 @@ class ControlQueue:
                     return _UNSUPPORTED
                 if any(not m[0] & 1 for m in multicast):
                     return lib.VNB_CTRL_E_MAC_TABLE
-                link.set_multicast(multicast)
+                dev.link_filters.set_multicast(multicast)
             else:
                 return _UNSUPPORTED   # checked valid, yet nothing here does it (RX_EXTRA, ANNOUNCE)
-        except (VnetError, OSError):
+        except Exception:   # the link or the datapath refused: the guest hears ERR, the device goes on
             return _UNSUPPORTED
         return 0
+
+
+class LinkFilters:
+    """What control commands changed on the link (promiscuity, all-multicast, multicast list, MAC),
+    with what it was before, so that a reset or close gives the link back as it was found."""
+
+    def __init__(self, link):
+        self.link = link
+        self._was: dict = {}
+
+    def _remember(self, what: str, value) -> None:
+        self._was.setdefault(what, value)
+
+    def set_promisc(self, on: bool) -> None:
+        self._remember("promisc", self.link.rx_flags()[0])
+        self.link.set_promisc(on)
+
+    def set_allmulti(self, on: bool) -> None:
+        self._remember("allmulti", self.link.rx_flags()[1])
+        self.link.set_allmulti(on)
+
+    def set_multicast(self, macs: list[bytes]) -> None:
+        self._remember("multicast", [])
+        self.link.set_multicast(macs)
+
+    def set_mac(self, mac: str) -> None:
+        self._remember("mac", self.link.mac)
+        self.link.set_mac(mac)
+
+    def restore(self) -> None:
+        """Undo every change, each attempted; the link may be gone already (then there is nothing to undo)."""
+        was, self._was = self._was, {}
+        for what, value in was.items():
+            try:
+                {"promisc": self.link.set_promisc, "allmulti": self.link.set_allmulti,
+                 "multicast": self.link.set_multicast, "mac": self.link.set_mac}[what](value)
+            except Exception:   # a deleted or closed link: its filters went with it
+                pass

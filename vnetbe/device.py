@@ -13,7 +13,7 @@ import threading
 import time
 
 from . import spec
-from .ctrl import CTRL_ERRORS, ControlQueue
+from .ctrl import CTRL_ERRORS, ControlQueue, LinkFilters
 from .datapath import make as make_datapath
 from .errors import ConfigError, DatapathStalled, GuestFault, LinkGone
 from .faults import fault_from_code
@@ -76,6 +76,7 @@ class VirtioNet:
         self._ctrl: ControlQueue | None = None
         self._ctrl_faults: dict[int, int] = {}
         self.ctrl_commands = dict.fromkeys(CTRL_ERRORS, 0)   # by verdict: "none" = carried out
+        self.link_filters = LinkFilters(link)   # what control commands changed on the link, to undo
         # set_queue_pairs runs on the control queue's thread as well as the caller's.
         self._lock = threading.RLock()
         self.mac = mac or link.mac
@@ -173,12 +174,18 @@ class VirtioNet:
         with self._lock:
             if n == self.queue_pairs:
                 return
-            if self.running:
-                self._datapath_stop()
+            if not self.running:
                 self.queue_pairs = n
+                return
+            old = self.queue_pairs
+            self._datapath_stop()
+            self.queue_pairs = n
+            try:
                 self._datapath_start()
-            else:
-                self.queue_pairs = n
+            except BaseException:
+                self.queue_pairs = old       # as it was: the pairs that ran go on
+                self._datapath_start()
+                raise
 
     def served_queues(self) -> dict[int, QueueConfig]:
         """The queues the datapath serves: those set up, of the pairs that run."""
@@ -192,26 +199,41 @@ class VirtioNet:
             raise ConfigError("start() without guest memory: call set_memory() first")
         if not self.served_queues():
             raise ConfigError("start() with no queues: call set_queue for RX (0) and/or TX (1)")
+        if self.running:
+            raise ConfigError("start() on a running device: stop() it first")
         self._configure_link()
         with self._lock:
-            self._datapath_start()
+            ctrl = self._ctrl_make()
+            try:
+                self._datapath_start()
+            except BaseException:
+                if ctrl is not None:
+                    ctrl.stop()
+                raise
             self.status |= spec.DRIVER_OK
             self.running = True
-        self._ctrl_start()
+            self._ctrl_run(ctrl)
 
-    def _ctrl_start(self) -> None:
+    def _ctrl_make(self) -> ControlQueue | None:
         cfg = self.queues.get(self.ctrl_index)
         if cfg is None or self.ctrl_index in self._ctrl_faults:
-            return
-        self._ctrl = ControlQueue(self, self.ctrl_index, cfg)
-        self._ctrl.start()
+            return None
+        return ControlQueue(self, self.ctrl_index, cfg)
+
+    def _ctrl_run(self, ctrl: ControlQueue | None) -> None:
+        """Under the lock, so that a stop() sees the control queue it must stop."""
+        self._ctrl = ctrl
+        if ctrl is not None:
+            ctrl.start()
 
     def _ctrl_stop(self) -> None:
-        """Stop serving the control queue (before the datapath: a command may change the pairs)."""
-        if self._ctrl is None:
+        """Stop serving the control queue (before the datapath: a command may change the pairs). Its
+        thread is joined outside the lock, which it may be waiting for."""
+        with self._lock:
+            ctrl, self._ctrl = self._ctrl, None
+        if ctrl is None:
             return
-        st = self._ctrl.stop()
-        self._ctrl = None
+        st = ctrl.stop()
         cfg = self.queues[self.ctrl_index]
         cfg.last_avail_idx, cfg.used_idx = st.last_avail_idx, st.used_idx
 
@@ -274,7 +296,7 @@ class VirtioNet:
                 self._datapath_start()
                 self.running = True
                 self.status |= spec.DRIVER_OK
-            self._ctrl_start()
+                self._ctrl_run(self._ctrl_make())
             self._nudge()
         return states
 
@@ -303,6 +325,7 @@ class VirtioNet:
         self.queues = {}
         self.queue_pairs = 1
         self._ctrl_faults = {}
+        self.link_filters.restore()
         self.driver_features = 0
         self._status = 0
         try:
@@ -385,6 +408,7 @@ class VirtioNet:
         try:
             self.stop()
             self._datapath.close()
+            self.link_filters.restore()
         finally:
             for fn in reversed(self._on_close):
                 fn()

@@ -9,30 +9,31 @@
 
 /* Gather the chain's readable bytes into req (class, command, then at most VNB_CTRL_MAX_DATA of
  * data) and find the ack: the first writable byte (§5.1.6.5: the driver puts the ack after the
- * command). Reads only what vnb_vq_pop mapped, which lies inside guest memory. */
+ * command). Copies at most 2 + VNB_CTRL_MAX_DATA bytes, whatever the chain's length (out_len says
+ * it); reads only what vnb_vq_pop mapped, which lies inside guest memory. */
+static __thread uint8_t flat[2 + VNB_CTRL_MAX_DATA];
+
 static void gather(const struct vnb_chain *c, struct vnb_ctrl_req *req)
 {
-    uint8_t hdr[2];
-    uint64_t at = 0;   /* readable bytes walked */
-    req->len = 0;
-    req->err = VNB_CTRL_E_NONE;
-    for (int i = 0; i < c->nout; i++) {
-        const uint8_t *p = c->iov[i].iov_base;
-        for (size_t k = 0; k < c->iov[i].iov_len; k++, at++) {
-            if (at < 2)
-                hdr[at] = p[k];
-            else if (at - 2 < VNB_CTRL_MAX_DATA)
-                req->data[at - 2] = p[k];
-        }
+    uint64_t want = c->out_len < sizeof(flat) ? c->out_len : sizeof(flat);
+    uint64_t got = 0;
+    for (int i = 0; i < c->nout && got < want; i++) {
+        uint64_t n = c->iov[i].iov_len < want - got ? c->iov[i].iov_len : want - got;
+        memcpy(flat + got, c->iov[i].iov_base, n);
+        got += n;
     }
-    if (at < 2)
+    req->err = VNB_CTRL_E_NONE;
+    req->len = 0;
+    req->cls = got >= 1 ? flat[0] : 0;
+    req->cmd = got >= 2 ? flat[1] : 0;
+    if (c->out_len < 2) {
         req->err = VNB_CTRL_E_SHORT;
-    else if (at - 2 > VNB_CTRL_MAX_DATA)
+    } else if (c->out_len - 2 > VNB_CTRL_MAX_DATA) {
         req->err = VNB_CTRL_E_TOO_LONG;
-    else
-        req->len = (uint32_t)(at - 2);
-    req->cls = at >= 1 ? hdr[0] : 0;
-    req->cmd = at >= 2 ? hdr[1] : 0;
+    } else {
+        req->len = (uint32_t)(c->out_len - 2);
+        memcpy(req->data, flat + 2, req->len);
+    }
     req->ack = NULL;
     for (int i = c->nout; i < c->nout + c->nin; i++)
         if (c->iov[i].iov_len) {

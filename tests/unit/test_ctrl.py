@@ -219,3 +219,42 @@ def test_the_command_checker_agrees_with_the_spec_on_any_command(cls, cmd, data,
     got = check(cls, cmd, data, features, max_pairs)
     assert got == reference(cls, cmd, data, features, max_pairs), (cls, cmd, data.hex(), hex(features))
     assert got in CTRL_ERRORS
+
+
+def test_what_control_commands_changed_on_the_link_is_undone_at_reset_and_close(rig):
+    mc = [bytes.fromhex("333300000001")]
+    assert rig.g.ctrl_command(RX, spec.VIRTIO_NET_CTRL_RX_PROMISC, b"\x01") == OK
+    assert rig.g.ctrl_command(MAC, spec.VIRTIO_NET_CTRL_MAC_TABLE_SET, table([], mc)) == OK
+    mac0 = rig.link.mac
+    assert rig.g.ctrl_command(MAC, spec.VIRTIO_NET_CTRL_MAC_ADDR_SET, bytes.fromhex("020000aabbcc")) == OK
+    assert rig.link.promisc and rig.link.multicast == mc and rig.link.mac != mac0
+    rig.dev.reset()
+    assert not rig.link.promisc and rig.link.multicast == [] and rig.link.mac == mac0
+
+
+def test_a_tap_keeps_its_own_mac_the_host_sides(rig):
+    rig.link.kind = "tap"     # a tap's MAC is the host side's, which must differ from the guest's
+    assert rig.g.ctrl_command(MAC, spec.VIRTIO_NET_CTRL_MAC_ADDR_SET, bytes.fromhex("020000aabbcc")) == ERR
+    assert rig.dev.stats()["ctrl_commands"]["unsupported"] == 1 and rig.link.mac != "02:00:00:aa:bb:cc"
+
+
+def test_a_driver_posting_commands_without_end_does_not_hold_up_stop(rig):
+    """The control thread looks for its stop between commands, not only once the ring is empty."""
+    import threading
+    import time
+    stop = threading.Event()
+
+    def flood():
+        while not stop.is_set():
+            rig.g.ctrl_command(RX, spec.VIRTIO_NET_CTRL_RX_ALLMULTI, b"\x01", timeout=0.2)
+    t = threading.Thread(target=flood)
+    t.start()
+    try:
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        rig.dev.stop()
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        stop.set()
+        t.join()
+    assert rig.dev.stats()["ctrl_commands"]["none"] > 0

@@ -54,6 +54,9 @@ class PairLink:
     promisc = allmulti = False
     multicast: list[bytes] = []
 
+    def rx_flags(self) -> tuple[bool, bool]:
+        return self.promisc, self.allmulti
+
     def set_promisc(self, on: bool) -> None:
         self.promisc = on
 

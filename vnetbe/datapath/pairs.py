@@ -73,10 +73,16 @@ class PairedDatapath:
         out: dict[int, QueueState] = {}
         if not self._running:
             return out
+        first = None
+        for p in self._last:   # every pair stops, whatever one of them raises
+            try:
+                for local, st in self._pairs[p].stop().items():
+                    out[2 * p + local] = st
+            except Exception as e:
+                first = first or e
         self._running = False
-        for p in self._last:
-            for local, st in self._pairs[p].stop().items():
-                out[2 * p + local] = st
+        if first is not None:
+            raise first
         return out
 
     def faults(self) -> dict[int, int]:

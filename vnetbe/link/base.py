@@ -414,6 +414,12 @@ class Link:
         self._set("bring up", state="up")
 
     # --- receive filters (what a driver's control queue asks: VIRTIO_NET_CTRL_RX, MAC_TABLE_SET) ---
+    def rx_flags(self) -> tuple[bool, bool]:
+        """(promiscuous, all-multicast) as the interface has them now."""
+        with IPRoute() as ipr:
+            flags = self._get(ipr)["flags"]
+        return bool(flags & lib.IFF_PROMISC), bool(flags & lib.IFF_ALLMULTI)
+
     def set_promisc(self, on: bool) -> None:
         self._set("set promiscuity on", flags=lib.IFF_PROMISC if on else 0, change=lib.IFF_PROMISC)
 

@@ -242,13 +242,13 @@ class Session:
     def _add_mem_reg(self, msg, fds, taken):
         if not self.protocol_acked & (1 << P.ProtocolFeature.CONFIGURE_MEM_SLOTS):
             raise ProtocolError(msg.name, "order", "CONFIGURE_MEM_SLOTS protocol feature not negotiated")
-        if len(self.regions) >= P.MAX_MEM_SLOTS:
-            raise ProtocolError(msg.name, "slots", f"all {P.MAX_MEM_SLOTS} memory slots are in use")
         new = (msg.payload, fds[0])
         key = _region_key(msg.payload)
         if any(_region_key(x) == key for x, _ in self.regions):
             self._region_refs[key] = self._region_refs.get(key, 1) + 1
             return                                  # already mapped: the fd is closed by handle()
+        if len(self.regions) >= P.MAX_MEM_SLOTS:
+            raise ProtocolError(msg.name, "slots", f"all {P.MAX_MEM_SLOTS} memory slots are in use")
         self._check_fds(msg.name, [new])
         P.check_no_overlap(msg.name, [r for r, _ in self.regions] + [msg.payload])
         if self.mem is None:
