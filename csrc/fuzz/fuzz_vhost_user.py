@@ -40,6 +40,13 @@ class _Link:
         self.a.setblocking(False)
         self.fd = self.a.fileno()
 
+    @property
+    def queue_fds(self):        # one queue: the session here serves one pair
+        return [self.fd]
+
+    def queue(self, p):
+        return self
+
     def set_vnet_hdr_len(self, n):
         pass
 
