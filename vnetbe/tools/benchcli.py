@@ -87,6 +87,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "the kernel directly (--seconds per run, --repeat runs); or a Linux guest under QEMU "
                         "moving TCP through vnetbe serve and through QEMU's own tap back end (--repeat rounds)")
     p.add_argument("--seconds", type=float, default=5.0, help="with --frontend testpmd: seconds per run (default 5)")
+    p.add_argument("--queues", default="1", help="with --frontend testpmd: queue pairs (testpmd queues=N --rxq=N "
+                   "--txq=N, vnetbe serve --queues N, DPDK's back end queues=N); a comma list compares them, e.g. 1,2")
     p.set_defaults(func=run)
     return p
 
@@ -201,6 +203,17 @@ def _rings(args) -> list[str]:
     if not rings:
         raise ConfigError("--ring: give split, packed, or split,packed")
     return rings
+
+
+def _queues(args) -> list[int]:
+    """--queues: queue pair counts to compare (comma list), each 1..MAX_QUEUE_PAIRS."""
+    out = []
+    for v in _list(str(getattr(args, "queues", "1"))):
+        if not v.isdigit() or not 1 <= int(v) <= spec.MAX_QUEUE_PAIRS:
+            raise ConfigError(f"--queues {v!r}: a number of queue pairs, 1..{spec.MAX_QUEUE_PAIRS} (a comma list "
+                              "compares them)")
+        out.append(int(v))
+    return list(dict.fromkeys(out)) or [1]
 
 
 def make_plan(args, lab: bool | None = None) -> Plan:
@@ -484,7 +497,7 @@ def _run_frontend(args) -> int:
         mod = testpmd_bench
         backends = ["vnetbe-" + d for d in _list(args.datapath)] + ["dpdk-vhost", "kernel"]
         doc = mod.run(backends, seconds=args.seconds, repeat=args.repeat, tag=args.tag[:4], progress=progress,
-                      rings=_rings(args))
+                      rings=_rings(args), queues=_queues(args))
     else:
         mod = guest_tcp_bench
         doc = mod.run(lab.run, rounds=args.repeat, tag=args.tag[:4], progress=progress)
@@ -499,6 +512,9 @@ def run(args) -> int:
     _terminate_cleanly()
     if args.frontend != "guest":
         return _run_frontend(args)
+    if _queues(args) != [1]:
+        raise ConfigError("--queues is measured with --frontend testpmd so far; vnetbe's own guest drives one "
+                          "queue pair in the bench")
     if args.plot:
         from .plot import require  # imports matplotlib only now
         require()   # fail now, not after the bench

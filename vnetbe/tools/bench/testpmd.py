@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -97,22 +98,27 @@ def _wait_path(path: str, timeout: float = 20.0) -> None:
 class _Backend:
     """One back end up, its tap on the bridge; ``vdev`` is what the front end testpmd is given."""
 
-    def __init__(self, kind: str, tag: str, sock: str, bridge: Bridge, mac: str, ring: str = "split"):
+    def __init__(self, kind: str, tag: str, sock: str, bridge: Bridge, mac: str, ring: str = "split",
+                 queues: int = 1):
         self.kind, self.proc, self.pmd, self.cpu_pid = kind, None, None, None
         tap = f"vnb{tag}t{BACKENDS.index(kind)}"
         vq = ",packed_vq=1" if ring == "packed" else ""   # virtio-user asks for packed rings
-        self.vdev = f"net_virtio_user0,path={sock},queues=1,mac={mac}{vq}"
+        # Several queues need virtio-user's control queue (cq=1): it turns VQ_PAIRS_SET into ring enables.
+        mq = f",queues={queues}" + (",cq=1" if queues > 1 else "")
+        self.vdev = f"net_virtio_user0,path={sock}{mq},mac={mac}{vq}"
+        self.queues = queues
         if kind.startswith("vnetbe-"):
             self.proc = subprocess.Popen([sys.executable, "-m", "vnetbe", "serve", "--socket", sock, "--tap", tap,
-                                          "--bridge", bridge.name, "--datapath", kind.split("-")[1]],
+                                          "--bridge", bridge.name, "--datapath", kind.split("-")[1],
+                                          "--queues", str(queues)],
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             line = self.proc.stdout.readline()
             if "listening" not in line:
                 raise SetupError(f"vnetbe serve did not start: {line.strip() or self.proc.stderr.read().strip()}")
             self.cpu_pid = self.proc.pid
         elif kind == "dpdk-vhost":
-            cmd = dpdk.command(f"net_vhost0,iface={sock},queues=1", "io", pmds=("net_vhost", "net_tap"),
-                               prefix=f"vnb{tag}be", lcores=BACKEND_LCORES)
+            cmd = dpdk.command(f"net_vhost0,iface={sock},queues={queues}", "io", pmds=("net_vhost", "net_tap"),
+                               prefix=f"vnb{tag}be", lcores=BACKEND_LCORES, extra=_queue_args(queues))
             cmd.insert(cmd.index("--"), f"--vdev=net_tap0,iface={tap}")
             self.pmd = dpdk.Testpmd(cmd)
             self.pmd.wait_forwarding()
@@ -121,8 +127,23 @@ class _Backend:
             bridge.add_port(tap)
             self.cpu_pid = self.pmd.pid
         else:
-            self.vdev = f"net_virtio_user0,path={DEV_PATH},queues=1,iface={tap},mac={mac}{vq}"
+            self.vdev = f"net_virtio_user0,path={DEV_PATH}{mq},iface={tap},mac={mac}{vq}"
         self.tap, self.bridge = tap, bridge
+
+    def pair_frames(self, direction: str) -> list[int] | None:
+        """vnetbe's frames per queue pair so far (``tx_frames`` or ``rx_frames``), from serve's counters
+        (SIGUSR1); None for the other back ends, which do not say."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if line.startswith('{"stats"'):
+                st = json.loads(line)["stats"]
+                dev = st.get("device") or st.get("last_device") or {}
+                return [p[direction] for p in dev.get("pairs", [])]
+        return None
 
     def after_frontend_started(self, frontend: dpdk.Testpmd) -> None:
         if self.kind == "kernel":   # virtio-user made the tap itself: put it on the bridge
@@ -154,19 +175,23 @@ class _Backend:
                 self.pmd.kill()
 
 
+def _queue_args(queues: int) -> tuple[str, ...]:
+    return (f"--rxq={queues}", f"--txq={queues}") if queues > 1 else ()
+
+
 def _one(kind: str, mode: str, topo: Topology, bridge: Bridge, peer: Peer, seconds: float, tag: str,
-         sockdir: str, ring: str = "split") -> dict:
+         sockdir: str, ring: str = "split", queues: int = 1) -> dict:
     sock = os.path.join(sockdir, f"{kind}.sock")
     mac = "02:00:00:00:7e:01"
     # rx frames go to a MAC no port has, which the bridge floods to the one back end's tap: what the
     # bridge learned or keeps as local for the port's MAC cannot decide what a back end gets.
     rx_dst = "02:00:00:00:7e:ff"
-    be = _Backend(kind, tag, sock, bridge, mac, ring)
+    be = _Backend(kind, tag, sock, bridge, mac, ring, queues)
     fe = None
     try:
         rx_before = _rx_packets(topo.netns, topo.peer)
         fe = dpdk.Testpmd(dpdk.command(be.vdev, "txonly" if mode == "tx" else "rxonly", prefix=f"vnb{tag}fe",
-                                       lcores=FRONTEND_LCORES))
+                                       lcores=FRONTEND_LCORES, extra=_queue_args(queues)))
         be.after_frontend_started(fe)
         fe.wait_forwarding()
         time.sleep(1.0)                                   # rings negotiated, first frames through
@@ -174,6 +199,7 @@ def _one(kind: str, mode: str, topo: Topology, bridge: Bridge, peer: Peer, secon
             rx0, cpu0, t0 = _rx_packets(topo.netns, topo.peer), be.cpu(), time.monotonic()
             time.sleep(seconds)
             rx1, cpu1, t1 = _rx_packets(topo.netns, topo.peer), be.cpu(), time.monotonic()
+            pairs = be.pair_frames("tx_frames")
             _, offered = fe.stop()
             fe = None
             time.sleep(0.3)
@@ -189,11 +215,13 @@ def _one(kind: str, mode: str, topo: Topology, bridge: Bridge, peer: Peer, secon
             elapsed = time.monotonic() - t0
             cpu1 = be.cpu()
             time.sleep(0.5)
+            pairs = be.pair_frames("rx_frames")
             received, _ = fe.stop()
             fe = None
             out = {"pps": received / elapsed, "offered": sent, "delivered": received,
                    "cpu_ns_per_frame": (cpu1 - cpu0) * 1e9 / received if received else None}
         out["lost"] = out["offered"] - out["delivered"]
+        out["pair_frames"] = pairs   # vnetbe's frames per queue pair (its own count), None elsewhere
         return out
     finally:
         if fe is not None:
@@ -202,13 +230,13 @@ def _one(kind: str, mode: str, topo: Topology, bridge: Bridge, peer: Peer, secon
 
 
 def run(backends=BACKENDS, modes=("tx", "rx"), seconds: float = 5.0, repeat: int = 3, tag: str = "T",
-        progress=lambda msg: None, rings=("split",)) -> dict:
+        progress=lambda msg: None, rings=("split",), queues=(1,)) -> dict:
     """Every back end, every mode and ring format, ``repeat`` times, interleaved (a slow spell of the
     machine hits all of them alike). Medians, ranges and ratios to ``dpdk-vhost`` (same mode and ring)
     in ``rows``. Packed rings (virtio-user ``packed_vq=1``) leave out the back ends on vhost-net."""
     dpdk.testpmd()
     chosen, notes = available(backends)
-    configs = [(ring, kind) for ring in rings for kind in chosen
+    configs = [(ring, q, kind) for ring in rings for q in queues for kind in chosen
                if not (ring == "packed" and kind in VHOST_NET_BACKENDS)]
     if "packed" in rings and any(k in VHOST_NET_BACKENDS for k in chosen):
         notes.append("packed: " + ", ".join(k for k in chosen if k in VHOST_NET_BACKENDS)
@@ -225,10 +253,11 @@ def run(backends=BACKENDS, modes=("tx", "rx"), seconds: float = 5.0, repeat: int
         try:
             for r in range(repeat):
                 for mode in modes:
-                    for ring, kind in configs:
-                        progress(f"testpmd {mode} via {kind} ({ring}), run {r + 1}/{repeat}")
-                        runs.setdefault((mode, ring, kind), []).append(
-                            _one(kind, mode, topo, bridge, peer, seconds, tag, sockdir, ring))
+                    for ring, q, kind in configs:
+                        progress(f"testpmd {mode} via {kind} ({ring}, {q} queue pair{'s' if q > 1 else ''}), "
+                                 f"run {r + 1}/{repeat}")
+                        runs.setdefault((mode, ring, q, kind), []).append(
+                            _one(kind, mode, topo, bridge, peer, seconds, tag, sockdir, ring, q))
         finally:
             peer.close()
     finally:
@@ -239,36 +268,44 @@ def run(backends=BACKENDS, modes=("tx", "rx"), seconds: float = 5.0, repeat: int
             os.unlink(os.path.join(sockdir, f))
         os.rmdir(sockdir)
     rows = []
-    for (mode, ring, kind), rs in runs.items():
+    for (mode, ring, q, kind), rs in runs.items():
         pps = [x["pps"] for x in rs]
         cpu = [x["cpu_ns_per_frame"] for x in rs if x["cpu_ns_per_frame"] is not None]
-        rows.append({"mode": mode, "ring": ring, "backend": kind, "pps_median": statistics.median(pps), "pps_min": min(pps),
+        per_pair = [x["pair_frames"] for x in rs if x.get("pair_frames")]
+        rows.append({"mode": mode, "ring": ring, "queues": q, "backend": kind, "pair_frames": per_pair[-1] if per_pair else None,
+                     "pps_median": statistics.median(pps), "pps_min": min(pps),
                      "pps_max": max(pps), "offered": sum(x["offered"] for x in rs),
                      "delivered": sum(x["delivered"] for x in rs), "lost": sum(x["lost"] for x in rs),
                      "cpu_ns_per_frame": statistics.median(cpu) if cpu else None, "runs": rs})
     for row in rows:
         ref = next((x for x in rows if x["mode"] == row["mode"] and x["ring"] == row["ring"]
-                    and x["backend"] == "dpdk-vhost"), None)
+                    and x["queues"] == row["queues"] and x["backend"] == "dpdk-vhost"), None)
+        one = next((x for x in rows if x["mode"] == row["mode"] and x["ring"] == row["ring"]
+                    and x["queues"] == 1 and x["backend"] == row["backend"]), None)
+        row["vs_one_pair"] = row["pps_median"] / one["pps_median"] if one and one["pps_median"] else None
         row["vs_dpdk"] = row["pps_median"] / ref["pps_median"] if ref and ref["pps_median"] else None
         # Within noise: the two ranges overlap.
         row["within_noise_of_dpdk"] = bool(ref) and not (row["pps_min"] > ref["pps_max"] or row["pps_max"] < ref["pps_min"])
     return {"frontend": "testpmd", "seconds": seconds, "repeat": repeat, "size": 64, "rings": list(rings),
-            "rows": rows, "notes": notes}
+            "queues": list(queues), "rows": rows, "notes": notes}
 
 
 def format_table(doc: dict) -> str:
     lines = [f"testpmd (virtio-user) through each back end, 64 B, {doc['repeat']} x {doc['seconds']:g} s, "
              "rates are frames that arrived (tx: at the peer, rx: at testpmd)",
-             f"{'mode':<5}{'ring':<7}{'back end':<14}{'kpps median':>12}{'range':>18}{'vs dpdk':>9}{'offered':>12}"
-             f"{'lost':>10}{'cpu ns/f':>10}"]
-    for r in sorted(doc["rows"], key=lambda x: (x["mode"], x.get("ring", "split") != "split",
+             f"{'mode':<5}{'ring':<7}{'pairs':>5}  {'back end':<14}{'kpps median':>12}{'range':>18}{'vs dpdk':>9}"
+             f"{'vs 1 pair':>10}{'offered':>12}{'lost':>10}{'cpu ns/f':>10}  per pair"]
+    for r in sorted(doc["rows"], key=lambda x: (x["mode"], x.get("ring", "split") != "split", x.get("queues", 1),
                                                 BACKENDS.index(x["backend"]))):
         vs = f"{r['vs_dpdk']:.2f}{'~' if r['within_noise_of_dpdk'] and r['backend'] != 'dpdk-vhost' else ''}" \
             if r["vs_dpdk"] is not None else "-"
         cpu = f"{r['cpu_ns_per_frame']:.0f}" if r["cpu_ns_per_frame"] is not None else "-"
         rng = f"[{r['pps_min'] / 1e3:.1f}..{r['pps_max'] / 1e3:.1f}]"
-        lines.append(f"{r['mode']:<5}{r.get('ring', 'split'):<7}{r['backend']:<14}{r['pps_median'] / 1e3:>12.1f}{rng:>18}"
-                     f"{vs:>9}{r['offered']:>12}{r['lost']:>10}{cpu:>10}")
+        one = f"{r['vs_one_pair']:.2f}" if r.get("vs_one_pair") is not None and r.get("queues", 1) > 1 else "-"
+        per_pair = "/".join(str(n) for n in r["pair_frames"]) if r.get("pair_frames") else "-"
+        lines.append(f"{r['mode']:<5}{r.get('ring', 'split'):<7}{r.get('queues', 1):>5}  {r['backend']:<14}"
+                     f"{r['pps_median'] / 1e3:>12.1f}{rng:>18}{vs:>9}{one:>10}{r['offered']:>12}{r['lost']:>10}{cpu:>10}"
+                     f"  {per_pair}")
     lines.append("~ : the ranges overlap, the difference is within this run's noise")
     lines += doc["notes"]
     return "\n".join(lines)
