@@ -3,6 +3,7 @@ own C thread and its own link queue, driven by one GuestDriver per pair over a s
 queue. Runs once per userspace datapath (conftest)."""
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -159,3 +160,16 @@ def test_queues_and_pair_counts_beyond_the_device_are_refused_by_name():
                 dev.set_queue_pairs(2)
         finally:
             dev.close()
+
+
+def test_a_pair_that_faulted_still_counts_after_the_driver_turns_it_off(rigs):
+    rig = rigs(2, run=2)
+    cfg = rig.dev.queues[3]                       # pair 1's TX ring: a head beyond the ring
+    idx = struct.unpack("<H", rig.mem.read(cfg.avail + 2, 2))[0]
+    rig.mem.write(cfg.avail + 4 + 2 * (idx % cfg.size), struct.pack("<H", cfg.size + 5))
+    rig.mem.write(cfg.avail + 2, struct.pack("<H", (idx + 1) & 0xFFFF))
+    os.eventfd_write(cfg.kick_fd, 1)
+    assert rig.dev.wait_fault(2.0) is not None
+    assert 3 in rig.dev.faults()
+    rig.dev.set_queue_pairs(1)
+    assert 3 in rig.dev.faults() and rig.dev.status & spec.DEVICE_NEEDS_RESET

@@ -86,7 +86,8 @@ class PairedDatapath:
         return out
 
     def faults(self) -> dict[int, int]:
-        return {2 * p + local: code for p in self._last for local, code in self._pairs[p].faults().items()}
+        # Every pair that ran: a pair that faulted and was then turned off (VQ_PAIRS_SET) still faulted.
+        return {2 * p + local: code for p in sorted(self._used) for local, code in self._pairs[p].faults().items()}
 
     def link_down(self) -> int:
         bits = 0
