@@ -29,12 +29,6 @@ static uint8_t *host[3];
 
 #include "ref_ring.h"
 
-static uint8_t *hva_of(uint64_t gpa)
-{
-    int r = region_of(gpa);
-    return r < 0 ? NULL : host[r] + (gpa - GPA[r]);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 4)
@@ -123,6 +117,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     ok = acks[a] == gpa;
                 CHECK(ok, "device wrote guest byte %#llx, neither the used ring nor an ack", (unsigned long long)gpa);
             }
-    (void)hva_of;
     return 0;
 }

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from vnetbe import spec
 from vnetbe.ctrl import CTRL_ERRORS, check
 from vnetbe.device import VirtioNet
+from vnetbe.errors import ConfigError
 from vnetbe.memory import GuestMemory
 from vnetbe.tools.guest import GuestDriver
 from vnbtest.fakelink import PairLink
@@ -150,7 +151,7 @@ def test_the_control_queue_needs_ctrl_vq_negotiated():
         dev = VirtioNet(mem, link)
         try:
             dev.set_driver_features(spec.DEVICE_FEATURES & dev.device_features)
-            with pytest.raises(Exception, match="CTRL_VQ"):
+            with pytest.raises(ConfigError, match="CTRL_VQ"):
                 dev.set_queue(dev.ctrl_index, size=16, desc=0, avail=0x1000, used=0x2000, kick_fd=0, call_fd=0)
         finally:
             dev.close()
