@@ -69,6 +69,13 @@ class ControlQueue:
             raise ConfigError(f"control queue {index}: base beyond the ring")
         self._req = ffi.new("struct vnb_ctrl_req *")
         self._flags = ctrl_flags(dev.driver_features)
+        # Our own references to the driver's eventfds, as an epoll registration holds the C datapath's:
+        # a VMM that closes its kick or call fd while the device runs then only goes unheard, and the fd
+        # numbers it freed (maybe reused for something else) are never polled or written here.
+        try:
+            self._kick, self._call = os.dup(cfg.kick_fd), os.dup(cfg.call_fd)
+        except OSError as e:
+            raise ConfigError(f"control queue {index}: its kick or call fd is not open ({e.strerror})") from None
         self._stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stopping = threading.Event()   # looked at between commands: a guest posting without end
         self._thread: threading.Thread | None = None
@@ -85,15 +92,23 @@ class ControlQueue:
             os.eventfd_write(self._stop, 1)
             self._thread.join()
             self._thread = None
-        os.close(self._stop)
-        self._stop = -1
+        for fd in (self._stop, self._kick, self._call):
+            os.close(fd)
+        self._stop = self._kick = self._call = -1
         a, u = ffi.new("uint16_t *"), ffi.new("uint16_t *")
         lib.vnb_vq_get_base(self._vq, a, u)
         return QueueState(a[0], u[0], bool(self.fault), self.fault)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:   # a bug here must not end the thread unseen: the queue stops, and says why
+            self.dev.ctrl_error = f"control queue {self.index} stopped: {type(e).__name__}: {e}"
+            self._failed(lib.VNB_FAULT_NONE)
+
+    def _loop(self) -> None:
         poller = select.poll()
-        poller.register(self.cfg.kick_fd, select.POLLIN)
+        poller.register(self._kick, select.POLLIN)
         poller.register(self._stop, select.POLLIN)
         while not self.fault and not self._stopping.is_set():
             self._serve()          # also at once: commands may have come before the device started
@@ -109,7 +124,7 @@ class ControlQueue:
             if self._stop in ready:
                 return
             try:
-                os.eventfd_read(self.cfg.kick_fd)
+                os.eventfd_read(self._kick)
             except BlockingIOError:
                 pass
 
@@ -132,7 +147,7 @@ class ControlQueue:
                 self._failed(lib.VNB_FAULT_MEM_GONE)
                 return
             if n:
-                os.eventfd_write(self.cfg.call_fd, 1)
+                os.eventfd_write(self._call, 1)
 
     def _failed(self, fault: int) -> None:
         self.fault = fault

@@ -76,6 +76,7 @@ class VirtioNet:
         self._ctrl: ControlQueue | None = None
         self._ctrl_faults: dict[int, int] = {}
         self.ctrl_commands = dict.fromkeys(CTRL_ERRORS, 0)   # by verdict: "none" = carried out
+        self.ctrl_error: str | None = None      # why the control thread stopped, if not by a ring fault
         self.link_filters = LinkFilters(link)   # what control commands changed on the link, to undo
         # set_queue_pairs runs on the control queue's thread as well as the caller's.
         self._lock = threading.RLock()
@@ -325,6 +326,7 @@ class VirtioNet:
         self.queues = {}
         self.queue_pairs = 1
         self._ctrl_faults = {}
+        self.ctrl_error = None
         self.link_filters.restore()
         self.driver_features = 0
         self._status = 0
@@ -394,6 +396,8 @@ class VirtioNet:
         out["features"] = self.driver_features
         out["queue_pairs"] = self.queue_pairs
         out["ctrl_commands"] = dict(self.ctrl_commands)
+        if self.ctrl_error:
+            out["ctrl_error"] = self.ctrl_error
         # Per pair, this datapath's since it started (a hand-over's earlier datapaths are in the totals).
         out["pairs"] = self._datapath.pair_stats()
         return out

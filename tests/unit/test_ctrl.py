@@ -259,3 +259,47 @@ def test_a_driver_posting_commands_without_end_does_not_hold_up_stop(rig):
         stop.set()
         t.join()
     assert rig.dev.stats()["ctrl_commands"]["none"] > 0
+
+
+def test_a_vmm_closing_its_control_eventfds_while_running_costs_only_their_notifications(rig):
+    """The control thread holds its own references to the kick and call fds: the numbers a VMM frees
+    (and may reuse) are never polled or written, the thread does not die, stop and a restart work."""
+    import os
+    import threading
+    died = []
+    old_hook, threading.excepthook = threading.excepthook, died.append
+    try:
+        assert rig.g.ctrl_command(RX, spec.VIRTIO_NET_CTRL_RX_ALLMULTI, b"\x01") == OK
+        os.close(rig.g.ctrl_kick)
+        os.close(rig.g.ctrl_call)
+        reused = os.eventfd(0, os.EFD_NONBLOCK)   # most likely the number the kick fd had
+        try:
+            import time
+            time.sleep(0.2)
+            assert rig.dev.stop() is not None
+            with pytest.raises(BlockingIOError):
+                os.eventfd_read(reused)           # nothing was written to a number no longer ours
+        finally:
+            os.close(reused)
+        assert not died and "ctrl_error" not in rig.dev.stats()
+        rig.g.ctrl_kick, rig.g.ctrl_call = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+        cfg = rig.dev.queues[rig.dev.ctrl_index]
+        cfg.kick_fd, cfg.call_fd = rig.g.ctrl_kick, rig.g.ctrl_call
+        rig.dev.start()
+        assert rig.g.ctrl_command(RX, spec.VIRTIO_NET_CTRL_RX_ALLMULTI, b"\x00") == OK
+        assert rig.dev.stats()["ctrl_commands"]["none"] == 2
+    finally:
+        threading.excepthook = old_hook
+
+
+def test_a_control_thread_that_fails_says_why_and_needs_a_reset(rig, monkeypatch):
+    def broken(*_):
+        raise RuntimeError("vnb test: a bug in a command")
+    monkeypatch.setattr("vnetbe.ctrl.ControlQueue._apply", lambda *a: broken())
+    assert rig.g.ctrl_command(RX, spec.VIRTIO_NET_CTRL_RX_ALLMULTI, b"\x01", timeout=0.5) is None
+    import time
+    deadline = time.monotonic() + 2
+    while "ctrl_error" not in rig.dev.stats() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "a bug in a command" in rig.dev.stats()["ctrl_error"]
+    assert rig.dev.status & spec.DEVICE_NEEDS_RESET and rig.moves_frames()
