@@ -19,10 +19,10 @@ python3 -m vnetbe setup tests
 
 export PYTHONDONTWRITEBYTECODE=1
 status=0
-python3 -m pytest tests -q -p no:cacheprovider -m "not slow" "$@" || status=$?
+python3 -m pytest tests -q -p no:cacheprovider --durations=15 -m "not slow" "$@" || status=$?
 
 # The long runs (10^7 frames each way, a million-frame order check): a step of their own.
-python3 -m pytest tests -q -p no:cacheprovider -m slow || status=$?
+python3 -m pytest tests -q -p no:cacheprovider --durations=15 -m slow || status=$?
 
 # The benchmarks, briefly (one round each, short counts): they assert delivery and accounting.
 VNETBE_BENCH_COUNT="${VNETBE_BENCH_COUNT:-20000}" python3 -m pytest bench -q -p no:cacheprovider \
@@ -44,7 +44,7 @@ if [ ! -e /dev/vhost-net ]; then
     VNETBE_LOAD_FRAMES=2000000 VNETBE_CYCLES=300 VNETBE_BENCH_COUNT="${VNETBE_BENCH_COUNT:-20000}" \
         sh tests/lab/run_in_lab.sh --shell '
         s=0
-        python3 -m pytest -m "vhost or (uring and not slow)" tests -q || s=$?
+        python3 -m pytest -m "vhost or (uring and not slow)" tests -q --durations=25 || s=$?
         python3 -m pytest -q --benchmark-disable bench/test_bench_tx.py \
             bench/test_bench_rx.py bench/test_bench_vm2vm.py bench/test_bench_rr.py || s=$?
         exit $s' || status=$?

@@ -405,6 +405,10 @@ class VirtioNet:
     def threads(self) -> list[int]:
         return self._datapath.threads()
 
+    def pair_threads(self) -> dict[int, list[int]]:
+        """pair -> its threads (datapath thread first; vhost: its worker), for the running pairs."""
+        return self._datapath.pair_threads()
+
     # --- lifetime ---
     def close(self) -> None:
         if self.closed:

@@ -221,6 +221,32 @@ def test_ring_split_packed_compares_both_formats_in_one_run(tmp_path):
 
 
 @pytest.mark.root
+def test_queues_1_2_runs_tx_on_both_pairs_and_compares_with_one_pair(tmp_path):
+    from vnetbe.tools.topology import cleanup_stale
+
+    tag = f"Q{secrets.token_hex(3)}"
+    p = _vnetbe("vnetbe", "bench", "--datapath", "user,uring", "--scenario", "tx,rx", "--sizes", "64",
+                "--queues", "1,2", "--count", "4000", "--repeat", "2", "--json", "--tag", tag, timeout=300)
+    leftovers = cleanup_stale(f"vnb{tag}")
+    assert p.returncode == 0, p.stderr
+    assert not leftovers, f"the bench left {leftovers} behind"
+    doc = json.loads(p.stdout)
+    got = {(r["datapath"], r["scenario"], r["options"].get("queues", 1)): r for r in doc["results"]}
+    assert set(got) == {(d, s, 1) for d in ("user", "uring") for s in ("tx", "rx")} | {("user", "tx", 2), ("uring", "tx", 2)}
+    for (dp, _, pairs), r in got.items():
+        assert r["frames"] + sum((r.get("drops") or {}).values()) == r["offered"], r
+        if pairs == 2:
+            assert r["options"]["pair_tx_frames"] == [2000, 2000], r
+            assert {"datapath", "datapath_p1", "guest", "guest_p1"} <= set(r["cpu_ns_per_packet"]), r
+            assert "pin" not in r["options"], r
+    assert any("rx, rxsat, rr and vm2vm" in s.get("what", "") for s in doc["skipped"])
+    text = benchcli.format_table(doc)
+    assert "vs 1qp" in text and "pair 0 2000, pair 1 2000" in text and "datapath_p1" in text, text
+    comps = [c for c in benchcli.comparisons(doc) if c["reference"] == "1 pair"]
+    assert sorted(c["path"] for c in comps) == ["uring", "user"]
+
+
+@pytest.mark.root
 @pytest.mark.parametrize("fmt", ["md", "html"])
 def test_report_writes_a_file(bench_run, tmp_path, fmt):
     out = bench_run[1]
@@ -270,9 +296,19 @@ def test_plan_runs_packed_rings_everywhere_but_on_vhost():
     assert any(s.get("what") == "vhost with packed rings" for s in plan.skipped)
 
 
+def test_plan_runs_several_queue_pairs_in_tx_only():
+    plan = benchcli.make_plan(_args(datapath="user,vhost", scenario="tx,rx", queues="1,2"), lab=False)
+    assert [v.get("queues", 1) for v in plan.variants("vhost", "tx")] == [1, 2]
+    assert [v.get("queues", 1) for v in plan.variants("user", "rx")] == [1]
+    assert any("rx" in s.get("what", "") and "one queue" in s["why"] for s in plan.skipped)
+    assert "--queues" in benchcli._lab_argv(plan, False, False)
+
+
 @pytest.mark.parametrize("bad", [dict(scenario="tx,bogus"), dict(sizes="10"), dict(event_idx="maybe"),
                                  dict(datapath="kernel"), dict(scenario="rx", sizes="64k"), dict(queue_size="100"),
-                                 dict(ring="ring"), dict(ring="packed", datapath="vhost")])
+                                 dict(ring="ring"), dict(ring="packed", datapath="vhost"),
+                                 dict(queues="0"), dict(queues="17"), dict(queues="two"),
+                                 dict(scenario="rx", queues="2")])
 def test_plan_rejects_bad_options(bad):
     with pytest.raises(ConfigError):
         benchcli.make_plan(_args(**bad), lab=False)

@@ -98,6 +98,10 @@ class PairedDatapath:
     def threads(self) -> list[int]:
         return [t for p in self._last for t in self._pairs[p].threads()]
 
+    def pair_threads(self) -> dict[int, list[int]]:
+        """The threads of each running pair (its datapath thread first), for per-pair CPU figures."""
+        return {p: self._pairs[p].threads() for p in self._last}
+
     def stalled_for(self) -> float | None:
         ages = [a for p in self._last if (a := self._pairs[p].stalled_for()) is not None]
         return max(ages) if ages else None

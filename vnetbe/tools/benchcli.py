@@ -43,6 +43,7 @@ from .results import (
     comparison_for,
     comparisons,
     has_baseline,
+    pairs_of,
     label,
     loss_text,
     opts_text,
@@ -87,8 +88,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "the kernel directly (--seconds per run, --repeat runs); or a Linux guest under QEMU "
                         "moving TCP through vnetbe serve and through QEMU's own tap back end (--repeat rounds)")
     p.add_argument("--seconds", type=float, default=5.0, help="with --frontend testpmd: seconds per run (default 5)")
-    p.add_argument("--queues", default="1", help="with --frontend testpmd: queue pairs (testpmd queues=N --rxq=N "
-                   "--txq=N, vnetbe serve --queues N, DPDK's back end queues=N); a comma list compares them, e.g. 1,2")
+    p.add_argument("--queues", default="1", help="queue pairs, a comma list compares them, e.g. 1,2 (default 1). "
+                   "vnetbe's guest: a device of N pairs, the macvtap with N queues, each pair's guest flooding its "
+                   "share from a thread of its own (tx only: the peer's frames are one flow, which macvtap steers to "
+                   "one queue). --frontend testpmd: testpmd queues=N --rxq=N --txq=N, vnetbe serve --queues N, "
+                   "DPDK's back end queues=N")
     p.set_defaults(func=run)
     return p
 
@@ -179,6 +183,7 @@ class Plan:
     max_cv: float | None = None      # a fraction, not percent
     max_repeat: int = 0
     rings: list[str] = field(default_factory=lambda: ["split"])
+    queues: list[int] = field(default_factory=lambda: [1])
 
     @property
     def tso_count(self) -> int:
@@ -188,11 +193,14 @@ class Plan:
         """Frames (rr: round trips; 64k: super-frames) per run."""
         return self.rr_count if scenario == "rr" else self.tso_count if size == TSO_LABEL else self.count
 
-    def variants(self, datapath: str | None = None) -> list[dict]:
-        """Every combination of the options asked for that ``datapath`` can run (vhost: split rings only)."""
+    def variants(self, datapath: str | None = None, scenario: str = "tx") -> list[dict]:
+        """Every combination of the options asked for that ``datapath`` can run (vhost: split rings only)
+        in ``scenario`` (several queue pairs: tx only, see make_plan)."""
         rings = [r for r in self.rings if not (r == "packed" and datapath == "vhost")]
-        return [{"queue_size": q, "event_idx": e, "busyloop_us": b, "ring": r}
-                for r, q, e, b in itertools.product(rings, self.queue_sizes, self.event_idx, self.busyloop_us)]
+        pairs = [n for n in self.queues if n == 1 or scenario == "tx"]
+        return [{"queue_size": q, "event_idx": e, "busyloop_us": b, "ring": r, **({"queues": n} if n > 1 else {})}
+                for n, r, q, e, b in itertools.product(pairs, rings, self.queue_sizes, self.event_idx,
+                                                       self.busyloop_us)]
 
 
 def _rings(args) -> list[str]:
@@ -281,9 +289,10 @@ def make_plan(args, lab: bool | None = None) -> Plan:
     max_repeat = getattr(args, "max_repeat", None) or 2 * args.repeat
     if max_repeat < args.repeat:
         raise ConfigError(f"--max-repeat {max_repeat} is below --repeat {args.repeat}")
+    queues = _queues(args)
     plan = Plan(datapaths, scenarios, sizes, count, rr, args.repeat, queue_sizes, list(dict.fromkeys(eidx or [True])),
                 busyloop, not args.no_baseline, args.tag, pin_text=pin_text, max_cv=max_cv, max_repeat=max_repeat,
-                rings=rings)
+                rings=rings, queues=queues)
     plan.pin, plan.pin_scenarios = parse_pin(pin_text, scenarios)
     plan.skipped = [{"scenario": s, "size": z, "why": "the peer (an AF_PACKET socket) cannot send frames above "
                      "its MTU: 64k runs as tx and vm2vm only"}
@@ -292,6 +301,13 @@ def make_plan(args, lab: bool | None = None) -> Plan:
         plan.skipped.append({"scenario": "*", "size": "*", "what": "vhost with packed rings",
                              "why": "the kernel's vhost-net has no packed rings"
                                     + (": vhost runs split only" if "split" in rings else "")})
+    if max(queues) > 1:
+        if "tx" not in scenarios:
+            raise ConfigError("--queues above 1 is measured in tx only (add --scenario tx): see `vnetbe bench --help`")
+        if any(s != "tx" for s in scenarios):
+            plan.skipped.append({"scenario": "*", "size": "*", "what": "rx, rxsat, rr and vm2vm with several pairs",
+                                 "why": "the peer's frames are one flow (not IP), which macvtap steers to one "
+                                        "queue: only tx runs on several pairs"})
     if not any(supported(s, z) for s in scenarios for z in sizes):
         raise ConfigError("nothing to run: rx and rr have no 64k (TSO) size; add tx or vm2vm, or a size in bytes")
     return plan
@@ -353,7 +369,7 @@ def collect(plan: Plan, progress: _Progress | None = None, with_costs: bool = Fa
                 configs = []
                 if plan.baseline and has_baseline(scen):
                     configs.append(("raw", {}))
-                configs += [(dp, v) for dp in plan.datapaths for v in plan.variants(dp)]
+                configs += [(dp, v) for dp in plan.datapaths for v in plan.variants(dp, scen)]
                 runs: list[list] = [[] for _ in configs]
                 for i in range(plan.repeat):
                     for k, (dp, opts) in enumerate(configs):
@@ -393,6 +409,8 @@ def _opts_label(opts: dict, plan: Plan) -> str:
         parts.append(opts["ring"])
     if opts.get("busyloop_us"):
         parts.append(f"busy={opts['busyloop_us']}us")
+    if len(plan.queues) > 1 or opts.get("queues", 1) > 1:
+        parts.append(f"{opts.get('queues', 1)} pairs")
     return (" " + " ".join(parts)) if parts else ""
 
 
@@ -410,7 +428,7 @@ def _lab_argv(plan: Plan, with_costs: bool, progress: bool) -> list[str]:
             "--rr-count", str(plan.rr_count), "--repeat", str(plan.repeat),
             "--queue-size", ",".join(map(str, plan.queue_sizes)),
             "--event-idx", ",".join("on" if e else "off" for e in plan.event_idx),
-            "--ring", ",".join(plan.rings),
+            "--ring", ",".join(plan.rings), "--queues", ",".join(map(str, plan.queues)),
             "--busyloop-us", ",".join(map(str, plan.busyloop_us)), "--tag", plan.tag,
             "--pin", plan.pin_text, "--max-cv", "off" if plan.max_cv is None else str(plan.max_cv * 100),
             "--max-repeat", str(plan.max_repeat),
@@ -512,9 +530,6 @@ def run(args) -> int:
     _terminate_cleanly()
     if args.frontend != "guest":
         return _run_frontend(args)
-    if _queues(args) != [1]:
-        raise ConfigError("--queues is measured with --frontend testpmd so far; vnetbe's own guest drives one "
-                          "queue pair in the bench")
     if args.plot:
         from .plot import require  # imports matplotlib only now
         require()   # fail now, not after the bench
@@ -570,13 +585,14 @@ def format_table(doc: dict) -> str:
              f"{s['count']} frames x {_runs_text(doc)} runs, median [min..max]" + (f"; {', '.join(fixed)}" if fixed else "")]
     ocol = bool(varied) or any((r.get("options") or {}).get("busyloop_us") for r in doc["results"])
     rcol = "ring" in varied
+    qcol = "queues" in varied
 
     thr = rows_in_order(doc, THROUGHPUT_SCENARIOS)
     comps = comparisons(doc)
     if thr:
         head = (f"{'path':12} {'scen':5} {'size':>5} " + (f"{'options':14} " if ocol else "")
                 + f"{'kpps':>8} {'[min..max]':>15} {'cv%':>4} {'Gbit/s':>7} {'vs raw':>6} {'vs user':>7} "
-                + (f"{'vs split':>8} " if rcol else "") + f"{'lost%':>6} "
+                + (f"{'vs split':>8} " if rcol else "") + (f"{'vs 1qp':>6} " if qcol else "") + f"{'lost%':>6} "
                   f"{'sys/pkt':>7} {'kick/pkt':>8} {'irq/pkt':>8} {'wake/pkt':>8} {'cpu ns/pkt':>10}")
         lines += ["", head]
         for r, b in thr:
@@ -588,6 +604,7 @@ def format_table(doc: dict) -> str:
             ratio = "1.00" if r["datapath"] == "raw" else vs("raw")
             vs_user = vs("user") if r["datapath"] not in ("raw", "user") else ""
             vs_split = (f"{vs('split') if ring_of(r) == 'packed' else '':>8} " if rcol else "")
+            vs_split += (f"{vs('1 pair') if pairs_of(r) > 1 else '':>6} " if qcol else "")
             mm = f"[{r['pps_min'] / 1e3:.0f}..{r['pps_max'] / 1e3:.0f}]"
             cvp = f"{100 * r['pps_cv']:.0f}" if r.get("pps_cv") is not None else "-"
             lost = f"{100 * (1 - r['frames'] / r['offered']):.2f}" if r.get("offered") else "-"
@@ -604,6 +621,12 @@ def format_table(doc: dict) -> str:
         for r, why in lossy:
             o = f" {opts_text(r, varied)}" if ocol and r["datapath"] != "raw" else ""
             lines.append(f"  {r['datapath']:12} {r['scenario']:5} {label(r):>5}{o}: {r['offered']} -> {r['frames']}; {why}")
+        split = [r for r, _ in thr if (r.get("options") or {}).get("pair_tx_frames")]
+        if split:
+            lines.append("frames each queue pair's datapath took (the median run):")
+        for r in split:
+            lines.append(f"  {r['datapath']:12} {r['scenario']:5} {label(r):>5} {opts_text(r, varied)}: "
+                         + ", ".join(f"pair {p} {n}" for p, n in enumerate(r["options"]["pair_tx_frames"])))
     rr = rows_in_order(doc, ("rr",))
     if rr:
         lines += ["", f"request/response ({s.get('rr_count', '?')} round trips x {s['repeat']} runs; counts per round trip)",
@@ -642,7 +665,8 @@ def format_table(doc: dict) -> str:
         if s.get("pin"):
             notes.append(f"pinned ({', '.join(s.get('pin_scenarios') or [])}): "
                          + ", ".join(f"{k} on cpu {v}" for k, v in s["pin"].items() if k in ROLES)
-                         + "".join(f"; not pinned: {x}" for x in s["pin"].get("not_pinned", [])))
+                         + "".join(f"; not pinned: {x}" for x in s["pin"].get("not_pinned", []))
+                         + ("; runs on several queue pairs are not pinned" if "queues" in varied else ""))
     if any(label(r) == "64k" for r, _ in allrows):
         notes.append(f"64k: TSO super-frames of 65535 B (gso tcpv4, mss 1448), {s.get('tso_count', '?')} per run; "
                      "kpps counts super-frames, Gbit/s their TCP payload")

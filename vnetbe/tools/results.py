@@ -60,6 +60,8 @@ def opts_text(r: dict, varied: set[str]) -> str:
         parts.append(o["ring"])
     if o.get("busyloop_us"):
         parts.append(f"busy{o['busyloop_us']}")
+    if r.get("datapath") != "raw" and ("queues" in varied or o.get("queues", 1) > 1):
+        parts.append(f"{pairs_of(r)}qp")
     return " ".join(parts) or "-"
 
 
@@ -73,6 +75,11 @@ def ring_of(r: dict) -> str:
     return (r.get("options") or {}).get("ring") or "split"
 
 
+def pairs_of(r: dict) -> int:
+    """The queue pairs a result ran on (results without the option: 1)."""
+    return (r.get("options") or {}).get("queues") or 1
+
+
 def varied_options(doc: dict) -> set[str]:
     out = set()
     for k in ("queue_size", "event_idx", "busyloop_us"):
@@ -81,6 +88,8 @@ def varied_options(doc: dict) -> set[str]:
             out.add(k)
     if len({ring_of(r) for r in doc["results"]}) > 1:
         out.add("ring")
+    if len({pairs_of(r) for r in doc["results"]}) > 1:
+        out.add("queues")
     return out
 
 
@@ -113,9 +122,10 @@ PAIRS = (("user", "raw"), ("uring", "raw"), ("uring-sqpoll", "raw"), ("vhost", "
          ("uring", "user"), ("uring-sqpoll", "user"), ("vhost", "user"), ("uring", "vhost"), ("uring-sqpoll", "vhost"))
 
 
-def _variant(r: dict, ring: bool = True) -> tuple:
+def _variant(r: dict, ring: bool = True, pairs: bool = True) -> tuple:
     o = r.get("options") or {}
-    return tuple(o.get(k) for k in ("queue_size", "event_idx", "busyloop_us")) + ((ring_of(r),) if ring else ())
+    return (tuple(o.get(k) for k in ("queue_size", "event_idx", "busyloop_us")) + ((ring_of(r),) if ring else ())
+            + ((pairs_of(r),) if pairs else ()))
 
 
 def comparisons(doc: dict) -> list[dict]:
@@ -144,6 +154,15 @@ def comparisons(doc: dict) -> list[dict]:
                     c = compare(r["pps_runs"], ref["pps_runs"])
                     out.append({"scenario": r["scenario"], "size": label(r), "path": r["datapath"],
                                 "reference": "split", "options": r.get("options") or {}, **c})
+        # Several queue pairs against one pair of its datapath with the same other options.
+        if pairs_of(r) > 1:
+            for ref in rows:
+                if (ref["datapath"] == r["datapath"] and ref["scenario"] == r["scenario"]
+                        and _size_key(ref) == _size_key(r) and pairs_of(ref) == 1
+                        and _variant(ref, pairs=False) == _variant(r, pairs=False) and "pps_runs" in ref):
+                    c = compare(r["pps_runs"], ref["pps_runs"])
+                    out.append({"scenario": r["scenario"], "size": label(r), "path": r["datapath"],
+                                "reference": "1 pair", "options": r.get("options") or {}, **c})
     return out
 
 

@@ -73,5 +73,6 @@ def tso_hdr(csum: tuple[int, int]) -> bytes:
 
 
 def flood_guest(guest: GuestDriver, frame: bytes, count: int, *, csum=None, gso=None, seq_offset: int = 0,
-           tagged: bool = False, timeout: float = 5.0) -> int:
-    return guest.flood(frame, count, seq_offset=seq_offset, tagged=tagged, timeout=timeout, csum=csum, gso=gso)
+           tagged: bool = False, timeout: float = 5.0, first_seq: int = 0) -> int:
+    return guest.flood(frame, count, seq_offset=seq_offset, tagged=tagged, timeout=timeout, csum=csum, gso=gso,
+                       first_seq=first_seq)

@@ -120,21 +120,24 @@ class Meter:
     def __init__(self, self_name: str | None, named: dict[str, int], devs: list[VirtioNet] = ()):
         self.self_name = self_name
         self.named = {k: t for k, t in named.items() if t}
-        self.workers = sorted({t for d in devs if d.datapath_name == "vhost" for t in d.threads()})
+        # (label, tid): pair 0's workers are "vhost_worker", pair p's "vhost_worker_p<p>".
+        self.workers = sorted({("vhost_worker" if p == 0 else f"vhost_worker_p{p}", t)
+                               for d in devs if d.datapath_name == "vhost"
+                               for p, ts in d.pair_threads().items() for t in ts})
         self._t0: dict = {}
         self._s0: dict = {}
         self.sleeps = {"device": 0, "self": 0}
 
     def _read(self) -> dict:
         out = {k: thread_cpu_ns(t) for k, t in self.named.items()}
-        out.update({("w", t): thread_cpu_ns(t, t) for t in self.workers})
+        out.update({("w", lab, t): thread_cpu_ns(t, t) for lab, t in self.workers})
         if self.self_name:
             out[self.self_name] = time.thread_time_ns()
         return out
 
     def _read_sleeps(self) -> dict:
         return {"device": sum(voluntary_switches(t) for t in self.named.values())
-                + sum(voluntary_switches(t, t) for t in self.workers),
+                + sum(voluntary_switches(t, t) for _, t in self.workers),
                 "self": voluntary_switches(current_tid())}
 
     def start(self) -> "Meter":
@@ -147,8 +150,9 @@ class Meter:
         s1 = self._read_sleeps()
         self.sleeps = {k: s1[k] - self._s0.get(k, 0) for k in s1}
         out = {k: v - self._t0.get(k, 0) for k, v in now.items() if not isinstance(k, tuple)}
-        if self.workers:
-            out["vhost_worker"] = sum(v - self._t0.get(k, 0) for k, v in now.items() if isinstance(k, tuple))
+        for k, v in now.items():
+            if isinstance(k, tuple):
+                out[k[1]] = out.get(k[1], 0) + v - self._t0.get(k, 0)
         return out
 
 
@@ -173,13 +177,17 @@ def _kernel_role(tid: int) -> str:
 
 
 def dev_threads(devs: dict[str, VirtioNet]) -> dict[str, int]:
-    """name -> tid of the userspace datapath threads ("datapath", or "datapath_a"/"datapath_b"), and
-    of the kernel threads working for a uring datapath ("datapath_sqpoll", "datapath_io_wq")."""
+    """name -> tid of the userspace datapath threads ("datapath", or "datapath_a"/"datapath_b"; pair p
+    of a multiqueue device "datapath_p<p>"), and of the kernel threads working for a uring datapath
+    ("datapath_sqpoll", "datapath_io_wq")."""
     out = {}
     for name, dev in devs.items():
-        if dev.datapath_name != "vhost":
-            for i, t in enumerate(dev.threads()):
-                out[name if i == 0 else f"{name}_{_kernel_role(t)}{i if i > 1 else ''}"] = t
+        if dev.datapath_name == "vhost":
+            continue
+        for p, ts in dev.pair_threads().items():
+            base = name if p == 0 else f"{name}_p{p}"
+            for i, t in enumerate(ts):
+                out[base if i == 0 else f"{base}_{_kernel_role(t)}{i if i > 1 else ''}"] = t
     return out
 
 

@@ -65,7 +65,7 @@ class BenchTopology:
         self.close()
 
     # The scenarios, one module each; their functions take the topology as ``self``.
-    tx, tx_run, raw_tx = _tx.tx, _tx.tx_run, _tx.raw_tx
+    tx, tx_run, tx_pairs_run, raw_tx = _tx.tx, _tx.tx_run, _tx.tx_pairs_run, _tx.raw_tx
     rx, rx_run, rxsat, raw_rx = _rx.rx, _rx.rx_run, _rx.rxsat, _rx.raw_rx
     vm2vm = _vm2vm.vm2vm
     rr, raw_rr = _rr.rr, _rr.raw_rr
@@ -100,6 +100,21 @@ class BenchTopology:
             self.pin_failed += pin_tids(dev.threads(), self.cpu("device"))
             with pinned(self.cpu("guest")):
                 yield dev, g
+
+    @contextmanager
+    def guest_pairs(self, datapath: str, queues: int, *, queue_size: int = 256, event_idx: bool = True,
+                    busyloop_us: int = 0, ring: str = "split") -> Iterator[tuple[VirtioNet, list[GuestDriver]]]:
+        """A started device of ``queues`` pairs, every pair running (as after a driver's VQ_PAIRS_SET),
+        with a GuestDriver per pair; the macvtap gets a queue per pair. Nothing is pinned: a placement
+        of one device thread and one guest thread says nothing of 2N of them (``options.pin`` is absent)."""
+        mem, dev = self.device(datapath, busyloop_us=busyloop_us, queues=queues)
+        with mem, dev:
+            feats = self._features(event_idx) | spec.MQ_FEATURES
+            gs = [GuestDriver(dev, queue_size=queue_size, features=feats, packed=ring == "packed", start=False)]
+            gs += [GuestDriver(dev, pair=p, queue_size=queue_size, start=False) for p in range(1, queues)]
+            dev.set_queue_pairs(queues)
+            dev.start()
+            yield dev, gs
 
     def cpu(self, role: str) -> int | None:
         return self.pin.get(role)

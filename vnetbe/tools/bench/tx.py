@@ -4,9 +4,12 @@ to the macvtap fd towards the same receiver. Rates count frames *delivered* at t
 first frame sent to the last one received. Functions of ``BenchTopology`` (``tx``, ``tx_run``, ``raw_tx``)."""
 from __future__ import annotations
 
+import functools
+import threading
 import time
 
 from ... import spec
+from ...cputime import current_tid, voluntary_switches
 from ...device import VirtioNet
 from .. import packet
 from .._native import ffi, lib
@@ -15,7 +18,7 @@ from ..results import TSO_LABEL
 from .delivery import TX_KERNEL, PeerReceiver, account, kernel_counters, kernel_drops
 from .frames import HDR, TSO_PAYLOAD, flood_guest, guest_frame, tso_hdr
 from .pinning import pinned
-from .measure import Meter, RunResult, delta, dev_sleeps, dev_threads, ns_link_stats, per_packet, rate, raw_sleeps
+from .measure import Meter, RunResult, add, delta, dev_sleeps, dev_threads, ns_link_stats, per_packet, rate, raw_sleeps
 
 # A super-frame's TCP payload is what reaches the peer whether the kernel hands it over whole (GSO
 # through the veth) or segmented: each segment repeats the Ethernet, IPv4 and TCP headers.
@@ -83,8 +86,71 @@ def tx_run(self, dev: VirtioNet, guest: GuestDriver, size: int | str, count: int
                                            **({"foreign_drops": foreign} if foreign else {})))
 
 
+def tx_pairs_run(self, dev: VirtioNet, guests: list[GuestDriver], size: int | str, count: int) -> RunResult:
+    """TX on every queue pair at once: pair p's guest floods its share of the sequence numbers from a
+    thread of its own, the peer counts them all (every byte checked). Interleaved shares put the
+    other pair's numbers beyond the peer's 65536-frame window, where a duplicate is not told from a
+    late frame: a duplicate across pairs would count as delivered, which per-pair TX counts (frames
+    each pair's datapath took) would show as more taken than offered."""
+    frame, flood, nbytes, bits = guest_frame(size, self.peer_mac, dev.link.mac, dict(tagged=True))
+    n = len(guests)
+    share = -(-count // n)
+    arrivals = _Arrivals(self, dev.link, size, count)
+    dev0, g0 = dev.stats(), [g.stats() for g in guests]
+    sent, cpu_g, sleeps_g, errors = [0] * n, [0] * n, [0] * n, []
+
+    def flood_pair(p: int) -> None:
+        c0, s0 = time.thread_time_ns(), voluntary_switches(current_tid())
+        try:
+            sent[p] = flood_guest(guests[p], frame, max(min(share, count - p * share), 0),
+                                  first_seq=p * share, **flood)
+            guests[p].drain_tx()
+        except Exception as e:   # raised by the caller once the peer's receiver is done
+            errors.append(e)
+        finally:
+            cpu_g[p] = time.thread_time_ns() - c0
+            sleeps_g[p] = voluntary_switches(current_tid()) - s0
+
+    ths = [threading.Thread(target=flood_pair, args=(p,), name=f"vnetbe-guest-p{p}") for p in range(n)]
+    meter = Meter(None, dev_threads({"datapath": dev}), [dev]).start()
+    t0 = time.monotonic_ns()
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    t_consumed = time.monotonic_ns() - t0
+    cpu = meter.stop()
+    after = dev.stats()
+    dstats = delta(after, dev0)
+    gstats = functools.reduce(add, [delta(g.stats(), b) for g, b in zip(guests, g0)], {})
+    tx_drops = {k: v for k, v in dstats.get("drops", {}).items() if k.startswith("tx_")}
+    delivered, dt, drops, foreign, rx_cpu = arrivals.finish(count, t0, t0 + t_consumed,
+                                                            {**tx_drops, "not_taken": count - sum(sent)})
+    if errors:
+        raise errors[0]
+    for p in range(n):
+        cpu["guest" if p == 0 else f"guest_p{p}"] = cpu_g[p]
+    if rx_cpu:
+        cpu["peer_receiver"] = rx_cpu
+    pps, gbps = rate(delivered, nbytes, dt, bits)
+    pp, cpu_pp = per_packet(delivered, dstats, gstats, cpu,
+                            sleeps={"device": meter.sleeps["device"], "guest": sum(sleeps_g)})
+    pair_tx = [a["tx_frames"] - b["tx_frames"] for a, b in zip(after["pairs"], dev0["pairs"])]
+    opts = self._options(guests[0].rings[spec.TX_QUEUE][0], guests[0].event_idx, dev.busyloop_us, size,
+                         packed=guests[0].packed, queues=n, pair_tx_frames=pair_tx,
+                         consumed_pps=round(sum(sent) * 1e9 / max(t_consumed, 1)),
+                         **({"foreign_drops": foreign} if foreign else {}))
+    opts.pop("pin", None)   # guest_pairs pins nothing
+    return RunResult(dev.datapath_name, "tx", nbytes, delivered, dt, pps, gbps, offered=count, per_packet=pp,
+                     cpu_ns=cpu_pp, drops=drops, options=opts)
+
+
 def tx(self, datapath: str, size: int | str, count: int, *, queue_size: int = 256, event_idx: bool = True,
-       busyloop_us: int = 0, ring: str = "split") -> RunResult:
+       busyloop_us: int = 0, ring: str = "split", queues: int = 1) -> RunResult:
+    if queues > 1:
+        with self.guest_pairs(datapath, queues, queue_size=queue_size, event_idx=event_idx,
+                              busyloop_us=busyloop_us, ring=ring) as (dev, gs):
+            return self.tx_pairs_run(dev, gs, size, count)
     with self.guest(datapath, queue_size=queue_size, event_idx=event_idx, busyloop_us=busyloop_us,
                     ring=ring) as (dev, g):
         return self.tx_run(dev, g, size, count)
