@@ -64,6 +64,8 @@ class ControlQueue:
         if lib.vnb_vq_init(self._vq, dev.mem.table, cfg.size, cfg.desc, cfg.avail, cfg.used,
                            spec.ring_flags(dev.driver_features)) < 0:
             raise ConfigError(f"control queue {index}: its ring is not inside guest memory")
+        if cfg.log_used is not None:
+            lib.vnb_vq_set_log_addr(self._vq, cfg.log_used)
         last_avail, used = cfg.base(packed)
         if lib.vnb_vq_set_base(self._vq, last_avail & 0xFFFF, used & 0xFFFF) < 0:
             raise ConfigError(f"control queue {index}: base beyond the ring")

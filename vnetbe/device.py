@@ -301,6 +301,37 @@ class VirtioNet:
             self._nudge()
         return states
 
+    # --- live migration ---
+    def start_dirty_log(self, log) -> None:
+        """Log every write the device makes to guest memory in ``log`` (a DirtyLog covering the memory),
+        from now until ``stop_dirty_log``: a VMM's pre-copy harvests it (``log.dirty_pages()``) and
+        copies those pages again. A running device pauses its datapath for the switch and goes on from
+        where its rings stood; nothing it wrote before is in the log (the VMM copies all once first)."""
+        self._switch_log(log)
+
+    def stop_dirty_log(self) -> None:
+        self._switch_log(None)
+
+    @property
+    def dirty_log(self):
+        return self.mem.log if self.mem is not None else None
+
+    def _switch_log(self, log) -> None:
+        if self.mem is None:
+            raise ConfigError("a dirty log needs the guest memory first: set_memory()")
+        was_running = self.running
+        if was_running:
+            self._ctrl_stop()
+        with self._lock:
+            if was_running:
+                self._datapath_stop()
+            try:
+                self.mem.set_log(log)
+            finally:
+                if was_running:
+                    self._datapath_start()
+                    self._ctrl_run(self._ctrl_make())
+
     def _nudge(self) -> None:
         """After a hand-over, one spurious kick and interrupt per queue. With EVENT_IDX the driver may
         have posted buffers without kicking (the old datapath was polling), and vhost only looks at a

@@ -27,6 +27,18 @@ PAGE = mmap.PAGESIZE
 MAX_REGIONS = 64
 
 
+def map_shared(fd: int, size: int, offset: int, call: str, hint: str) -> int:
+    """mmap ``size`` bytes of ``fd`` at ``offset`` shared, read-write; the host address."""
+    addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, offset)
+    if addr in (None, _MAP_FAILED):
+        raise KernelRefused(call, ctypes.get_errno(), hint)
+    return addr
+
+
+def unmap(addr: int, size: int) -> None:
+    _libc.munmap(addr, size)
+
+
 @dataclass
 class Region:
     gpa: int
@@ -110,10 +122,31 @@ class GuestMemory:
             os.close(r.fd)
         return r
 
+    # --- the dirty log of a live migration (vnetbe/dirtylog.py) ---
+    def set_log(self, log) -> None:
+        """Log every device-side write to this memory in ``log`` (a DirtyLog), or stop (None). Only
+        while no datapath runs over this memory (its thread holds a copy of the table)."""
+        if log is None:
+            self.table.log_hva = self.table.log_size = 0
+            self.log = None
+            return
+        self.table.log_hva, self.table.log_size = log.hva, log.size
+        if not lib.vnb_log_covers(self.table):
+            self.table.log_hva = self.table.log_size = 0
+            raise ConfigError(f"a dirty log of {log.size} bytes covers guest memory up to "
+                              f"{log.size * 8 * lib.VNB_LOG_PAGE:#x}; this memory needs "
+                              f"{self.log_size_needed()} bytes")
+        self.log = log
+
+    def log_size_needed(self) -> int:
+        """Bytes of dirty log that cover every region (one bit per 4 KiB guest-physical page)."""
+        return max((lib.vnb_log_size_for(r.gpa + r.size) for r in self.regions), default=0)
+
     # --- construction helpers ---
     def _init_table(self) -> None:
         self.regions: list[Region] = []
         self.table = ffi.new("struct vnb_mem *")
+        self.log = None   # the DirtyLog writes are logged in, while a migration runs
         self._brk: dict[int, int] = {}
         self.closed = False
 
@@ -127,12 +160,12 @@ class GuestMemory:
                 raise ConfigError(f"region ({gpa:#x}, {size:#x}) overlaps ({r.gpa:#x}, {r.size:#x})")
 
     def _map(self, gpa: int, size: int, fd: int, offset: int, owned_fd: bool) -> None:
-        addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, offset)
-        if addr in (None, _MAP_FAILED):
-            err = ctypes.get_errno()
+        try:
+            addr = map_shared(fd, size, offset, "mmap(guest memory)", f"region gpa {gpa:#x} size {size:#x}")
+        except KernelRefused:
             if owned_fd:
                 os.close(fd)
-            raise KernelRefused("mmap(guest memory)", err, f"region gpa {gpa:#x} size {size:#x}")
+            raise
         region = Region(gpa, size, fd, offset, addr, owned_fd)
         rc = lib.vnb_mem_add_region(self.table, gpa, size, addr)
         if rc < 0:  # pragma: no cover - _check_layout refuses the same cases first

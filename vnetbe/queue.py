@@ -26,6 +26,9 @@ class QueueConfig:
     # vhost-user's ring states, for datapaths with ring_modes (user, uring); vhost refuses both:
     polled: bool = False      # the driver never kicks (NOFD): the device looks at the ring by itself
     discard: bool = False     # TX started but disabled: its chains are used and their frames dropped
+    # While a dirty log is on (migration): the guest-physical address the used ring's writes are logged
+    # at, vhost-user's log_guest_addr; None: the used ring's own address.
+    log_used: int | None = None
 
     def base(self, packed: bool) -> tuple[int, int]:
         """(last_avail_idx, used_idx), a fresh ring's where none was set."""

@@ -1,5 +1,6 @@
 /* The control virtqueue's commands: gathered from a chain, checked, answered (vnb_ctrl.h). */
 #include "vnb_ctrl.h"
+#include "vnb_log.h"
 #include "vnb_guard.h"
 #include <errno.h>
 #include <linux/virtio_net.h>
@@ -148,6 +149,10 @@ static int do_complete(void *p)
     uint32_t len = 0;
     if (a->req->ack) {
         *a->req->ack = a->ack;   /* inside a buffer vnb_vq_pop mapped: guest memory */
+        if (vnb_logging(a->vq->mem)) {
+            struct iovec one = { a->req->ack, 1 };
+            vnb_log_iov(a->vq->mem, &one, 1, 1);
+        }
         len = 1;
     }
     vnb_vq_add_used(a->vq, a->req->head, len);

@@ -96,6 +96,16 @@ int vnb_dp_set_queue(struct vnb_dp *dp, int q, uint32_t num, uint64_t desc_gpa, 
     return 0;
 }
 
+int vnb_dp_set_log_addr(struct vnb_dp *dp, int q, uint64_t log_used_gpa)
+{
+    if (dp->running)
+        return -EBUSY;
+    if ((q != RXQ && q != TXQ) || !dp->configured[q])
+        return -EINVAL;
+    vnb_vq_set_log_addr(&dp->vq[q], log_used_gpa);
+    return 0;
+}
+
 int vnb_dp_set_ring_mode(struct vnb_dp *dp, int q, uint32_t mode)
 {
     if (dp->running)

@@ -39,6 +39,8 @@ int vnb_dp_set_mem(struct vnb_dp *dp, const struct vnb_mem *mem);
 int vnb_dp_set_features(struct vnb_dp *dp, uint32_t flags, uint32_t hdr_len);
 int vnb_dp_set_queue(struct vnb_dp *dp, int q, uint32_t num, uint64_t desc_gpa, uint64_t avail_gpa,
                      uint64_t used_gpa, int kick_fd, int call_fd, uint16_t last_avail_idx, uint16_t used_idx);
+/* After vnb_dp_set_queue: where its used-ring writes are logged while the memory has a dirty log. */
+int vnb_dp_set_log_addr(struct vnb_dp *dp, int q, uint64_t log_used_gpa);
 int vnb_dp_set_tap(struct vnb_dp *dp, int tap_fd);
 int vnb_dp_set_err_fd(struct vnb_dp *dp, int err_fd);
 /* Watch the link's interface (ifindex > 0) for deletion over rtnetlink: a macvtap's fd never says. */

@@ -170,6 +170,8 @@ static void rx_complete(struct vnb_dp *dp)
         /* The tap skips num_buffers (it writes only the 10-byte header): we own that field. */
         uint16_t nb = (uint16_t)p->nheads;
         iov_write(p->hdr_iov, p->hdr_niov, VNB_NUM_BUFFERS_OFF, &nb, sizeof(nb));
+        if (vnb_logging(&dp->mem))   /* placed (and logged) with the frame already; a write all the same */
+            vnb_log_iov(&dp->mem, p->hdr_iov, p->hdr_niov, dp->hdr_len);
     }
     for (uint32_t i = 0; i < p->nheads; i++)
         vnb_vq_add_used(vq, p->heads[i], p->lens[i]);
@@ -241,6 +243,8 @@ int rx_continue(struct vnb_dp *dp)
         if (r != RX_OK)
             return r;
         size_t n = iov_copy_in(c->iov, c->nin, p->bounce + (p->placed - p->first_cap), p->total - p->placed);
+        if (vnb_logging(&dp->mem))
+            vnb_log_iov(&dp->mem, c->iov, c->nin, n);
         hdr_track(dp, c->iov, c->nin);
         p->heads[p->nheads] = c->head;
         p->lens[p->nheads] = (uint32_t)n;

@@ -5,6 +5,7 @@
 #ifndef VNB_DP_IMPL_H
 #define VNB_DP_IMPL_H
 #include "vnb_datapath.h"
+#include "vnb_log.h"
 #include "vnb_net.h"
 #include "vnb_uring_impl.h"
 #include "vnb_virtq.h"

@@ -147,6 +147,8 @@ static int rx_one(struct vnb_dp *dp)
         link_gone(dp, EPOLLHUP);
         return RX_TAP_EMPTY;
     }
+    if (vnb_logging(&dp->mem))   /* what readv wrote, whether or not the frame is then kept */
+        vnb_log_iov(&dp->mem, c->iov, niov, (size_t)n < cap ? (size_t)n : cap);
     if ((size_t)n < dp->hdr_len || ((size_t)n > cap && (size_t)n - cap >= BOUNCE_LEN)) {
         vnb_vq_unpop(&dp->vq[RXQ], 1);
         stat_inc(&dp->st.drops[VNB_DROP_RX_TRUNCATED]);

@@ -16,7 +16,8 @@ static int inside(const struct vnb_mem *m, uintptr_t a)
     for (uint32_t i = 0; i < m->nregions; i++)
         if (a >= m->r[i].hva && a - m->r[i].hva < m->r[i].size)
             return 1;
-    return 0;
+    /* The dirty log is the front end's memory as well: a log file it truncates faults the same way. */
+    return m->log_size && a >= m->log_hva && a - m->log_hva < m->log_size;
 }
 
 static void on_sigbus(int sig, siginfo_t *si, void *uc)

@@ -18,6 +18,10 @@ struct vnb_region {
 struct vnb_mem {
     uint32_t nregions;
     struct vnb_region r[64];   /* VNB_MAX_REGIONS; sorted by gpa, non-overlapping */
+    /* The dirty log while a migration runs (vnb_log.h), or log_size 0: one bit per 4 KiB page of
+     * guest-physical address, log_size bytes at host address log_hva. */
+    uint64_t log_hva;
+    uint64_t log_size;
 };
 
 int vnb_mem_add_region(struct vnb_mem *m, uint64_t gpa, uint64_t size, uint64_t hva);

@@ -23,7 +23,13 @@ int vnb_vq_init(struct vnb_vq *vq, const struct vnb_mem *mem, uint32_t num, uint
     vq->desc_gpa = desc_gpa;
     vq->avail_gpa = avail_gpa;
     vq->used_gpa = used_gpa;
+    vq->log_used_gpa = used_gpa;
     return 0;
+}
+
+void vnb_vq_set_log_addr(struct vnb_vq *vq, uint64_t log_used_gpa)
+{
+    vq->log_used_gpa = log_used_gpa;
 }
 
 int vnb_vq_set_base(struct vnb_vq *vq, uint16_t last_avail_idx, uint16_t used_idx)

@@ -27,6 +27,7 @@ struct vnb_vq {
     void *avail;         /* struct vring_avail; packed: the driver's struct vring_packed_desc_event */
     void *used;          /* struct vring_used; packed: the device's struct vring_packed_desc_event */
     uint64_t desc_gpa, avail_gpa, used_gpa;
+    uint64_t log_used_gpa;   /* where used-ring writes are logged (vhost-user's log_guest_addr; used_gpa) */
     uint32_t num;
     uint32_t flags;      /* VNB_VQ_F_* from the negotiated features */
     /* device state, as vhost names it (packed: ring positions 0..num-1, each with its wrap counter) */
@@ -70,6 +71,10 @@ int vnb_vq_init(struct vnb_vq *vq, const struct vnb_mem *mem, uint32_t num, uint
  * (the vhost-user encoding). -EINVAL for a packed position beyond the ring. */
 int vnb_vq_set_base(struct vnb_vq *vq, uint16_t last_avail_idx, uint16_t used_idx);
 void vnb_vq_get_base(const struct vnb_vq *vq, uint16_t *last_avail_idx, uint16_t *used_idx);
+/* The guest-physical address used-ring writes are logged at while the memory has a dirty log
+ * (vhost-user's log_guest_addr; by default the used ring's own). Split rings only: a packed ring's
+ * used descriptors are in its descriptor ring, logged where they are. */
+void vnb_vq_set_log_addr(struct vnb_vq *vq, uint64_t log_used_gpa);
 int vnb_vq_pop(struct vnb_vq *vq, struct vnb_chain *c);
 void vnb_vq_unpop(struct vnb_vq *vq, uint16_t n);
 /* Buffers the driver has made available and we have not popped: split, how many; packed, 1 or 0. */

@@ -3,10 +3,19 @@
 #ifndef VNB_VQ_IMPL_H
 #define VNB_VQ_IMPL_H
 #include "vnb_virtq.h"
+#include "vnb_log.h"
 
 #define VNB_VQ_INTERNAL __attribute__((visibility("hidden")))
 
 static inline int vnb_vq_packed(const struct vnb_vq *vq) { return vq->flags & VNB_F_PACKED; }
+
+/* A write of len bytes at host address p inside the ring part that starts at host address base and
+ * is logged from guest-physical address log_gpa: its pages marked dirty while a migration runs. */
+static inline void vq_log(const struct vnb_vq *vq, uint64_t log_gpa, const void *base, const void *p, uint64_t len)
+{
+    if (vnb_logging(vq->mem))
+        vnb_log_write(vq->mem, log_gpa + (uint64_t)((const uint8_t *)p - (const uint8_t *)base), len);
+}
 
 /* vnb_vq_chain.c: append one descriptor's buffer to the chain's iovecs (it may split across adjacent
  * regions); 0, or -fault after stopping the queue. */

@@ -188,6 +188,7 @@ void packed_add_used(struct vnb_vq *vq, uint16_t id, uint32_t len)
          * head's flags, released later. */
         vnb_store_release(&d->flags, flags);
     }
+    vq_log(vq, vq->desc_gpa, vq->desc, d, sizeof(*d));   /* the head's flags are logged again at the flush */
     vq->used_since_signal = 1;
     advance(vq, &vq->used_idx, &vq->used_wrap, slots);
 }
@@ -199,6 +200,7 @@ void packed_flush_used(struct vnb_vq *vq)
     struct vring_packed_desc *d = (struct vring_packed_desc *)vq->desc + vq->batch_head;
     /* Release: the batch's ids, lengths and later flags are visible before its head says used. */
     vnb_store_release(&d->flags, vq->batch_flags);
+    vq_log(vq, vq->desc_gpa, vq->desc, &d->flags, sizeof(d->flags));
     vq->batch_pending = 0;
 }
 
@@ -238,6 +240,7 @@ static void set_event_flags(struct vnb_vq *vq, uint16_t flags)
     struct vring_packed_desc_event *ev = vq->used;
     if (vq->event_flags != flags) {   /* a store only on change: the driver reads this line per kick */
         vnb_store_release(&ev->flags, flags);   /* release: after off_wrap, which DESC refers to */
+        vq_log(vq, vq->used_gpa, ev, ev, sizeof(*ev));
         vq->event_flags = flags;
     }
 }

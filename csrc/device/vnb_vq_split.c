@@ -109,6 +109,7 @@ void split_add_used(struct vnb_vq *vq, uint16_t head, uint32_t len)
     /* Relaxed: published to the driver only by the release store of used->idx in vnb_vq_flush_used. */
     vnb_store_relaxed(&e->id, (uint32_t)head);
     vnb_store_relaxed(&e->len, len);
+    vq_log(vq, vq->log_used_gpa, used, e, sizeof(*e));
     vq->used_idx++;
 }
 
@@ -117,6 +118,7 @@ void split_flush_used(struct vnb_vq *vq)
     struct vring_used *used = vq->used;
     /* Release: the used elements written above become visible no later than the new idx. */
     vnb_store_release(&used->idx, vq->used_idx);
+    vq_log(vq, vq->log_used_gpa, used, &used->idx, sizeof(used->idx));
 }
 
 /* Does the driver want an interrupt for what was flushed since the last one? (vhost_notify) */
@@ -153,6 +155,7 @@ void split_disable_notify(struct vnb_vq *vq)
         return;
     struct vring_used *used = vq->used;
     vnb_store_relaxed(&used->flags, (uint16_t)VRING_USED_F_NO_NOTIFY);
+    vq_log(vq, vq->log_used_gpa, used, &used->flags, sizeof(used->flags));
 }
 
 /* Ask for a kick on the next buffer. Returns 1 if buffers arrived meanwhile (keep going, don't sleep). */
@@ -160,10 +163,13 @@ int split_enable_notify(struct vnb_vq *vq)
 {
     struct vring_used *used = vq->used;
     struct vring_avail *avail = vq->avail;
-    if (vq->flags & VNB_F_EVENT_IDX)
+    if (vq->flags & VNB_F_EVENT_IDX) {
         vnb_store_relaxed(vnb_avail_event(used, vq->num), vq->last_avail_idx);
-    else
+        vq_log(vq, vq->log_used_gpa, used, vnb_avail_event(used, vq->num), sizeof(uint16_t));
+    } else {
         vnb_store_relaxed(&used->flags, (uint16_t)0);
+        vq_log(vq, vq->log_used_gpa, used, &used->flags, sizeof(used->flags));
+    }
     /* Full barrier: the enable must be visible before we re-read avail->idx, pairing with the driver's
      * barrier between its idx store and its avail_event/flags load; else both sides could sleep. */
     vnb_mb();

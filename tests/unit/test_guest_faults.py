@@ -89,6 +89,13 @@ class Rig(DeviceRig):
             out |= {u, u + 1, u + 4 + 8 * num, u + 4 + 8 * num + 1}
         return out
 
+    def changed_bytes(self, before, after):
+        """Every guest-physical address whose byte differs between two snapshots."""
+        diffs = []
+        for r, b, a in zip(self.mem.regions, before, after):
+            diffs += [r.gpa + int(i) for i in np.flatnonzero(np.frombuffer(b, np.uint8) != np.frombuffer(a, np.uint8))]
+        return diffs
+
     def changed(self, before, after):
         diffs = []
         for r, b, a in zip(self.mem.regions, before, after):

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vnetbe import spec
+from vnetbe.dirtylog import DirtyLog
 from vnetbe.errors import GuestFault
 
 from test_guest_faults import CANARY, LOW_END, MB, QSIZE, RX, TX, Rig
@@ -57,12 +58,16 @@ def _writable_ranges(shapes, tables):
     return out
 
 
-def _run_hostile(shapes, tables, frames, settle) -> list[int]:
+def _run_hostile(shapes, tables, frames, settle, log: bool = False) -> list[int]:
     """Write the hostile rings, kick, inject ``frames``, wait for ``settle(rig)``, stop the device and
-    check what every hostile run must satisfy. Returns the canary addresses (64-byte blocks) written."""
+    check what every hostile run must satisfy. Returns the canary addresses (64-byte blocks) written.
+    With ``log`` the device keeps a dirty log meanwhile, and every page it changed must be in it."""
     rig = Rig()
+    dirty = DirtyLog.for_memory(rig.mem) if log else None
     try:
         mem = rig.mem
+        if dirty is not None:
+            rig.dev.start_dirty_log(dirty)
         for k, t in enumerate(tables):
             mem.write(TABLES + 16 * TABLE_ENTRIES * k, b"".join(pack_desc(a, n, f, x) for a, n, f, x in t))
         canary0 = bytes(mem.view(CANARY, MB))
@@ -77,10 +82,15 @@ def _run_hostile(shapes, tables, frames, settle) -> list[int]:
             for k, h in enumerate(heads):
                 mem.write(a + 4 + 2 * ((pos + k) % num), struct.pack("<H", h & 0xFFFF))
             mem.write(a + 2, struct.pack("<H", (pos + s["idx_delta"]) & 0xFFFF))
+        # Everything the test writes is written: from here on only the device changes guest memory.
+        before = rig.snapshot() if dirty is not None else None
+        if dirty is not None:
+            dirty.dirty_pages()
+        for q in shapes:
             rig.kick(q)
         for n in frames:
             rig.link.inject(bytes(n))
-        settle(rig)
+        harvested = settle(rig) or set()      # pages a settle took from the log itself
 
         t0 = time.monotonic()
         states = rig.dev.stop()                       # the thread must come back: no hang
@@ -98,9 +108,15 @@ def _run_hostile(shapes, tables, frames, settle) -> list[int]:
         written = [CANARY + i for i in range(0, MB, 64) if canary0[i:i + 64] != bytes(after[i:i + 64])]
         for lo in written:
             assert any(a < lo + 64 and lo < b for a, b in allowed), f"device wrote canary at {lo:#x}"
+        if dirty is not None:
+            pages = set(dirty.dirty_pages()) | harvested
+            changed = {b // 4096 for b in rig.changed_bytes(before, rig.snapshot())}
+            assert changed <= pages, f"written, not logged: pages {sorted(changed - pages)}"
         return written
     finally:
         rig.close()
+        if dirty is not None:
+            dirty.close()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -108,6 +124,34 @@ def _run_hostile(shapes, tables, frames, settle) -> list[int]:
        frames=st.lists(st.integers(14, 9000), max_size=4))
 def test_no_hostile_ring_crashes_hangs_or_writes_where_it_was_not_pointed(shapes, tables, frames):
     _run_hostile(shapes, tables, frames, _settled)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shapes=st.fixed_dictionaries({RX: queue_shape, TX: queue_shape}), tables=st.lists(table, max_size=8),
+       frames=st.lists(st.integers(14, 9000), max_size=4))
+def test_every_page_the_device_writes_on_hostile_rings_is_in_the_dirty_log(shapes, tables, frames):
+    _run_hostile(shapes, tables, frames, _settled, log=True)
+
+
+def test_the_log_check_sees_rx_buffers_and_the_used_ring_and_an_unlogged_write():
+    """The property above is not blind: a frame placed in the canary region and the used ring entry
+    for it are in the log; a byte changed behind the device's back is not."""
+    shapes = {RX: {"descs": [(0, (CANARY + 0x100, 2048, spec.VRING_DESC_F_WRITE, 0))], "heads": [0],
+                   "idx_delta": 1, "aim": True},
+              TX: {"descs": [], "heads": [0], "idx_delta": 0, "aim": False}}
+    seen = {}
+
+    def settle(rig):
+        assert wait_for(lambda: rig.dev.stats()["rx_frames"] == 1)
+        pages = set(rig.dev.dirty_log.dirty_pages())
+        seen.update(pages=pages, used=rig.ring(RX)[3] // 4096)
+        rig.mem.write(CANARY + 0x10000, b"x")        # the test's own write: not the device's, not logged
+        seen["unlogged"] = set(rig.dev.dirty_log.dirty_pages())
+        rig.mem.write(CANARY + 0x10000, bytes([0xC5]))   # put it back, so the final check holds
+        return seen["pages"] | seen["unlogged"]
+    _run_hostile(shapes, [], [100], settle, log=True)
+    assert {CANARY // 4096, seen["used"]} <= seen["pages"], seen
+    assert (CANARY + 0x10000) // 4096 not in seen["unlogged"]
 
 
 def _settled(rig) -> None:

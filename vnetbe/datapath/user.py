@@ -48,6 +48,8 @@ class UserDatapath:
                                       cfg.call_fd, last_avail & 0xFFFF, used & 0xFFFF)
             if rc < 0:
                 raise ConfigError(f"queue {q} rejected by the datapath (errno {-rc}): check its addresses")
+            if cfg.log_used is not None:
+                check(lib.vnb_dp_set_log_addr(dp, q, cfg.log_used), "vnb_dp_set_log_addr")
             mode = (lib.VNB_RING_POLLED if cfg.polled else 0) | (lib.VNB_RING_DISCARD if cfg.discard else 0)
             rc = lib.vnb_dp_set_ring_mode(dp, q, mode)
             if rc < 0:

@@ -154,12 +154,22 @@ class VhostDatapath:
             raise ConfigError(f"vhost-net cannot serve ring {odd[0]} as asked: the kernel needs a kick to look at a "
                               "ring (no polling) and has no disabled-but-started state; use the user or uring datapath")
         fd = self.fd
-        io.set_features(fd, features & self.kernel_features & ~_NEVER)
+        log = mem.log
+        if log is not None and not self.kernel_features & spec.bit(io.VHOST_F_LOG_ALL):
+            raise ConfigError("this kernel's vhost-net does not offer VHOST_F_LOG_ALL: it cannot keep a dirty log")
+        # The kernel's own logging, straight into the log: its base first (LOG_ALL fails with EFAULT
+        # without one), then LOG_ALL, then each ring's used-ring log address. It logs by the GPAs of
+        # the memory table, as the log is laid out.
+        if log is not None:
+            io.set_log_base(fd, log.hva)
+        io.set_features(fd, (features & self.kernel_features & ~_NEVER)
+                        | (spec.bit(io.VHOST_F_LOG_ALL) if log is not None else 0))
         io.set_mem_table(fd, [(r.gpa, r.size, r.hva) for r in mem.regions])
         for q, cfg in sorted(queues.items()):
             io.set_vring_num(fd, q, cfg.size)
             io.set_vring_base(fd, q, cfg.base(False)[0] & 0xFFFF)   # split only: vhost-net has no packed rings
-            io.set_vring_addr(fd, q, mem.hva(cfg.desc), mem.hva(cfg.used), mem.hva(cfg.avail))
+            io.set_vring_addr(fd, q, mem.hva(cfg.desc), mem.hva(cfg.used), mem.hva(cfg.avail),
+                              None if log is None else (cfg.used if cfg.log_used is None else cfg.log_used))
             io.set_vring_kick(fd, q, cfg.kick_fd)
             io.set_vring_call(fd, q, cfg.call_fd)
             self._err[q] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)

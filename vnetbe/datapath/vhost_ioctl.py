@@ -29,6 +29,9 @@ VHOST_SET_VRING_ERR = lib.VHOST_SET_VRING_ERR
 VHOST_SET_VRING_BUSYLOOP_TIMEOUT = lib.VHOST_SET_VRING_BUSYLOOP_TIMEOUT
 VHOST_NET_SET_BACKEND = lib.VHOST_NET_SET_BACKEND
 
+VHOST_SET_LOG_BASE = lib.VHOST_SET_LOG_BASE
+VHOST_SET_LOG_FD = lib.VHOST_SET_LOG_FD
+VHOST_VRING_F_LOG = lib.VHOST_VRING_F_LOG
 VHOST_F_LOG_ALL = lib.VHOST_F_LOG_ALL
 VHOST_NET_F_VIRTIO_NET_HDR = lib.VHOST_NET_F_VIRTIO_NET_HDR   # also ANY_LAYOUT: with it vhost strips offloads
 DEV_PATH = "/dev/vhost-net"
@@ -100,10 +103,23 @@ def get_vring_base(fd: int, index: int) -> int:
     return struct.unpack("=II", buf)[1]
 
 
-def set_vring_addr(fd: int, index: int, desc_hva: int, used_hva: int, avail_hva: int) -> None:
+def set_vring_addr(fd: int, index: int, desc_hva: int, used_hva: int, avail_hva: int,
+                   log_guest_addr: int | None = None) -> None:
     # Ring addresses are host virtual addresses in the owner process (unlike descriptors, which are GPAs).
+    # With log_guest_addr (a GPA) the kernel logs its used-ring writes there (VHOST_VRING_F_LOG).
+    flags = 0 if log_guest_addr is None else 1 << VHOST_VRING_F_LOG
     _call(fd, "VHOST_SET_VRING_ADDR", VHOST_SET_VRING_ADDR,
-          struct.pack("=IIQQQQ", index, 0, desc_hva, used_hva, avail_hva, 0))
+          struct.pack("=IIQQQQ", index, flags, desc_hva, used_hva, avail_hva, log_guest_addr or 0))
+
+
+def set_log_base(fd: int, log_hva: int) -> None:
+    """The dirty log's address in this process: before SET_FEATURES with LOG_ALL (EFAULT otherwise)."""
+    _call(fd, "VHOST_SET_LOG_BASE", VHOST_SET_LOG_BASE, struct.pack("=Q", log_hva))
+
+
+def set_log_fd(fd: int, efd: int) -> None:
+    """An eventfd the kernel signals after it logged (-1: none)."""
+    _call(fd, "VHOST_SET_LOG_FD", VHOST_SET_LOG_FD, struct.pack("=i", efd))
 
 
 def _set_file(fd: int, name: str, req: int, index: int, efd: int) -> None:
