@@ -24,12 +24,17 @@
  * only the descriptor ring (used descriptors), its event structure and popped RX buffers; the slots
  * it used are exactly the first k TX buffers' (counted frames sent or dropped as for split).
  *
+ * With bit 6 of the flags the memory has a dirty log (csrc/device/vnb_log.c), allocated to its exact
+ * size so ASan sees a write past it: every guest byte that changed has its page's bit set.
+ *
  * Input: [0] RX queue size, [1] TX queue size (split: powers of two up to 64; packed: 1..64), [2] flags
- * (EVENT_IDX, INDIRECT, MRG_RXBUF, bit 3: legacy 10-byte header, bit 4: io_uring, bit 5: packed),
+ * (EVENT_IDX, INDIRECT, MRG_RXBUF, bit 3: legacy 10-byte header, bit 4: io_uring, bit 5: packed, bit 6:
+ * dirty log),
  * [3..6] RX and TX ring positions (packed: index | wrap << 15, the index taken modulo the size), [7]
  * rounds (bits 0-1) and io_uring batch (bits 2-7), [8] script length S, then S script bytes, then
  * guest memory. */
 #include "vnb_datapath.h"
+#include "vnb_log.h"
 #include "vnb_mem.h"
 #include "vnb_net.h"
 #include "vnb_sys_impl.h"
@@ -369,6 +374,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         init = 1;
     }
     int packed = !!(data[2] & 32);
+    uint8_t data_flags = data[2];
     uint32_t num[2] = { 1u << (data[0] % 7), 1u << (data[1] % 7) };
     uint32_t flags = data[2] & (VNB_F_EVENT_IDX | VNB_F_INDIRECT | VNB_F_MRG_RXBUF);
     uint32_t hdr_len = (data[2] & 8) && !(flags & VNB_F_MRG_RXBUF) ? VNB_NET_HDR_LEN_LEGACY : VNB_NET_HDR_LEN;
@@ -401,6 +407,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct vnb_mem mem = { 0 };
     for (int r = 0; r < 3; r++)
         CHECK(vnb_mem_add_region(&mem, GPA[r], RSIZE, (uint64_t)(uintptr_t)host[r]) == 0, "region");
+    static uint8_t *dirty_log;
+    uint64_t log_size = vnb_log_size_for(GPA[2] + RSIZE);
+    if (!dirty_log)
+        dirty_log = malloc(log_size);
+    memset(dirty_log, 0, log_size);
+    if (data_flags & 64) {
+        mem.log_hva = (uint64_t)(uintptr_t)dirty_log;
+        mem.log_size = log_size;
+    }
     for (int q = 0; q < 2 && !packed; q++)
         memcpy(host[0] + USED[q] + 2, &base[q], 2);   /* used->idx where the device starts */
 
@@ -501,6 +516,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(host[r][i] == before[r][i] || allowed[r][i],
                   "the device wrote guest byte %#llx, neither a used ring nor a popped RX buffer",
                   (unsigned long long)(GPA[r] + i));
+    for (int r = 0; r < 3 && (data_flags & 64); r++)
+        for (uint32_t i = 0; i < RSIZE; i++) {
+            uint64_t page = (GPA[r] + i) / VNB_LOG_PAGE;
+            CHECK(host[r][i] == before[r][i] || (dirty_log[page / 8] >> (page % 8) & 1),
+                  "the device wrote guest byte %#llx and did not log its page", (unsigned long long)(GPA[r] + i));
+        }
 
     struct vnb_dp_qstate st[2];
     struct vnb_dp_stats s;

@@ -97,9 +97,14 @@ def datapath_seeds():
     yield "uring_rx_nowait_refused", dp_seed(EV | MRG | URING, b"\xfe\0" + frames(100, 200), rx=rx4, rounds=2, batch=2)
     yield "uring_rx_mergeable", dp_seed(EV | IND | MRG | URING, frames(1000, 300),
                                         rx=[desc(BUF + 256 * i, 256, WRITE) for i in range(8)], rounds=2, batch=8)
+    # The dirty log on: every byte written must have its page's bit.
+    yield "log_rx_and_tx", dp_seed(EV | IND | MRG | LOG, frames(200) + b"\0\0" + frames(64), rx=rx4, tx=tx3, rounds=3)
+    yield "log_uring_rx_mergeable", dp_seed(EV | IND | MRG | URING | LOG, frames(1000, 300),
+                                            rx=[desc(BUF + 256 * i, 256, WRITE) for i in range(8)], rounds=2, batch=8)
 
 
 P_AVAIL, P_USED = 1 << 7, 1 << 15
+LOG = 64      # fuzz_datapath.c's flag: the memory has a dirty log
 PACKED = 32   # fuzz_datapath.c's flag: both queues packed
 
 
@@ -127,6 +132,7 @@ def datapath_packed_seeds():
     yield "packed_tx_chain", dp_packed_seed(EV | IND, b"\0", tx=[pdesc(BUF, 12, 0, NEXT), pdesc(BUF + 64, 60, 0)],
                                             tx_num=5)
     yield "packed_rx_frames", dp_packed_seed(EV | IND, frames(72, 1514, 60), rx=rx4, rx_num=5)
+    yield "packed_log_rx_frames", dp_packed_seed(EV | IND | LOG, frames(72, 1514, 60), rx=rx4, rx_num=5)
     yield "packed_rx_mergeable", dp_packed_seed(EV | IND | MRG, frames(1000, 300),
                                                 rx=[pdesc(BUF + 256 * i, 256, i, WRITE) for i in range(8)], rounds=2)
     yield "packed_uring_both", dp_packed_seed(EV | IND | MRG | URING, frames(200) + b"\0\0" + frames(64), rx=rx4,

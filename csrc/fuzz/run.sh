@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 secs=${1:-60}
 [ "$#" -gt 0 ] && shift
 targets=${*:-"virtq packed datapath ctrl vhost_user"}
-ring="csrc/device/vnb_virtq.c csrc/device/vnb_vq_chain.c csrc/device/vnb_vq_split.c csrc/device/vnb_vq_packed.c"
+ring="csrc/device/vnb_virtq.c csrc/device/vnb_vq_chain.c csrc/device/vnb_vq_split.c csrc/device/vnb_vq_packed.c csrc/device/vnb_log.c"
 cc=$(command -v clang-14 || command -v clang || true)
 if [ -z "$cc" ]; then
     echo "csrc/fuzz/run.sh: no clang: apt-get install clang-14 libclang-rt-14-dev" >&2
