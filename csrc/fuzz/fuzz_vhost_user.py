@@ -66,7 +66,7 @@ def _fds_for(req: int, nfds: int, memfds: list[int]) -> list[int]:
     later, as a hostile front end does."""
     fds = []
     for _ in range(nfds):
-        if req in (P.Request.SET_MEM_TABLE, P.Request.ADD_MEM_REG):
+        if req in (P.Request.SET_MEM_TABLE, P.Request.ADD_MEM_REG, P.Request.SET_LOG_BASE):
             fd = os.memfd_create("vnb-fuzz", os.MFD_CLOEXEC)
             os.ftruncate(fd, MEM)
             memfds.append(os.dup(fd))

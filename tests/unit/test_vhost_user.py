@@ -209,7 +209,9 @@ HOSTILE = [
     ("size beyond any request", _hdr(Request.SET_MEM_TABLE, 1 << 30), 0, "size"),
     ("size not matching the type", _hdr(Request.SET_FEATURES, 4) + b"\0" * 4, 0, "size"),
     ("unknown request", _hdr(999, 0), 0, "request"),
-    ("migration refused", P.request(Request.SET_LOG_BASE, b"\0" * 16), 0, "request"),
+    ("postcopy refused", P.request(Request.POSTCOPY_ADVISE), 0, "request"),
+    ("log base without LOG_SHMFD", _owner() + P.request(Request.SET_LOG_BASE, P.log_payload(4096)), 1, "order"),
+    ("log base without its fd", _owner() + P.request(Request.SET_LOG_BASE, P.log_payload(4096)), 0, "fds"),
     ("not offered request", P.request(Request.GET_INFLIGHT_FD, b"\0" * 24), 0, "request"),
     ("before SET_OWNER", P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 256)), 0, "order"),
     ("fd with a message that takes none", _owner() + P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 256)),
@@ -305,7 +307,7 @@ def test_under_reply_ack_a_refused_request_is_answered_non_zero_and_the_connecti
         for data, req in ((P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 100), need_reply=True),
                            Request.SET_VRING_NUM),                                    # refused by the session
                           (P.HEADER.pack(999, P.VERSION | P.FLAG_NEED_REPLY, 16) + b"\0" * 16, 999),  # by the parser
-                          (P.request(Request.SET_LOG_FD, need_reply=True), Request.SET_LOG_FD)):
+                          (P.request(Request.POSTCOPY_LISTEN, need_reply=True), Request.POSTCOPY_LISTEN)):
             s.sendall(data)
             assert _reply(s) == (req, 8, P.U64.pack(1))
         s.sendall(P.request(Request.SET_VRING_NUM, P.VRING_STATE.pack(0, 256), need_reply=True))

@@ -41,13 +41,16 @@ class VhostUserFrontend:
             self.protocol = offered & _PROTO
             self.protocol_features = 0
             if self.protocol:
-                want = 1 << P.ProtocolFeature.REPLY_ACK | 1 << P.ProtocolFeature.MQ | 1 << P.ProtocolFeature.RESET_DEVICE
+                want = (1 << P.ProtocolFeature.REPLY_ACK | 1 << P.ProtocolFeature.MQ
+                        | 1 << P.ProtocolFeature.RESET_DEVICE | 1 << P.ProtocolFeature.LOG_SHMFD)
                 if slots:
                     want |= 1 << P.ProtocolFeature.CONFIGURE_MEM_SLOTS
                 self.protocol_features = self._get_u64(Request.GET_PROTOCOL_FEATURES) & want
                 self.send(Request.SET_PROTOCOL_FEATURES, P.U64.pack(self.protocol_features))
             self.send(Request.SET_OWNER)
-            self.device_features = offered & ~_PROTO
+            self.device_features = offered & ~_PROTO & ~(1 << P.VHOST_F_LOG_ALL)
+            self.offers_log = bool(offered & (1 << P.VHOST_F_LOG_ALL))
+            self.logging = False
         except BaseException:
             self.sock.close()
             raise
@@ -109,9 +112,28 @@ class VhostUserFrontend:
         extra = features & ~self.device_features
         if extra:
             raise ConfigError(f"the back end does not offer {', '.join(spec.features_to_names(extra)) or hex(extra)}")
-        self.send(Request.SET_FEATURES, P.U64.pack(features | self.protocol))
+        self.send(Request.SET_FEATURES, P.U64.pack(features | self.protocol | self._log_bit))
         self.driver_features = features
         return features
+
+    # --- live migration, as QEMU starts and ends it (hw/virtio/vhost.c vhost_log_global_start/stop) ---
+    @property
+    def _log_bit(self) -> int:
+        return 1 << P.VHOST_F_LOG_ALL if self.logging else 0
+
+    def set_log_base(self, fd: int, size: int, offset: int = 0) -> int:
+        """SET_LOG_BASE: the back end maps ``size`` bytes of ``fd`` from ``offset`` as the dirty log.
+        Its reply is its answer (non-zero: refused)."""
+        channel.send_message(self.sock, P.request(Request.SET_LOG_BASE, P.log_payload(size, offset)), [fd])
+        return self._reply(Request.SET_LOG_BASE)
+
+    def set_logging(self, on: bool) -> None:
+        """LOG_ALL on or off (SET_FEATURES), then every ring's address again with VHOST_VRING_F_LOG and
+        its used ring's guest-physical address as log_guest_addr (or without, when off)."""
+        self.logging = on
+        self.send(Request.SET_FEATURES, P.U64.pack(self.driver_features | self.protocol | self._log_bit))
+        for q, cfg in sorted(self.queues.items()):
+            self._set_vring_addr(q, cfg)
 
     def set_queue(self, index: int, cfg) -> None:
         self.queues[index] = cfg
@@ -142,8 +164,7 @@ class VhostUserFrontend:
         self.send(Request.SET_VRING_NUM, P.VRING_STATE.pack(q, cfg.size))
         packed = bool(self.driver_features & spec.bit(spec.VIRTIO_F_RING_PACKED))
         self.send(Request.SET_VRING_BASE, P.VRING_STATE.pack(q, cfg.base(packed)[0]))
-        self.send(Request.SET_VRING_ADDR, P.VRING_ADDR.pack(q, 0, self.mem.hva(cfg.desc), self.mem.hva(cfg.used),
-                                                            self.mem.hva(cfg.avail), 0))
+        self._set_vring_addr(q, cfg)
         if q not in self.err_fd:
             self.err_fd[q] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.send(Request.SET_VRING_ERR, P.U64.pack(q), [self.err_fd[q]])
@@ -154,6 +175,11 @@ class VhostUserFrontend:
             self.send(Request.SET_VRING_KICK, P.U64.pack(q), [cfg.kick_fd])
         if self.protocol:
             self.send(Request.SET_VRING_ENABLE, P.VRING_STATE.pack(q, 1))
+
+    def _set_vring_addr(self, q: int, cfg) -> None:
+        flags, log = (P.VRING_F_LOG, cfg.used) if self.logging else (0, 0)
+        self.send(Request.SET_VRING_ADDR, P.VRING_ADDR.pack(q, flags, self.mem.hva(cfg.desc), self.mem.hva(cfg.used),
+                                                            self.mem.hva(cfg.avail), log))
 
     def add_region(self, gpa: int) -> None:
         """ADD_MEM_REG of this memory's region at ``gpa`` (memory plugged in)."""

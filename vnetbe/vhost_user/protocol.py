@@ -97,13 +97,14 @@ class ProtocolFeature(enum.IntEnum):
     STATUS = 16
 
 
-# What this back end implements: one queue pair (MQ lets the front end ask and hear "1"), acks on
-# request, the MTU message, memory slots added and removed one at a time, RESET_DEVICE, the device's
-# config space (GET/SET_CONFIG) and its status (SET/GET_STATUS).
+# What this back end implements: queue pairs (MQ), acks on request, the MTU message, memory slots
+# added and removed one at a time, RESET_DEVICE, the device's config space (GET/SET_CONFIG) and its
+# status (SET/GET_STATUS), and live migration: the dirty log in shared memory (LOG_SHMFD) and a RARP
+# sent for a guest that cannot announce itself (RARP). Not post-copy (PAGEFAULT).
 PROTOCOL_FEATURES = sum(1 << b for b in (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK,
                                           ProtocolFeature.NET_MTU, ProtocolFeature.CONFIGURE_MEM_SLOTS,
                                           ProtocolFeature.RESET_DEVICE, ProtocolFeature.CONFIG,
-                                          ProtocolFeature.STATUS))
+                                          ProtocolFeature.STATUS, ProtocolFeature.LOG_SHMFD))
 
 # --- payloads ---
 U64 = struct.Struct("<Q")
@@ -115,6 +116,7 @@ MEM_SINGLE = struct.Struct("<Q")          # padding before the one region of ADD
 CONFIG_HDR = struct.Struct("<III")        # offset, size, flags; then size bytes of config space
 CONFIG_MAX = 256                          # the spec's largest config space a message carries
 CONFIG_FLAGS = 0x1                        # VHOST_SET_CONFIG_TYPE_MIGRATION; 0 is FRONTEND
+LOG = struct.Struct("<QQ")                # SET_LOG_BASE: mmap_size, mmap_offset (of the fd that comes with it)
 
 
 @dataclass(frozen=True)
@@ -191,11 +193,10 @@ _SIZE = {
     Request.GET_CONFIG: _Size(CONFIG_HDR.size, CONFIG_HDR.size + CONFIG_MAX),
     Request.SET_CONFIG: _Size(CONFIG_HDR.size, CONFIG_HDR.size + CONFIG_MAX),
     Request.SET_STATUS: _fixed(8), Request.GET_STATUS: _fixed(0),
+    Request.SET_LOG_BASE: _fixed(LOG.size), Request.SET_LOG_FD: _fixed(0),
 }
-# Requests known to the spec that this back end refuses by name (migration, postcopy, other devices).
+# Requests known to the spec that this back end refuses by name (postcopy, other devices).
 REFUSED = {
-    Request.SET_LOG_BASE: "migration (dirty logging) is not supported",
-    Request.SET_LOG_FD: "migration (dirty logging) is not supported",
     Request.POSTCOPY_ADVISE: "postcopy migration is not supported",
     Request.POSTCOPY_LISTEN: "postcopy migration is not supported",
     Request.POSTCOPY_END: "postcopy migration is not supported",
@@ -297,6 +298,12 @@ def parse(request: int, flags: int, payload: bytes, nfds: int) -> Message:
             check_region(name, r)
         check_no_overlap(name, value)
         want_fds = nregions
+    elif req == Request.SET_LOG_BASE:
+        value = LOG.unpack(payload)       # (mmap_size, mmap_offset)
+        want_fds = 1
+    elif req == Request.SET_LOG_FD:
+        # An eventfd to signal after logging, as the kernel's VHOST_SET_LOG_FD; none: no signal.
+        want_fds = min(nfds, 1)
     elif req in (Request.ADD_MEM_REG, Request.REM_MEM_REG):
         value = MemRegion(*MEM_REGION.unpack_from(payload, MEM_SINGLE.size))
         check_region(name, value)
@@ -363,6 +370,10 @@ def request(req: Request, payload: bytes = b"", *, need_reply: bool = False) -> 
 def mem_table_payload(regions) -> bytes:
     return MEM_HDR.pack(len(regions), 0) + b"".join(
         MEM_REGION.pack(r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset) for r in regions)
+
+
+def log_payload(size: int, offset: int = 0) -> bytes:
+    return LOG.pack(size, offset)
 
 
 def mem_single_payload(r: MemRegion) -> bytes:

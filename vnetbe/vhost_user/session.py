@@ -19,7 +19,9 @@ import struct
 from dataclasses import dataclass
 
 from .. import spec
+from .._native import lib
 from ..device import VirtioNet
+from ..dirtylog import DirtyLog
 from ..errors import ConfigError, GuestMemoryGone, ProtocolError, VnetError
 from ..memory import GuestMemory
 from ..queue import QueueConfig
@@ -89,6 +91,11 @@ class Session:
         # duplicate). Keyed by the region's identity; a REM_MEM_REG unmaps only the last reference.
         self._region_refs: dict[tuple[int, int, int, int], int] = {}
         self.mem: GuestMemory | None = None
+        # Live migration: the front end's dirty log (SET_LOG_BASE) and whether SET_FEATURES acked
+        # VHOST_F_LOG_ALL; the device logs while both are there.
+        self.log: DirtyLog | None = None
+        self.log_all = False
+        self.log_fd = -1                                 # SET_LOG_FD's eventfd (kept; nothing reads it)
         self._own_fds: set[int] = set()                  # eventfds made for rings given no call fd
         self.messages = 0
         self.memory_gone = False          # the datapath found guest memory gone (signal_faults)
@@ -97,7 +104,9 @@ class Session:
     # --- the door ---
     @property
     def offered_features(self) -> int:
-        return self.dev.device_features | spec.bit(P.VHOST_USER_F_PROTOCOL_FEATURES)
+        # LOG_ALL: every datapath keeps a dirty log (user and uring their own, vhost the kernel's).
+        return (self.dev.device_features | spec.bit(P.VHOST_USER_F_PROTOCOL_FEATURES)
+                | spec.bit(P.VHOST_F_LOG_ALL))
 
     def handle(self, msg: Message, fds: list[int]) -> bytes | None:
         """Apply one message. Its fds become the session's (kept or closed) whatever happens; a refused
@@ -141,13 +150,72 @@ class Session:
         extra = value & ~self.offered_features
         if extra:
             raise ProtocolError(msg.name, "features", f"bits {extra:#x} were not offered")
-        virtio = value & ~spec.bit(P.VHOST_USER_F_PROTOCOL_FEATURES)
+        virtio = value & ~spec.bit(P.VHOST_USER_F_PROTOCOL_FEATURES) & ~spec.bit(P.VHOST_F_LOG_ALL)
+        if value & spec.bit(P.VHOST_F_LOG_ALL) and self.log is None:
+            # As the kernel's vhost (EFAULT): logging with no log would lose every write, silently.
+            raise ProtocolError(msg.name, "features", "VHOST_F_LOG_ALL before any SET_LOG_BASE: no dirty log to write")
         if self.dev.running and virtio != self.dev.driver_features:
             raise ProtocolError(msg.name, "features", "changed while rings are running")
         self.features_acked = value
         if not self.dev.running:
             self.dev.set_driver_features(virtio)
+        # LOG_ALL comes and goes on a running device (QEMU's migration start and end): the datapath
+        # pauses for the switch and goes on from where its rings stood.
+        self.log_all = bool(value & spec.bit(P.VHOST_F_LOG_ALL))
+        self._update_log(msg.name)
         self._apply()
+
+    # --- live migration: the dirty log ---
+    def _set_log_base(self, msg, fds, taken):
+        if not self.protocol_acked & (1 << P.ProtocolFeature.LOG_SHMFD):
+            raise ProtocolError(msg.name, "order", "LOG_SHMFD protocol feature not negotiated")
+        size, offset = msg.payload
+        try:
+            log = DirtyLog.from_fd(fds[0], size, offset)   # the fd is closed by handle(): the mapping stays
+        except (ConfigError, VnetError) as e:
+            raise ProtocolError(msg.name, "log", str(e)) from None
+        if self.mem is not None and self.mem.log_size_needed() > size:
+            log.close()
+            raise ProtocolError(msg.name, "mmap_size", f"{size} bytes of log cover guest memory up to "
+                                f"{size * 8 * lib.VNB_LOG_PAGE:#x}; the memory table needs {self.mem.log_size_needed()}")
+        old, self.log = self.log, log
+        try:
+            self._update_log(msg.name)
+        finally:
+            if old is not None and old is not self.log:
+                old.close()          # after the device moved to the new log: nothing writes the old one
+        return P.reply_u64(msg.request, 0)
+
+    def _set_log_fd(self, msg, fds, taken):
+        if self.log_fd >= 0:
+            os.close(self.log_fd)
+        self.log_fd = fds[0] if fds else -1
+        taken.extend(fds)
+
+    def _wanted_log(self) -> DirtyLog | None:
+        return self.log if self.log_all else None
+
+    def _update_log(self, name: str) -> None:
+        """Point the device's logging at the log the front end asked for (or none)."""
+        if self.mem is None or self.dev.dirty_log is self._wanted_log():
+            return
+        try:
+            if self._wanted_log() is None:
+                self.dev.stop_dirty_log()
+            else:
+                self.dev.start_dirty_log(self._wanted_log())
+        except ConfigError as e:
+            raise ProtocolError(name, "log", str(e)) from None
+
+    def _check_log_covers(self, name: str, regions) -> None:
+        """A memory table the current log does not cover is refused (QEMU sends a larger log first)."""
+        log = self._wanted_log()
+        if log is None:
+            return
+        need = max(lib.vnb_log_size_for(r.gpa_end) for r in regions)
+        if need > log.size:
+            raise ProtocolError(name, "log", f"the dirty log ({log.size} bytes) does not cover guest memory up to "
+                                f"{max(r.gpa_end for r in regions):#x}: send SET_LOG_BASE with {need} bytes first")
 
     def _get_protocol_features(self, msg, fds, taken):
         return P.reply_u64(msg.request, P.PROTOCOL_FEATURES)
@@ -237,6 +305,7 @@ class Session:
     def _set_mem_table(self, msg, fds, taken):
         regions = list(zip(msg.payload, fds))
         self._check_fds(msg.name, regions)
+        self._check_log_covers(msg.name, msg.payload)
         self._replace_memory(msg.name, regions, fds, taken)
 
     def _add_mem_reg(self, msg, fds, taken):
@@ -251,6 +320,7 @@ class Session:
             raise ProtocolError(msg.name, "slots", f"all {P.MAX_MEM_SLOTS} memory slots are in use")
         self._check_fds(msg.name, [new])
         P.check_no_overlap(msg.name, [r for r, _ in self.regions] + [msg.payload])
+        self._check_log_covers(msg.name, [r for r, _ in self.regions] + [msg.payload])
         if self.mem is None:
             self._replace_memory(msg.name, [new], fds, taken)
             return
@@ -266,6 +336,8 @@ class Session:
         taken.append(fds[0])
         self.regions.append(new)
         self.dev.set_memory(self.mem)
+        if self.mem.log is not None:
+            self.mem.set_log(self.mem.log)   # checked above: the log covers the new region too
         self._apply()
 
     def _rem_mem_reg(self, msg, fds, taken):
@@ -327,6 +399,8 @@ class Session:
         self._region_refs = {}
         taken.extend(new_fds)
         self.dev.set_memory(mem)
+        if self._wanted_log() is not None:
+            mem.set_log(self._wanted_log())  # the new table is logged as the old one was (checked above)
         if old_mem is not None:
             old_mem.close()
         for fd in dropped:
@@ -389,10 +463,15 @@ class Session:
         ring = self._ring(msg.name, a.index)
         if a.flags & ~P.VRING_F_LOG:
             raise ProtocolError(msg.name, "flags", f"undefined bits {a.flags & ~P.VRING_F_LOG:#x}")
-        if a.flags & P.VRING_F_LOG:
-            raise ProtocolError(msg.name, "flags", "used-ring logging (migration) is not supported")
         if self.mem is None:
             raise ProtocolError(msg.name, "order", "ring addresses before SET_MEM_TABLE")
+        if a.flags & P.VRING_F_LOG:
+            # Used-ring writes are logged at log_guest_addr, a guest-physical address: it must be memory.
+            try:
+                self.mem.region_of(a.log)
+            except ConfigError:
+                raise ProtocolError(msg.name, "log", f"ring {a.index}: log_guest_addr {a.log:#x} is not guest "
+                                                     "memory") from None
         self._quiesce(a.index)
         ring.addr, ring.used_idx = a, None
         if ring.num:
@@ -508,7 +587,8 @@ class Session:
                                                 "memory region")
             parts[what] = gpa
         cfg = QueueConfig(ring.num, parts["desc"], parts["avail"], parts["used"], ring.kick_fd, ring.call_fd,
-                          ring.last_avail_idx, None, polled=ring.polled, discard=self._discards(index))
+                          ring.last_avail_idx, None, polled=ring.polled, discard=self._discards(index),
+                          log_used=a.log if a.flags & P.VRING_F_LOG else None)
         try:
             cfg.check_addresses(self.mem, event_idx, packed)
         except ConfigError as e:
@@ -617,6 +697,13 @@ class Session:
             self.dev.set_memory(None)
             self.mem.close()
             self.mem = None
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        self.log_all = False
+        if self.log_fd >= 0:
+            os.close(self.log_fd)
+            self.log_fd = -1
         for _, fd in self.regions:
             os.close(fd)
         self.regions = []

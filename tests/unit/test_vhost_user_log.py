@@ -1,0 +1,122 @@
+"""Dirty logging behind vhost-user, in QEMU's order (hw/virtio/vhost.c vhost_log_global_start):
+SET_LOG_BASE with a memfd (its reply), SET_FEATURES with VHOST_F_LOG_ALL on running rings, then
+SET_VRING_ADDR with VHOST_VRING_F_LOG and log_guest_addr; every page the server writes for the
+guest is then in the front end's log, none once logging is off; a log that cannot serve is refused
+by name. vnetbe's own front end speaks for QEMU here (tests/e2e has QEMU itself)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from vnbtest.vhost_user import FrontendRig, ServerRig, closed_by_peer, raw_client
+
+from vnetbe import spec
+from vnetbe.dirtylog import DirtyLog
+from vnetbe.errors import VnetError
+from vnetbe.vhost_user import protocol as P
+from vnetbe.vhost_user.protocol import Request
+
+ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x88\xb5"
+PAGE = 4096
+
+
+def _frame(i: int, n: int = 700) -> bytes:
+    return ETH + bytes((i + k) & 0xFF for k in range(n - len(ETH)))
+
+
+@pytest.fixture
+def rig():
+    r = ServerRig()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def log_fd():
+    fd = os.memfd_create("vnb-test-log", os.MFD_CLOEXEC)
+    yield fd
+    os.close(fd)
+
+
+def test_in_qemus_order_every_page_written_for_the_guest_is_logged_and_none_after(rig, log_fd):
+    fr = FrontendRig(rig.path)
+    try:
+        size = fr.mem.log_size_needed()
+        os.ftruncate(log_fd, size)
+        assert fr.fe.offers_log and fr.fe.set_log_base(log_fd, size) == 0
+        fr.fe.set_logging(True)
+        g = fr.guest
+        area = (g.rx_buf_gpa, g.rx_buf_size * g.rings[0][0])
+        with DirtyLog.from_fd(log_fd, size) as log:
+            log.dirty_pages()
+            before = bytes(fr.mem.view(*area))
+            for i in range(50):
+                rig.link.inject(_frame(i))
+                assert g.receive(2.0) == _frame(i)
+                g.send(_frame(i, 100))
+                assert rig.link.sent(2.0)[12:] == _frame(i, 100)
+            dirty = set(log.dirty_pages())
+            changed = np.flatnonzero(np.frombuffer(before, np.uint8) != np.frombuffer(bytes(fr.mem.view(*area)), np.uint8))
+            rx_pages = {(area[0] + int(b)) // PAGE for b in changed}
+            assert rx_pages and rx_pages <= dirty, sorted(rx_pages - dirty)
+            assert {u // PAGE for _, _, _, u in g.rings.values()} <= dirty
+            fr.fe.set_logging(False)
+            log.dirty_pages()
+            for i in range(10):
+                rig.link.inject(_frame(i))
+                assert g.receive(2.0) == _frame(i)
+            assert log.dirty_pages() == []
+        assert rig.server.stats()["connected"]
+    finally:
+        fr.close()
+
+
+def test_a_log_too_small_for_the_memory_is_refused_by_name_and_closes_only_that_connection(rig, log_fd):
+    fr = FrontendRig(rig.path)
+    try:
+        os.ftruncate(log_fd, 4096)
+        with pytest.raises(VnetError):
+            fr.fe.set_log_base(log_fd, 8)     # 8 bytes cover 256 KiB; the guest has 8 MiB
+        assert any("SET_LOG_BASE: bad mmap_size" in r for r in rig.refusals()), rig.refusals()
+    finally:
+        fr.close()
+    again = FrontendRig(rig.path)          # the server goes on
+    try:
+        again.guest.send(_frame(1, 100))
+        assert rig.link.sent(2.0)[12:] == _frame(1, 100)
+    finally:
+        again.close()
+
+
+def test_log_all_before_any_log_base_is_refused(rig):
+    s = raw_client(rig.path)
+    try:
+        s.sendall(P.request(Request.SET_OWNER)
+                  + P.request(Request.SET_FEATURES, P.U64.pack(spec.bit(spec.VIRTIO_F_VERSION_1) | 1 << P.VHOST_F_LOG_ALL)))
+        assert closed_by_peer(s)
+        assert any("SET_FEATURES: bad features: VHOST_F_LOG_ALL before any SET_LOG_BASE" in r for r in rig.refusals())
+    finally:
+        s.close()
+
+
+def test_a_log_past_the_end_of_its_file_and_a_ring_log_address_outside_memory_are_refused(rig, log_fd):
+    fr = FrontendRig(rig.path)
+    try:
+        os.ftruncate(log_fd, 4096)
+        with pytest.raises(VnetError):
+            fr.fe.set_log_base(log_fd, 4096, offset=4096)
+        assert any("SET_LOG_BASE: bad log" in r and "past the end" in r for r in rig.refusals()), rig.refusals()
+    finally:
+        fr.close()
+    fr = FrontendRig(rig.path)
+    try:
+        os.ftruncate(log_fd, fr.mem.log_size_needed())
+        assert fr.fe.set_log_base(log_fd, fr.mem.log_size_needed()) == 0
+        cfg = fr.fe.queues[0]
+        with pytest.raises(VnetError):
+            fr.fe.send(Request.SET_VRING_ADDR, P.VRING_ADDR.pack(0, P.VRING_F_LOG, fr.mem.hva(cfg.desc),
+                                                                 fr.mem.hva(cfg.used), fr.mem.hva(cfg.avail), 1 << 40))
+        assert any("SET_VRING_ADDR: bad log" in r for r in rig.refusals()), rig.refusals()
+    finally:
+        fr.close()
