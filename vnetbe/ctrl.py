@@ -180,8 +180,10 @@ class ControlQueue:
                 if any(not m[0] & 1 for m in multicast):
                     return lib.VNB_CTRL_E_MAC_TABLE
                 dev.link_filters.set_multicast(multicast)
+            elif cls == spec.VIRTIO_NET_CTRL_ANNOUNCE and cmd == spec.VIRTIO_NET_CTRL_ANNOUNCE_ACK:
+                dev.announce_acked()
             else:
-                return _UNSUPPORTED   # checked valid, yet nothing here does it (RX_EXTRA, ANNOUNCE)
+                return _UNSUPPORTED   # checked valid, yet nothing here does it (RX_EXTRA)
         except Exception:   # the link or the datapath refused: the guest hears ERR, the device goes on
             return _UNSUPPORTED
         return 0

@@ -69,7 +69,7 @@ class VirtioNet:
             link.set_queues(queues)
         self._datapath = make_datapath(datapath, queues)
         mq = spec.bit(spec.VIRTIO_NET_F_MQ) if queues > 1 else 0
-        offered = (spec.DEVICE_FEATURES | spec.CTRL_FEATURES | mq) if features is None else features
+        offered = (spec.DEVICE_FEATURES | spec.CTRL_FEATURES | spec.ANNOUNCE_FEATURES | mq) if features is None else features
         # MQ and the control queue's features are the device model's: every datapath serves pairs.
         self.device_features = offered & (self._datapath.supported_features | spec.MODEL_FEATURES)
         self.ctrl_index = 2 * queues
@@ -77,6 +77,7 @@ class VirtioNet:
         self._ctrl_faults: dict[int, int] = {}
         self.ctrl_commands = dict.fromkeys(CTRL_ERRORS, 0)   # by verdict: "none" = carried out
         self.ctrl_error: str | None = None      # why the control thread stopped, if not by a ring fault
+        self._announce = False   # config status ANNOUNCE: set after a migration, cleared by the driver's ack
         self.link_filters = LinkFilters(link)   # what control commands changed on the link, to undo
         # set_queue_pairs runs on the control queue's thread as well as the caller's.
         self._lock = threading.RLock()
@@ -111,6 +112,8 @@ class VirtioNet:
         reads any window of it (Cloud Hypervisor asks for the first 17 bytes). The link is up until
         the datapath has lost it."""
         link_status = 0 if self._datapath.link_down() else spec.VIRTIO_NET_S_LINK_UP
+        if self._announce:
+            link_status |= spec.VIRTIO_NET_S_ANNOUNCE
         return (bytes.fromhex(self.mac.replace(":", "")) + struct.pack("<HHH", link_status, self.max_queue_pairs,
                                                                      self.mtu)
                 + struct.pack("<IBBHI", 0xFFFFFFFF, 0xFF, 0, 0, 0))
@@ -332,6 +335,20 @@ class VirtioNet:
                     self._datapath_start()
                     self._ctrl_run(self._ctrl_make())
 
+    def announce(self) -> bool:
+        """After a migration: ask the driver to announce the guest (gratuitous ARPs), as QEMU's virtio-net
+        does, by setting the config status ANNOUNCE bit; the VMM then signals a configuration change.
+        The driver's VIRTIO_NET_CTRL_ANNOUNCE_ACK clears it. False (and nothing set) unless the driver
+        negotiated GUEST_ANNOUNCE: then the VMM sends a RARP for it (as vhost-user's SEND_RARP)."""
+        if not (self.has(spec.VIRTIO_NET_F_GUEST_ANNOUNCE) and self.has(spec.VIRTIO_NET_F_CTRL_VQ)):
+            return False
+        self._announce = True
+        return True
+
+    def announce_acked(self) -> None:
+        """VIRTIO_NET_CTRL_ANNOUNCE_ACK: the driver has announced the guest."""
+        self._announce = False
+
     def _nudge(self) -> None:
         """After a hand-over, one spurious kick and interrupt per queue. With EVENT_IDX the driver may
         have posted buffers without kicking (the old datapath was polling), and vhost only looks at a
@@ -358,6 +375,7 @@ class VirtioNet:
         self.queue_pairs = 1
         self._ctrl_faults = {}
         self.ctrl_error = None
+        self._announce = False
         self.link_filters.restore()
         self.driver_features = 0
         self._status = 0

@@ -51,6 +51,7 @@ FEATURE_NAMES = {
     VIRTIO_NET_F_CTRL_RX: "CTRL_RX",
     VIRTIO_NET_F_CTRL_MAC_ADDR: "CTRL_MAC_ADDR",
     VIRTIO_NET_F_MQ: "MQ",
+    VIRTIO_NET_F_GUEST_ANNOUNCE: "GUEST_ANNOUNCE",
     VIRTIO_RING_F_INDIRECT_DESC: "INDIRECT_DESC",
     VIRTIO_RING_F_EVENT_IDX: "EVENT_IDX",
     VIRTIO_F_VERSION_1: "VERSION_1",
@@ -71,7 +72,10 @@ def features_to_names(features: int) -> list[str]:
 MQ_FEATURES = bit(VIRTIO_NET_F_MQ) | bit(VIRTIO_NET_F_CTRL_VQ)
 # What the control queue's commands need: the device model's, not a datapath's.
 CTRL_FEATURES = bit(VIRTIO_NET_F_CTRL_VQ) | bit(VIRTIO_NET_F_CTRL_RX) | bit(VIRTIO_NET_F_CTRL_MAC_ADDR)
-MODEL_FEATURES = MQ_FEATURES | CTRL_FEATURES
+# After a live migration the guest announces itself (gratuitous ARPs) when the device sets the config
+# status ANNOUNCE bit, and acks on the control queue (§5.1.6.5.4); behind vhost-user QEMU does both.
+ANNOUNCE_FEATURES = bit(VIRTIO_NET_F_GUEST_ANNOUNCE) | bit(VIRTIO_NET_F_CTRL_VQ)
+MODEL_FEATURES = MQ_FEATURES | CTRL_FEATURES | ANNOUNCE_FEATURES
 
 # Everything the userspace datapath implements; the vhost path offers the intersection with the kernel's.
 DEVICE_FEATURES = sum(bit(b) for b in FEATURE_NAMES) & ~MODEL_FEATURES
@@ -89,6 +93,7 @@ FAILED = lib.VIRTIO_CONFIG_S_FAILED
 
 # --- config space status field (§5.1.4) ---
 VIRTIO_NET_S_LINK_UP = lib.VIRTIO_NET_S_LINK_UP
+VIRTIO_NET_S_ANNOUNCE = lib.VIRTIO_NET_S_ANNOUNCE
 
 # --- control virtqueue (§5.1.6.5): acks, classes and the commands the device acts on ---
 VIRTIO_NET_OK = lib.VIRTIO_NET_OK

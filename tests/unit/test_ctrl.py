@@ -108,7 +108,7 @@ HOSTILE = [
     ("mac_table", MAC, spec.VIRTIO_NET_CTRL_MAC_TABLE_SET, table([], [bytes.fromhex("020000000009")])),  # unicast as multicast
     ("unsupported", MAC, spec.VIRTIO_NET_CTRL_MAC_TABLE_SET, table([bytes.fromhex("020000000009")], [])),
     ("not_negotiated", RX, 2, b"\x01"),                   # ALLUNI needs CTRL_RX_EXTRA, not offered
-    ("not_negotiated", ANNOUNCE, spec.VIRTIO_NET_CTRL_ANNOUNCE_ACK, b""),
+    ("command", ANNOUNCE, 1, b""),                        # ANNOUNCE has only ACK (0)
     ("not_negotiated", 2, 0, b"\x01\x00"),                # VLAN
     ("not_negotiated", 5, 0, bytes(8)),                   # GUEST_OFFLOADS
     ("not_negotiated", MQ, 1, bytes(16)),                 # RSS_CONFIG
@@ -303,3 +303,27 @@ def test_a_control_thread_that_fails_says_why_and_needs_a_reset(rig, monkeypatch
         time.sleep(0.01)
     assert "a bug in a command" in rig.dev.stats()["ctrl_error"]
     assert rig.dev.status & spec.DEVICE_NEEDS_RESET and rig.moves_frames()
+
+
+def test_announce_sets_the_config_status_bit_until_the_driver_acks_on_the_control_queue(rig):
+    """After a migration the VMM asks the driver to announce the guest (VIRTIO_NET_S_ANNOUNCE in the
+    config status, §5.1.6.5.4); the driver's ANNOUNCE_ACK clears it."""
+    status = lambda: struct.unpack_from("<H", rig.dev.config_space(), 6)[0]
+    assert rig.dev.has(spec.VIRTIO_NET_F_GUEST_ANNOUNCE) and not status() & spec.VIRTIO_NET_S_ANNOUNCE
+    assert rig.dev.announce() and status() & spec.VIRTIO_NET_S_ANNOUNCE
+    assert rig.g.ctrl_command(ANNOUNCE, spec.VIRTIO_NET_CTRL_ANNOUNCE_ACK) == OK
+    assert not status() & spec.VIRTIO_NET_S_ANNOUNCE and status() & spec.VIRTIO_NET_S_LINK_UP
+
+
+def test_without_guest_announce_negotiated_announce_sets_nothing_and_the_ack_is_refused():
+    r = CtrlRig.__new__(CtrlRig)
+    r.mem, r.link = GuestMemory(64 << 20), PairLink()
+    r.dev = VirtioNet(r.mem, r.link, queues=1)
+    try:
+        feats = (r.dev.device_features & ~spec.bit(spec.VIRTIO_NET_F_GUEST_ANNOUNCE))
+        r.guests = [GuestDriver(r.dev, ctrl=True, queue_size=64, features=feats)]
+        assert not r.dev.announce()
+        assert r.g.ctrl_command(ANNOUNCE, spec.VIRTIO_NET_CTRL_ANNOUNCE_ACK) == ERR
+        assert r.dev.stats()["ctrl_commands"]["not_negotiated"] == 1
+    finally:
+        r.close()

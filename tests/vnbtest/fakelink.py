@@ -73,6 +73,9 @@ class PairLink:
         for q in [self] + self._more:
             q.vnet_hdr_len = n
 
+    def get_vnet_hdr_len(self) -> int:
+        return self.vnet_hdr_len or 10      # a tap's until TUNSETVNETHDRSZ
+
     def set_offload(self, flags: int) -> None:
         for q in [self] + self._more:
             q.offload = flags

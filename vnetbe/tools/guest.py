@@ -34,7 +34,8 @@ class GuestDriver:
     ``pair``: the queue pair it drives (virtqueues 2*pair, 2*pair+1). The driver of pair 0 negotiates
     features (and asks for MQ when the device has several pairs); drivers of other pairs, made after it
     with ``start=False`` on all but the last, share what it negotiated.
-    ``ctrl``: pair 0's driver also sets up the control queue (CTRL_VQ, CTRL_RX, CTRL_MAC_ADDR asked);
+    ``ctrl``: pair 0's driver also sets up the control queue (CTRL_VQ, CTRL_RX, CTRL_MAC_ADDR asked, and
+    GUEST_ANNOUNCE unless ``features`` says what to ask);
     ``ctrl_command`` sends a command on it, ``set_queue_pairs`` the VQ_PAIRS_SET of ``ethtool -L``.
     """
 
@@ -51,7 +52,7 @@ class GuestDriver:
         if ctrl:
             if pair:
                 raise ConfigError("the control queue is set up by pair 0's driver")
-            want |= spec.CTRL_FEATURES
+            want |= spec.CTRL_FEATURES | (spec.ANNOUNCE_FEATURES if features is None else 0)
         if packed:
             if not dev.device_features & spec.bit(spec.VIRTIO_F_RING_PACKED):
                 raise ConfigError("this device does not offer packed rings (VIRTIO_F_RING_PACKED): the vhost "

@@ -104,7 +104,7 @@ class ProtocolFeature(enum.IntEnum):
 PROTOCOL_FEATURES = sum(1 << b for b in (ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK,
                                           ProtocolFeature.NET_MTU, ProtocolFeature.CONFIGURE_MEM_SLOTS,
                                           ProtocolFeature.RESET_DEVICE, ProtocolFeature.CONFIG,
-                                          ProtocolFeature.STATUS, ProtocolFeature.LOG_SHMFD))
+                                          ProtocolFeature.STATUS, ProtocolFeature.LOG_SHMFD, ProtocolFeature.RARP))
 
 # --- payloads ---
 U64 = struct.Struct("<Q")
@@ -193,7 +193,7 @@ _SIZE = {
     Request.GET_CONFIG: _Size(CONFIG_HDR.size, CONFIG_HDR.size + CONFIG_MAX),
     Request.SET_CONFIG: _Size(CONFIG_HDR.size, CONFIG_HDR.size + CONFIG_MAX),
     Request.SET_STATUS: _fixed(8), Request.GET_STATUS: _fixed(0),
-    Request.SET_LOG_BASE: _fixed(LOG.size), Request.SET_LOG_FD: _fixed(0),
+    Request.SET_LOG_BASE: _fixed(LOG.size), Request.SET_LOG_FD: _fixed(0), Request.SEND_RARP: _fixed(8),
 }
 # Requests known to the spec that this back end refuses by name (postcopy, other devices).
 REFUSED = {
@@ -266,7 +266,8 @@ def parse(request: int, flags: int, payload: bytes, nfds: int) -> Message:
         raise ProtocolError(name, "size", f"{size} bytes is not a valid payload for this request")
     value: object = None
     want_fds = 0
-    if req in (Request.SET_FEATURES, Request.SET_PROTOCOL_FEATURES, Request.NET_SET_MTU, Request.SET_STATUS):
+    if req in (Request.SET_FEATURES, Request.SET_PROTOCOL_FEATURES, Request.NET_SET_MTU, Request.SET_STATUS,
+               Request.SEND_RARP):
         value = U64.unpack(payload)[0]
     elif req in (Request.GET_CONFIG, Request.SET_CONFIG):
         offset, csize, cflags = CONFIG_HDR.unpack_from(payload)

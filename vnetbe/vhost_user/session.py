@@ -32,6 +32,13 @@ log = logging.getLogger("vnetbe.vhost_user")
 
 
 
+def rarp_frame(mac: bytes) -> bytes:
+    """The RARP a migrated guest's new place sends for it (QEMU's announce_self_create, DPDK's
+    make_rarp_packet): broadcast, ethertype 0x8035, a reverse request for ``mac``, padded to 60 bytes."""
+    body = struct.pack(">HHBBH", 1, 0x0800, 6, 4, 3) + mac + bytes(4) + mac + bytes(4)
+    return (b"\xff" * 6 + mac + b"\x80\x35" + body).ljust(60, b"\0")
+
+
 def queue_num(pairs: int) -> int:
     """GET_QUEUE_NUM's answer for a device of ``pairs`` queue pairs. Front ends read it differently:
     QEMU (net/vhost-user.c) compares its queues= (pairs) with it, Cloud Hypervisor
@@ -73,8 +80,10 @@ class Session:
         self.link = link
         # MQ and CTRL_VQ offered whatever the pair count: the control queue is the front end's (QEMU, DPDK
         # and Cloud Hypervisor keep it), and Cloud Hypervisor gives its guest only what the back end offers.
+        # GUEST_ANNOUNCE: QEMU passes it to its guest only when the back end offers it, and then has the
+        # guest announce itself after a migration (else it asks the back end for a RARP: SEND_RARP).
         self.dev = VirtioNet(None, link, datapath, busyloop_us=busyloop_us, mac=mac, queues=queues,
-                             features=spec.DEVICE_FEATURES | spec.MQ_FEATURES)
+                             features=spec.DEVICE_FEATURES | spec.MQ_FEATURES | spec.ANNOUNCE_FEATURES)
         # Which pairs run is the front end's to say, ring by ring (SET_VRING_ENABLE).
         self.dev.set_queue_pairs(queues)
         self.pairs = queues
@@ -96,6 +105,7 @@ class Session:
         self.log: DirtyLog | None = None
         self.log_all = False
         self.log_fd = -1                                 # SET_LOG_FD's eventfd (kept; nothing reads it)
+        self.rarps_sent = 0
         self._own_fds: set[int] = set()                  # eventfds made for rings given no call fd
         self.messages = 0
         self.memory_gone = False          # the datapath found guest memory gone (signal_faults)
@@ -185,6 +195,20 @@ class Session:
             if old is not None and old is not self.log:
                 old.close()          # after the device moved to the new log: nothing writes the old one
         return P.reply_u64(msg.request, 0)
+
+    def _send_rarp(self, msg, fds, taken):
+        """After a migration, for a guest that cannot announce itself: a broadcast RARP from its MAC (the
+        first 6 bytes of the payload) out of the link, so that switches learn where it is now."""
+        if not self.protocol_acked & (1 << P.ProtocolFeature.RARP):
+            raise ProtocolError(msg.name, "order", "RARP protocol feature not negotiated")
+        mac = P.U64.pack(msg.payload)[:6]
+        try:
+            hdr_len = self.link.get_vnet_hdr_len()
+            os.write(self.link.fd, bytes(hdr_len) + rarp_frame(mac))
+        except OSError as e:
+            raise ProtocolError(msg.name, "link", f"the RARP could not be sent on {self.link.name}: "
+                                                  f"{e.strerror or e}") from None
+        self.rarps_sent += 1
 
     def _set_log_fd(self, msg, fds, taken):
         if self.log_fd >= 0:
@@ -710,7 +734,7 @@ class Session:
         self._region_refs = {}
 
     def stats(self) -> dict:
-        return self.dev.stats()
+        return {**self.dev.stats(), "rarps_sent": self.rarps_sent}
 
     def close(self) -> None:
         """Stop the device and release every fd and mapping, in that order."""

@@ -1,4 +1,4 @@
-"""Dirty logging behind vhost-user, in QEMU's order (hw/virtio/vhost.c vhost_log_global_start):
+"""Live migration behind vhost-user. Dirty logging in QEMU's order (hw/virtio/vhost.c vhost_log_global_start):
 SET_LOG_BASE with a memfd (its reply), SET_FEATURES with VHOST_F_LOG_ALL on running rings, then
 SET_VRING_ADDR with VHOST_VRING_F_LOG and log_guest_addr; every page the server writes for the
 guest is then in the front end's log, none once logging is off; a log that cannot serve is refused
@@ -120,3 +120,50 @@ def test_a_log_past_the_end_of_its_file_and_a_ring_log_address_outside_memory_ar
         assert any("SET_VRING_ADDR: bad log" in r for r in rig.refusals()), rig.refusals()
     finally:
         fr.close()
+
+
+def test_send_rarp_puts_a_broadcast_rarp_for_the_given_mac_on_the_link(rig):
+    """For a guest that did not ack GUEST_ANNOUNCE QEMU asks the back end (SEND_RARP, the MAC in the
+    first 6 bytes of the u64): the frame QEMU's announce_self and DPDK's make_rarp_packet build."""
+    from vnetbe.vhost_user.session import rarp_frame
+    mac = bytes.fromhex("525400800002")
+    s = raw_client(rig.path)
+    try:
+        s.sendall(P.request(Request.SET_PROTOCOL_FEATURES, P.U64.pack(1 << P.ProtocolFeature.RARP))
+                  + P.request(Request.SET_OWNER)
+                  + P.request(Request.SEND_RARP, P.U64.pack(int.from_bytes(mac + b"\0\0", "little"))))
+        got = rig.link.sent(2.0)
+        assert got == bytes(10) + rarp_frame(mac)
+        frame = got[10:]
+        assert frame[:6] == b"\xff" * 6 and frame[6:12] == mac and frame[12:14] == b"\x80\x35" and len(frame) == 60
+        assert frame[14 + 6:14 + 8] == b"\x00\x03" and frame[14 + 8:14 + 14] == frame[14 + 18:14 + 24] == mac
+    finally:
+        s.close()
+
+
+def test_send_rarp_without_the_rarp_protocol_feature_is_refused(rig):
+    s = raw_client(rig.path)
+    try:
+        s.sendall(P.request(Request.SET_OWNER) + P.request(Request.SEND_RARP, P.U64.pack(0x0200008050)))
+        assert closed_by_peer(s)
+        assert any("SEND_RARP: bad order: RARP protocol feature not negotiated" in r for r in rig.refusals())
+        assert rig.link.sent(0.2) is None
+    finally:
+        s.close()
+
+
+def test_the_server_offers_what_qemu_needs_to_migrate_and_to_announce_the_guest():
+    from vnetbe.vhost_user.session import Session
+    from vnbtest.fakelink import PairLink
+    link = PairLink()
+    try:
+        sess = Session(link)
+        try:
+            assert sess.offered_features & (1 << P.VHOST_F_LOG_ALL)
+            assert sess.offered_features & spec.bit(spec.VIRTIO_NET_F_GUEST_ANNOUNCE)
+            assert P.PROTOCOL_FEATURES & (1 << P.ProtocolFeature.LOG_SHMFD | 1 << P.ProtocolFeature.RARP)
+            assert not P.PROTOCOL_FEATURES & (1 << P.ProtocolFeature.PAGEFAULT)   # no post-copy
+        finally:
+            sess.close()
+    finally:
+        link.close()
