@@ -3,7 +3,8 @@
  * generator both ends compute (stream_byte below, stream.py on the peer), so every byte is checked
  * where it arrives, at its offset.
  *
- *   vnb_stream send HOST PORT NBYTES SEED            connect (retrying), send the stream, close
+ *   vnb_stream send HOST PORT NBYTES SEED [PACE_US]  connect (retrying), send the stream (64 KiB every
+ *                                                    PACE_US: still sending while a migration runs), close
  *   vnb_stream recv HOST PORT NBYTES SEED PACE_US    connect (retrying), read it with SO_RCVBUF large
  *                                                    and 64 KiB every PACE_US: a reader slower than
  *                                                    the network, so its socket holds acknowledged
@@ -112,6 +113,8 @@ int main(int argc, char **argv)
                 off += (size_t)w;
             }
             done += chunk;
+            if (pace)
+                usleep((useconds_t)pace);
         }
     }
     close(fd);

@@ -90,3 +90,4 @@ def test_once_the_log_is_stopped_nothing_is_logged(rig):
             rig.link.inject(frame(i))
             assert rig.guest.receive(2.0) == frame(i)
         assert log.dirty_pages() == []
+

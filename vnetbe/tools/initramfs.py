@@ -84,11 +84,11 @@ class _Cpio:
 
 
 def build(path: str | os.PathLike, init_script: str, *, kernel: Path, busybox: str,
-          modules: tuple[str, ...] = NET_MODULES, files: dict[str, bytes] | None = None) -> Path:
+          modules: tuple[str, ...] = NET_MODULES, files: dict[str, bytes | tuple[bytes, int]] | None = None) -> Path:
     """Write an initramfs for ``kernel`` (its modules come from /lib/modules) to ``path``: the static
     ``busybox`` as /bin/busybox (its applets linked by /init), the modules (loaded by /init before the
     script, in dependency order) and ``init_script`` as the rest of /init, run by busybox's sh.
-    ``files``: more files to carry (path -> content). The lab's find_kernel and find_busybox give
+    ``files``: more files to carry (path -> content, or (content, mode) for a program). The lab's find_kernel and find_busybox give
     what `vnetbe setup lab` installed. Returns the kernel."""
     moddir = _modules_dir(kernel)
     order = module_load_order(moddir, modules)
@@ -106,7 +106,8 @@ def build(path: str | os.PathLike, init_script: str, *, kernel: Path, busybox: s
         c.file(name, data)
         loads.append(f"insmod /{name}")
     for name, data in (files or {}).items():
-        c.file(name.lstrip("/"), data)
+        data, mode = data if isinstance(data, tuple) else (data, 0o644)
+        c.file(name.lstrip("/"), data, mode)
     init = "\n".join([
         "#!/bin/sh",
         "/bin/busybox --install -s /bin",

@@ -32,8 +32,9 @@ MAC = "52:54:00:80:00:02"
 TO_GUEST_PORT, FROM_GUEST_PORT = 5401, 5402
 MEMORY_MB = 256
 ROUNDS = 2
-STREAM_BYTES = 32 << 20      # each way, per round
+STREAM_BYTES = 48 << 20      # each way, per round
 READ_PACE_US = 15000         # the guest reads 64 KiB per 15 ms: ~4 MB/s, below what the network brings
+SEND_PACE_US = 10000         # and sends 64 KiB per 10 ms: both streams outlast a migration
 _SRC = Path(__file__).resolve().parents[2] / "csrc" / "guest" / "vnb_stream.c"
 
 
@@ -68,7 +69,8 @@ def build_stream_helper(out: Path) -> Path:
     return out
 
 
-def guest_init(rounds: int = ROUNDS, nbytes: int = STREAM_BYTES, pace_us: int = READ_PACE_US) -> str:
+def guest_init(rounds: int = ROUNDS, nbytes: int = STREAM_BYTES, pace_us: int = READ_PACE_US,
+               send_pace_us: int = SEND_PACE_US) -> str:
     """The guest's /init body: the NIC up, then per round both streams at once, their lines on the
     console (the source's, then after the switch the destination's)."""
     lines = [
@@ -86,9 +88,11 @@ def guest_init(rounds: int = ROUNDS, nbytes: int = STREAM_BYTES, pace_us: int = 
         to_guest, from_guest = seeds(r)
         lines += [
             f'/bin/vnb_stream recv {PEER_IP} {TO_GUEST_PORT} {nbytes} {to_guest} {pace_us} > /tmp/r{r} 2>&1 &',
-            f'/bin/vnb_stream send {PEER_IP} {FROM_GUEST_PORT} {nbytes} {from_guest} > /tmp/s{r} 2>&1 &',
+            f'/bin/vnb_stream send {PEER_IP} {FROM_GUEST_PORT} {nbytes} {from_guest} {send_pace_us} > /tmp/s{r} 2>&1 &',
             'wait',
             f'echo "GUEST round {r} $(cat /tmp/r{r}) | $(cat /tmp/s{r})"',
+            # What the guest's kernel said meanwhile (virtio_net's rx errors, a BAD_RING): for a failure's report.
+            'dmesg -c | tail -15 | sed "s/^/GUEST dmesg /"',
         ]
     lines += ['echo "GUEST done"', 'while :; do sleep 3600; done']
     return "\n".join(lines)
