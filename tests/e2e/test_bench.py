@@ -33,21 +33,26 @@ def _vnetbe(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def _bench(letter: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`vnetbe bench --json *args` on a throwaway topology of its own: it exits 0 and leaves nothing."""
+    from vnetbe.tools.topology import cleanup_stale
+
+    tag = f"{letter}{secrets.token_hex(3)}"
+    p = _vnetbe("vnetbe", "bench", *args, "--json", "--tag", tag, timeout=timeout)
+    leftovers = cleanup_stale(f"vnb{tag}")
+    assert p.returncode == 0, p.stderr
+    assert not leftovers, f"the bench left {leftovers} behind"
+    return p
+
+
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("needs root")   # tests/conftest.py turns this into a failure in CI (root marker)
-    from vnetbe.tools.topology import cleanup_stale
-
     d = tmp_path_factory.mktemp("bench")
-    tag = f"Q{secrets.token_hex(3)}"
     out, plots = d / "bench.json", d / "plots"
-    p = _vnetbe("vnetbe", "bench", "--datapath", "user", "--scenario", "tx,rx,rxsat,vm2vm,rr", "--sizes", "64,64k",
-                "--count", "2000", "--repeat", "1", "--json", "--output", str(out), "--plot", str(plots),
-                "--tag", tag)
-    leftovers = cleanup_stale(f"vnb{tag}")
-    assert p.returncode == 0, p.stderr
-    assert not leftovers, f"the bench left {leftovers} behind"
+    p = _bench("Q", "--datapath", "user", "--scenario", "tx,rx,rxsat,vm2vm,rr", "--sizes", "64,64k",
+               "--count", "2000", "--repeat", "1", "--output", str(out), "--plot", str(plots))
     return json.loads(p.stdout), out, plots, p
 
 
@@ -198,15 +203,9 @@ def test_table_on_stdout(bench_run):
 
 
 @pytest.mark.root
-def test_ring_split_packed_compares_both_formats_in_one_run(tmp_path):
-    from vnetbe.tools.topology import cleanup_stale
-
-    tag = f"R{secrets.token_hex(3)}"
-    p = _vnetbe("vnetbe", "bench", "--datapath", "user,uring", "--scenario", "tx,rx", "--sizes", "64",
-                "--ring", "split,packed", "--count", "2000", "--repeat", "2", "--json", "--tag", tag, timeout=300)
-    leftovers = cleanup_stale(f"vnb{tag}")
-    assert p.returncode == 0, p.stderr
-    assert not leftovers, f"the bench left {leftovers} behind"
+def test_ring_split_packed_compares_both_formats_in_one_run():
+    p = _bench("R", "--datapath", "user,uring", "--scenario", "tx,rx", "--sizes", "64",
+               "--ring", "split,packed", "--count", "2000", "--repeat", "2", timeout=300)
     doc = json.loads(p.stdout)
     got = {(r["datapath"], r["scenario"], r["options"]["ring"]): r for r in doc["results"]}
     assert set(got) == {(d, s, f) for d in ("user", "uring") for s in ("tx", "rx") for f in ("split", "packed")}
@@ -221,15 +220,9 @@ def test_ring_split_packed_compares_both_formats_in_one_run(tmp_path):
 
 
 @pytest.mark.root
-def test_queues_1_2_runs_tx_on_both_pairs_and_compares_with_one_pair(tmp_path):
-    from vnetbe.tools.topology import cleanup_stale
-
-    tag = f"Q{secrets.token_hex(3)}"
-    p = _vnetbe("vnetbe", "bench", "--datapath", "user,uring", "--scenario", "tx,rx", "--sizes", "64",
-                "--queues", "1,2", "--count", "4000", "--repeat", "2", "--json", "--tag", tag, timeout=300)
-    leftovers = cleanup_stale(f"vnb{tag}")
-    assert p.returncode == 0, p.stderr
-    assert not leftovers, f"the bench left {leftovers} behind"
+def test_queues_1_2_runs_tx_on_both_pairs_and_compares_with_one_pair():
+    p = _bench("Q", "--datapath", "user,uring", "--scenario", "tx,rx", "--sizes", "64",
+               "--queues", "1,2", "--count", "4000", "--repeat", "2", timeout=300)
     doc = json.loads(p.stdout)
     got = {(r["datapath"], r["scenario"], r["options"].get("queues", 1)): r for r in doc["results"]}
     assert set(got) == {(d, s, 1) for d in ("user", "uring") for s in ("tx", "rx")} | {("user", "tx", 2), ("uring", "tx", 2)}
