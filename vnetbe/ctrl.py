@@ -196,29 +196,43 @@ class LinkFilters:
     def __init__(self, link):
         self.link = link
         self._was: dict = {}
+        # What the driver asked for, as a snapshot carries it (MACs as text): a restored device sets it again.
+        self.now: dict = {}
 
-    def _remember(self, what: str, value) -> None:
+    def _remember(self, what: str, value, now) -> None:
         self._was.setdefault(what, value)
+        self.now[what] = now
 
     def set_promisc(self, on: bool) -> None:
-        self._remember("promisc", self.link.rx_flags()[0])
+        self._remember("promisc", self.link.rx_flags()[0], bool(on))
         self.link.set_promisc(on)
 
     def set_allmulti(self, on: bool) -> None:
-        self._remember("allmulti", self.link.rx_flags()[1])
+        self._remember("allmulti", self.link.rx_flags()[1], bool(on))
         self.link.set_allmulti(on)
 
     def set_multicast(self, macs: list[bytes]) -> None:
-        self._remember("multicast", [])
+        self._remember("multicast", [], [":".join(f"{b:02x}" for b in m) for m in macs])
         self.link.set_multicast(macs)
 
     def set_mac(self, mac: str) -> None:
-        self._remember("mac", self.link.mac)
+        self._remember("mac", self.link.mac, mac)
         self.link.set_mac(mac)
+
+    def apply(self, now: dict) -> None:
+        """Set what another device's driver had asked for (``now`` of a snapshot) on this link."""
+        if "promisc" in now:
+            self.set_promisc(now["promisc"])
+        if "allmulti" in now:
+            self.set_allmulti(now["allmulti"])
+        if "multicast" in now:
+            self.set_multicast([bytes.fromhex(m.replace(":", "")) for m in now["multicast"]])
+        if "mac" in now:
+            self.set_mac(now["mac"])
 
     def restore(self) -> None:
         """Undo every change, each attempted; the link may be gone already (then there is nothing to undo)."""
-        was, self._was = self._was, {}
+        was, self._was, self.now = self._was, {}, {}
         for what, value in was.items():
             try:
                 {"promisc": self.link.set_promisc, "allmulti": self.link.set_allmulti,

@@ -12,7 +12,7 @@ import struct
 import threading
 import time
 
-from . import spec
+from . import snapshot, spec
 from .ctrl import CTRL_ERRORS, ControlQueue, LinkFilters
 from .datapath import make as make_datapath
 from .errors import ConfigError, DatapathStalled, GuestFault, LinkGone
@@ -334,6 +334,82 @@ class VirtioNet:
                 if was_running:
                     self._datapath_start()
                     self._ctrl_run(self._ctrl_make())
+
+    def save(self) -> bytes:
+        """The stopped device's state, versioned and checksummed (vnetbe/snapshot.py says what is in it):
+        a VMM stops the device with its vCPUs, saves, and restores it with ``VirtioNet.restore`` in
+        another process (after the migration copied the guest memory). Its rings do not move while
+        stopped, so the positions saved are those the destination starts from."""
+        if self.running:
+            raise ConfigError("save() on a running device: stop() it first (its rings move while it runs)")
+        if self.mem is None:
+            raise ConfigError("save() before the device has guest memory: there is no state to save")
+        faults = self.faults()
+        if faults:
+            q = min(faults)
+            raise ConfigError(f"save() of a device that needs a reset ({fault_from_code(faults[q], q)}): reset it")
+        packed = self.has(spec.VIRTIO_F_RING_PACKED)
+        queues = []
+        for index, cfg in sorted(self.queues.items()):
+            last_avail, used = cfg.base(packed)
+            queues.append({"index": index, "size": cfg.size, "desc": cfg.desc, "avail": cfg.avail, "used": cfg.used,
+                           "last_avail_idx": last_avail, "used_idx": used, "polled": cfg.polled,
+                           "enabled": not cfg.discard})
+        return snapshot.encode({
+            "max_queue_pairs": self.max_queue_pairs, "queue_pairs": self.queue_pairs,
+            "device_features": self.device_features, "driver_features": self.driver_features,
+            "mac": self.mac, "mtu": self.mtu, "announce": self._announce,
+            "memory": [[r.gpa, r.size] for r in self.mem.regions], "queues": queues,
+            "rx_filters": dict(self.link_filters.now)})
+
+    @classmethod
+    def restore(cls, data: bytes, mem, link, fds: dict[int, tuple[int, int]], datapath: str = "user", *,
+                busyloop_us: int = 0) -> "VirtioNet":
+        """A device from ``save()``'s snapshot over ``mem`` (the same guest memory, as the migration
+        copied it) and ``link``; ``fds`` gives each saved queue its (kick_fd, call_fd). It offers what the
+        saved device offered (less what ``datapath`` cannot do), has the saved features negotiated, its
+        queues set where they stood, the driver's RX filters on ``link``; ``start()`` runs it.
+        snapshot.SnapshotRefused names what does not fit: a corrupt or newer snapshot, another memory
+        layout, a used index in memory that is not the saved one, negotiated features this device does
+        not offer, a ring outside the memory, a queue without fds."""
+        body = snapshot.decode(data)
+        snapshot.check_memory(body, mem)
+        missing = sorted({q["index"] for q in body["queues"]} - set(fds))
+        if missing:
+            raise snapshot.SnapshotRefused(f"restore: no (kick_fd, call_fd) for queue(s) {missing}")
+        dev = cls(mem, link, datapath, features=body["device_features"], mac=body["mac"], mtu=body["mtu"],
+                  busyloop_us=busyloop_us, queues=body["max_queue_pairs"])
+        try:
+            lost = body["driver_features"] & ~dev.device_features
+            if lost:
+                raise snapshot.SnapshotRefused(
+                    f"snapshot: the driver negotiated {', '.join(spec.features_to_names(lost)) or hex(lost)}, "
+                    f"which the {datapath} datapath here does not offer")
+            dev.set_driver_features(body["driver_features"])
+            packed = dev.has(spec.VIRTIO_F_RING_PACKED)
+            for q in body["queues"]:
+                kick, call = fds[q["index"]]
+                cfg = QueueConfig(q["size"], q["desc"], q["avail"], q["used"], kick, call,
+                                  last_avail_idx=q["last_avail_idx"], used_idx=q["used_idx"], polled=q["polled"],
+                                  discard=not q["enabled"])
+                if (cfg.polled or cfg.discard) and not dev._datapath.ring_modes:
+                    raise snapshot.SnapshotRefused(f"snapshot: queue {q['index']} is polled or started but disabled, "
+                                                   f"which the {datapath} datapath does not serve (user, uring do)")
+                try:
+                    dev.set_queue(q["index"], cfg)
+                except snapshot.SnapshotRefused:
+                    raise
+                except ConfigError as e:
+                    raise snapshot.SnapshotRefused(f"snapshot: queue {q['index']}: {e}") from None
+                snapshot.check_used_index(q["index"], cfg, mem, packed)
+            dev.queue_pairs = body["queue_pairs"]
+            dev._announce = body["announce"]
+            dev.link_filters.apply(body["rx_filters"])
+            dev.mac = body["rx_filters"].get("mac", body["mac"])
+        except BaseException:
+            dev.close()
+            raise
+        return dev
 
     def announce(self) -> bool:
         """After a migration: ask the driver to announce the guest (gratuitous ARPs), as QEMU's virtio-net

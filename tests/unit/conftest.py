@@ -13,7 +13,7 @@ from vnetbe.memory import GuestMemory
 
 # The modules whose devices run once per userspace datapath (vnbtest.device.USERSPACE_DATAPATHS).
 ON_EVERY_USERSPACE_DATAPATH = {"test_guest_faults", "test_multiqueue", "test_hostile_fuzz", "test_datapath_pair", "test_datapath_bounds",
-                               "test_datapath_watchdog", "test_lifecycle_leaks", "test_vmm_door", "test_dirty_log"}
+                               "test_datapath_watchdog", "test_lifecycle_leaks", "test_vmm_door", "test_dirty_log", "test_snapshot"}
 
 
 def pytest_generate_tests(metafunc):

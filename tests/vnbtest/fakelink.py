@@ -32,6 +32,18 @@ class PairLink:
         self._more: list[PairLink] = []     # queues 1..
         self.attached: dict[int, bool] = {}  # TUNSETQUEUE as the device asked it
 
+    @classmethod
+    def from_socket(cls, a: socket.socket) -> "PairLink":
+        """Queue 0 over ``a``, one end of a SOCK_SEQPACKET socketpair whose other end another process
+        holds (``inject``/``sent`` are that process's to do)."""
+        self = cls.__new__(cls)
+        self.a, self.peer = a, socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)   # a placeholder peer
+        self.a.setblocking(False)
+        self.fd = a.fileno()
+        self.vnet_hdr_len = self.offload = None
+        self._sndbuf, self._more, self.attached = 4 << 20, [], {}
+        return self
+
     @property
     def queue_fds(self) -> list[int]:
         return [self.fd] + [q.fd for q in self._more]
