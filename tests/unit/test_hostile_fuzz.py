@@ -6,6 +6,7 @@ or stopped with exactly one fault (DEVICE_NEEDS_RESET set).
 Hypothesis drives the shapes; the fixed cases in test_guest_faults.py name each fault one by one."""
 from __future__ import annotations
 
+import os
 import struct
 import time
 
@@ -21,6 +22,8 @@ from test_guest_faults import CANARY, LOW_END, MB, QSIZE, RX, TX, Rig
 from vnbtest.rings import pack_desc
 from vnbtest.wait import thread_sleeping, wait_for
 
+# The lab (software-emulated, ~10x slower) runs a quarter of the examples: tests/run.sh sets 0.25.
+SCALE = float(os.environ.get("VNETBE_EXAMPLES_SCALE", 1))
 TABLES = CANARY + 0x8000          # where hostile indirect tables live (8 of 16 entries each)
 TABLE_ENTRIES = 16
 
@@ -119,14 +122,14 @@ def _run_hostile(shapes, tables, frames, settle, log: bool = False) -> list[int]
             dirty.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=max(1, round(60 * SCALE)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shapes=st.fixed_dictionaries({RX: queue_shape, TX: queue_shape}), tables=st.lists(table, max_size=8),
        frames=st.lists(st.integers(14, 9000), max_size=4))
 def test_no_hostile_ring_crashes_hangs_or_writes_where_it_was_not_pointed(shapes, tables, frames):
     _run_hostile(shapes, tables, frames, _settled)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=max(1, round(40 * SCALE)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shapes=st.fixed_dictionaries({RX: queue_shape, TX: queue_shape}), tables=st.lists(table, max_size=8),
        frames=st.lists(st.integers(14, 9000), max_size=4))
 def test_every_page_the_device_writes_on_hostile_rings_is_in_the_dirty_log(shapes, tables, frames):
