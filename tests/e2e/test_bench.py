@@ -297,11 +297,37 @@ def test_plan_runs_several_queue_pairs_in_tx_only():
     assert "--queues" in benchcli._lab_argv(plan, False, False)
 
 
+def test_plan_runs_every_scenario_with_and_without_the_dirty_log_on_every_datapath():
+    plan = benchcli.make_plan(_args(datapath="user,vhost", scenario="tx,rr", dirty_log="off,on"), lab=False)
+    for dp in ("user", "vhost"):
+        for scen in ("tx", "rr"):
+            assert [v.get("dirty_log", False) for v in plan.variants(dp, scen)] == [False, True]
+    argv = benchcli._lab_argv(plan, False, False)
+    assert argv[argv.index("--dirty-log") + 1] == "off,on"
+    assert benchcli.make_plan(_args(), lab=False).dirty_logs == [False], "no log unless asked"
+
+
+@pytest.mark.root
+def test_dirty_log_off_on_compares_the_same_runs_with_the_device_logging():
+    p = _bench("L", "--datapath", "user,uring", "--scenario", "tx,rx", "--sizes", "64", "--dirty-log", "off,on",
+               "--count", "2000", "--repeat", "2", timeout=300)
+    doc = json.loads(p.stdout)
+    got = {(r["datapath"], r["scenario"], bool(r["options"].get("dirty_log"))): r for r in doc["results"]}
+    assert set(got) == {(d, s, log) for d in ("user", "uring") for s in ("tx", "rx") for log in (False, True)}
+    for (dp, scen, log), r in got.items():
+        assert r["frames"] + sum((r.get("drops") or {}).values()) == r["offered"], r
+        # the device wrote its log: RX buffers and used rings (rx), the TX used ring (tx); none without it
+        assert ("dirty_pages" in r["options"]) == log and (not log or r["options"]["dirty_pages"] > 0), r
+    comps = [c for c in benchcli.comparisons(doc) if c["reference"] == "log off"]
+    assert len(comps) == 4 and all(c["options"]["dirty_log"] for c in comps)
+    assert "vs log off" in benchcli.format_table(doc)
+
+
 @pytest.mark.parametrize("bad", [dict(scenario="tx,bogus"), dict(sizes="10"), dict(event_idx="maybe"),
                                  dict(datapath="kernel"), dict(scenario="rx", sizes="64k"), dict(queue_size="100"),
                                  dict(ring="ring"), dict(ring="packed", datapath="vhost"),
                                  dict(queues="0"), dict(queues="17"), dict(queues="two"),
-                                 dict(scenario="rx", queues="2")])
+                                 dict(scenario="rx", queues="2"), dict(dirty_log="maybe")])
 def test_plan_rejects_bad_options(bad):
     with pytest.raises(ConfigError):
         benchcli.make_plan(_args(**bad), lab=False)

@@ -43,6 +43,7 @@ from .results import (
     comparison_for,
     comparisons,
     has_baseline,
+    log_of,
     pairs_of,
     label,
     loss_text,
@@ -118,6 +119,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ring", default="split",
                    help="virtqueue format: split, packed, or split,packed to compare in the same run (default split;"
                         " vhost has no packed rings and runs split only)")
+    p.add_argument("--dirty-log", default="off",
+                   help="the device logs every guest page it writes in a dirty log, as during a live migration's "
+                        "pre-copy: off, on, or off,on to compare (a `vs log off` column) (default off)")
     p.add_argument("--event-idx", default="on", help="VIRTIO_RING_F_EVENT_IDX: on, off, or on,off for both (default on)")
     p.add_argument("--no-event-idx", action="store_true", help=argparse.SUPPRESS)   # old spelling of --event-idx off
     p.add_argument("--busyloop-us", default="0",
@@ -184,6 +188,7 @@ class Plan:
     max_repeat: int = 0
     rings: list[str] = field(default_factory=lambda: ["split"])
     queues: list[int] = field(default_factory=lambda: [1])
+    dirty_logs: list[bool] = field(default_factory=lambda: [False])
 
     @property
     def tso_count(self) -> int:
@@ -198,9 +203,10 @@ class Plan:
         in ``scenario`` (several queue pairs: tx only, see make_plan)."""
         rings = [r for r in self.rings if not (r == "packed" and datapath == "vhost")]
         pairs = [n for n in self.queues if n == 1 or scenario == "tx"]
-        return [{"queue_size": q, "event_idx": e, "busyloop_us": b, "ring": r, **({"queues": n} if n > 1 else {})}
-                for n, r, q, e, b in itertools.product(pairs, rings, self.queue_sizes, self.event_idx,
-                                                       self.busyloop_us)]
+        return [{"queue_size": q, "event_idx": e, "busyloop_us": b, "ring": r, **({"queues": n} if n > 1 else {}),
+                 **({"dirty_log": True} if log else {})}
+                for n, r, log, q, e, b in itertools.product(pairs, rings, self.dirty_logs, self.queue_sizes,
+                                                            self.event_idx, self.busyloop_us)]
 
 
 def _rings(args) -> list[str]:
@@ -211,6 +217,15 @@ def _rings(args) -> list[str]:
     if not rings:
         raise ConfigError("--ring: give split, packed, or split,packed")
     return rings
+
+
+def _dirty_logs(args) -> list[bool]:
+    out = []
+    for v in _list(str(getattr(args, "dirty_log", "off")).lower()):
+        if v not in ("on", "off"):
+            raise ConfigError(f"--dirty-log {v!r}: on, off, or off,on")
+        out.append(v == "on")
+    return list(dict.fromkeys(out)) or [False]
 
 
 def _queues(args) -> list[int]:
@@ -292,7 +307,7 @@ def make_plan(args, lab: bool | None = None) -> Plan:
     queues = _queues(args)
     plan = Plan(datapaths, scenarios, sizes, count, rr, args.repeat, queue_sizes, list(dict.fromkeys(eidx or [True])),
                 busyloop, not args.no_baseline, args.tag, pin_text=pin_text, max_cv=max_cv, max_repeat=max_repeat,
-                rings=rings, queues=queues)
+                rings=rings, queues=queues, dirty_logs=_dirty_logs(args))
     plan.pin, plan.pin_scenarios = parse_pin(pin_text, scenarios)
     plan.skipped = [{"scenario": s, "size": z, "why": "the peer (an AF_PACKET socket) cannot send frames above "
                      "its MTU: 64k runs as tx and vm2vm only"}
@@ -340,7 +355,8 @@ def _start_info(plan: Plan, where: str) -> dict:
             "sizes": [str(s) for s in plan.sizes], "count": plan.count, "rr_count": plan.rr_count,
             "tso_count": plan.tso_count,
             "repeat": plan.repeat, "queue_sizes": plan.queue_sizes, "event_idx": plan.event_idx,
-            "busyloop_us": plan.busyloop_us, "rings": plan.rings, "baseline": plan.baseline,
+            "busyloop_us": plan.busyloop_us, "rings": plan.rings, "dirty_log": plan.dirty_logs,
+            "baseline": plan.baseline,
             "pin": plan.pin, "pin_scenarios": list(plan.pin_scenarios), "max_cv": plan.max_cv,
             "max_repeat": plan.max_repeat}
 
@@ -411,6 +427,8 @@ def _opts_label(opts: dict, plan: Plan) -> str:
         parts.append(f"busy={opts['busyloop_us']}us")
     if len(plan.queues) > 1 or opts.get("queues", 1) > 1:
         parts.append(f"{opts.get('queues', 1)} pairs")
+    if opts.get("dirty_log"):
+        parts.append("dirty log")
     return (" " + " ".join(parts)) if parts else ""
 
 
@@ -429,6 +447,7 @@ def _lab_argv(plan: Plan, with_costs: bool, progress: bool) -> list[str]:
             "--queue-size", ",".join(map(str, plan.queue_sizes)),
             "--event-idx", ",".join("on" if e else "off" for e in plan.event_idx),
             "--ring", ",".join(plan.rings), "--queues", ",".join(map(str, plan.queues)),
+            "--dirty-log", ",".join("on" if d else "off" for d in plan.dirty_logs),
             "--busyloop-us", ",".join(map(str, plan.busyloop_us)), "--tag", plan.tag,
             "--pin", plan.pin_text, "--max-cv", "off" if plan.max_cv is None else str(plan.max_cv * 100),
             "--max-repeat", str(plan.max_repeat),
@@ -580,19 +599,23 @@ def format_table(doc: dict) -> str:
         fixed.append(f"EVENT_IDX {'on' if r0['event_idx'] else 'off'}")
     if "ring" not in varied and doc["results"]:
         fixed.append(f"{ring_of(doc['results'][0])} rings")
+    if "dirty_log" not in varied and doc["results"] and log_of(doc["results"][0]):
+        fixed.append("dirty log on")
     where = s.get("where", WHERE_HOST)
     lines = [f"vnetbe bench on {s['host']} ({where}; kernel {s['kernel']}, {s['cpus']} cpus), "
              f"{s['count']} frames x {_runs_text(doc)} runs, median [min..max]" + (f"; {', '.join(fixed)}" if fixed else "")]
     ocol = bool(varied) or any((r.get("options") or {}).get("busyloop_us") for r in doc["results"])
     rcol = "ring" in varied
     qcol = "queues" in varied
+    lcol = "dirty_log" in varied
 
     thr = rows_in_order(doc, THROUGHPUT_SCENARIOS)
     comps = comparisons(doc)
     if thr:
         head = (f"{'path':12} {'scen':5} {'size':>5} " + (f"{'options':14} " if ocol else "")
                 + f"{'kpps':>8} {'[min..max]':>15} {'cv%':>4} {'Gbit/s':>7} {'vs raw':>6} {'vs user':>7} "
-                + (f"{'vs split':>8} " if rcol else "") + (f"{'vs 1qp':>6} " if qcol else "") + f"{'lost%':>6} "
+                + (f"{'vs split':>8} " if rcol else "") + (f"{'vs 1qp':>6} " if qcol else "")
+                + (f"{'vs log off':>10} " if lcol else "") + f"{'lost%':>6} "
                   f"{'sys/pkt':>7} {'kick/pkt':>8} {'irq/pkt':>8} {'wake/pkt':>8} {'cpu ns/pkt':>10}")
         lines += ["", head]
         for r, b in thr:
@@ -605,6 +628,7 @@ def format_table(doc: dict) -> str:
             vs_user = vs("user") if r["datapath"] not in ("raw", "user") else ""
             vs_split = (f"{vs('split') if ring_of(r) == 'packed' else '':>8} " if rcol else "")
             vs_split += (f"{vs('1 pair') if pairs_of(r) > 1 else '':>6} " if qcol else "")
+            vs_split += (f"{vs('log off') if log_of(r) else '':>10} " if lcol else "")
             mm = f"[{r['pps_min'] / 1e3:.0f}..{r['pps_max'] / 1e3:.0f}]"
             cvp = f"{100 * r['pps_cv']:.0f}" if r.get("pps_cv") is not None else "-"
             lost = f"{100 * (1 - r['frames'] / r['offered']):.2f}" if r.get("offered") else "-"
@@ -667,6 +691,9 @@ def format_table(doc: dict) -> str:
                          + ", ".join(f"{k} on cpu {v}" for k, v in s["pin"].items() if k in ROLES)
                          + "".join(f"; not pinned: {x}" for x in s["pin"].get("not_pinned", []))
                          + ("; runs on several queue pairs are not pinned" if "queues" in varied else ""))
+    if any(log_of(r) for r, _ in allrows):
+        notes.append("dirty log: the device sets the bit of every guest page it writes (RX data, used rings) as in "
+                     "a live migration's pre-copy; nothing harvests the log during the run")
     if any(label(r) == "64k" for r, _ in allrows):
         notes.append(f"64k: TSO super-frames of 65535 B (gso tcpv4, mss 1448), {s.get('tso_count', '?')} per run; "
                      "kpps counts super-frames, Gbit/s their TCP payload")

@@ -62,6 +62,8 @@ def opts_text(r: dict, varied: set[str]) -> str:
         parts.append(f"busy{o['busyloop_us']}")
     if r.get("datapath") != "raw" and ("queues" in varied or o.get("queues", 1) > 1):
         parts.append(f"{pairs_of(r)}qp")
+    if o.get("dirty_log"):
+        parts.append("log")
     return " ".join(parts) or "-"
 
 
@@ -73,6 +75,11 @@ def skipped_text(sk: dict) -> str:
 def ring_of(r: dict) -> str:
     """"split" or "packed": the ring format of a result (documents from before the option: split)."""
     return (r.get("options") or {}).get("ring") or "split"
+
+
+def log_of(r: dict) -> bool:
+    """Whether the device logged its writes in a dirty log during the run (results without it: no)."""
+    return bool((r.get("options") or {}).get("dirty_log"))
 
 
 def pairs_of(r: dict) -> int:
@@ -90,6 +97,8 @@ def varied_options(doc: dict) -> set[str]:
         out.add("ring")
     if len({pairs_of(r) for r in doc["results"]}) > 1:
         out.add("queues")
+    if len({log_of(r) for r in doc["results"]}) > 1:
+        out.add("dirty_log")
     return out
 
 
@@ -122,10 +131,20 @@ PAIRS = (("user", "raw"), ("uring", "raw"), ("uring-sqpoll", "raw"), ("vhost", "
          ("uring", "user"), ("uring-sqpoll", "user"), ("vhost", "user"), ("uring", "vhost"), ("uring-sqpoll", "vhost"))
 
 
-def _variant(r: dict, ring: bool = True, pairs: bool = True) -> tuple:
+def _variant(r: dict, ring: bool = True, pairs: bool = True, log: bool = True) -> tuple:
     o = r.get("options") or {}
     return (tuple(o.get(k) for k in ("queue_size", "event_idx", "busyloop_us")) + ((ring_of(r),) if ring else ())
-            + ((pairs_of(r),) if pairs else ()))
+            + ((pairs_of(r),) if pairs else ()) + ((log_of(r),) if log else ()))
+
+
+def _against(r: dict, rows: list[dict], reference: str, is_reference, **ignore) -> list[dict]:
+    """``r`` compared with the rows of its datapath, scenario and size that ``is_reference`` picks and
+    that have its options but those ``ignore`` names (see _variant)."""
+    return [{"scenario": r["scenario"], "size": label(r), "path": r["datapath"], "reference": reference,
+             "options": r.get("options") or {}, **compare(r["pps_runs"], ref["pps_runs"])}
+            for ref in rows
+            if (ref["datapath"] == r["datapath"] and ref["scenario"] == r["scenario"] and _size_key(ref) == _size_key(r)
+                and is_reference(ref) and _variant(ref, **ignore) == _variant(r, **ignore) and "pps_runs" in ref)]
 
 
 def comparisons(doc: dict) -> list[dict]:
@@ -145,24 +164,14 @@ def comparisons(doc: dict) -> list[dict]:
                     c = compare(r["pps_runs"], ref["pps_runs"])
                     out.append({"scenario": r["scenario"], "size": label(r), "path": a, "reference": b,
                                 "options": r.get("options") or {}, **c})
-        # A packed row against the split row of its datapath with the same other options.
+        # Against the same datapath with only one option changed: a packed row against split, several
+        # queue pairs against one, a run with the dirty log against one without.
         if ring_of(r) == "packed":
-            for ref in rows:
-                if (ref["datapath"] == r["datapath"] and ref["scenario"] == r["scenario"]
-                        and _size_key(ref) == _size_key(r) and ring_of(ref) == "split"
-                        and _variant(ref, ring=False) == _variant(r, ring=False) and "pps_runs" in ref):
-                    c = compare(r["pps_runs"], ref["pps_runs"])
-                    out.append({"scenario": r["scenario"], "size": label(r), "path": r["datapath"],
-                                "reference": "split", "options": r.get("options") or {}, **c})
-        # Several queue pairs against one pair of its datapath with the same other options.
+            out += _against(r, rows, "split", lambda ref: ring_of(ref) == "split", ring=False)
         if pairs_of(r) > 1:
-            for ref in rows:
-                if (ref["datapath"] == r["datapath"] and ref["scenario"] == r["scenario"]
-                        and _size_key(ref) == _size_key(r) and pairs_of(ref) == 1
-                        and _variant(ref, pairs=False) == _variant(r, pairs=False) and "pps_runs" in ref):
-                    c = compare(r["pps_runs"], ref["pps_runs"])
-                    out.append({"scenario": r["scenario"], "size": label(r), "path": r["datapath"],
-                                "reference": "1 pair", "options": r.get("options") or {}, **c})
+            out += _against(r, rows, "1 pair", lambda ref: pairs_of(ref) == 1, pairs=False)
+        if log_of(r):
+            out += _against(r, rows, "log off", lambda ref: not log_of(ref), log=False)
     return out
 
 

@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 
 from ... import spec
 from ...device import VirtioNet
+from ...dirtylog import DirtyLog
 from ...errors import ConfigError
 from ...memory import GuestMemory
 from ..guest import DEFAULT_FEATURES, GuestDriver
@@ -36,6 +37,8 @@ class BenchTopology:
         self.mode = mode
         self.pin = pin or {}          # role -> cpu (pinning.py); empty: the scheduler places threads
         self.pin_failed: list[str] = []
+        self.dirty_log = False        # the run's devices log their writes (the dirty_log option) ...
+        self.logged_pages = 0         # ... and this many pages were in their logs at the end
         self._link_b = None
         try:
             self.link = self.topo.macvtap(mode)
@@ -95,7 +98,9 @@ class BenchTopology:
         """A started device on ``link`` (default ``self.link``) with its GuestDriver; closed after. With
         a placement the device's threads and the calling (guest) thread are pinned meanwhile."""
         mem, dev = self.device(datapath, link=link, busyloop_us=busyloop_us)
-        with mem, dev:
+        with mem, self._dirty_log(mem) as log, dev:
+            if log is not None:
+                dev.start_dirty_log(log)
             g = GuestDriver(dev, queue_size=queue_size, features=self._features(event_idx), packed=ring == "packed")
             self.pin_failed += pin_tids(dev.threads(), self.cpu("device"))
             with pinned(self.cpu("guest")):
@@ -108,13 +113,29 @@ class BenchTopology:
         with a GuestDriver per pair; the macvtap gets a queue per pair. Nothing is pinned: a placement
         of one device thread and one guest thread says nothing of 2N of them (``options.pin`` is absent)."""
         mem, dev = self.device(datapath, busyloop_us=busyloop_us, queues=queues)
-        with mem, dev:
+        with mem, self._dirty_log(mem) as log, dev:
+            if log is not None:
+                dev.start_dirty_log(log)
             feats = self._features(event_idx) | spec.MQ_FEATURES
             gs = [GuestDriver(dev, queue_size=queue_size, features=feats, packed=ring == "packed", start=False)]
             gs += [GuestDriver(dev, pair=p, queue_size=queue_size, start=False) for p in range(1, queues)]
             dev.set_queue_pairs(queues)
             dev.start()
             yield dev, gs
+
+    @contextmanager
+    def _dirty_log(self, mem) -> Iterator[DirtyLog | None]:
+        """With the ``dirty_log`` option on: a log over the device's memory, as during a live migration's
+        pre-copy. Nobody harvests it during the run: what is measured is the device writing it. The pages
+        it holds at the end are counted in ``logged_pages`` (the run's options show them)."""
+        if not self.dirty_log:
+            yield None
+            return
+        with DirtyLog.for_memory(mem) as log:
+            try:
+                yield log
+            finally:
+                self.logged_pages += len(log.dirty_pages())
 
     def cpu(self, role: str) -> int | None:
         return self.pin.get(role)
@@ -123,6 +144,8 @@ class BenchTopology:
                  **extra) -> dict:
         o = {"queue_size": queue_size, "event_idx": event_idx, "busyloop_us": busyloop_us,
              "ring": "packed" if packed else "split"}
+        if self.dirty_log:
+            o["dirty_log"] = True
         if self.pin:
             o["pin"] = dict(self.pin)
         if size == TSO_LABEL:
@@ -168,10 +191,14 @@ class BenchTopology:
             raise ConfigError(f"unknown scenario {scenario!r}: choose from {', '.join(SCENARIOS)}")
         if not supported(scenario, size):
             raise ConfigError(f"{scenario} at {size}: the peer (AF_PACKET) cannot send frames above its MTU")
+        self.dirty_log, self.logged_pages = bool(opts.pop("dirty_log", False)), 0
         if datapath == "raw":
             fn = {"tx": self.raw_tx, "rx": self.raw_rx, "rr": self.raw_rr,
                   "rxsat": lambda size, count: self.raw_rx(size, count, senders=SAT_SENDERS)}.get(scenario)
             if fn is None:
                 raise ConfigError(f"{scenario} has no raw baseline")
             return fn(size, count)
-        return getattr(self, scenario)(datapath, size, count, **opts)
+        result = getattr(self, scenario)(datapath, size, count, **opts)
+        if self.dirty_log:
+            result.options["dirty_pages"] = self.logged_pages
+        return result
