@@ -141,6 +141,11 @@ class VhostUserFrontend:
     def on_close(self, fn) -> None:
         self._on_close.append(fn)
 
+    def forget_on_close(self, fn) -> None:
+        """Undo ``on_close(fn)``: a driver moving to another connection (a migration's destination)
+        keeps its eventfds when this one closes."""
+        self._on_close.remove(fn)
+
     def memory_regions(self) -> list[tuple[MemRegion, int]]:
         # The front end's user addresses are where this process mapped each region.
         return [(MemRegion(r.gpa, r.size, r.hva, r.offset), r.fd) for r in self.mem.regions]
