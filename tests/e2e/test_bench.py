@@ -323,6 +323,26 @@ def test_dirty_log_off_on_compares_the_same_runs_with_the_device_logging():
     assert "vs log off" in benchcli.format_table(doc)
 
 
+def test_migration_table_compares_downtime_with_dpdk_and_names_failed_migrations():
+    from vnetbe.tools.bench import migration as mb
+
+    def runs(*downtimes, fail=None):
+        out = [{"round": i + 1, "ok": True, "total_ms": 2700 + i, "downtime_ms": d, "ram_mb": 117}
+               for i, d in enumerate(downtimes)]
+        if fail:
+            out.append({"round": len(out) + 1, "ok": False, "guest": fail, "peer": {}})
+        return out
+    rows = mb.rows_of({"vnetbe-user": runs(20, 22, 30), "vnetbe-uring": runs(10, 12, fail="STREAM recv 5401 bad 7"),
+                       "dpdk-vhost": runs(10, 11, 13)})
+    assert [r["failed"] for r in rows] == [0, 1, 0] and rows[1]["downtime_ms"]["median"] == 11
+    text = mb.format_table({"bytes": 48 << 20, "max_bandwidth": 40 << 20, "memory_mb": 256, "rows": rows})
+    lines = text.splitlines()
+    user = next(ln for ln in lines if ln.startswith("vnetbe-user"))
+    uring = next(ln for ln in lines if ln.startswith("vnetbe-uring"))
+    assert user.split()[-1] == "2.00" and uring.split()[-1] == "1.00~", text   # 22/11 apart; 11/11 overlapping
+    assert "vnetbe-uring migration 3 failed: guest: STREAM recv 5401 bad 7" in text
+
+
 @pytest.mark.parametrize("bad", [dict(scenario="tx,bogus"), dict(sizes="10"), dict(event_idx="maybe"),
                                  dict(datapath="kernel"), dict(scenario="rx", sizes="64k"), dict(queue_size="100"),
                                  dict(ring="ring"), dict(ring="packed", datapath="vhost"),

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SetupError, VnetError
+from . import initramfs
+from .needs import Need
+from .topology import Bridge, Topology
 
 GUEST_IP, PEER_IP = "10.80.0.2", "10.80.0.1"
 MAC = "52:54:00:80:00:02"
@@ -35,7 +40,20 @@ ROUNDS = 2
 STREAM_BYTES = 48 << 20      # each way, per round
 READ_PACE_US = 15000         # the guest reads 64 KiB per 15 ms: ~4 MB/s, below what the network brings
 SEND_PACE_US = 10000         # and sends 64 KiB per 10 ms: both streams outlast a migration
+MAX_BANDWIDTH = 40 << 20     # bytes/s QEMU may send: a 256 MiB guest takes seconds to move
+MIGRATE_PORT = 5470          # + the round: the destination's -incoming port
 _SRC = Path(__file__).resolve().parents[2] / "csrc" / "guest" / "vnb_stream.c"
+
+
+def _static_libc() -> str | None:
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    libc = [p for p in ("/usr/lib/x86_64-linux-gnu/libc.a", "/usr/lib/libc.a") if os.path.exists(p)]
+    return f"{cc} with {libc[0]}" if cc and libc else None
+
+
+NEEDS = (Need("static libc", "no C compiler with a static C library (the guest's vnb_stream is built static)",
+              _static_libc, "migration", "a C compiler and the static C library, for the migrating guest",
+              apt=("gcc", "libc6-dev")),)
 
 
 def stream_bytes(offset: int, n: int, seed: int) -> bytes:
@@ -176,6 +194,140 @@ def migrate(src: Qmp, uri: str, *, max_bandwidth: int | None = None, timeout: fl
             raise VnetError(f"migration {status}: {info.get('error-desc', info)}")
         time.sleep(0.2)
     raise VnetError(f"migration still {status} after {timeout:.0f} s")
+
+
+def wait_console(path: Path, needle: str, timeout: float) -> str:
+    """The console file's text once ``needle`` is in it; VnetError with its tail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if needle in text:
+            return text
+        time.sleep(0.25)
+    raise VnetError(f"{needle!r} never on {path} within {timeout:.0f} s:\n"
+                    f"{(path.read_text(errors='replace') if path.exists() else '')[-3000:]}")
+
+
+class Qemu:
+    """One QEMU process with its QMP connection and console file."""
+
+    def __init__(self, argv: list[str], qmp_path: str, console: Path):
+        self.console = console
+        self.qmp = None
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            self.qmp = Qmp(qmp_path)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """``quit`` over QMP (a source stays paused after a migration: it must go), else kill."""
+        if self.proc.poll() is None:
+            try:
+                self.qmp.execute("quit")
+            except Exception:
+                self.proc.kill()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.qmp is not None:
+            self.qmp.close()
+            self.qmp = None
+
+
+def build_guest(tmp: Path, rounds: int, kernel: os.PathLike | str | None, busybox: str | None) -> tuple[str, str]:
+    """(kernel, initrd) of the migrating guest: busybox, virtio_net, vnb_stream, ``rounds`` rounds.
+    ``kernel`` and ``busybox`` are the kernel lab's (vnetbe.tools.lab.find_kernel, find_busybox)."""
+    if busybox is None or kernel is None:
+        raise SetupError("no stock kernel or static busybox for the migrating guest: run `vnetbe setup migration`")
+    helper = build_stream_helper(tmp / "vnb_stream")
+    initrd = tmp / "initrd.gz"
+    kernel = initramfs.build(initrd, guest_init(rounds), kernel=kernel, busybox=busybox,
+                             files={"bin/vnb_stream": (helper.read_bytes(), 0o755)})
+    return str(kernel), str(initrd)
+
+
+class Rig:
+    """The peer's namespace and a bridge for the back ends' taps, the peer's stream process, and the
+    QEMUs: ``boot`` the source on one back end's socket, then each ``migrate`` moves the running guest
+    to a new QEMU on another socket while a round's streams run. The caller starts the back ends (their
+    taps on ``bridge``) and closes them after ``close``."""
+
+    def __init__(self, tmp: Path, tag: str, kernel: str, initrd: str, nbytes: int = STREAM_BYTES):
+        self.tmp, self.kernel, self.initrd, self.nbytes = tmp, kernel, initrd, nbytes
+        self.qemus: list[Qemu] = []
+        self.current: Qemu | None = None
+        self.peer = self.bridge = None
+        self.topo = Topology(tag, mtu=1500)
+        try:
+            self.bridge = Bridge(f"vnb{tag}br")
+            self.bridge.add_port(self.topo.parent)
+            for cmd in (["addr", "add", f"{PEER_IP}/24", "dev", self.topo.peer], ["link", "set", self.topo.peer, "up"]):
+                subprocess.run(["ip", "-n", self.topo.netns, *cmd], check=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def _qemu(self, sock: str, incoming: str | None) -> Qemu:
+        i = len(self.qemus)
+        qmp = str(self.tmp / f"qmp{i}")
+        q = Qemu(qemu_argv(self.kernel, self.initrd, sock, str(self.tmp / f"console{i}.txt"), qmp,
+                           incoming=incoming), qmp, self.tmp / f"console{i}.txt")
+        self.qemus.append(q)
+        return q
+
+    def boot(self, sock: str, timeout: float = 300) -> None:
+        """The peer's stream process, then the source QEMU on ``sock`` until its guest is up."""
+        self.peer = subprocess.Popen(peer_command(self.topo.netns, self.nbytes), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        if self.peer.stdout.readline().strip() != "listening":
+            raise SetupError("the migration's stream peer did not start in its namespace")
+        self.current = self._qemu(sock, None)
+        wait_console(self.current.console, "GUEST up", timeout)
+
+    def migrate(self, rnd: int, sock: str, *, max_bandwidth: int = MAX_BANDWIDTH, timeout: float = 300) -> dict:
+        """Round ``rnd``: both streams start, then QMP ``migrate`` to a new QEMU on ``sock``; the source
+        goes and the round ends on the destination. QEMU's figures (ms, MiB), what the guest and the
+        peer said, and ``ok``: every byte of both streams arrived, checked at its offset."""
+        uri = f"tcp:127.0.0.1:{MIGRATE_PORT + rnd}"
+        to = self._qemu(sock, uri)
+        self.peer.stdin.write(f"{rnd}\n")
+        self.peer.stdin.flush()
+        time.sleep(3)                   # both streams under way, the guest's socket filling
+        info = migrate(self.current.qmp, uri, max_bandwidth=max_bandwidth)
+        self.current.stop()
+        self.current = to
+        text = wait_console(to.console, f"GUEST round {rnd} ", timeout)
+        guest = re.search(rf"^GUEST round {rnd} (.*?)\r?$", text, re.M).group(1)
+        peer = json.loads(self.peer.stdout.readline().split("PEER ", 1)[1])
+        ok = (f"STREAM recv {TO_GUEST_PORT} ok {self.nbytes}" in guest
+              and f"STREAM send {FROM_GUEST_PORT} ok {self.nbytes}" in guest
+              and peer == {"round": rnd, "sent_s": peer.get("sent_s"), "recv_bytes": self.nbytes, "recv_bad": None})
+        return {"round": rnd, "total_ms": info.get("total-time"), "downtime_ms": info.get("downtime"),
+                "setup_ms": info.get("setup-time"), "ram_mb": round(info.get("ram", {}).get("transferred", 0) / 2**20),
+                "guest": guest, "peer": peer, "ok": ok}
+
+    def ping(self) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.topo.netns, "ping", "-c", "3", "-W", "2", GUEST_IP],
+                              capture_output=True, text=True)
+
+    def stop_qemus(self) -> None:
+        for q in self.qemus:
+            q.stop()
+
+    def close(self) -> None:
+        self.stop_qemus()
+        if self.peer is not None:
+            self.peer.kill()
+            self.peer.communicate()
+            self.peer = None
+        if self.bridge is not None:
+            self.bridge.close()
+            self.bridge = None
+        self.topo.close()
 
 
 # The peer, in the topology's namespace: per round (a line on stdin), serve the stream to the guest and

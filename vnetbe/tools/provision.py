@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 
 from .. import VHOST_NET_PATH
 from ..errors import ConfigError, SetupError
-from . import dpdk, lab, linux_guest
+from . import dpdk, lab, linux_guest, migration
 from .cliutil import standalone, subcommand
 from .needs import Need, missing, setup_command
 
@@ -60,8 +60,9 @@ TARGETS: dict[str, Callable[[], tuple[Need, ...]]] = {
     "lab": lambda: lab.NEEDS,
     "qemu": lambda: lab.NEEDS + linux_guest.NEEDS,
     "testpmd": lambda: dpdk.NEEDS,
+    "migration": lambda: lab.NEEDS + dpdk.NEEDS + migration.NEEDS,
     "fuzz": lambda: _FUZZ,
-    "tests": lambda: lab.NEEDS + linux_guest.NEEDS + dpdk.NEEDS + _FUZZ + _SUDO + _LIBVIRT,
+    "tests": lambda: lab.NEEDS + linux_guest.NEEDS + dpdk.NEEDS + migration.NEEDS + _FUZZ + _SUDO + _LIBVIRT,
 }
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 

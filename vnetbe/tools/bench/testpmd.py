@@ -95,7 +95,7 @@ def _wait_path(path: str, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-class _Backend:
+class Backend:
     """One back end up, its tap on the bridge; ``vdev`` is what the front end testpmd is given."""
 
     def __init__(self, kind: str, tag: str, sock: str, bridge: Bridge, mac: str, ring: str = "split",
@@ -186,7 +186,7 @@ def _one(kind: str, mode: str, topo: Topology, bridge: Bridge, peer: Peer, secon
     # rx frames go to a MAC no port has, which the bridge floods to the one back end's tap: what the
     # bridge learned or keeps as local for the port's MAC cannot decide what a back end gets.
     rx_dst = "02:00:00:00:7e:ff"
-    be = _Backend(kind, tag, sock, bridge, mac, ring, queues)
+    be = Backend(kind, tag, sock, bridge, mac, ring, queues)
     fe = None
     try:
         rx_before = _rx_packets(topo.netns, topo.peer)
