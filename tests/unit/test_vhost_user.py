@@ -83,6 +83,38 @@ def test_ring_position_survives_get_vring_base_and_restart(rig):
         fr.close()
 
 
+def test_clearing_driver_ok_stops_every_ring_at_once_until_driver_ok_is_set_again(rig):
+    """QEMU's vhost_dev_stop (a VM stopping; a migration's last step): SET_STATUS 0, then GET_VRING_BASE
+    ring by ring. The datapath stops once, at SET_STATUS, each ring where it stood (not once per
+    ring: each stop waits for the datapath thread, inside the migration's downtime); nothing moves
+    until DRIVER_OK comes back after the rings are set up again, and they go on from there."""
+    fr = FrontendRig(rig.path, status=True)
+    try:
+        for i in range(3):
+            fr.guest.send(_frame(64, i))
+            assert rig.link.sent(2.0)[12:] == _frame(64, i)
+            rig.link.inject(_frame(80, i))
+            assert fr.guest.receive(timeout=2.0) == _frame(80, i)
+        fr.guest.drain_tx()
+        dev = rig.server.session.dev
+        stops, stop = [], dev.stop
+        dev.stop = lambda: (stops.append(1), stop())[1]
+        assert fr.fe.stop_device() == {0: 3, 1: 3}
+        assert len(stops) == 1 and not dev.running
+        rig.link.inject(_frame(90, 7))
+        for q, cfg in sorted(fr.fe.queues.items()):      # QEMU's vhost_dev_start: the rings, then DRIVER_OK
+            cfg.last_avail_idx = 3
+            fr.fe.start_ring(q, cfg)
+        assert fr.guest.receive(timeout=0.3) is None and not dev.running
+        fr.fe.set_status(spec.ACKNOWLEDGE | spec.DRIVER | spec.FEATURES_OK | spec.DRIVER_OK)
+        assert fr.guest.receive(timeout=2.0) == _frame(90, 7)
+        fr.guest.send(_frame(64, 9))
+        assert rig.link.sent(2.0)[12:] == _frame(64, 9)
+        assert rig.server.stats()["device"]["faults"] == {}
+    finally:
+        fr.close()
+
+
 def test_packed_rings_cross_the_server_and_their_base_is_position_and_wrap_both_sides(rig):
     """VIRTIO_F_RING_PACKED behind vhost-user: frames both ways over packed rings; GET_VRING_BASE answers
     last_avail | used << 16, each a position with its wrap counter in bit 15 (as QEMU and DPDK read it),

@@ -37,11 +37,11 @@ class FrontendRig:
     """vnetbe's front end and guest driver, connected to ``path``."""
 
     def __init__(self, path: str, mem_size: int = 8 << 20, *, regions=None, slots: bool = False,
-                 poll_rings: bool = False, **guest_kw):
+                 poll_rings: bool = False, status: bool = False, **guest_kw):
         self.mem = GuestMemory(regions=regions) if regions else GuestMemory(mem_size)
         self.fe = None
         try:
-            self.fe = VhostUserFrontend(path, self.mem, slots=slots, poll_rings=poll_rings)
+            self.fe = VhostUserFrontend(path, self.mem, slots=slots, poll_rings=poll_rings, status=status)
             guest_kw.setdefault("queue_size", 64)
             guest_kw.setdefault("rx_buf_size", 2048)
             self.guest = GuestDriver(self.fe, **guest_kw)

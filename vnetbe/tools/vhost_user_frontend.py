@@ -25,10 +25,12 @@ class VhostUserFrontend:
     max_queue_pairs = 1   # GuestDriver's door: the pairs it may drive
 
     def __init__(self, path: str, mem, *, timeout: float = 5.0, connect_timeout: float = 5.0, slots: bool = False,
-                 poll_rings: bool = False):
+                 poll_rings: bool = False, status: bool = False):
         """``slots``: send the memory one region at a time (ADD_MEM_REG, CONFIGURE_MEM_SLOTS), as QEMU
         does when the back end offers it, instead of one SET_MEM_TABLE. ``poll_rings``: give no kick fds
-        (SET_VRING_KICK with NOFD): the back end polls the rings; the driver's kicks reach no one."""
+        (SET_VRING_KICK with NOFD): the back end polls the rings; the driver's kicks reach no one.
+        ``status``: negotiate PROTOCOL_F_STATUS and, as QEMU, send SET_STATUS with DRIVER_OK once the
+        rings are set up (``stop_device`` clears it, as QEMU's vhost_dev_stop)."""
         self.path, self.mem, self.timeout, self.poll_rings = path, mem, timeout, poll_rings
         self.sock = self._connect(path, connect_timeout)
         self._on_close: list = []
@@ -45,6 +47,8 @@ class VhostUserFrontend:
                         | 1 << P.ProtocolFeature.RESET_DEVICE | 1 << P.ProtocolFeature.LOG_SHMFD)
                 if slots:
                     want |= 1 << P.ProtocolFeature.CONFIGURE_MEM_SLOTS
+                if status:
+                    want |= 1 << P.ProtocolFeature.STATUS
                 self.protocol_features = self._get_u64(Request.GET_PROTOCOL_FEATURES) & want
                 self.send(Request.SET_PROTOCOL_FEATURES, P.U64.pack(self.protocol_features))
             self.send(Request.SET_OWNER)
@@ -164,6 +168,18 @@ class VhostUserFrontend:
             self.send(Request.SET_MEM_TABLE, P.mem_table_payload([r for r, _ in regions]), [fd for _, fd in regions])
         for q, cfg in sorted(self.queues.items()):
             self.start_ring(q, cfg)
+        self.set_status(spec.ACKNOWLEDGE | spec.DRIVER | spec.FEATURES_OK | spec.DRIVER_OK)
+
+    def set_status(self, status: int) -> None:
+        """SET_STATUS, when PROTOCOL_F_STATUS was negotiated (else nothing)."""
+        if self.protocol_features & (1 << P.ProtocolFeature.STATUS):
+            self.send(Request.SET_STATUS, P.U64.pack(status))
+
+    def stop_device(self) -> dict[int, int]:
+        """What QEMU's vhost_dev_stop sends: SET_STATUS 0, then GET_VRING_BASE ring by ring; each ring's
+        last_avail_idx."""
+        self.set_status(0)
+        return {q: self.get_vring_base(q) for q in sorted(self.queues)}
 
     def start_ring(self, q: int, cfg) -> None:
         self.send(Request.SET_VRING_NUM, P.VRING_STATE.pack(q, cfg.size))

@@ -93,6 +93,7 @@ class Session:
         self.protocol_set = False         # SET_PROTOCOL_FEATURES came: the front end saw bit 30 offered
         self.owner = False
         self.status = 0                   # SET_STATUS's device status byte
+        self.paused = False               # DRIVER_OK cleared after it was set: no ring runs until it is again
         self.rings = [Vring() for _ in range(self.num_queues)]
         self.regions: list[tuple[MemRegion, int]] = []    # with the fd each came with (ours to close)
         # ADD_MEM_REGs of the same region beyond its first: QEMU runs a vhost device per queue pair on one
@@ -318,7 +319,18 @@ class Session:
             raise ProtocolError(msg.name, "payload", f"{msg.payload:#x}: the device status is one byte")
         # Recorded, and reported back with what the device adds (DEVICE_NEEDS_RESET after a fault). The
         # rings follow their own messages: 0 here is no reset (RESET_DEVICE is), as QEMU and DPDK expect.
+        # But a driver that was running and clears DRIVER_OK is stopping the device: QEMU's
+        # vhost_dev_stop sends SET_STATUS 0, then GET_VRING_BASE ring by ring (a VM stopping, the last
+        # step of a migration). Every ring stops here at once, as it stands, until DRIVER_OK is set
+        # again; each GET_VRING_BASE then finds its ring stopped. One stop instead of one per ring,
+        # each waiting for the datapath thread to be scheduled on busy CPUs: the migration's downtime.
+        was_running = bool(self.status & spec.DRIVER_OK)
         self.status = msg.payload
+        if self.status & spec.DRIVER_OK:
+            self.paused = False
+        elif was_running:
+            self.paused = True
+        self._apply()
 
     def _get_status(self, msg, fds, taken):
         if not self.protocol_acked & (1 << P.ProtocolFeature.STATUS):
@@ -580,7 +592,7 @@ class Session:
         """Whether the ring is serviced: set up and started, and enabled, or (the spec's ring states) a TX
         ring started but disabled, which is processed and its frames discarded, where the datapath can."""
         ring = self.rings[index]
-        if not (ring.started and ring.num > 0 and ring.addr is not None and ring.kick_fd >= 0
+        if self.paused or not (ring.started and ring.num > 0 and ring.addr is not None and ring.kick_fd >= 0
                 and self.mem is not None and self.features_acked is not None):
             return False
         return self._enabled(ring) or self._discards(index)
@@ -706,6 +718,7 @@ class Session:
         self._release()
         self.features_acked = None
         self.status = 0
+        self.paused = False
         self.rings = [Vring() for _ in range(self.num_queues)]
         self.dev.set_queue_pairs(self.pairs)
 
