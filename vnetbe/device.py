@@ -15,7 +15,7 @@ import time
 from . import snapshot, spec
 from .ctrl import CTRL_ERRORS, ControlQueue, LinkFilters
 from .datapath import make as make_datapath
-from .errors import ConfigError, DatapathStalled, GuestFault, LinkGone
+from .errors import ConfigError, DatapathStalled, GuestFault, LinkGone, SnapshotRefused
 from .faults import fault_from_code
 from .link import tun_offload_from_virtio
 from .queue import QueueConfig, QueueState
@@ -369,20 +369,20 @@ class VirtioNet:
         copied it) and ``link``; ``fds`` gives each saved queue its (kick_fd, call_fd). It offers what the
         saved device offered (less what ``datapath`` cannot do), has the saved features negotiated, its
         queues set where they stood, the driver's RX filters on ``link``; ``start()`` runs it.
-        snapshot.SnapshotRefused names what does not fit: a corrupt or newer snapshot, another memory
+        SnapshotRefused names what does not fit: a corrupt or newer snapshot, another memory
         layout, a used index in memory that is not the saved one, negotiated features this device does
         not offer, a ring outside the memory, a queue without fds."""
         body = snapshot.decode(data)
         snapshot.check_memory(body, mem)
         missing = sorted({q["index"] for q in body["queues"]} - set(fds))
         if missing:
-            raise snapshot.SnapshotRefused(f"restore: no (kick_fd, call_fd) for queue(s) {missing}")
+            raise SnapshotRefused(f"restore: no (kick_fd, call_fd) for queue(s) {missing}")
         dev = cls(mem, link, datapath, features=body["device_features"], mac=body["mac"], mtu=body["mtu"],
                   busyloop_us=busyloop_us, queues=body["max_queue_pairs"])
         try:
             lost = body["driver_features"] & ~dev.device_features
             if lost:
-                raise snapshot.SnapshotRefused(
+                raise SnapshotRefused(
                     f"snapshot: the driver negotiated {', '.join(spec.features_to_names(lost)) or hex(lost)}, "
                     f"which the {datapath} datapath here does not offer")
             dev.set_driver_features(body["driver_features"])
@@ -393,16 +393,14 @@ class VirtioNet:
                                   last_avail_idx=q["last_avail_idx"], used_idx=q["used_idx"], polled=q["polled"],
                                   discard=not q["enabled"])
                 if (cfg.polled or cfg.discard) and not dev._datapath.ring_modes:
-                    raise snapshot.SnapshotRefused(f"snapshot: queue {q['index']} is polled or started but disabled, "
+                    raise SnapshotRefused(f"snapshot: queue {q['index']} is polled or started but disabled, "
                                                    f"which the {datapath} datapath does not serve (user, uring do)")
                 try:
                     dev.set_queue(q["index"], cfg)
-                except snapshot.SnapshotRefused:
-                    raise
                 except ConfigError as e:
-                    raise snapshot.SnapshotRefused(f"snapshot: queue {q['index']}: {e}") from None
+                    raise SnapshotRefused(f"snapshot: queue {q['index']}: {e}") from None
                 snapshot.check_used_index(q["index"], cfg, mem, packed)
-            dev.queue_pairs = body["queue_pairs"]
+            dev.set_queue_pairs(body["queue_pairs"])
             dev._announce = body["announce"]
             dev.link_filters.apply(body["rx_filters"])
             dev.mac = body["rx_filters"].get("mac", body["mac"])

@@ -41,6 +41,11 @@ class ConfigError(VnetError):
     """An argument from the caller (not the guest) is invalid: queue size, address, feature set."""
 
 
+class SnapshotRefused(ConfigError):
+    """A device snapshot (VirtioNet.save) that cannot be restored: corrupt, from a newer version, or not
+    matching the guest memory, the features or the rings it is restored over; says which field and why."""
+
+
 class LabError(SetupError):
     """The kernel lab cannot start or failed."""
 

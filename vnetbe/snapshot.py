@@ -17,17 +17,12 @@ import hashlib
 import json
 
 from . import spec
-from .errors import ConfigError
+from .errors import SnapshotRefused
 
 FORMAT = "vnetbe-virtio-net"
 VERSION = 1
 _U16, _U64 = (1 << 16) - 1, (1 << 64) - 1
 _MAX_MULTICAST = 255      # the most entries one MAC_TABLE_SET table carries (vnb_ctrl.h)
-
-
-class SnapshotRefused(ConfigError):
-    """A snapshot that cannot be restored: corrupt, from a newer version, or not matching the guest
-    memory, the features or the rings it is restored over. The message says which field and why."""
 
 
 def _canonical(body: dict) -> bytes:

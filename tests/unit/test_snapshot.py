@@ -18,10 +18,9 @@ from vnbtest.device import DeviceRig
 from vnbtest.fakelink import PairLink
 from vnetbe import spec
 from vnetbe.device import VirtioNet
-from vnetbe.errors import ConfigError
+from vnetbe.errors import ConfigError, SnapshotRefused
 from vnetbe.memory import GuestMemory
 from vnetbe import snapshot
-from vnetbe.snapshot import SnapshotRefused
 
 ROOT = Path(__file__).resolve().parents[2]
 QSIZE = 64
