@@ -20,6 +20,7 @@ import time
 import pytest
 
 from test_vhost_user_clients import Serve
+from vnetbe.errors import VnetError
 from vnetbe.tools import lab
 from vnetbe.tools import migration as M
 
@@ -52,7 +53,10 @@ def test_a_guest_migrates_there_and_back_with_tcp_running_both_ways_and_no_byte_
         rig.boot(socks[0])
         # There (to the second server) and back (to a new QEMU on the first one).
         for rnd, sock in ((1, socks[1]), (2, socks[0])):
-            got = rig.migrate(rnd, sock)
+            try:
+                got = rig.migrate(rnd, sock)
+            except VnetError as e:   # with what each server said (connections, faults)
+                raise AssertionError(f"{e}\nservers said: {[s.lines[-12:] for s in serves]}") from None
             figures.append({k: got[k] for k in ("total_ms", "downtime_ms", "setup_ms", "ram_mb")})
             assert got["ok"], (got, figures)
         ping = rig.ping()

@@ -214,7 +214,9 @@ class Qemu:
     def __init__(self, argv: list[str], qmp_path: str, console: Path):
         self.console = console
         self.qmp = None
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.log = console.with_suffix(".qemu.log")     # QEMU's own messages, for a failure's report
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
             self.qmp = Qmp(qmp_path)
         except BaseException:
@@ -300,7 +302,15 @@ class Rig:
         info = migrate(self.current.qmp, uri, max_bandwidth=max_bandwidth)
         self.current.stop()
         self.current = to
-        text = wait_console(to.console, f"GUEST round {rnd} ", timeout)
+        try:
+            text = wait_console(to.console, f"GUEST round {rnd} ", timeout)
+        except VnetError as e:   # what QEMU said and where the destination stands, for the report
+            try:
+                status = to.qmp.execute("query-status")
+            except Exception as q:
+                status = f"no answer ({q})"
+            raise VnetError(f"{e}\ndestination status: {status}; QEMU said: "
+                            f"{to.log.read_text(errors='replace')[-1500:]!r}; migration: {info}") from None
         guest = re.search(rf"^GUEST round {rnd} (.*?)\r?$", text, re.M).group(1)
         peer = json.loads(self.peer.stdout.readline().split("PEER ", 1)[1])
         ok = (f"STREAM recv {TO_GUEST_PORT} ok {self.nbytes}" in guest
