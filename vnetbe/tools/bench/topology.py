@@ -113,15 +113,21 @@ class BenchTopology:
         with a GuestDriver per pair; the macvtap gets a queue per pair. Nothing is pinned: a placement
         of one device thread and one guest thread says nothing of 2N of them (``options.pin`` is absent)."""
         mem, dev = self.device(datapath, busyloop_us=busyloop_us, queues=queues)
-        with mem, self._dirty_log(mem) as log, dev:
-            if log is not None:
-                dev.start_dirty_log(log)
-            feats = self._features(event_idx) | spec.MQ_FEATURES
-            gs = [GuestDriver(dev, queue_size=queue_size, features=feats, packed=ring == "packed", start=False)]
-            gs += [GuestDriver(dev, pair=p, queue_size=queue_size, start=False) for p in range(1, queues)]
-            dev.set_queue_pairs(queues)
-            dev.start()
-            yield dev, gs
+        try:
+            with mem, self._dirty_log(mem) as log, dev:
+                if log is not None:
+                    dev.start_dirty_log(log)
+                feats = self._features(event_idx) | spec.MQ_FEATURES
+                gs = [GuestDriver(dev, queue_size=queue_size, features=feats, packed=ring == "packed", start=False)]
+                gs += [GuestDriver(dev, pair=p, queue_size=queue_size, start=False) for p in range(1, queues)]
+                dev.set_queue_pairs(queues)
+                dev.start()
+                yield dev, gs
+        finally:
+            # The link goes back to one attached queue: the next scenario's reader (the raw loops read
+            # link.fd) would otherwise miss the frames the kernel steers to a queue left open.
+            self.link.set_queues(1)
+            self.link.set_queue_attached(0, True)
 
     @contextmanager
     def _dirty_log(self, mem) -> Iterator[DirtyLog | None]:
